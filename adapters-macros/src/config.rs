@@ -1,0 +1,85 @@
+//! `#[adapter_config(hidden_size = dim, ...)]`: the config view adapters read, with key names
+//! mapped as the Python library's `CONFIG_CLASS_KEYS_MAPPING` does.
+
+use proc_macro2::TokenStream;
+use quote::{quote, quote_spanned};
+
+use crate::ast::{self, Value};
+use crate::expand::Errors;
+use crate::suggest::hint;
+
+/// The keys adapters need, and whether each is an integer (else a float).
+const NEEDED: &[(&str, bool)] = &[
+    ("hidden_size", true),
+    ("num_attention_heads", true),
+    ("num_hidden_layers", true),
+    ("hidden_dropout_prob", false),
+    ("attention_probs_dropout_prob", false),
+];
+
+pub(crate) fn expand(args: TokenStream, strukt: &syn::ItemStruct) -> syn::Result<TokenStream> {
+    let entries = ast::parse_key_values(args)?;
+    let names: Vec<&str> = NEEDED.iter().map(|(n, _)| *n).collect();
+    let fields = ast::field_names(strukt);
+    let mut errors = Errors::default();
+    let mut mapped: Vec<(String, syn::Ident)> = Vec::new();
+    for entry in &entries {
+        let key = entry.key.to_string();
+        if !names.contains(&key.as_str()) {
+            errors.push(syn::Error::new(entry.key.span(), format!("`{key}` is not a key adapters read{}", hint(&key, &names))));
+            continue;
+        }
+        let field = match &entry.value {
+            Value::Path(p) if p.segments.len() == 1 => p.first().clone(),
+            other => {
+                errors.push(syn::Error::new(other.span(), format!("map `{key}` to one field of this struct, e.g. `{key} = dim`")));
+                continue;
+            }
+        };
+        if let Err(e) = ast::check_field(strukt, &ast::FieldPath { segments: vec![field.clone()] }) {
+            errors.push(e);
+            continue;
+        }
+        if mapped.iter().any(|(k, _)| *k == key) {
+            errors.push(syn::Error::new(entry.key.span(), format!("`{key}` is mapped twice")));
+            continue;
+        }
+        mapped.push((key, field));
+    }
+    let ident = &strukt.ident;
+    let mut getters = Vec::new();
+    let mut mapping = Vec::new();
+    for (key, integer) in NEEDED {
+        let field = match mapped.iter().find(|(k, _)| k == key) {
+            Some((_, f)) => f.clone(),
+            None if fields.iter().any(|f| f == key) => syn::Ident::new(key, proc_macro2::Span::call_site()),
+            None => {
+                errors.push(syn::Error::new(
+                    ident.span(),
+                    format!("config `{ident}` has no field `{key}` and no mapping for it; name the field that holds it: `#[adapter_config({key} = <field>)]`"),
+                ));
+                continue;
+            }
+        };
+        let key_ident = syn::Ident::new(key, proc_macro2::Span::call_site());
+        let span = field.span();
+        getters.push(if *integer {
+            quote_spanned!(span=> #key_ident: self.#field as usize,)
+        } else {
+            quote_spanned!(span=> #key_ident: self.#field as f64,)
+        });
+        let field_name = field.to_string();
+        mapping.push(quote!((#key, #field_name)));
+    }
+    errors.finish()?;
+    let rt = quote!(::adapters_runtime::mixin);
+    let (impl_generics, ty_generics, where_clause) = strukt.generics.split_for_impl();
+    Ok(quote! {
+        impl #impl_generics #rt::AdapterModelConfig for #ident #ty_generics #where_clause {
+            const KEY_MAPPING: &'static [(&'static str, &'static str)] = &[#(#mapping),*];
+            fn dims(&self) -> #rt::ModelDims {
+                #rt::ModelDims { #(#getters)* }
+            }
+        }
+    })
+}

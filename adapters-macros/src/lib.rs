@@ -1,0 +1,39 @@
+//! Attribute macros that wire adapter slots into a candle model at compile time.
+//!
+//! - `#[adapter_mixin(lora(q = path, ...), bottleneck(mh_adapter = path, ...))]` on a layer
+//!   struct: marks where adapters attach and generates the slot walk and the mixin entry.
+//! - `#[with_adapters(model_type = "...", layers = path, layer_mixin = Type, config = field)]` on
+//!   a base model struct: generates layer iteration, the config view and the mapping entry.
+//! - `#[adapter_config(hidden_size = dim, ...)]` on a config struct: maps its key names onto the
+//!   names adapters need.
+//!
+//! Each macro parses, validates and expands; every error carries the span of the offending token
+//! and says what to write. On error the item is still emitted, so the rest of the crate keeps
+//! compiling and IDEs keep working.
+
+mod ast;
+mod config;
+mod expand;
+mod mixin;
+mod model;
+mod suggest;
+
+use proc_macro::TokenStream;
+
+/// Marks the adapter insertion points of a transformer layer. See the crate docs.
+#[proc_macro_attribute]
+pub fn adapter_mixin(args: TokenStream, item: TokenStream) -> TokenStream {
+    expand::run(args, item, mixin::expand)
+}
+
+/// Makes a base model adapter-aware. See the crate docs.
+#[proc_macro_attribute]
+pub fn with_adapters(args: TokenStream, item: TokenStream) -> TokenStream {
+    expand::run(args, item, model::expand)
+}
+
+/// Maps a model config's key names onto the names adapters need. See the crate docs.
+#[proc_macro_attribute]
+pub fn adapter_config(args: TokenStream, item: TokenStream) -> TokenStream {
+    expand::run(args, item, config::expand)
+}

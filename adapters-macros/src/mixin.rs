@@ -1,0 +1,147 @@
+//! `#[adapter_mixin(lora(...), bottleneck(...))]`: parse the marks, validate them against the
+//! struct, and generate the `AdapterMixin` impl (slot walks and the mixin entry).
+
+use std::collections::HashMap;
+
+use proc_macro2::TokenStream;
+use quote::{quote, quote_spanned};
+
+use crate::ast::{self, FieldPath, Value};
+use crate::expand::Errors;
+use crate::suggest::hint;
+
+const GROUPS: &[&str] = &["lora", "bottleneck"];
+const LATER_GROUPS: &[&str] = &["prefix", "prompt", "reft", "invertible", "embedding"];
+const LORA_KEYS: &[(&str, &str)] = &[
+    ("q", "Query"),
+    ("k", "Key"),
+    ("v", "Value"),
+    ("intermediate", "Intermediate"),
+    ("output", "Output"),
+];
+const BOTTLENECK_KEYS: &[(&str, &str)] = &[("mh_adapter", "MhAdapter"), ("output_adapter", "OutputAdapter")];
+
+enum Family {
+    Lora,
+    Bottleneck,
+}
+
+struct Mark {
+    family: Family,
+    location: &'static str,
+    variant: &'static str,
+    path: FieldPath,
+}
+
+fn parse_marks(args: TokenStream, strukt: &syn::ItemStruct) -> syn::Result<Vec<Mark>> {
+    if args.is_empty() {
+        return Err(syn::Error::new(
+            strukt.ident.span(),
+            format!(
+                "`#[adapter_mixin]` on `{}` marks no insertion point; write e.g. \
+                 `#[adapter_mixin(lora(q = attention.query, v = attention.value), bottleneck(output_adapter = output.layer_norm))]`",
+                strukt.ident
+            ),
+        ));
+    }
+    let groups = ast::parse_groups(args)?;
+    let mut errors = Errors::default();
+    let mut marks = Vec::new();
+    let mut seen_keys: HashMap<String, proc_macro2::Span> = HashMap::new();
+    let mut seen_paths: HashMap<String, String> = HashMap::new();
+    for group in &groups {
+        let name = group.name.to_string();
+        let (family, keys) = match name.as_str() {
+            "lora" => (Family::Lora, LORA_KEYS),
+            "bottleneck" => (Family::Bottleneck, BOTTLENECK_KEYS),
+            other if LATER_GROUPS.contains(&other) => {
+                errors.push(syn::Error::new(group.name.span(), format!("`{other}` insertion points are not supported by this version yet (allowed: {})", GROUPS.join(", "))));
+                continue;
+            }
+            other => {
+                errors.push(syn::Error::new(group.name.span(), format!("unknown adapter method group `{other}`{}", hint(other, GROUPS))));
+                continue;
+            }
+        };
+        let names: Vec<&str> = keys.iter().map(|(k, _)| *k).collect();
+        for entry in &group.entries {
+            let key = entry.key.to_string();
+            let Some((location, variant)) = keys.iter().find(|(k, _)| *k == key) else {
+                errors.push(syn::Error::new(entry.key.span(), format!("unknown {name} location `{key}`{}", hint(&key, &names))));
+                continue;
+            };
+            let Value::Path(path) = &entry.value else {
+                errors.push(syn::Error::new(entry.value.span(), format!("expected a field path, e.g. `{key} = attention.self_attention.query`")));
+                continue;
+            };
+            let full_key = format!("{name}.{key}");
+            if seen_keys.insert(full_key, entry.key.span()).is_some() {
+                errors.push(syn::Error::new(entry.key.span(), format!("`{key}` is marked twice in `{name}(...)`; each location takes one field")));
+                continue;
+            }
+            let dotted = path.dotted();
+            if let Some(previous) = seen_paths.insert(dotted.clone(), key.clone()) {
+                errors.push(syn::Error::new(
+                    path.span(),
+                    format!("one insertion point marked twice: `{dotted}` is already marked as `{previous}`; a field carries one slot"),
+                ));
+                continue;
+            }
+            if let Err(e) = ast::check_field(strukt, path) {
+                errors.push(e);
+                continue;
+            }
+            let family = match family {
+                Family::Lora => Family::Lora,
+                Family::Bottleneck => Family::Bottleneck,
+            };
+            marks.push(Mark { family, location, variant, path: path.clone() });
+        }
+    }
+    errors.finish()?;
+    Ok(marks)
+}
+
+pub(crate) fn expand(args: TokenStream, strukt: &syn::ItemStruct) -> syn::Result<TokenStream> {
+    let marks = parse_marks(args, strukt)?;
+    let ident = &strukt.ident;
+    let name = ident.to_string();
+    let (impl_generics, ty_generics, where_clause) = strukt.generics.split_for_impl();
+    let rt = quote!(::adapters_runtime::mixin);
+    let specs = marks.iter().map(|m| {
+        let family = match m.family {
+            Family::Lora => quote!(#rt::SlotFamily::Lora),
+            Family::Bottleneck => quote!(#rt::SlotFamily::Bottleneck),
+        };
+        let (location, field) = (m.location, m.path.dotted());
+        quote!(#rt::SlotSpec { family: #family, location: #location, field: #field })
+    });
+    let mut visit = Vec::new();
+    let mut visit_mut = Vec::new();
+    for m in &marks {
+        let path = &m.path;
+        let variant = syn::Ident::new(m.variant, proc_macro2::Span::call_site());
+        let span = m.path.span();
+        match m.family {
+            Family::Lora => {
+                visit.push(quote_spanned!(span=> f(#rt::SlotRef::Lora(#rt::LoraLocation::#variant, #rt::assert::lora(&self.#path)));));
+                visit_mut.push(quote_spanned!(span=> f(#rt::SlotMut::Lora(#rt::LoraLocation::#variant, #rt::assert::lora_mut(&mut self.#path)));));
+            }
+            Family::Bottleneck => {
+                visit.push(quote_spanned!(span=> f(#rt::SlotRef::Bottleneck(#rt::BottleneckLocation::#variant, #rt::assert::bottleneck(&self.#path)));));
+                visit_mut.push(quote_spanned!(span=> f(#rt::SlotMut::Bottleneck(#rt::BottleneckLocation::#variant, #rt::assert::bottleneck_mut(&mut self.#path)));));
+            }
+        }
+    }
+    Ok(quote! {
+        impl #impl_generics #rt::AdapterMixin for #ident #ty_generics #where_clause {
+            const MIXIN: #rt::MixinInfo = #rt::MixinInfo { name: #name, slots: &[#(#specs),*] };
+            fn for_each_slot(&self, f: &mut dyn FnMut(#rt::SlotRef<'_>)) {
+                #(#visit)*
+            }
+            fn for_each_slot_mut(&mut self, f: &mut dyn FnMut(#rt::SlotMut<'_>)) {
+                #(#visit_mut)*
+            }
+        }
+    })
+}

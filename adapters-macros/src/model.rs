@@ -1,0 +1,159 @@
+//! `#[with_adapters(model_type = "bert", layers = encoder.layers, layer_mixin = BertLayer,
+//! config = config)]`: layer iteration, the config view and the mapping entry of a base model.
+
+use proc_macro2::TokenStream;
+use quote::{quote, quote_spanned};
+
+use crate::ast::{self, FieldPath, Value};
+use crate::expand::Errors;
+use crate::suggest::hint;
+
+const KEYS: &[&str] = &["model_type", "layers", "layer_mixin", "config", "layer_type"];
+
+pub(crate) fn expand(args: TokenStream, strukt: &syn::ItemStruct) -> syn::Result<TokenStream> {
+    let entries = ast::parse_key_values(args)?;
+    let mut errors = Errors::default();
+    let (mut model_type, mut layers, mut layer_mixin, mut config, mut layer_type) = (None, None, None, None, None);
+    for entry in &entries {
+        let key = entry.key.to_string();
+        let slot = match key.as_str() {
+            "model_type" => &mut model_type,
+            "layers" => &mut layers,
+            "layer_mixin" => &mut layer_mixin,
+            "config" => &mut config,
+            "layer_type" => &mut layer_type,
+            other => {
+                errors.push(syn::Error::new(entry.key.span(), format!("unknown `with_adapters` argument `{other}`{}", hint(other, KEYS))));
+                continue;
+            }
+        };
+        if slot.is_some() {
+            errors.push(syn::Error::new(entry.key.span(), format!("`{key}` is given twice")));
+            continue;
+        }
+        *slot = Some(&entry.value);
+    }
+    let ident = &strukt.ident;
+    let missing = |key: &str, example: &str| {
+        syn::Error::new(ident.span(), format!("`#[with_adapters]` on `{ident}` needs `{key}`: {example}"))
+    };
+    let model_type = match model_type {
+        Some(Value::Lit(syn::Lit::Str(s))) => Some(s.value()),
+        Some(other) => {
+            errors.push(syn::Error::new(other.span(), "`model_type` is a string, e.g. `model_type = \"bert\"`"));
+            None
+        }
+        None => {
+            errors.push(missing("model_type", "the `model_type` of its config.json, e.g. `model_type = \"bert\"`"));
+            None
+        }
+    };
+    let layers = path_arg(&mut errors, strukt, layers, "layers", || {
+        missing("layers", "a base model must say how to iterate its layers, e.g. `layers = encoder.layers` (a Vec of the layer type)")
+    });
+    let layer_mixin = match layer_mixin {
+        Some(Value::Path(p)) => Some(p.clone()),
+        Some(other) => {
+            errors.push(syn::Error::new(other.span(), "`layer_mixin` names a type, e.g. `layer_mixin = BertLayer`"));
+            None
+        }
+        None => {
+            errors.push(missing("layer_mixin", "the layer type carrying `#[adapter_mixin]`, e.g. `layer_mixin = BertLayer`"));
+            None
+        }
+    };
+    let config = path_arg(&mut errors, strukt, config, "config", || {
+        missing("config", "the field holding the model config, e.g. `config = config`")
+    });
+    let layer_type = match layer_type {
+        Some(Value::Lit(syn::Lit::Str(s))) => Some(s.value()),
+        Some(other) => {
+            errors.push(syn::Error::new(other.span(), "`layer_type` is a string, e.g. `layer_type = \"RobertaLayer\"`"));
+            None
+        }
+        None => None,
+    };
+    if let Some(config) = &config {
+        if config.segments.len() != 1 {
+            errors.push(syn::Error::new(config.span(), "`config` names a field of this struct directly, e.g. `config = config`"));
+        }
+    }
+    errors.finish()?;
+    let (Some(model_type), Some(layers), Some(layer_mixin), Some(config)) = (model_type, layers, layer_mixin, config) else {
+        unreachable_error(ident)?
+    };
+    let config_field = config.first();
+    let config_ty = strukt
+        .fields
+        .iter()
+        .find(|f| f.ident.as_ref() == Some(config_field))
+        .map(|f| f.ty.clone())
+        .ok_or_else(|| syn::Error::new(config_field.span(), "no such field"))?;
+    let mixin_segments = &layer_mixin.segments;
+    let mixin_ty = quote!(#(#mixin_segments)::*);
+    let class = ident.to_string();
+    let layer_type = layer_type.unwrap_or_else(|| format!("{}Layer", class.trim_end_matches("Model")));
+    let rt = quote!(::adapters_runtime::mixin);
+    let (impl_generics, ty_generics, where_clause) = strukt.generics.split_for_impl();
+    let mixin_span = layer_mixin.span();
+    let layers_span = layers.span();
+    let config_span = config.span();
+    let mixin_check = quote_spanned!(mixin_span=> #rt::assert::mixin::<#mixin_ty>(););
+    let config_check = quote_spanned!(config_span=> #rt::assert::model_config(&self.#config_field););
+    let layers_ref = quote_spanned!(layers_span=> ::std::iter::IntoIterator::into_iter(&self.#layers).collect());
+    let layers_mut = quote_spanned!(layers_span=> ::std::iter::IntoIterator::into_iter(&mut self.#layers).collect());
+    Ok(quote! {
+        impl #impl_generics #rt::AdaptableModel for #ident #ty_generics #where_clause {
+            type Layer = #mixin_ty;
+            const MAPPING: #rt::ModelMapping = #rt::ModelMapping {
+                model_type: #model_type,
+                model_class: #class,
+                layer_type: #layer_type,
+                layer_mixin: <#mixin_ty as #rt::AdapterMixin>::MIXIN,
+                config_keys: <#config_ty as #rt::AdapterModelConfig>::KEY_MAPPING,
+            };
+            fn dims(&self) -> #rt::ModelDims {
+                #mixin_check
+                #config_check
+                #rt::AdapterModelConfig::dims(&self.#config_field)
+            }
+            fn layers(&self) -> ::std::vec::Vec<&#mixin_ty> {
+                #layers_ref
+            }
+            fn layers_mut(&mut self) -> ::std::vec::Vec<&mut #mixin_ty> {
+                #layers_mut
+            }
+        }
+    })
+}
+
+fn path_arg(
+    errors: &mut Errors,
+    strukt: &syn::ItemStruct,
+    value: Option<&Value>,
+    key: &str,
+    missing: impl FnOnce() -> syn::Error,
+) -> Option<FieldPath> {
+    match value {
+        Some(Value::Path(p)) => match ast::check_field(strukt, p) {
+            Ok(()) => Some(p.clone()),
+            Err(e) => {
+                errors.push(e);
+                None
+            }
+        },
+        Some(other) => {
+            errors.push(syn::Error::new(other.span(), format!("`{key}` is a field path, not a literal")));
+            None
+        }
+        None => {
+            errors.push(missing());
+            None
+        }
+    }
+}
+
+/// All arguments were checked above; this only turns an impossible state into an error, not a panic.
+fn unreachable_error<T>(ident: &syn::Ident) -> syn::Result<T> {
+    Err(syn::Error::new(ident.span(), "internal: incomplete `with_adapters` arguments"))
+}

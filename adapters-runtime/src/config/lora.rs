@@ -1,0 +1,151 @@
+//! `LoRAConfig`: LoRA, IA3, DoRA (and the VeRA fields, kept for files), as AdapterHub writes it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{AdapterError, Result};
+
+fn lora_arch() -> Option<String> {
+    Some("lora".into())
+}
+fn default_true() -> bool {
+    true
+}
+fn default_r() -> usize {
+    8
+}
+fn default_alpha() -> f64 {
+    8.0
+}
+fn default_matrices() -> Vec<String> {
+    vec!["q".into(), "v".into()]
+}
+fn default_mode() -> String {
+    "add".into()
+}
+fn default_init() -> String {
+    "lora".into()
+}
+
+/// Every field of the Python `LoRAConfig` with its defaults (`lora` preset).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LoRAConfig {
+    #[serde(default = "lora_arch")]
+    pub architecture: Option<String>,
+    #[serde(default = "default_true")]
+    pub selfattn_lora: bool,
+    #[serde(default)]
+    pub intermediate_lora: bool,
+    #[serde(default)]
+    pub output_lora: bool,
+    #[serde(default)]
+    pub leave_out: Vec<usize>,
+    #[serde(default = "default_r")]
+    pub r: usize,
+    /// Python declares an int; some files carry floats, so both are read.
+    #[serde(default = "default_alpha", serialize_with = "write_int_if_whole")]
+    pub alpha: f64,
+    #[serde(default)]
+    pub dropout: f64,
+    #[serde(default = "default_matrices")]
+    pub attn_matrices: Vec<String>,
+    #[serde(default = "default_mode")]
+    pub composition_mode: String,
+    #[serde(default = "default_init")]
+    pub init_weights: String,
+    #[serde(default)]
+    pub init_weights_seed: Option<u64>,
+    #[serde(default)]
+    pub use_gating: bool,
+    #[serde(default)]
+    pub use_dora: bool,
+    #[serde(default)]
+    pub vera_d: Option<f64>,
+    #[serde(default)]
+    pub vera_b: Option<f64>,
+    #[serde(default)]
+    pub dtype: Option<String>,
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, Value>,
+}
+
+fn write_int_if_whole<S: serde::Serializer>(v: &f64, s: S) -> std::result::Result<S::Ok, S::Error> {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        s.serialize_i64(*v as i64)
+    } else {
+        s.serialize_f64(*v)
+    }
+}
+
+/// Which kind of module a LoRA config builds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoraKind {
+    /// `composition_mode = "add"`: W x + s * B A x.
+    LoRA,
+    /// `composition_mode = "add"` with `use_dora`.
+    DoRA,
+    /// `composition_mode = "scale"`: (W x + b) * (B * alpha).
+    IA3,
+}
+
+impl LoRAConfig {
+    pub fn kind(&self) -> LoraKind {
+        match (self.composition_mode.as_str(), self.use_dora) {
+            ("scale", _) => LoraKind::IA3,
+            (_, true) => LoraKind::DoRA,
+            _ => LoraKind::LoRA,
+        }
+    }
+
+    /// Checks what the Python library checks when it builds the modules.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |key: &str, reason: String| Err(AdapterError::InvalidConfig(format!("`{key}`: {reason}")));
+        if self.r == 0 {
+            return bad("r", "must be at least 1".into());
+        }
+        for m in &self.attn_matrices {
+            if !["q", "k", "v"].contains(&m.as_str()) {
+                return bad("attn_matrices", format!("`{m}` is not one of q, k, v"));
+            }
+        }
+        match self.composition_mode.as_str() {
+            "add" => {}
+            "scale" => {
+                if self.r > 1 {
+                    return bad("r", "composition_mode \"scale\" (IA3) needs r == 1".into());
+                }
+                if self.use_dora {
+                    return bad("use_dora", "IA3 (composition_mode \"scale\") does not support DoRA".into());
+                }
+                if self.dropout > 0.0 {
+                    return bad("dropout", "IA3 does not support dropout".into());
+                }
+            }
+            other => return bad("composition_mode", format!("`{other}` is not \"add\" or \"scale\"")),
+        }
+        if !["lora", "bert", "ia3", "vera"].contains(&self.init_weights.as_str()) {
+            return bad("init_weights", format!("`{}` is not lora, bert, ia3 or vera", self.init_weights));
+        }
+        if self.vera_d.is_some() || self.vera_b.is_some() {
+            return Err(AdapterError::InvalidConfig("VeRA (`vera_d`/`vera_b`) is not supported by this version yet".into()));
+        }
+        if self.use_gating {
+            return Err(AdapterError::InvalidConfig("LoRA `use_gating` (UniPELT) is not supported by this version yet".into()));
+        }
+        Ok(())
+    }
+
+    /// Whether this config places a module on a linear with the given location.
+    pub fn targets(&self, location: crate::mixin::LoraLocation) -> bool {
+        use crate::mixin::LoraLocation::*;
+        match location {
+            Query => self.selfattn_lora && self.attn_matrices.iter().any(|m| m == "q"),
+            Key => self.selfattn_lora && self.attn_matrices.iter().any(|m| m == "k"),
+            Value => self.selfattn_lora && self.attn_matrices.iter().any(|m| m == "v"),
+            Intermediate => self.intermediate_lora,
+            Output => self.output_lora,
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! Shorthand strings (`ADAPTER_CONFIG_MAP` names) and their `[key=value, ...]` overrides.
+
+use serde_json::{json, Map, Value};
+
+use super::AdapterConfig;
+use crate::error::{AdapterError, Result};
+
+/// Names the Python library knows, with the ones this version builds first.
+const SUPPORTED: &[&str] = &[
+    "seq_bn", "pfeiffer", "double_seq_bn", "houlsby", "par_bn", "parallel", "scaled_par_bn",
+    "scaled_parallel", "lora", "ia3", "dora",
+];
+const LATER: &[&str] = &[
+    "seq_bn_inv", "double_seq_bn_inv", "pfeiffer+inv", "houlsby+inv", "compacter", "compacter++",
+    "prefix_tuning", "prefix_tuning_flat", "prompt_tuning", "vera", "dvora", "mtl_lora", "loreft",
+    "noreft", "direft", "mam", "unipelt",
+];
+
+fn bn_base() -> Map<String, Value> {
+    let value = json!({
+        "mh_adapter": false, "output_adapter": true, "reduction_factor": 16,
+        "non_linearity": "relu", "original_ln_before": false, "original_ln_after": true,
+        "ln_before": false, "ln_after": false, "init_weights": "bert", "init_weights_seed": null,
+        "is_parallel": false, "scaling": 1.0, "use_gating": false, "residual_before_ln": true,
+        "adapter_residual_before_ln": false, "inv_adapter": null,
+        "inv_adapter_reduction_factor": null, "cross_adapter": false, "leave_out": [],
+        "dropout": 0.0, "phm_layer": false, "phm_dim": 4, "factorized_phm_W": true,
+        "shared_W_phm": false, "shared_phm_rule": true, "factorized_phm_rule": false,
+        "phm_c_init": "normal", "phm_init_range": 0.0001, "learn_phm": true,
+        "hypercomplex_nonlinearity": "glorot-uniform", "phm_rank": 1, "phm_bias": true,
+        "stochastic_depth": 0.0
+    });
+    value.as_object().cloned().unwrap_or_default()
+}
+
+fn lora_base() -> Map<String, Value> {
+    let value = json!({
+        "architecture": "lora", "selfattn_lora": true, "intermediate_lora": false,
+        "output_lora": false, "leave_out": [], "r": 8, "alpha": 8, "dropout": 0.0,
+        "attn_matrices": ["q", "v"], "composition_mode": "add", "init_weights": "lora",
+        "init_weights_seed": null, "use_gating": false, "use_dora": false, "vera_d": null,
+        "vera_b": null, "dtype": null
+    });
+    value.as_object().cloned().unwrap_or_default()
+}
+
+fn with(mut base: Map<String, Value>, changes: Value) -> Map<String, Value> {
+    if let Value::Object(changes) = changes {
+        base.extend(changes);
+    }
+    base
+}
+
+/// The full config dict of a preset name, as the Python dataclass defaults give it.
+fn preset(name: &str) -> Option<Map<String, Value>> {
+    Some(match name {
+        "seq_bn" | "pfeiffer" => with(bn_base(), json!({"original_ln_before": true})),
+        "double_seq_bn" | "houlsby" => {
+            with(bn_base(), json!({"mh_adapter": true, "non_linearity": "swish"}))
+        }
+        "par_bn" | "parallel" => with(
+            bn_base(),
+            json!({"reduction_factor": 2, "init_weights": "mam_adapter", "is_parallel": true, "scaling": 4.0}),
+        ),
+        "scaled_par_bn" | "scaled_parallel" => with(
+            bn_base(),
+            json!({"reduction_factor": 2, "init_weights": "mam_adapter", "is_parallel": true, "scaling": "learned"}),
+        ),
+        "lora" => lora_base(),
+        "ia3" => with(
+            lora_base(),
+            json!({"intermediate_lora": true, "r": 1, "alpha": 1, "attn_matrices": ["k", "v"],
+                   "composition_mode": "scale", "init_weights": "ia3"}),
+        ),
+        "dora" => with(lora_base(), json!({"use_dora": true})),
+        _ => return None,
+    })
+}
+
+pub(super) fn parse(input: &str) -> Result<AdapterConfig> {
+    let err = |reason: String| AdapterError::ConfigString { input: input.into(), reason };
+    let text = input.trim();
+    if text.contains('|') {
+        return Err(err("config unions (`a|b`) are not supported by this version yet".into()));
+    }
+    let (name, overrides) = match text.find('[') {
+        Some(open) => {
+            let close = text.rfind(']').filter(|&c| c == text.len() - 1).ok_or_else(|| {
+                err("an override list must end with `]`, e.g. lora[r=16,alpha=32]".into())
+            })?;
+            (text[..open].trim(), Some(&text[open + 1..close]))
+        }
+        None => (text, None),
+    };
+    let mut dict = match preset(name) {
+        Some(dict) => dict,
+        None if LATER.contains(&name) => {
+            return Err(err(format!("`{name}` is not supported by this version yet")));
+        }
+        None => {
+            let hint = nearest(name, SUPPORTED).map(|n| format!("; did you mean `{n}`?")).unwrap_or_default();
+            return Err(AdapterError::UnknownMethod {
+                name: format!("{name}{hint}"),
+                known: SUPPORTED.join(", "),
+            });
+        }
+    };
+    if let Some(overrides) = overrides {
+        for item in split_top_level(overrides) {
+            let item = item.trim();
+            if item.is_empty() {
+                continue;
+            }
+            let (key, value) = item
+                .split_once('=')
+                .ok_or_else(|| err(format!("`{item}` is not of the form key=value")))?;
+            let key = key.trim();
+            if !dict.contains_key(key) {
+                let keys: Vec<&str> = dict.keys().map(String::as_str).collect();
+                let hint = nearest(key, &keys).map(|n| format!("; did you mean `{n}`?")).unwrap_or_default();
+                return Err(err(format!("`{name}` has no option `{key}`{hint}")));
+            }
+            let value = python_literal(value.trim()).map_err(|reason| err(format!("value of `{key}`: {reason}")))?;
+            dict.insert(key.to_string(), value);
+        }
+    }
+    AdapterConfig::from_json(&Value::Object(dict), &format!("config string `{input}`"))
+}
+
+/// Splits on commas that are not inside brackets, braces or quotes.
+fn split_top_level(text: &str) -> Vec<&str> {
+    let (mut depth, mut quote, mut start, mut parts) = (0i32, None, 0, Vec::new());
+    for (i, c) in text.char_indices() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(c),
+            (None, '[' | '{' | '(') => depth += 1,
+            (None, ']' | '}' | ')') => depth -= 1,
+            (None, ',') if depth == 0 => {
+                parts.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&text[start..]);
+    parts
+}
+
+/// Reads a Python literal (numbers, True/False/None, quoted strings, lists, dicts) as JSON.
+fn python_literal(text: &str) -> std::result::Result<Value, String> {
+    let mut json = String::with_capacity(text.len());
+    let mut quote = None;
+    let mut word = String::new();
+    let flush = |word: &mut String, json: &mut String| {
+        match word.as_str() {
+            "True" => json.push_str("true"),
+            "False" => json.push_str("false"),
+            "None" => json.push_str("null"),
+            _ => json.push_str(word),
+        }
+        word.clear();
+    };
+    for c in text.chars() {
+        match quote {
+            Some(q) if c == q => {
+                json.push('"');
+                quote = None;
+            }
+            Some(_) if c == '"' => json.push_str("\\\""),
+            Some(_) => json.push(c),
+            None if c == '\'' || c == '"' => {
+                flush(&mut word, &mut json);
+                json.push('"');
+                quote = Some(c);
+            }
+            None if c.is_alphanumeric() || c == '_' || c == '.' || c == '-' || c == '+' => word.push(c),
+            None => {
+                flush(&mut word, &mut json);
+                json.push(c);
+            }
+        }
+    }
+    flush(&mut word, &mut json);
+    match serde_json::from_str::<Value>(&json) {
+        Ok(value) => Ok(value),
+        // A bare word such as `gelu` is a string, as users write it in shorthand strings.
+        Err(_) if text.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '-') => Ok(Value::String(text.into())),
+        Err(e) => Err(format!("`{text}` is not a Python literal ({e})")),
+    }
+}
+
+/// The closest candidate by edit distance, if it is close enough to be a likely typo.
+pub(crate) fn nearest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    candidates
+        .iter()
+        .map(|c| (edit_distance(word, c), *c))
+        .filter(|(d, c)| *d <= (c.len().max(word.len()) / 3).max(1))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_apply_and_typos_are_named() {
+        let AdapterConfig::LoRA(c) = parse("lora[r=16,alpha=32, attn_matrices=['q','k']]").unwrap() else {
+            panic!("lora parses to a LoRA config")
+        };
+        assert_eq!((c.r, c.alpha), (16, 32.0));
+        assert_eq!(c.attn_matrices, vec!["q", "k"]);
+        let e = parse("lora[rr=4]").unwrap_err().to_string();
+        assert!(e.contains("did you mean `r`"), "{e}");
+        let e = parse("seq_bm").unwrap_err().to_string();
+        assert!(e.contains("did you mean `seq_bn`"), "{e}");
+        let AdapterConfig::Bottleneck(b) = parse("seq_bn[reduction_factor={'0': 4, 'default': 8}, ln_before=True]").unwrap() else {
+            panic!("seq_bn parses to a bottleneck config")
+        };
+        assert!(b.ln_before && b.original_ln_before);
+        assert_eq!(b.reduction_factor.for_layer(0).unwrap(), 4.0);
+        assert_eq!(b.reduction_factor.for_layer(3).unwrap(), 8.0);
+        assert!(parse("prefix_tuning").unwrap_err().to_string().contains("not supported by this version yet"));
+        assert!(parse("ia3[r=2]").is_err());
+    }
+}

@@ -1,0 +1,67 @@
+//! Files: atomic writes, and reading weight files in either format the Python library writes.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+
+use crate::error::{AdapterError, Result};
+
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so a
+/// crash never leaves a half-written file where a good one was.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = temp_path(path);
+    std::fs::write(&tmp, bytes).map_err(|e| AdapterError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        AdapterError::io(path, e)
+    })
+}
+
+fn temp_path(path: &Path) -> std::path::PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+/// Saves named tensors as safetensors, atomically.
+pub fn save_safetensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
+    let tmp = temp_path(path);
+    candle_core::safetensors::save(tensors, &tmp).map_err(|e| AdapterError::file(tmp.display(), e))?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        AdapterError::io(path, e)
+    })
+}
+
+/// Reads every tensor of a safetensors file or a torch pickle (`.bin`) file, as f32 on the CPU.
+pub fn read_weights(path: &Path) -> Result<HashMap<String, Tensor>> {
+    let origin = path.display().to_string();
+    let is_safetensors = path.extension().is_some_and(|e| e == "safetensors");
+    let tensors: Vec<(String, Tensor)> = if is_safetensors {
+        candle_core::safetensors::load(path, &Device::Cpu)
+            .map_err(|e| AdapterError::file(&origin, format!("not a readable safetensors file: {e}")))?
+            .into_iter()
+            .collect()
+    } else {
+        candle_core::pickle::read_all(path)
+            .map_err(|e| AdapterError::file(&origin, format!("not a readable torch weight file: {e}")))?
+    };
+    tensors
+        .into_iter()
+        .map(|(name, t)| {
+            let t = t.to_dtype(candle_core::DType::F32).map_err(|e| AdapterError::file(&origin, format!("tensor `{name}`: {e}")))?;
+            Ok((name, t))
+        })
+        .collect()
+}
+
+/// Finds the weight file of a saved module: the safetensors name first, then the pickle name.
+pub fn find_weights(dir: &Path, safetensors_name: &str, pickle_name: &str) -> Result<std::path::PathBuf> {
+    for name in [safetensors_name, pickle_name] {
+        let path = dir.join(name);
+        if path.is_file() {
+            return Ok(path);
+        }
+    }
+    Err(AdapterError::file(dir.display(), format!("holds neither `{safetensors_name}` nor `{pickle_name}`")))
+}

@@ -1,0 +1,33 @@
+//! # adapters-runtime
+//!
+//! The methods, configs, files and model API of the AdapterHub toolbox for candle models.
+//! Models are annotated with the macros of `adapters-macros` (re-exported here), which generate
+//! the slots walk and the mapping; everything in this crate is written once for all models.
+//!
+//! ```
+//! use adapters_runtime::{AdapterConfig, AdapterSetup};
+//! let config = AdapterConfig::parse("double_seq_bn[reduction_factor=8]").unwrap();
+//! assert_eq!(config.method_name(), "bottleneck");
+//! let setup = AdapterSetup::parse("Stack[lang, task]").unwrap();
+//! assert_eq!(setup.flatten(), vec!["lang", "task"]);
+//! ```
+
+pub mod config;
+pub mod context;
+pub mod error;
+pub mod io;
+pub mod methods;
+pub mod mixin;
+pub mod model;
+pub mod setup;
+
+pub use adapters_macros::{adapter_config, adapter_mixin, with_adapters};
+pub use config::{AdapterConfig, AdapterFile, BnConfig, LoRAConfig};
+pub use context::ForwardContext;
+pub use error::{AdapterError, Result};
+pub use methods::bottleneck::BottleneckSlot;
+pub use methods::lora::LoRALinear;
+pub use methods::LayerNorm;
+pub use mixin::{AdaptableModel, AdapterMixin, AdapterModelConfig, EncoderForward, ModelDims, ModelMapping};
+pub use model::{AdaptedModel, AdapterSummary, AdapterSummaryRow};
+pub use setup::AdapterSetup;

@@ -1,0 +1,125 @@
+//! One LoRA-family module on one linear layer. Follows `LoRA`, `IA3` and the DoRA helpers in
+//! `methods/lora.py`.
+
+use candle_core::{DType, Device, Result, Tensor};
+
+use crate::config::{LoRAConfig, LoraKind};
+use crate::methods::init::{self, Rng};
+use crate::methods::{dropout, NamedParam};
+
+pub struct LoraModule {
+    pub(crate) kind: LoraKind,
+    params: Vec<NamedParam>,
+    /// alpha / r for LoRA and DoRA; alpha for IA3.
+    scaling: f64,
+    dropout: f64,
+}
+
+impl LoraModule {
+    /// A fresh module for a linear with `in_features -> out_features`. DoRA needs the base weight
+    /// to initialise its magnitude from the row norms.
+    pub fn new(config: &LoRAConfig, in_features: usize, out_features: usize, base_weight: &Tensor, rng: &mut Rng) -> Result<Self> {
+        let kind = config.kind();
+        let r = config.r;
+        let mut params = Vec::new();
+        let (a_shape, b_shape) = ([r, in_features], [out_features, r]);
+        let ones = |shape: &[usize]| Tensor::ones(shape, DType::F32, &Device::Cpu);
+        let zeros = |shape: &[usize]| Tensor::zeros(shape, DType::F32, &Device::Cpu);
+        match kind {
+            LoraKind::IA3 => {
+                let b = match config.init_weights.as_str() {
+                    "lora" => zeros(&b_shape)?,
+                    "bert" => init::normal(rng, &b_shape, 0.02)?,
+                    _ => ones(&b_shape)?,
+                };
+                params.push(NamedParam::new("lora_B", b)?);
+            }
+            LoraKind::LoRA | LoraKind::DoRA => {
+                let (a, b) = match config.init_weights.as_str() {
+                    "bert" => (init::normal(rng, &a_shape, 0.02)?, init::normal(rng, &b_shape, 0.02)?),
+                    "ia3" => (ones(&a_shape)?, ones(&b_shape)?),
+                    _ => (init::kaiming_uniform(rng, &a_shape)?, zeros(&b_shape)?),
+                };
+                params.push(NamedParam::new("lora_A", a)?);
+                params.push(NamedParam::new("lora_B", b)?);
+                if kind == LoraKind::DoRA {
+                    // `m` is an nn.Linear(1, out): weight (out, 1) = ||W||_row.
+                    let m = base_weight.sqr()?.sum_keepdim(1)?.sqrt()?;
+                    params.push(NamedParam::new("m.weight", m)?);
+                }
+            }
+        }
+        let scaling = match kind {
+            LoraKind::IA3 => config.alpha,
+            _ => config.alpha / r as f64,
+        };
+        Ok(LoraModule { kind, params, scaling, dropout: config.dropout })
+    }
+
+    pub fn params(&self) -> &[NamedParam] {
+        &self.params
+    }
+
+    fn get(&self, name: &str) -> Tensor {
+        self.params.iter().find(|p| p.name == name).map(|p| p.var.as_tensor().clone()).expect("parameter created with the module")
+    }
+
+    /// `B A` (LoRA, DoRA; unscaled) or the IA3 vector `B` (out, 1).
+    pub fn delta_w(&self) -> Result<Tensor> {
+        match self.kind {
+            LoraKind::IA3 => Ok(self.get("lora_B")),
+            _ => self.get("lora_B").matmul(&self.get("lora_A")),
+        }
+    }
+
+    /// The composed module output given the previous module's output in a stack (`None` first).
+    pub fn forward(&self, hidden: Option<&Tensor>, layer_input: &Tensor, train: bool) -> Result<Tensor> {
+        match self.kind {
+            LoraKind::IA3 => {
+                let vector = self.get("lora_B").flatten_all()?;
+                let hidden = match hidden {
+                    Some(h) => h.broadcast_mul(&vector)?,
+                    None => {
+                        let (b, _, _) = layer_input.dims3()?;
+                        vector.reshape((1, 1, ()))?.repeat((b, 1, 1))?
+                    }
+                };
+                hidden * self.scaling
+            }
+            _ => {
+                let x = dropout(hidden.unwrap_or(layer_input), self.dropout, train)?;
+                let low = super::super::linear(&x, &self.get("lora_A"), None)?;
+                let out = super::super::linear(&low, &self.get("lora_B"), None)?;
+                out * self.scaling
+            }
+        }
+    }
+
+    /// Combines the base output with the composed module output, as the last module of a stack.
+    pub fn combine(&self, layer_output: &Tensor, hidden: &Tensor, base_weight: &Tensor) -> Result<Tensor> {
+        match self.kind {
+            LoraKind::LoRA => layer_output.broadcast_add(hidden),
+            LoraKind::IA3 => layer_output.broadcast_mul(hidden),
+            LoraKind::DoRA => {
+                // m / ||W + B A||_row * (W x + b + s B A x); the norm uses the unscaled delta.
+                let norm = (base_weight + self.delta_w()?)?.sqr()?.sum(1)?.sqrt()?;
+                let scale = self.get("m.weight").flatten_all()?.div(&norm)?;
+                (layer_output + hidden)?.broadcast_mul(&scale)
+            }
+        }
+    }
+
+    /// The weight with this module folded in (`merge_adapter`).
+    pub fn merged_weight(&self, weight: &Tensor) -> Result<Tensor> {
+        let delta = self.delta_w()?;
+        match self.kind {
+            LoraKind::LoRA => weight + (delta * self.scaling)?,
+            LoraKind::IA3 => weight.broadcast_mul(&(delta * self.scaling)?),
+            LoraKind::DoRA => {
+                let v = (weight + delta)?;
+                let norm = v.sqr()?.sum_keepdim(1)?.sqrt()?;
+                v.broadcast_mul(&self.get("m.weight").div(&norm)?)
+            }
+        }
+    }
+}

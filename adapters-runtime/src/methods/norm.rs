@@ -1,0 +1,51 @@
+//! LayerNorm as the transformer models and the adapters use it.
+
+use candle_core::{DType, Result, Tensor};
+
+/// A LayerNorm over the last dimension, `(x - mean) / sqrt(var + eps) * weight + bias`.
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn new(weight: Tensor, bias: Tensor, eps: f64) -> Self {
+        LayerNorm { weight, bias, eps }
+    }
+
+    /// Loads `weight` and `bias` of size `size`; also accepts the old `gamma`/`beta` names.
+    pub fn load(size: usize, eps: f64, vb: candle_nn::VarBuilder) -> Result<Self> {
+        let (weight, bias) = if vb.contains_tensor("weight") || !vb.contains_tensor("gamma") {
+            (vb.get(size, "weight")?, vb.get(size, "bias")?)
+        } else {
+            (vb.get(size, "gamma")?, vb.get(size, "beta")?)
+        };
+        Ok(LayerNorm { weight, bias, eps })
+    }
+
+    pub fn size(&self) -> usize {
+        self.weight.dims1().unwrap_or(0)
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let tracked = x.track_op() || self.weight.track_op() || self.bias.track_op();
+        if !tracked && x.dtype() == DType::F32 && x.is_contiguous() {
+            // One fused pass over each row; the fused op has no gradient, so training takes the
+            // op-by-op path below.
+            return candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps as f32);
+        }
+        layer_norm_slow(x, &self.weight, &self.bias, self.eps)
+    }
+}
+
+/// The same computation from tensor ops, differentiable for training.
+pub fn layer_norm_slow(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    let dim = x.rank() - 1;
+    let mean = x.mean_keepdim(dim)?;
+    let centered = x.broadcast_sub(&mean)?;
+    let var = centered.sqr()?.mean_keepdim(dim)?;
+    let normed = centered.broadcast_div(&(var + eps)?.sqrt()?)?;
+    normed.broadcast_mul(weight)?.broadcast_add(bias)
+}

@@ -1,0 +1,213 @@
+//! What the macros generate for a model, and what the runtime walks: slots, mixins, the mapping
+//! and the config key view. Model authors do not implement these traits by hand;
+//! `#[adapter_mixin]`, `#[with_adapters]` and `#[adapter_config]` do.
+
+use crate::methods::bottleneck::BottleneckSlot;
+use crate::methods::lora::LoRALinear;
+
+/// Which linear of a layer a LoRA-family slot wraps (the Python location keys).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LoraLocation {
+    Query,
+    Key,
+    Value,
+    Intermediate,
+    Output,
+}
+
+/// Where a bottleneck slot sits in a layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BottleneckLocation {
+    /// After multi-head attention (`mh_adapter`).
+    MhAdapter,
+    /// After the feed-forward block (`output_adapter`).
+    OutputAdapter,
+}
+
+/// A slot, borrowed mutably, with its location.
+pub enum SlotMut<'a> {
+    Lora(LoraLocation, &'a mut LoRALinear),
+    Bottleneck(BottleneckLocation, &'a mut BottleneckSlot),
+}
+
+/// A slot, borrowed, with its location.
+pub enum SlotRef<'a> {
+    Lora(LoraLocation, &'a LoRALinear),
+    Bottleneck(BottleneckLocation, &'a BottleneckSlot),
+}
+
+/// The method family an insertion point serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotFamily {
+    Lora,
+    Bottleneck,
+}
+
+/// One marked insertion point of a mixin, as written in `#[adapter_mixin(...)]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotSpec {
+    pub family: SlotFamily,
+    /// The location key (`q`, `mh_adapter`, ...).
+    pub location: &'static str,
+    /// The field path inside the layer (`attention.self_attention.query`).
+    pub field: &'static str,
+}
+
+/// A mixin: the insertion points one layer type carries.
+#[derive(Clone, Copy, Debug)]
+pub struct MixinInfo {
+    pub name: &'static str,
+    pub slots: &'static [SlotSpec],
+}
+
+impl MixinInfo {
+    pub fn has(&self, family: SlotFamily) -> bool {
+        self.slots.iter().any(|s| s.family == family)
+    }
+}
+
+/// Implemented by `#[adapter_mixin(...)]` on a layer struct.
+pub trait AdapterMixin {
+    const MIXIN: MixinInfo;
+    fn for_each_slot(&self, f: &mut dyn FnMut(SlotRef<'_>));
+    fn for_each_slot_mut(&mut self, f: &mut dyn FnMut(SlotMut<'_>));
+}
+
+/// The config values adapters need, under the names the Python library uses
+/// (`CONFIG_CLASS_KEYS_MAPPING` maps other names onto these).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ModelDims {
+    pub hidden_size: usize,
+    pub num_attention_heads: usize,
+    pub num_hidden_layers: usize,
+    pub hidden_dropout_prob: f64,
+    pub attention_probs_dropout_prob: f64,
+}
+
+/// Implemented by `#[adapter_config(...)]` on a model config struct.
+pub trait AdapterModelConfig {
+    /// The Python names of the keys and the config fields they come from.
+    const KEY_MAPPING: &'static [(&'static str, &'static str)];
+    fn dims(&self) -> ModelDims;
+}
+
+/// The mapping entry of one model: which layer type carries which mixin.
+#[derive(Clone, Copy, Debug)]
+pub struct ModelMapping {
+    pub model_type: &'static str,
+    pub model_class: &'static str,
+    /// The layer type as the model names it (`RobertaLayer`).
+    pub layer_type: &'static str,
+    /// The mixin that layer reuses (`BertLayer`).
+    pub layer_mixin: MixinInfo,
+    /// The Python names of the config keys and the fields they come from.
+    pub config_keys: &'static [(&'static str, &'static str)],
+}
+
+impl ModelMapping {
+    /// The methods this model supports, derived from the slots its mixin marks.
+    pub fn supported_methods(&self) -> Vec<&'static str> {
+        let mut methods = Vec::new();
+        if self.layer_mixin.has(SlotFamily::Bottleneck) {
+            methods.extend(["seq_bn", "double_seq_bn", "par_bn", "scaled_par_bn"]);
+        }
+        if self.layer_mixin.has(SlotFamily::Lora) {
+            methods.extend(["lora", "ia3", "dora"]);
+        }
+        methods
+    }
+}
+
+/// Implemented by `#[with_adapters(...)]` on a base model struct.
+pub trait AdaptableModel {
+    type Layer: AdapterMixin;
+    const MAPPING: ModelMapping;
+    fn dims(&self) -> ModelDims;
+    fn layers(&self) -> Vec<&Self::Layer>;
+    fn layers_mut(&mut self) -> Vec<&mut Self::Layer>;
+}
+
+/// The forward pass of an encoder, written once by the model author with the context threaded
+/// through to its slots.
+pub trait EncoderForward {
+    /// `input_ids`, `attention_mask`: I64 [batch, seq]; returns `last_hidden_state` [batch, seq, hidden].
+    fn forward_with(
+        &self,
+        input_ids: &candle_core::Tensor,
+        attention_mask: &candle_core::Tensor,
+        ctx: &crate::context::ForwardContext,
+    ) -> candle_core::Result<candle_core::Tensor>;
+}
+
+/// Static checks the macros emit so that a mistake is reported on the marked token with a
+/// message that says what to write.
+pub mod assert {
+    use super::*;
+
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot carry LoRA: a `lora(...)` mark must name a `LoRALinear` field",
+        label = "this field is not a `LoRALinear`",
+        note = "declare the field as `adapters_runtime::LoRALinear` and build it with `LoRALinear::load(in, out, vb.pp(\"name\"))`"
+    )]
+    pub trait LoraTarget {
+        fn as_lora(&self) -> &LoRALinear;
+        fn as_lora_mut(&mut self) -> &mut LoRALinear;
+    }
+    impl LoraTarget for LoRALinear {
+        fn as_lora(&self) -> &LoRALinear {
+            self
+        }
+        fn as_lora_mut(&mut self) -> &mut LoRALinear {
+            self
+        }
+    }
+
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot carry bottleneck adapters: a `bottleneck(...)` mark must name a `BottleneckSlot` field",
+        label = "this field is not a `BottleneckSlot`",
+        note = "keep the sublayer's LayerNorm in an `adapters_runtime::BottleneckSlot` and call `slot.forward(hidden, residual, ctx)` where the model computed `LayerNorm(hidden + residual)`"
+    )]
+    pub trait BottleneckTarget {
+        fn as_bottleneck(&self) -> &BottleneckSlot;
+        fn as_bottleneck_mut(&mut self) -> &mut BottleneckSlot;
+    }
+    impl BottleneckTarget for BottleneckSlot {
+        fn as_bottleneck(&self) -> &BottleneckSlot {
+            self
+        }
+        fn as_bottleneck_mut(&mut self) -> &mut BottleneckSlot {
+            self
+        }
+    }
+
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` is not an adapter mixin",
+        label = "no `#[adapter_mixin(...)]` on this type",
+        note = "mark the layer struct with `#[adapter_mixin(lora(...), bottleneck(...))]`, or name a layer type that has one (e.g. `layer_mixin = BertLayer`)"
+    )]
+    pub trait IsMixin {}
+    impl<T: AdapterMixin> IsMixin for T {}
+
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` is not an adapter model config",
+        label = "no `#[adapter_config]` on this type",
+        note = "mark the config struct with `#[adapter_config]` (and map keys it names otherwise, e.g. `#[adapter_config(hidden_size = dim)]`)"
+    )]
+    pub trait IsModelConfig {}
+    impl<T: AdapterModelConfig> IsModelConfig for T {}
+
+    pub fn lora<T: LoraTarget + ?Sized>(t: &T) -> &LoRALinear {
+        t.as_lora()
+    }
+    pub fn lora_mut<T: LoraTarget + ?Sized>(t: &mut T) -> &mut LoRALinear {
+        t.as_lora_mut()
+    }
+    pub fn bottleneck<T: BottleneckTarget + ?Sized>(t: &T) -> &BottleneckSlot {
+        t.as_bottleneck()
+    }
+    pub fn bottleneck_mut<T: BottleneckTarget + ?Sized>(t: &mut T) -> &mut BottleneckSlot {
+        t.as_bottleneck_mut()
+    }
+    pub fn mixin<T: IsMixin>() {}
+    pub fn model_config<T: IsModelConfig>(_: &T) {}
+}

@@ -1,0 +1,513 @@
+//! The model API, written once for every model: add, delete, activate, train, merge, save, load
+//! and summarise adapters by walking the slots that the macros generated.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::Path;
+
+use candle_core::{Tensor, Var};
+
+use crate::config::{AdapterConfig, AdapterFile};
+use crate::context::ForwardContext;
+use crate::error::{AdapterError, Result};
+use crate::methods::bottleneck::BottleneckAdapter;
+use crate::methods::init::Rng;
+use crate::methods::lora::LoraModule;
+use crate::methods::NamedParam;
+use crate::mixin::{AdaptableModel, AdapterMixin, BottleneckLocation, EncoderForward, SlotMut, SlotRef};
+use crate::setup::AdapterSetup;
+
+/// Weight file names of a saved adapter, as the Python library names them.
+pub const ADAPTER_WEIGHTS_SAFE: &str = "adapter.safetensors";
+pub const ADAPTER_WEIGHTS_PICKLE: &str = "pytorch_adapter.bin";
+/// The `adapters` version whose behaviour and files this runtime follows.
+pub const PYTHON_ADAPTERS_VERSION: &str = "1.3.0";
+
+/// A base model plus its adapters. `M` is a model annotated with `#[with_adapters]`.
+pub struct AdaptedModel<M> {
+    model: M,
+    configs: BTreeMap<String, AdapterConfig>,
+    active: Option<AdapterSetup>,
+    stack: Vec<String>,
+    training: bool,
+    base_params: usize,
+    root_prefix: String,
+}
+
+/// One row of [`AdaptedModel::adapter_summary`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdapterSummaryRow {
+    pub name: String,
+    pub method: String,
+    pub parameters: usize,
+    pub percent_of_base: f64,
+    pub active: bool,
+    pub trainable: bool,
+}
+
+/// The rows of a summary, printed as the Python library's table.
+pub struct AdapterSummary(pub Vec<AdapterSummaryRow>);
+
+impl fmt::Display for AdapterSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{:<20}{:<14}{:>12}{:>10}{:>8}{:>10}", "Name", "Architecture", "#Param", "%Param", "Active", "Train")?;
+        for r in &self.0 {
+            writeln!(
+                f,
+                "{:<20}{:<14}{:>12}{:>10.3}{:>8}{:>10}",
+                r.name, r.method, r.parameters, r.percent_of_base, r.active, r.trainable
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl<M: AdaptableModel> AdaptedModel<M> {
+    /// Wraps a loaded base model. `base_params` counts its parameters (for the summary);
+    /// `root_prefix` is the prefix its weights were loaded under (`""` or `"bert"`), which adapter
+    /// file names do not carry.
+    pub fn new(model: M, base_params: usize, root_prefix: impl Into<String>) -> Self {
+        AdaptedModel {
+            model,
+            configs: BTreeMap::new(),
+            active: None,
+            stack: Vec::new(),
+            training: false,
+            base_params,
+            root_prefix: root_prefix.into(),
+        }
+    }
+
+    pub fn base(&self) -> &M {
+        &self.model
+    }
+
+    pub fn adapter_names(&self) -> impl Iterator<Item = &str> {
+        self.configs.keys().map(String::as_str)
+    }
+
+    pub fn adapter_config(&self, name: &str) -> Option<&AdapterConfig> {
+        self.configs.get(name)
+    }
+
+    fn each_slot(&self, f: &mut dyn FnMut(usize, SlotRef<'_>)) {
+        for (i, layer) in self.model.layers().into_iter().enumerate() {
+            layer.for_each_slot(&mut |slot| f(i, slot));
+        }
+    }
+
+    fn each_slot_mut(&mut self, f: &mut dyn FnMut(usize, SlotMut<'_>)) {
+        for (i, layer) in self.model.layers_mut().into_iter().enumerate() {
+            layer.for_each_slot_mut(&mut |slot| f(i, slot));
+        }
+    }
+
+    /// Adds a new adapter (not active until `set_active_adapters` or `train_adapter`).
+    ///
+    /// ```no_run
+    /// # fn demo<M: adapters_runtime::AdaptableModel>(model: &mut adapters_runtime::AdaptedModel<M>) -> adapters_runtime::Result<()> {
+    /// use adapters_runtime::AdapterConfig;
+    /// model.add_adapter("sst2", AdapterConfig::parse("seq_bn[reduction_factor=16]")?)?;
+    /// model.set_active_adapters("sst2")?;
+    /// # Ok(()) }
+    /// ```
+    pub fn add_adapter(&mut self, name: &str, config: AdapterConfig) -> Result<()> {
+        if self.configs.contains_key(name) {
+            return Err(AdapterError::AdapterExists(name.into()));
+        }
+        if name.is_empty() || name.contains(['.', ',', '[', ']']) {
+            return Err(AdapterError::InvalidConfig(format!("adapter name `{name}` may not be empty or contain `.`, `,`, `[` or `]`")));
+        }
+        config.validate()?;
+        // Build every module first, then insert: a failure leaves the model untouched.
+        let mut rng = Rng::from_name(name, 0);
+        let mut planned: Vec<Option<Planned>> = Vec::new();
+        let mut failure = None;
+        self.each_slot(&mut |layer, slot| {
+            if failure.is_some() {
+                return;
+            }
+            match plan_module(&config, layer, &slot, &mut rng) {
+                Ok(p) => planned.push(p),
+                Err(e) => failure = Some(e),
+            }
+        });
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        if planned.iter().all(Option::is_none) {
+            return Err(AdapterError::NothingToAdd {
+                adapter: name.into(),
+                method: config.method_name().into(),
+                reason: "no slot of this model matches the config's locations and layers".into(),
+            });
+        }
+        let mut planned = planned.into_iter();
+        self.each_slot_mut(&mut |_, slot| match (planned.next().flatten(), slot) {
+            (Some(Planned::Bottleneck(m)), SlotMut::Bottleneck(_, s)) => {
+                s.adapters.insert(name.to_string(), m);
+            }
+            (Some(Planned::Lora(m)), SlotMut::Lora(_, s)) => {
+                s.loras.insert(name.to_string(), m);
+            }
+            _ => {}
+        });
+        self.configs.insert(name.to_string(), config);
+        Ok(())
+    }
+
+    /// Removes an adapter from every slot and from the active setup.
+    pub fn delete_adapter(&mut self, name: &str) -> Result<()> {
+        if self.configs.remove(name).is_none() {
+            return Err(AdapterError::NoSuchAdapter(name.into()));
+        }
+        self.each_slot_mut(&mut |_, slot| match slot {
+            SlotMut::Bottleneck(_, s) => {
+                s.adapters.remove(name);
+            }
+            SlotMut::Lora(_, s) => {
+                if s.merged() == Some(name) {
+                    s.reset();
+                }
+                s.loras.remove(name);
+            }
+        });
+        if self.active.as_ref().is_some_and(|a| a.flatten().contains(&name)) {
+            self.active = None;
+            self.stack.clear();
+        }
+        Ok(())
+    }
+
+    /// Activates a setup (`"a"`, `AdapterSetup::stack(["a", "b"])`, or a parsed repr).
+    pub fn set_active_adapters(&mut self, setup: impl Into<AdapterSetup>) -> Result<()> {
+        let setup = setup.into();
+        for name in setup.flatten() {
+            if !self.configs.contains_key(name) {
+                return Err(AdapterError::Setup { setup: setup.to_string(), reason: format!("no adapter named `{name}` in this model") });
+            }
+        }
+        self.stack = setup.execution_stack()?;
+        self.active = Some(setup);
+        Ok(())
+    }
+
+    /// Deactivates all adapters: the model computes its original function.
+    pub fn deactivate_adapters(&mut self) {
+        self.active = None;
+        self.stack.clear();
+    }
+
+    pub fn active_adapters(&self) -> Option<&AdapterSetup> {
+        self.active.as_ref()
+    }
+
+    /// Activates `setup`, switches to training mode, and returns exactly the trainable variables:
+    /// the parameters of the adapters in the setup. Base weights are plain tensors and can never
+    /// change.
+    pub fn train_adapter(&mut self, setup: impl Into<AdapterSetup>) -> Result<Vec<Var>> {
+        let setup = setup.into();
+        self.set_active_adapters(setup.clone())?;
+        self.training = true;
+        let names: Vec<String> = setup.flatten().into_iter().map(String::from).collect();
+        let mut vars = Vec::new();
+        for name in &names {
+            vars.extend(self.named_params(name)?.into_iter().map(|(_, v)| v));
+        }
+        Ok(vars)
+    }
+
+    /// Training mode (dropout on) or evaluation mode.
+    pub fn set_training(&mut self, training: bool) {
+        self.training = training;
+    }
+
+    /// Folds a LoRA-family adapter into the base weights. The forward then skips LoRA modules
+    /// until `reset_adapter`.
+    pub fn merge_adapter(&mut self, name: &str) -> Result<()> {
+        match self.configs.get(name) {
+            None => return Err(AdapterError::NoSuchAdapter(name.into())),
+            Some(AdapterConfig::LoRA(_)) => {}
+            Some(other) => {
+                return Err(AdapterError::Unsupported {
+                    adapter: name.into(),
+                    operation: "merge_adapter".into(),
+                    reason: format!("{} adapters cannot be merged; only LoRA, IA3 and DoRA can", other.method_name()),
+                })
+            }
+        }
+        let mut conflict = None;
+        self.each_slot(&mut |_, slot| {
+            if let SlotRef::Lora(_, s) = slot {
+                if let Some(m) = s.merged().filter(|m| *m != name) {
+                    conflict.get_or_insert_with(|| m.to_string());
+                }
+            }
+        });
+        if let Some(other) = conflict {
+            return Err(AdapterError::Unsupported {
+                adapter: name.into(),
+                operation: "merge_adapter".into(),
+                reason: format!("`{other}` is already merged; call reset_adapter first"),
+            });
+        }
+        let mut failure = None;
+        self.each_slot_mut(&mut |_, slot| {
+            if let SlotMut::Lora(_, s) = slot {
+                if let Err(e) = s.merge(name) {
+                    failure.get_or_insert(e);
+                }
+            }
+        });
+        match failure {
+            Some(reason) => {
+                self.reset_adapter();
+                Err(AdapterError::Unsupported { adapter: name.into(), operation: "merge_adapter".into(), reason })
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Undoes `merge_adapter`, restoring the exact base weights.
+    pub fn reset_adapter(&mut self) {
+        self.each_slot_mut(&mut |_, slot| {
+            if let SlotMut::Lora(_, s) = slot {
+                s.reset();
+            }
+        });
+    }
+
+    fn strip_root<'p>(&self, path: &'p str) -> &'p str {
+        if self.root_prefix.is_empty() {
+            return path;
+        }
+        path.strip_prefix(&self.root_prefix).and_then(|p| p.strip_prefix('.')).unwrap_or(path)
+    }
+
+    /// Every parameter of an adapter under the name the Python library gives it on the bare
+    /// base model (`encoder.layer.0.output.adapters.NAME.adapter_up.weight`).
+    pub fn named_params(&self, name: &str) -> Result<Vec<(String, Var)>> {
+        if !self.configs.contains_key(name) {
+            return Err(AdapterError::NoSuchAdapter(name.into()));
+        }
+        Ok(self.params_named_as(name, name))
+    }
+
+    /// The parameters of adapter `name`, named as if the adapter were called `file_name`.
+    fn params_named_as(&self, name: &str, file_name: &str) -> Vec<(String, Var)> {
+        let mut out = Vec::new();
+        let mut push = |path: &str, group: &str, params: &[NamedParam]| {
+            for p in params {
+                out.push((format!("{}.{group}.{file_name}.{}", self.strip_root(path), p.name), p.var.clone()));
+            }
+        };
+        self.each_slot(&mut |_, slot| match slot {
+            SlotRef::Bottleneck(_, s) => {
+                if let Some(a) = s.adapters.get(name) {
+                    push(s.path(), "adapters", a.params());
+                }
+            }
+            SlotRef::Lora(_, s) => {
+                if let Some(m) = s.loras.get(name) {
+                    push(s.path(), "loras", m.params());
+                }
+            }
+        });
+        out
+    }
+
+    /// Writes `DIR/adapter_config.json` and `DIR/adapter.safetensors`, readable by the Python
+    /// library's `load_adapter`.
+    pub fn save_adapter(&self, dir: impl AsRef<Path>, name: &str) -> Result<()> {
+        let dir = dir.as_ref();
+        let config = self.configs.get(name).ok_or_else(|| AdapterError::NoSuchAdapter(name.into()))?;
+        std::fs::create_dir_all(dir).map_err(|e| AdapterError::io(dir, e))?;
+        let tensors: HashMap<String, Tensor> =
+            self.named_params(name)?.into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
+        crate::io::save_safetensors(&dir.join(ADAPTER_WEIGHTS_SAFE), &tensors)?;
+        let mapping = M::MAPPING;
+        AdapterFile {
+            config: config.clone(),
+            name: name.to_string(),
+            hidden_size: Some(self.model.dims().hidden_size),
+            model_type: Some(mapping.model_type.into()),
+            model_class: Some(mapping.model_class.into()),
+            model_name: None,
+            version: format!("adapters.{PYTHON_ADAPTERS_VERSION}"),
+            extra: Default::default(),
+        }
+        .write(dir)
+    }
+
+    /// Loads an adapter folder written by `save_adapter` here or in Python (`adapter.safetensors`
+    /// or `pytorch_adapter.bin`), under its own name or `load_as`. Returns the name. Either every
+    /// tensor loads or nothing is added.
+    pub fn load_adapter(&mut self, dir: impl AsRef<Path>, load_as: Option<&str>) -> Result<String> {
+        let dir = dir.as_ref();
+        let file = AdapterFile::read(dir)?;
+        let weights_path = crate::io::find_weights(dir, ADAPTER_WEIGHTS_SAFE, ADAPTER_WEIGHTS_PICKLE)?;
+        let weights = crate::io::read_weights(&weights_path)?;
+        let name = load_as.unwrap_or(&file.name).to_string();
+        let mut config = file.config.clone();
+        // Files from versions before 1.1.0 ignored alpha; the Python library loads them with alpha = r.
+        if let AdapterConfig::LoRA(c) = &mut config {
+            if version_before(&file.version, (1, 1, 0)) {
+                c.alpha = c.r as f64;
+            }
+        }
+        if let (Some(h), dims) = (file.hidden_size, self.model.dims()) {
+            if h != dims.hidden_size {
+                return Err(AdapterError::ConfigKey {
+                    file: dir.join(crate::config::CONFIG_NAME).display().to_string(),
+                    key: "hidden_size".into(),
+                    reason: format!("the adapter was saved for hidden size {h}, this model has {}", dims.hidden_size),
+                });
+            }
+        }
+        self.add_adapter(&name, config)?;
+        match self.assign_weights(&name, &file.name, &weights, &weights_path) {
+            Ok(()) => Ok(name),
+            Err(e) => {
+                self.delete_adapter(&name)?;
+                Err(e)
+            }
+        }
+    }
+
+    fn assign_weights(&self, name: &str, file_name: &str, weights: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
+        let origin = path.display().to_string();
+        let expected: HashMap<String, Var> = self.params_named_as(name, file_name).into_iter().collect();
+        let aliases = |key: &str| -> Vec<String> {
+            let mut keys = vec![key.to_string()];
+            // Files saved from an AdapterModel carry the base model prefix (`bert.`).
+            if let Some((_, rest)) = key.split_once('.') {
+                keys.push(rest.to_string());
+            }
+            keys
+        };
+        let mut staged: Vec<(&Var, &Tensor)> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (key, tensor) in weights {
+            let found = aliases(key).into_iter().find_map(|k| expected.get_key_value(&k).map(|(k, v)| (k.clone(), v)));
+            let Some((matched, var)) = found else {
+                if key.contains(".adapter_norm_before.") {
+                    // The Python module registers the LayerNorm before the bottleneck twice
+                    // (`adapter_norm_before` and `adapter_down.0`); the second name is loaded.
+                    continue;
+                }
+                return Err(AdapterError::UnexpectedTensor { file: origin, tensor: key.clone(), adapter: file_name.into() });
+            };
+            if var.dims() != tensor.dims() {
+                return Err(AdapterError::ShapeMismatch {
+                    file: origin,
+                    tensor: key.clone(),
+                    expected: var.dims().to_vec(),
+                    found: tensor.dims().to_vec(),
+                });
+            }
+            seen.insert(matched);
+            staged.push((var, tensor));
+        }
+        let mut missing: Vec<&String> = expected.keys().filter(|k| !seen.contains(*k)).collect();
+        missing.sort();
+        if let Some(tensor) = missing.first() {
+            return Err(AdapterError::MissingTensor { file: origin, tensor: (*tensor).clone() });
+        }
+        for (var, tensor) in staged {
+            var.set(tensor)?;
+        }
+        Ok(())
+    }
+
+    /// Name, method, parameter count, share of the base model, active and trainable, per adapter.
+    pub fn adapter_summary(&self) -> AdapterSummary {
+        let active: Vec<&str> = self.active.as_ref().map(|a| a.flatten()).unwrap_or_default();
+        let rows = self
+            .configs
+            .iter()
+            .map(|(name, config)| {
+                let parameters: usize = self.params_named_as(name, name).iter().map(|(_, v)| v.elem_count()).sum();
+                let is_active = active.contains(&name.as_str());
+                AdapterSummaryRow {
+                    name: name.clone(),
+                    method: config.method_name().into(),
+                    parameters,
+                    percent_of_base: 100.0 * parameters as f64 / self.base_params.max(1) as f64,
+                    active: is_active,
+                    trainable: is_active && self.training,
+                }
+            })
+            .collect();
+        AdapterSummary(rows)
+    }
+
+    /// The number of parameters of the base model.
+    pub fn base_parameter_count(&self) -> usize {
+        self.base_params
+    }
+
+    fn context(&self) -> ForwardContext {
+        ForwardContext::with_stack(self.stack.clone(), self.training)
+    }
+}
+
+impl<M: AdaptableModel + EncoderForward> AdaptedModel<M> {
+    /// `last_hidden_state` [batch, seq, hidden] with the active adapters.
+    pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+        Ok(self.model.forward_with(input_ids, attention_mask, &self.context())?)
+    }
+}
+
+fn version_before(version: &str, (major, minor, patch): (u64, u64, u64)) -> bool {
+    let mut parts = version.split(|c: char| !c.is_ascii_digit()).filter(|p| !p.is_empty()).map(|p| p.parse::<u64>().unwrap_or(0));
+    let v = (parts.next(), parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    match v {
+        (Some(a), b, c) => (a, b, c) < (major, minor, patch),
+        (None, _, _) => false,
+    }
+}
+
+enum Planned {
+    Bottleneck(BottleneckAdapter),
+    Lora(LoraModule),
+}
+
+/// The module `config` puts on one slot, if any.
+fn plan_module(config: &AdapterConfig, layer: usize, slot: &SlotRef<'_>, rng: &mut Rng) -> Result<Option<Planned>> {
+    if config.leave_out().contains(&layer) {
+        return Ok(None);
+    }
+    Ok(match (config, slot) {
+        (AdapterConfig::Bottleneck(c), SlotRef::Bottleneck(location, s)) => {
+            let wanted = match location {
+                BottleneckLocation::MhAdapter => c.mh_adapter,
+                BottleneckLocation::OutputAdapter => c.output_adapter,
+            };
+            if !wanted {
+                return Ok(None);
+            }
+            let hidden = s.hidden_size();
+            // Python: int(hidden_size // reduction_factor), at least 1.
+            let down = ((hidden as f64 / c.reduction_factor.for_layer(layer)?).floor() as usize).max(1);
+            Some(Planned::Bottleneck(BottleneckAdapter::new(c, hidden, down, rng)?))
+        }
+        (AdapterConfig::LoRA(c), SlotRef::Lora(location, s)) => {
+            if !c.targets(*location) {
+                return Ok(None);
+            }
+            let (inp, out) = s.dims();
+            Some(Planned::Lora(LoraModule::new(c, inp, out, s.weight(), rng)?))
+        }
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn versions_compare() {
+        assert!(super::version_before("1.0.1", (1, 1, 0)));
+        assert!(!super::version_before("1.3.0", (1, 1, 0)));
+        assert!(!super::version_before("", (1, 1, 0)));
+    }
+}
