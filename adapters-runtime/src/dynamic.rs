@@ -1,0 +1,75 @@
+//! An object-safe view of [`AdaptedModel`], for programs (such as the CLI) that choose the
+//! architecture at run time.
+
+use std::path::Path;
+
+use candle_core::{Tensor, Var};
+
+use crate::config::AdapterConfig;
+use crate::error::Result;
+use crate::mixin::{AdaptableModel, EncoderForward, ModelMapping};
+use crate::model::{AdaptedModel, AdapterSummary};
+use crate::setup::AdapterSetup;
+
+/// The model API without the model type.
+pub trait DynAdaptedModel {
+    fn mapping(&self) -> ModelMapping;
+    fn add_adapter(&mut self, name: &str, config: AdapterConfig) -> Result<()>;
+    fn delete_adapter(&mut self, name: &str) -> Result<()>;
+    fn set_active_adapters(&mut self, setup: AdapterSetup) -> Result<()>;
+    fn deactivate_adapters(&mut self);
+    fn active_adapters(&self) -> Option<AdapterSetup>;
+    fn train_adapter(&mut self, setup: AdapterSetup) -> Result<Vec<Var>>;
+    fn merge_adapter(&mut self, name: &str) -> Result<()>;
+    fn reset_adapter(&mut self);
+    fn save_adapter(&self, dir: &Path, name: &str) -> Result<()>;
+    fn load_adapter(&mut self, dir: &Path, load_as: Option<&str>) -> Result<String>;
+    fn adapter_names(&self) -> Vec<String>;
+    fn adapter_summary(&self) -> AdapterSummary;
+    fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor>;
+}
+
+impl<M: AdaptableModel + EncoderForward> DynAdaptedModel for AdaptedModel<M> {
+    fn mapping(&self) -> ModelMapping {
+        M::MAPPING
+    }
+    fn add_adapter(&mut self, name: &str, config: AdapterConfig) -> Result<()> {
+        AdaptedModel::add_adapter(self, name, config)
+    }
+    fn delete_adapter(&mut self, name: &str) -> Result<()> {
+        AdaptedModel::delete_adapter(self, name)
+    }
+    fn set_active_adapters(&mut self, setup: AdapterSetup) -> Result<()> {
+        AdaptedModel::set_active_adapters(self, setup)
+    }
+    fn deactivate_adapters(&mut self) {
+        AdaptedModel::deactivate_adapters(self)
+    }
+    fn active_adapters(&self) -> Option<AdapterSetup> {
+        AdaptedModel::active_adapters(self).cloned()
+    }
+    fn train_adapter(&mut self, setup: AdapterSetup) -> Result<Vec<Var>> {
+        AdaptedModel::train_adapter(self, setup)
+    }
+    fn merge_adapter(&mut self, name: &str) -> Result<()> {
+        AdaptedModel::merge_adapter(self, name)
+    }
+    fn reset_adapter(&mut self) {
+        AdaptedModel::reset_adapter(self)
+    }
+    fn save_adapter(&self, dir: &Path, name: &str) -> Result<()> {
+        AdaptedModel::save_adapter(self, dir, name)
+    }
+    fn load_adapter(&mut self, dir: &Path, load_as: Option<&str>) -> Result<String> {
+        AdaptedModel::load_adapter(self, dir, load_as)
+    }
+    fn adapter_names(&self) -> Vec<String> {
+        AdaptedModel::adapter_names(self).map(String::from).collect()
+    }
+    fn adapter_summary(&self) -> AdapterSummary {
+        AdaptedModel::adapter_summary(self)
+    }
+    fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+        AdaptedModel::forward(self, input_ids, attention_mask)
+    }
+}

@@ -1,0 +1,245 @@
+//! BERT as a candle model, annotated for adapters. The forward is written once; the slots it
+//! calls (`LoRALinear`, `BottleneckSlot`) are plain linears and LayerNorms while no adapter is
+//! active.
+
+use adapters_runtime::methods::activation::Activation;
+use adapters_runtime::{adapter_config, adapter_mixin, with_adapters};
+use adapters_runtime::{BottleneckSlot, EncoderForward, ForwardContext, LayerNorm, LoRALinear};
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Embedding, Linear, VarBuilder};
+use serde::Deserialize;
+
+use crate::attention::{additive_mask, attend, dropout, split_heads};
+
+fn default_eps() -> f64 {
+    1e-12
+}
+fn default_act() -> String {
+    "gelu".into()
+}
+fn default_type_vocab() -> usize {
+    2
+}
+
+/// `config.json` of BERT and RoBERTa checkpoints.
+#[adapter_config]
+#[derive(Clone, Debug, Deserialize)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    #[serde(default)]
+    pub hidden_dropout_prob: f64,
+    #[serde(default)]
+    pub attention_probs_dropout_prob: f64,
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_type_vocab")]
+    pub type_vocab_size: usize,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default)]
+    pub pad_token_id: usize,
+    #[serde(default)]
+    pub model_type: Option<String>,
+}
+
+pub(crate) struct BertEmbeddings {
+    word_embeddings: Embedding,
+    position_embeddings: Embedding,
+    token_type_embeddings: Embedding,
+    layer_norm: LayerNorm,
+    dropout: f64,
+}
+
+impl BertEmbeddings {
+    pub(crate) fn load(vb: VarBuilder, cfg: &BertConfig) -> Result<Self> {
+        let h = cfg.hidden_size;
+        Ok(BertEmbeddings {
+            word_embeddings: candle_nn::embedding(cfg.vocab_size, h, vb.pp("word_embeddings"))?,
+            position_embeddings: candle_nn::embedding(cfg.max_position_embeddings, h, vb.pp("position_embeddings"))?,
+            token_type_embeddings: candle_nn::embedding(cfg.type_vocab_size, h, vb.pp("token_type_embeddings"))?,
+            layer_norm: LayerNorm::load(h, cfg.layer_norm_eps, vb.pp("LayerNorm"))?,
+            dropout: cfg.hidden_dropout_prob,
+        })
+    }
+
+    /// Word + position + token type (0) embeddings, LayerNorm, dropout.
+    pub(crate) fn forward(&self, input_ids: &Tensor, position_ids: &Tensor, train: bool) -> Result<Tensor> {
+        let words = self.word_embeddings.forward(input_ids)?;
+        let positions = self.position_embeddings.forward(position_ids)?;
+        let token_types = self.token_type_embeddings.forward(&input_ids.zeros_like()?)?;
+        let sum = words.broadcast_add(&positions)?.add(&token_types)?;
+        dropout(&self.layer_norm.forward(&sum)?, self.dropout, train)
+    }
+}
+
+pub(crate) struct BertSelfAttention {
+    query: LoRALinear,
+    key: LoRALinear,
+    value: LoRALinear,
+    heads: usize,
+    dropout: f64,
+}
+
+impl BertSelfAttention {
+    fn load(vb: VarBuilder, cfg: &BertConfig) -> Result<Self> {
+        let h = cfg.hidden_size;
+        Ok(BertSelfAttention {
+            query: LoRALinear::load(h, h, vb.pp("query"))?,
+            key: LoRALinear::load(h, h, vb.pp("key"))?,
+            value: LoRALinear::load(h, h, vb.pp("value"))?,
+            heads: cfg.num_attention_heads,
+            dropout: cfg.attention_probs_dropout_prob,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, mask: &Tensor, ctx: &ForwardContext) -> Result<Tensor> {
+        let q = split_heads(&self.query.forward(x, ctx)?, self.heads)?;
+        let k = split_heads(&self.key.forward(x, ctx)?, self.heads)?;
+        let v = split_heads(&self.value.forward(x, ctx)?, self.heads)?;
+        let scale = 1.0 / (q.dim(3)? as f64).sqrt();
+        attend(&q, &k, &v, mask, scale, self.dropout, ctx.train())
+    }
+}
+
+pub(crate) struct BertSelfOutput {
+    dense: Linear,
+    layer_norm: BottleneckSlot,
+    dropout: f64,
+}
+
+impl BertSelfOutput {
+    fn load(vb: VarBuilder, cfg: &BertConfig) -> Result<Self> {
+        let h = cfg.hidden_size;
+        Ok(BertSelfOutput {
+            dense: candle_nn::linear(h, h, vb.pp("dense"))?,
+            // The Python library mixes the bottleneck layer into this module itself.
+            layer_norm: BottleneckSlot::load(h, cfg.layer_norm_eps, vb.pp("LayerNorm"), &vb)?,
+            dropout: cfg.hidden_dropout_prob,
+        })
+    }
+
+    fn forward(&self, hidden: &Tensor, input: &Tensor, ctx: &ForwardContext) -> Result<Tensor> {
+        let hidden = dropout(&self.dense.forward(hidden)?, self.dropout, ctx.train())?;
+        self.layer_norm.forward(&hidden, input, ctx)
+    }
+}
+
+pub(crate) struct BertAttention {
+    self_attention: BertSelfAttention,
+    output: BertSelfOutput,
+}
+
+pub(crate) struct BertIntermediate {
+    dense: LoRALinear,
+    activation: Activation,
+}
+
+pub(crate) struct BertOutput {
+    dense: LoRALinear,
+    layer_norm: BottleneckSlot,
+    dropout: f64,
+}
+
+/// One encoder layer. The marks below are the whole adapter integration of BERT (and of every
+/// model that reuses this layer, such as RoBERTa).
+#[adapter_mixin(
+    lora(
+        q = attention.self_attention.query,
+        k = attention.self_attention.key,
+        v = attention.self_attention.value,
+        intermediate = intermediate.dense,
+        output = output.dense,
+    ),
+    bottleneck(mh_adapter = attention.output.layer_norm, output_adapter = output.layer_norm),
+)]
+pub struct BertLayer {
+    attention: BertAttention,
+    intermediate: BertIntermediate,
+    output: BertOutput,
+}
+
+impl BertLayer {
+    fn load(vb: VarBuilder, cfg: &BertConfig) -> Result<Self> {
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        let act = Activation::parse(&cfg.hidden_act).map_err(candle_core::Error::wrap)?;
+        let out_vb = vb.pp("output");
+        Ok(BertLayer {
+            attention: BertAttention {
+                self_attention: BertSelfAttention::load(vb.pp("attention").pp("self"), cfg)?,
+                output: BertSelfOutput::load(vb.pp("attention").pp("output"), cfg)?,
+            },
+            intermediate: BertIntermediate { dense: LoRALinear::load(h, i, vb.pp("intermediate").pp("dense"))?, activation: act },
+            output: BertOutput {
+                dense: LoRALinear::load(i, h, out_vb.pp("dense"))?,
+                layer_norm: BottleneckSlot::load(h, cfg.layer_norm_eps, out_vb.pp("LayerNorm"), &out_vb)?,
+                dropout: cfg.hidden_dropout_prob,
+            },
+        })
+    }
+
+    fn forward(&self, x: &Tensor, mask: &Tensor, ctx: &ForwardContext) -> Result<Tensor> {
+        let attended = self.attention.self_attention.forward(x, mask, ctx)?;
+        let attention_out = self.attention.output.forward(&attended, x, ctx)?;
+        let intermediate = self.intermediate.activation.forward(&self.intermediate.dense.forward(&attention_out, ctx)?)?;
+        let out = dropout(&self.output.dense.forward(&intermediate, ctx)?, self.output.dropout, ctx.train())?;
+        self.output.layer_norm.forward(&out, &attention_out, ctx)
+    }
+}
+
+/// The stack of layers, shared by BERT and RoBERTa.
+pub struct BertEncoder {
+    pub(crate) layers: Vec<BertLayer>,
+}
+
+impl BertEncoder {
+    pub(crate) fn load(vb: VarBuilder, cfg: &BertConfig) -> Result<Self> {
+        let layers = (0..cfg.num_hidden_layers).map(|i| BertLayer::load(vb.pp("layer").pp(i), cfg)).collect::<Result<_>>()?;
+        Ok(BertEncoder { layers })
+    }
+
+    pub(crate) fn forward(&self, embeddings: &Tensor, attention_mask: &Tensor, ctx: &ForwardContext) -> Result<Tensor> {
+        let mask = additive_mask(attention_mask)?;
+        let mut hidden = embeddings.clone();
+        for layer in &self.layers {
+            hidden = layer.forward(&hidden, &mask, ctx)?;
+        }
+        Ok(hidden)
+    }
+}
+
+/// The bare BERT encoder (`BertModel` without pooler): `last_hidden_state`.
+#[with_adapters(model_type = "bert", layers = encoder.layers, layer_mixin = BertLayer, config = config)]
+pub struct BertModel {
+    embeddings: BertEmbeddings,
+    encoder: BertEncoder,
+    config: BertConfig,
+}
+
+impl BertModel {
+    /// Loads from a `VarBuilder` rooted at the base model (no `bert.` prefix).
+    pub fn load(vb: VarBuilder, config: &BertConfig) -> Result<Self> {
+        Ok(BertModel {
+            embeddings: BertEmbeddings::load(vb.pp("embeddings"), config)?,
+            encoder: BertEncoder::load(vb.pp("encoder"), config)?,
+            config: config.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &BertConfig {
+        &self.config
+    }
+}
+
+impl EncoderForward for BertModel {
+    fn forward_with(&self, input_ids: &Tensor, attention_mask: &Tensor, ctx: &ForwardContext) -> Result<Tensor> {
+        let (_, seq) = input_ids.dims2()?;
+        let positions = Tensor::arange(0u32, seq as u32, input_ids.device())?.unsqueeze(0)?;
+        let embeddings = self.embeddings.forward(input_ids, &positions, ctx.train())?;
+        self.encoder.forward(&embeddings, attention_mask, ctx)
+    }
+}

@@ -1,0 +1,167 @@
+//! DistilBERT. Its config names keys differently (`dim`, `n_heads`, ...): one attribute maps
+//! them. Bottleneck adapters live in `attention_adapters` / `output_adapters` beside the
+//! LayerNorms, as in the Python library.
+
+use adapters_runtime::methods::activation::Activation;
+use adapters_runtime::{adapter_config, adapter_mixin, with_adapters};
+use adapters_runtime::{BottleneckSlot, EncoderForward, ForwardContext, LayerNorm, LoRALinear};
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Embedding, Linear, VarBuilder};
+use serde::Deserialize;
+
+use crate::attention::{additive_mask, attend, dropout, split_heads};
+
+fn default_act() -> String {
+    "gelu".into()
+}
+
+/// `config.json` of DistilBERT checkpoints.
+#[adapter_config(
+    hidden_size = dim,
+    num_attention_heads = n_heads,
+    num_hidden_layers = n_layers,
+    hidden_dropout_prob = dropout,
+    attention_probs_dropout_prob = attention_dropout,
+)]
+#[derive(Clone, Debug, Deserialize)]
+pub struct DistilBertConfig {
+    pub vocab_size: usize,
+    pub dim: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub hidden_dim: usize,
+    #[serde(default)]
+    pub dropout: f64,
+    #[serde(default)]
+    pub attention_dropout: f64,
+    #[serde(default = "default_act")]
+    pub activation: String,
+    pub max_position_embeddings: usize,
+    #[serde(default)]
+    pub pad_token_id: usize,
+}
+
+/// DistilBERT's LayerNorms are built with eps 1e-12.
+const LN_EPS: f64 = 1e-12;
+
+struct Embeddings {
+    word_embeddings: Embedding,
+    position_embeddings: Embedding,
+    layer_norm: LayerNorm,
+    dropout: f64,
+}
+
+struct MultiHeadSelfAttention {
+    q_lin: LoRALinear,
+    k_lin: LoRALinear,
+    v_lin: LoRALinear,
+    out_lin: Linear,
+    heads: usize,
+    dropout: f64,
+}
+
+struct FeedForward {
+    lin1: LoRALinear,
+    lin2: LoRALinear,
+    activation: Activation,
+    dropout: f64,
+}
+
+/// One transformer block.
+#[adapter_mixin(
+    lora(q = attention.q_lin, k = attention.k_lin, v = attention.v_lin, intermediate = ffn.lin1, output = ffn.lin2),
+    bottleneck(mh_adapter = sa_layer_norm, output_adapter = output_layer_norm),
+)]
+pub struct TransformerBlock {
+    attention: MultiHeadSelfAttention,
+    sa_layer_norm: BottleneckSlot,
+    ffn: FeedForward,
+    output_layer_norm: BottleneckSlot,
+}
+
+impl TransformerBlock {
+    fn load(vb: VarBuilder, cfg: &DistilBertConfig) -> Result<Self> {
+        let (h, i) = (cfg.dim, cfg.hidden_dim);
+        let att = vb.pp("attention");
+        Ok(TransformerBlock {
+            attention: MultiHeadSelfAttention {
+                q_lin: LoRALinear::load(h, h, att.pp("q_lin"))?,
+                k_lin: LoRALinear::load(h, h, att.pp("k_lin"))?,
+                v_lin: LoRALinear::load(h, h, att.pp("v_lin"))?,
+                out_lin: candle_nn::linear(h, h, att.pp("out_lin"))?,
+                heads: cfg.n_heads,
+                dropout: cfg.attention_dropout,
+            },
+            sa_layer_norm: BottleneckSlot::load(h, LN_EPS, vb.pp("sa_layer_norm"), &vb.pp("attention_adapters"))?,
+            ffn: FeedForward {
+                lin1: LoRALinear::load(h, i, vb.pp("ffn").pp("lin1"))?,
+                lin2: LoRALinear::load(i, h, vb.pp("ffn").pp("lin2"))?,
+                activation: Activation::parse(&cfg.activation).map_err(candle_core::Error::wrap)?,
+                dropout: cfg.dropout,
+            },
+            output_layer_norm: BottleneckSlot::load(h, LN_EPS, vb.pp("output_layer_norm"), &vb.pp("output_adapters"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, mask: &Tensor, ctx: &ForwardContext) -> Result<Tensor> {
+        let a = &self.attention;
+        let q = split_heads(&a.q_lin.forward(x, ctx)?, a.heads)?;
+        let k = split_heads(&a.k_lin.forward(x, ctx)?, a.heads)?;
+        let v = split_heads(&a.v_lin.forward(x, ctx)?, a.heads)?;
+        let scale = 1.0 / (q.dim(3)? as f64).sqrt();
+        let context = attend(&q, &k, &v, mask, scale, a.dropout, ctx.train())?;
+        let sa_output = a.out_lin.forward(&context)?;
+        let sa_output = self.sa_layer_norm.forward(&sa_output, x, ctx)?;
+        let f = &self.ffn;
+        let hidden = f.activation.forward(&f.lin1.forward(&sa_output, ctx)?)?;
+        let ffn_output = dropout(&f.lin2.forward(&hidden, ctx)?, f.dropout, ctx.train())?;
+        self.output_layer_norm.forward(&ffn_output, &sa_output, ctx)
+    }
+}
+
+struct Transformer {
+    layers: Vec<TransformerBlock>,
+}
+
+/// The bare DistilBERT encoder: `last_hidden_state`.
+#[with_adapters(model_type = "distilbert", layers = transformer.layers, layer_mixin = TransformerBlock, config = config)]
+pub struct DistilBertModel {
+    embeddings: Embeddings,
+    transformer: Transformer,
+    config: DistilBertConfig,
+}
+
+impl DistilBertModel {
+    pub fn load(vb: VarBuilder, config: &DistilBertConfig) -> Result<Self> {
+        let h = config.dim;
+        let e = vb.pp("embeddings");
+        let layers = (0..config.n_layers)
+            .map(|i| TransformerBlock::load(vb.pp("transformer").pp("layer").pp(i), config))
+            .collect::<Result<_>>()?;
+        Ok(DistilBertModel {
+            embeddings: Embeddings {
+                word_embeddings: candle_nn::embedding(config.vocab_size, h, e.pp("word_embeddings"))?,
+                position_embeddings: candle_nn::embedding(config.max_position_embeddings, h, e.pp("position_embeddings"))?,
+                layer_norm: LayerNorm::load(h, LN_EPS, e.pp("LayerNorm"))?,
+                dropout: config.dropout,
+            },
+            transformer: Transformer { layers },
+            config: config.clone(),
+        })
+    }
+}
+
+impl EncoderForward for DistilBertModel {
+    fn forward_with(&self, input_ids: &Tensor, attention_mask: &Tensor, ctx: &ForwardContext) -> Result<Tensor> {
+        let (_, seq) = input_ids.dims2()?;
+        let positions = Tensor::arange(0u32, seq as u32, input_ids.device())?.unsqueeze(0)?;
+        let e = &self.embeddings;
+        let sum = e.word_embeddings.forward(input_ids)?.broadcast_add(&e.position_embeddings.forward(&positions)?)?;
+        let mut hidden = dropout(&e.layer_norm.forward(&sum)?, e.dropout, ctx.train())?;
+        let mask = additive_mask(attention_mask)?;
+        for layer in &self.transformer.layers {
+            hidden = layer.forward(&hidden, &mask, ctx)?;
+        }
+        Ok(hidden)
+    }
+}

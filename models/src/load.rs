@@ -1,0 +1,96 @@
+//! Loading a Hugging Face checkpoint folder into an adapter-ready model, with or without the
+//! task-model prefix (`bert.`, `roberta.`, `distilbert.`).
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use adapters_runtime::{AdaptableModel, AdaptedModel, AdapterError, DynAdaptedModel, EncoderForward, Result};
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::{Init, VarBuilder};
+use serde::de::DeserializeOwned;
+
+use crate::{BertModel, DistilBertModel, RobertaModel};
+
+/// The weight file of a checkpoint folder.
+pub const MODEL_WEIGHTS: &str = "model.safetensors";
+
+/// A backend that counts the elements of every tensor the model takes, so the summary's
+/// "% of base" uses what the model really holds (no pooler, no unused heads).
+struct CountingBackend {
+    inner: MmapedSafetensors,
+    count: Arc<AtomicUsize>,
+}
+
+impl SimpleBackend for CountingBackend {
+    fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let t = SimpleBackend::get(&self.inner, s, name, h, dtype, dev)?;
+        self.count.fetch_add(t.elem_count(), Ordering::Relaxed);
+        Ok(t)
+    }
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        SimpleBackend::get_unchecked(&self.inner, name, dtype, dev)
+    }
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.inner.contains_tensor(name)
+    }
+}
+
+fn read_config<C: DeserializeOwned>(dir: &Path) -> Result<(C, serde_json::Value)> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| AdapterError::Io { path: path.clone(), source: e })?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| AdapterError::File { file: path.display().to_string(), reason: format!("not valid JSON: {e}") })?;
+    let config = serde_json::from_value(value.clone())
+        .map_err(|e| AdapterError::ConfigKey { file: path.display().to_string(), key: "(model config)".into(), reason: e.to_string() })?;
+    Ok((config, value))
+}
+
+/// Loads one architecture, typed. `prefix` is the task-model prefix the checkpoint may carry.
+pub fn load_typed<M, C>(dir: &Path, prefix: &str, build: impl FnOnce(VarBuilder, &C) -> candle_core::Result<M>) -> Result<AdaptedModel<M>>
+where
+    M: AdaptableModel,
+    C: DeserializeOwned,
+{
+    let (config, _) = read_config::<C>(dir)?;
+    let weights = dir.join(MODEL_WEIGHTS);
+    let origin = weights.display().to_string();
+    if !weights.is_file() {
+        return Err(AdapterError::File { file: origin, reason: "missing (a checkpoint folder needs config.json and model.safetensors)".into() });
+    }
+    // SAFETY: the file is mapped read-only; a checkpoint is not modified while it is loaded.
+    let inner = unsafe { MmapedSafetensors::new(&weights) }
+        .map_err(|e| AdapterError::File { file: origin.clone(), reason: format!("not a readable safetensors file: {e}") })?;
+    let count = Arc::new(AtomicUsize::new(0));
+    let backend: Box<dyn SimpleBackend> = Box::new(CountingBackend { inner, count: count.clone() });
+    let vb = VarBuilder::from_backend(backend, DType::F32, Device::Cpu);
+    let root = if vb.contains_tensor(&format!("{prefix}.embeddings.word_embeddings.weight")) { prefix } else { "" };
+    let vb = if root.is_empty() { vb } else { vb.pp(root) };
+    let model = build(vb, &config).map_err(|e| AdapterError::File { file: origin, reason: format!("does not fit config.json: {e}") })?;
+    Ok(AdaptedModel::new(model, count.load(Ordering::Relaxed), root))
+}
+
+fn boxed<M: AdaptableModel + EncoderForward + 'static>(m: AdaptedModel<M>) -> Box<dyn DynAdaptedModel> {
+    Box::new(m)
+}
+
+/// Loads a checkpoint folder, choosing the architecture from `model_type` in `config.json`.
+pub fn load_model(dir: &Path) -> Result<Box<dyn DynAdaptedModel>> {
+    let path = dir.join("config.json");
+    let (_, raw) = read_config::<serde_json::Value>(dir)?;
+    let model_type = raw.get("model_type").and_then(|v| v.as_str()).unwrap_or_default();
+    Ok(match model_type {
+        "bert" => boxed(load_typed(dir, "bert", BertModel::load)?),
+        "roberta" => boxed(load_typed(dir, "roberta", RobertaModel::load)?),
+        "distilbert" => boxed(load_typed(dir, "distilbert", DistilBertModel::load)?),
+        other => {
+            return Err(AdapterError::ConfigKey {
+                file: path.display().to_string(),
+                key: "model_type".into(),
+                reason: format!("`{other}` is not supported; supported: bert, roberta, distilbert"),
+            })
+        }
+    })
+}

@@ -1,0 +1,128 @@
+//! Parity with the Python `adapters` library (1.3.0): every fixture case on the tiny BERT,
+//! RoBERTa and DistilBERT models and on MiniLM, in both file formats, unmerged and merged, and
+//! adapters saved here reloaded here. Set `ADAPTERS_SAVE_DIR` to also keep the adapters saved
+//! here, for `generate.py --check-rust DIR` (the check that Python loads them).
+
+use std::path::{Path, PathBuf};
+
+use adapters_models::load_model;
+use adapters_runtime::{AdapterSetup, DynAdaptedModel};
+use adapters_tests::*;
+
+struct Row {
+    arch: String,
+    case: String,
+    what: &'static str,
+    diff: f32,
+}
+
+fn check(rows: &mut Vec<Row>, arch: &str, case: &str, what: &'static str, model: &dyn DynAdaptedModel, ids: &candle_core::Tensor, mask: &candle_core::Tensor, expected: &Path) {
+    let out = model.forward(ids, mask).unwrap_or_else(|e| panic!("{arch}/{case} {what}: {e}"));
+    let diff = max_abs_diff(&out, &expected_tensor(expected));
+    rows.push(Row { arch: arch.into(), case: case.into(), what, diff });
+}
+
+fn expected_tensor(path: &Path) -> candle_core::Tensor {
+    expected(path)
+}
+
+fn save_dir(arch: &str, case: &str) -> PathBuf {
+    match std::env::var("ADAPTERS_SAVE_DIR") {
+        Ok(dir) => PathBuf::from(dir).join(arch).join(case),
+        Err(_) => std::env::temp_dir().join(format!("adapters-parity-{}", std::process::id())).join(arch).join(case),
+    }
+}
+
+fn run_arch(arch: &str, data: &Path, model_dir: &Path, rows: &mut Vec<Row>) {
+    let (ids, mask) = inputs(data);
+    let mut model = load_model(model_dir).unwrap();
+    check(rows, arch, "base", "no adapter", model.as_ref(), &ids, &mask, &data.join("base.safetensors"));
+    for (case, info) in cases(arch) {
+        let case_dir = data.join(&case);
+        let mut formats = vec![("safetensors", case_dir.join("adapter"))];
+        if case_dir.join("adapter_bin").is_dir() {
+            formats.push((".bin", case_dir.join("adapter_bin")));
+        }
+        for (format, dir) in formats {
+            let name = model.load_adapter(&dir, None).unwrap_or_else(|e| panic!("{arch}/{case} ({format}): {e}"));
+            assert_eq!(name, case);
+            model.set_active_adapters(AdapterSetup::from(case.as_str())).unwrap();
+            let what = if format == ".bin" { "loaded .bin" } else { "loaded safetensors" };
+            check(rows, arch, &case, what, model.as_ref(), &ids, &mask, &case_dir.join("output.safetensors"));
+            if format == "safetensors" {
+                // Saved here, reloaded under another name: same output.
+                let out_dir = save_dir(arch, &case);
+                model.save_adapter(&out_dir, &case).unwrap();
+                let again = model.load_adapter(&out_dir, Some("reloaded")).unwrap();
+                model.set_active_adapters(AdapterSetup::from(again.as_str())).unwrap();
+                check(rows, arch, &case, "saved+reloaded", model.as_ref(), &ids, &mask, &case_dir.join("output.safetensors"));
+                model.delete_adapter("reloaded").unwrap();
+                model.set_active_adapters(AdapterSetup::from(case.as_str())).unwrap();
+                if info["merged"].as_bool() == Some(true) {
+                    model.merge_adapter(&case).unwrap();
+                    check(rows, arch, &case, "merged", model.as_ref(), &ids, &mask, &case_dir.join("output_merged.safetensors"));
+                    model.reset_adapter();
+                    check(rows, arch, &case, "reset", model.as_ref(), &ids, &mask, &case_dir.join("output.safetensors"));
+                }
+            }
+            model.delete_adapter(&case).unwrap();
+        }
+        check(rows, arch, &case, "deleted", model.as_ref(), &ids, &mask, &data.join("base.safetensors"));
+    }
+}
+
+fn run_stacks(arch: &str, data: &Path, model_dir: &Path, rows: &mut Vec<Row>) {
+    let m = manifest();
+    let Some(stacks) = m["stack"][arch]["cases"].as_object() else { return };
+    let (ids, mask) = inputs(data);
+    for (case, info) in stacks {
+        let mut model = load_model(model_dir).unwrap();
+        for child in ["a", "b"] {
+            model.load_adapter(&data.join(case).join(child), None).unwrap();
+        }
+        let setup = AdapterSetup::from_json(&info["setup_json"]).unwrap();
+        assert_eq!(setup.to_string(), info["setup"].as_str().unwrap());
+        model.set_active_adapters(setup).unwrap();
+        check(rows, arch, case, "Stack[a, b]", model.as_ref(), &ids, &mask, &data.join(case).join("output.safetensors"));
+        let out_dir = save_dir(arch, case);
+        for child in ["a", "b"] {
+            model.save_adapter(&out_dir.join(child), child).unwrap();
+        }
+    }
+}
+
+fn report(rows: &[Row]) {
+    let worst = rows.iter().map(|r| r.diff).fold(0.0f32, f32::max);
+    println!("{:<12}{:<16}{:<22}{:>12}", "arch", "case", "check", "max |diff|");
+    for r in rows {
+        println!("{:<12}{:<16}{:<22}{:>12.3e}", r.arch, r.case, r.what, r.diff);
+    }
+    println!("{} checks, worst {worst:.3e}", rows.len());
+    let bad: Vec<String> = rows.iter().filter(|r| !(r.diff <= TOLERANCE)).map(|r| format!("{}/{} {}: {:.3e}", r.arch, r.case, r.what, r.diff)).collect();
+    assert!(bad.is_empty(), "over tolerance {TOLERANCE}: {bad:#?}");
+}
+
+#[test]
+fn tiny_models_match_python() {
+    let mut rows = Vec::new();
+    for arch in ["bert", "roberta", "distilbert"] {
+        let data = fixtures().join("tiny").join(arch);
+        run_arch(arch, &data, &data.join("model"), &mut rows);
+        run_stacks(arch, &data, &data.join("model"), &mut rows);
+    }
+    assert!(rows.len() > 100, "every case ran");
+    report(&rows);
+}
+
+#[test]
+fn minilm_matches_python() {
+    let dir = minilm_dir();
+    assert!(
+        dir.join("model.safetensors").is_file(),
+        "MiniLM not found at {}: run scripts/fetch_minilm.sh (or set ADAPTERS_MINILM_DIR)",
+        dir.display()
+    );
+    let mut rows = Vec::new();
+    run_arch("minilm", &fixtures().join("minilm"), &dir, &mut rows);
+    report(&rows);
+}
