@@ -316,14 +316,36 @@ impl<M: AdaptableModel> AdaptedModel<M> {
         out
     }
 
+    /// (alias, parameter) full names of the parameters the Python module registers twice.
+    fn aliases(&self, name: &str, file_name: &str) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        self.each_slot(&mut |_, slot| {
+            if let SlotRef::Bottleneck(_, s) = slot {
+                if let Some(a) = s.adapters.get(name) {
+                    let base = format!("{}.adapters.{file_name}", self.strip_root(s.path()));
+                    out.extend(a.aliases().iter().map(|(alias, p)| (format!("{base}.{alias}"), format!("{base}.{p}"))));
+                }
+            }
+        });
+        out
+    }
+
     /// Writes `DIR/adapter_config.json` and `DIR/adapter.safetensors`, readable by the Python
     /// library's `load_adapter`.
     pub fn save_adapter(&self, dir: impl AsRef<Path>, name: &str) -> Result<()> {
         let dir = dir.as_ref();
         let config = self.configs.get(name).ok_or_else(|| AdapterError::NoSuchAdapter(name.into()))?;
         std::fs::create_dir_all(dir).map_err(|e| AdapterError::io(dir, e))?;
-        let tensors: HashMap<String, Tensor> =
+        let mut tensors: HashMap<String, Tensor> =
             self.named_params(name)?.into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
+        // Written under both names, as Python's state dict has them (separate copies, since
+        // safetensors refuses shared storage).
+        for (alias, original) in self.aliases(name, name) {
+            if let Some(t) = tensors.get(&original) {
+                let copy = t.copy()?;
+                tensors.insert(alias, copy);
+            }
+        }
         crate::io::save_safetensors(&dir.join(ADAPTER_WEIGHTS_SAFE), &tensors)?;
         let mapping = M::MAPPING;
         AdapterFile {
@@ -377,7 +399,8 @@ impl<M: AdaptableModel> AdaptedModel<M> {
     fn assign_weights(&self, name: &str, file_name: &str, weights: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
         let origin = path.display().to_string();
         let expected: HashMap<String, Var> = self.params_named_as(name, file_name).into_iter().collect();
-        let aliases = |key: &str| -> Vec<String> {
+        let aliases: HashMap<String, String> = self.aliases(name, file_name).into_iter().collect();
+        let candidates = |key: &str| -> Vec<String> {
             let mut keys = vec![key.to_string()];
             // Files saved from an AdapterModel carry the base model prefix (`bert.`).
             if let Some((_, rest)) = key.split_once('.') {
@@ -388,11 +411,10 @@ impl<M: AdaptableModel> AdaptedModel<M> {
         let mut staged: Vec<(&Var, &Tensor)> = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for (key, tensor) in weights {
-            let found = aliases(key).into_iter().find_map(|k| expected.get_key_value(&k).map(|(k, v)| (k.clone(), v)));
+            let found = candidates(key).into_iter().find_map(|k| expected.get_key_value(&k).map(|(k, v)| (k.clone(), v)));
             let Some((matched, var)) = found else {
-                if key.contains(".adapter_norm_before.") {
-                    // The Python module registers the LayerNorm before the bottleneck twice
-                    // (`adapter_norm_before` and `adapter_down.0`); the second name is loaded.
+                if candidates(key).iter().any(|k| aliases.contains_key(k)) {
+                    // A second name of a parameter loaded under its first name.
                     continue;
                 }
                 return Err(AdapterError::UnexpectedTensor { file: origin, tensor: key.clone(), adapter: file_name.into() });

@@ -87,6 +87,17 @@ impl BottleneckAdapter {
         &self.params
     }
 
+    /// Second names under which the Python module registers a parameter: with `ln_before`, the
+    /// LayerNorm at `adapter_down.0` is also the attribute `adapter_norm_before`, and PyTorch's
+    /// state dict (so `pytorch_adapter.bin`) lists it under both. Returns (alias, parameter name).
+    pub fn aliases(&self) -> &'static [(&'static str, &'static str)] {
+        if self.ln_before {
+            &[("adapter_norm_before.weight", "adapter_down.0.weight"), ("adapter_norm_before.bias", "adapter_down.0.bias")]
+        } else {
+            &[]
+        }
+    }
+
     fn get(&self, name: &str) -> Tensor {
         // Every name looked up here was pushed by `new` for the same flags.
         self.params.iter().find(|p| p.name == name).map(|p| p.var.as_tensor().clone()).expect("parameter created with the adapter")
