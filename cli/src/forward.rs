@@ -1,0 +1,153 @@
+//! `adapters forward --model DIR --inputs FILE --out FILE [--adapter [NAME=]DIR]...
+//! [--fusion DIR]... [--setup SETUP] [--merge NAME]`
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use adapters_runtime::AdapterSetup;
+use candle_core::{DType, Device, Tensor};
+use clap::Args;
+
+#[derive(Args)]
+pub struct ForwardArgs {
+    /// Checkpoint folder: config.json + model.safetensors (architecture from `model_type`).
+    #[arg(long)]
+    model: PathBuf,
+    /// safetensors file with `input_ids` and `attention_mask` (I64, [batch, seq]).
+    #[arg(long)]
+    inputs: PathBuf,
+    /// Output safetensors file; receives `last_hidden_state` (F32).
+    #[arg(long)]
+    out: PathBuf,
+    /// An adapter folder written by `save_adapter` (Python's or ours), as `[NAME=]DIR`. Repeatable.
+    #[arg(long = "adapter", value_name = "[NAME=]DIR")]
+    adapters: Vec<String>,
+    /// An AdapterFusion folder. Repeatable.
+    #[arg(long = "fusion", value_name = "DIR")]
+    fusions: Vec<PathBuf>,
+    /// Active adapters in the Python repr syntax (`a`, `Stack[a, b]`) or a path to an adapter_setup.json.
+    #[arg(long)]
+    setup: Option<String>,
+    /// Merge this LoRA-family adapter into the weights before running.
+    #[arg(long)]
+    merge: Option<String>,
+}
+
+#[derive(Args)]
+pub struct SummaryArgs {
+    /// Checkpoint folder: config.json + model.safetensors.
+    #[arg(long)]
+    model: PathBuf,
+    /// An adapter folder, as `[NAME=]DIR`. Repeatable.
+    #[arg(long = "adapter", value_name = "[NAME=]DIR")]
+    adapters: Vec<String>,
+}
+
+pub fn summary(args: SummaryArgs) -> Result<(), String> {
+    let (model, _) = load_with_adapters(&args.model, &args.adapters)?;
+    let mapping = model.mapping();
+    println!("model: {} ({}), layers carry the {} mixin", mapping.model_class, mapping.model_type, mapping.layer_mixin.name);
+    print!("{}", model.adapter_summary());
+    Ok(())
+}
+
+fn load_with_adapters(dir: &Path, specs: &[String]) -> Result<(Box<dyn adapters_runtime::DynAdaptedModel>, Vec<String>), String> {
+    let mut model = adapters_models::load_model(dir).map_err(|e| e.to_string())?;
+    let mut loaded = Vec::new();
+    for spec in specs {
+        let (name, dir) = split_adapter_arg(spec);
+        let name = model.load_adapter(Path::new(dir), name).map_err(|e| format!("--adapter {spec}: {e}"))?;
+        loaded.push(name);
+    }
+    Ok((model, loaded))
+}
+
+pub fn run(args: ForwardArgs) -> Result<(), String> {
+    let (mut model, loaded) = load_with_adapters(&args.model, &args.adapters)?;
+    if let Some(dir) = args.fusions.first() {
+        return Err(format!(
+            "--fusion {}: AdapterFusion layers are not supported by this version yet",
+            dir.display()
+        ));
+    }
+    let setup = match &args.setup {
+        Some(text) => Some(parse_setup(text)?),
+        None => match loaded.as_slice() {
+            [] => None,
+            [one] => Some(AdapterSetup::from(one.as_str())),
+            many => {
+                return Err(format!(
+                    "{} adapters loaded ({}); say which are active with --setup, e.g. --setup \"Stack[{}]\"",
+                    many.len(),
+                    many.join(", "),
+                    many.join(", ")
+                ))
+            }
+        },
+    };
+    if let Some(setup) = setup {
+        model.set_active_adapters(setup).map_err(|e| format!("--setup: {e}"))?;
+    }
+    if let Some(name) = &args.merge {
+        model.merge_adapter(name).map_err(|e| format!("--merge {name}: {e}"))?;
+    }
+    let (input_ids, attention_mask) = read_inputs(&args.inputs)?;
+    let hidden = model.forward(&input_ids, &attention_mask).map_err(|e| e.to_string())?;
+    write_output(&args.out, hidden)
+}
+
+/// `NAME=DIR` or `DIR`. A `=` inside a path with no name before it is kept as part of the path.
+fn split_adapter_arg(spec: &str) -> (Option<&str>, &str) {
+    match spec.split_once('=') {
+        Some((name, dir)) if !name.is_empty() && !name.contains(['/', '\\']) => (Some(name), dir),
+        _ => (None, spec),
+    }
+}
+
+fn parse_setup(text: &str) -> Result<AdapterSetup, String> {
+    let path = Path::new(text);
+    if text.ends_with(".json") || path.is_file() {
+        let raw = std::fs::read_to_string(path).map_err(|e| format!("--setup {text}: {e}"))?;
+        let value: serde_json::Value = serde_json::from_str(&raw).map_err(|e| format!("--setup {text}: not valid JSON: {e}"))?;
+        return AdapterSetup::from_json(&value).map_err(|e| format!("--setup {text}: {e}"));
+    }
+    AdapterSetup::parse(text).map_err(|e| format!("--setup: {e}"))
+}
+
+fn read_inputs(path: &Path) -> Result<(Tensor, Tensor), String> {
+    let origin = path.display();
+    let mut tensors = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| format!("--inputs {origin}: {e}"))?;
+    let mut take = |key: &str| -> Result<Tensor, String> {
+        let t = tensors.remove(key).ok_or_else(|| format!("--inputs {origin}: tensor `{key}` is missing"))?;
+        if t.dtype() != DType::I64 {
+            return Err(format!("--inputs {origin}: tensor `{key}` is {:?}, expected I64", t.dtype()));
+        }
+        if t.rank() != 2 {
+            return Err(format!("--inputs {origin}: tensor `{key}` has shape {:?}, expected [batch, seq]", t.dims()));
+        }
+        Ok(t)
+    };
+    let ids = take("input_ids")?;
+    let mask = take("attention_mask")?;
+    if ids.dims() != mask.dims() {
+        return Err(format!("--inputs {origin}: `input_ids` {:?} and `attention_mask` {:?} differ in shape", ids.dims(), mask.dims()));
+    }
+    Ok((ids, mask))
+}
+
+fn write_output(path: &Path, hidden: Tensor) -> Result<(), String> {
+    let tensors = HashMap::from([("last_hidden_state".to_string(), hidden)]);
+    adapters_runtime::io::save_safetensors(path, &tensors).map_err(|e| format!("--out: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_adapter_arg;
+
+    #[test]
+    fn adapter_arg_forms() {
+        assert_eq!(split_adapter_arg("a=out/x"), (Some("a"), "out/x"));
+        assert_eq!(split_adapter_arg("out/x"), (None, "out/x"));
+        assert_eq!(split_adapter_arg("./dir=odd"), (None, "./dir=odd"));
+    }
+}

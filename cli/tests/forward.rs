@@ -1,0 +1,105 @@
+//! The `adapters forward` contract, run as a user runs it, against the Python fixtures.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use adapters_tests::{expected, fixtures, max_abs_diff, TOLERANCE};
+
+fn tiny(arch: &str) -> PathBuf {
+    fixtures().join("tiny").join(arch)
+}
+
+fn run(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_adapters")).arg("forward").args(args).output().expect("the binary runs");
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn out_file(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("adapters-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn forward_matches(args: &[&str], out: &Path, reference: &Path) {
+    let (ok, stderr) = run(args);
+    assert!(ok, "adapters forward {args:?} failed: {stderr}");
+    let diff = max_abs_diff(&expected(out), &expected(reference));
+    assert!(diff <= TOLERANCE, "{args:?}: max |diff| {diff:e}");
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn base_single_stack_and_merge_match_python() {
+    let bert = tiny("bert");
+    let model = bert.join("model");
+    let inputs = bert.join("inputs.safetensors");
+    let out = out_file("base.safetensors");
+    forward_matches(&["--model", s(&model), "--inputs", s(&inputs), "--out", s(&out)], &out, &bert.join("base.safetensors"));
+
+    let out = out_file("seq_bn.safetensors");
+    let adapter = bert.join("seq_bn/adapter_bin");
+    forward_matches(
+        &["--model", s(&model), "--inputs", s(&inputs), "--out", s(&out), "--adapter", s(&adapter)],
+        &out,
+        &bert.join("seq_bn/output.safetensors"),
+    );
+
+    let out = out_file("stack.safetensors");
+    let (a, b) = (format!("a={}", s(&bert.join("stack/a"))), format!("b={}", s(&bert.join("stack/b"))));
+    forward_matches(
+        &["--model", s(&model), "--inputs", s(&inputs), "--out", s(&out), "--adapter", &a, "--adapter", &b, "--setup", "Stack[a, b]"],
+        &out,
+        &bert.join("stack/output.safetensors"),
+    );
+
+    let out = out_file("merged.safetensors");
+    let lora = format!("x={}", s(&bert.join("lora/adapter")));
+    forward_matches(
+        &["--model", s(&model), "--inputs", s(&inputs), "--out", s(&out), "--adapter", &lora, "--merge", "x"],
+        &out,
+        &bert.join("lora/output_merged.safetensors"),
+    );
+
+    // The same setup given as an adapter_setup.json.
+    let setup = out_file("adapter_setup.json");
+    std::fs::write(&setup, r#"{"type": "Stack", "children": [{"type": "single", "children": ["a"]}, {"type": "single", "children": ["b"]}]}"#).unwrap();
+    let out = out_file("stack_json.safetensors");
+    forward_matches(
+        &["--model", s(&model), "--inputs", s(&inputs), "--out", s(&out), "--adapter", &a, "--adapter", &b, "--setup", s(&setup)],
+        &out,
+        &bert.join("stack/output.safetensors"),
+    );
+}
+
+#[test]
+fn errors_are_one_line_and_name_the_problem() {
+    let bert = tiny("bert");
+    let model = bert.join("model");
+    let inputs = bert.join("inputs.safetensors");
+    let out = out_file("err.safetensors");
+    let a = format!("a={}", s(&bert.join("stack/a")));
+    let b = format!("b={}", s(&bert.join("stack/b")));
+    let config = model.join("config.json");
+    let base = bert.join("base.safetensors");
+    let foreign = tiny("distilbert").join("lora/adapter");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--model", s(&bert), "--inputs", s(&inputs), "--out", s(&out)], "config.json"),
+        (vec!["--model", s(&model), "--inputs", s(&config), "--out", s(&out)], "--inputs"),
+        (vec!["--model", s(&model), "--inputs", s(&base), "--out", s(&out)], "`input_ids` is missing"),
+        (vec!["--model", s(&model), "--inputs", s(&inputs), "--out", s(&out), "--adapter", &a, "--adapter", &b], "--setup"),
+        (vec!["--model", s(&model), "--inputs", s(&inputs), "--out", s(&out), "--adapter", &a, "--adapter", &b, "--setup", "Fuse[a, b]"], "`Fuse` blocks are not supported"),
+        (vec!["--model", s(&model), "--inputs", s(&inputs), "--out", s(&out), "--adapter", &a, "--setup", "Stack[a, zz]"], "no adapter named `zz`"),
+        (vec!["--model", s(&model), "--inputs", s(&inputs), "--out", s(&out), "--adapter", &a, "--merge", "a"], "cannot be merged"),
+        (vec!["--model", s(&model), "--inputs", s(&inputs), "--out", s(&out), "--adapter", s(&foreign)], "does not belong to adapter"),
+        (vec!["--model", s(&model), "--inputs", s(&inputs), "--out", s(&out), "--fusion", s(&bert)], "AdapterFusion"),
+    ];
+    for (args, needle) in cases {
+        let (ok, stderr) = run(&args);
+        assert!(!ok, "{args:?} should fail");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: one line, got {stderr:?}");
+        assert!(stderr.contains(needle), "{args:?}: expected `{needle}` in {stderr:?}");
+    }
+}
