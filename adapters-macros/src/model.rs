@@ -95,11 +95,7 @@ pub(crate) fn expand(args: TokenStream, strukt: &syn::ItemStruct) -> syn::Result
     let layer_type = layer_type.unwrap_or_else(|| format!("{}Layer", class.trim_end_matches("Model")));
     let rt = quote!(::adapters_runtime::mixin);
     let (impl_generics, ty_generics, where_clause) = strukt.generics.split_for_impl();
-    let mixin_span = layer_mixin.span();
     let layers_span = layers.span();
-    let config_span = config.span();
-    let mixin_check = quote_spanned!(mixin_span=> #rt::assert::mixin::<#mixin_ty>(););
-    let config_check = quote_spanned!(config_span=> #rt::assert::model_config(&self.#config_field););
     let layers_ref = quote_spanned!(layers_span=> ::std::iter::IntoIterator::into_iter(&self.#layers).collect());
     let layers_mut = quote_spanned!(layers_span=> ::std::iter::IntoIterator::into_iter(&mut self.#layers).collect());
     Ok(quote! {
@@ -113,8 +109,6 @@ pub(crate) fn expand(args: TokenStream, strukt: &syn::ItemStruct) -> syn::Result
                 config_keys: <#config_ty as #rt::AdapterModelConfig>::KEY_MAPPING,
             };
             fn dims(&self) -> #rt::ModelDims {
-                #mixin_check
-                #config_check
                 #rt::AdapterModelConfig::dims(&self.#config_field)
             }
             fn layers(&self) -> ::std::vec::Vec<&#mixin_ty> {

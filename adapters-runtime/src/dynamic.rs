@@ -20,6 +20,7 @@ pub trait DynAdaptedModel {
     fn deactivate_adapters(&mut self);
     fn active_adapters(&self) -> Option<AdapterSetup>;
     fn train_adapter(&mut self, setup: AdapterSetup) -> Result<Vec<Var>>;
+    fn set_training(&mut self, training: bool);
     fn merge_adapter(&mut self, name: &str) -> Result<()>;
     fn reset_adapter(&mut self);
     fn save_adapter(&self, dir: &Path, name: &str) -> Result<()>;
@@ -50,6 +51,9 @@ impl<M: AdaptableModel + EncoderForward> DynAdaptedModel for AdaptedModel<M> {
     }
     fn train_adapter(&mut self, setup: AdapterSetup) -> Result<Vec<Var>> {
         AdaptedModel::train_adapter(self, setup)
+    }
+    fn set_training(&mut self, training: bool) {
+        AdaptedModel::set_training(self, training)
     }
     fn merge_adapter(&mut self, name: &str) -> Result<()> {
         AdaptedModel::merge_adapter(self, name)

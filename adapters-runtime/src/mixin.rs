@@ -67,6 +67,11 @@ impl MixinInfo {
 }
 
 /// Implemented by `#[adapter_mixin(...)]` on a layer struct.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an adapter mixin",
+    label = "no `#[adapter_mixin(...)]` on this type",
+    note = "mark the layer struct with `#[adapter_mixin(lora(...), bottleneck(...))]`, or name a layer type that has one (e.g. `layer_mixin = BertLayer`)"
+)]
 pub trait AdapterMixin {
     const MIXIN: MixinInfo;
     fn for_each_slot(&self, f: &mut dyn FnMut(SlotRef<'_>));
@@ -85,6 +90,11 @@ pub struct ModelDims {
 }
 
 /// Implemented by `#[adapter_config(...)]` on a model config struct.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an adapter model config",
+    label = "no `#[adapter_config]` on this type",
+    note = "mark the config struct with `#[adapter_config]` (and map keys it names otherwise, e.g. `#[adapter_config(hidden_size = dim)]`)"
+)]
 pub trait AdapterModelConfig {
     /// The Python names of the keys and the config fields they come from.
     const KEY_MAPPING: &'static [(&'static str, &'static str)];
@@ -180,21 +190,6 @@ pub mod assert {
         }
     }
 
-    #[diagnostic::on_unimplemented(
-        message = "`{Self}` is not an adapter mixin",
-        label = "no `#[adapter_mixin(...)]` on this type",
-        note = "mark the layer struct with `#[adapter_mixin(lora(...), bottleneck(...))]`, or name a layer type that has one (e.g. `layer_mixin = BertLayer`)"
-    )]
-    pub trait IsMixin {}
-    impl<T: AdapterMixin> IsMixin for T {}
-
-    #[diagnostic::on_unimplemented(
-        message = "`{Self}` is not an adapter model config",
-        label = "no `#[adapter_config]` on this type",
-        note = "mark the config struct with `#[adapter_config]` (and map keys it names otherwise, e.g. `#[adapter_config(hidden_size = dim)]`)"
-    )]
-    pub trait IsModelConfig {}
-    impl<T: AdapterModelConfig> IsModelConfig for T {}
 
     pub fn lora<T: LoraTarget + ?Sized>(t: &T) -> &LoRALinear {
         t.as_lora()
@@ -208,6 +203,4 @@ pub mod assert {
     pub fn bottleneck_mut<T: BottleneckTarget + ?Sized>(t: &mut T) -> &mut BottleneckSlot {
         t.as_bottleneck_mut()
     }
-    pub fn mixin<T: IsMixin>() {}
-    pub fn model_config<T: IsModelConfig>(_: &T) {}
 }

@@ -20,7 +20,12 @@ pub fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
 /// softmax(q k^T * scale + mask) v, heads merged back to `[batch, seq, hidden]`.
 pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64, dropout: f64, train: bool) -> Result<Tensor> {
     let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    // The fused softmax has no gradient: training (a tracked graph) takes the composed one.
+    let probs = if scores.track_op() {
+        candle_nn::ops::softmax(&scores, candle_core::D::Minus1)?
+    } else {
+        candle_nn::ops::softmax_last_dim(&scores)?
+    };
     let probs = if train && dropout > 0.0 { candle_nn::ops::dropout(&probs, dropout as f32)? } else { probs };
     let context = probs.matmul(v)?;
     let (batch, heads, seq, head_dim) = context.dims4()?;

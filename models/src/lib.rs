@@ -26,3 +26,60 @@ use adapters_runtime::{AdaptableModel, ModelMapping};
 pub fn all_mappings() -> Vec<ModelMapping> {
     vec![BertModel::MAPPING, RobertaModel::MAPPING, DistilBertModel::MAPPING]
 }
+
+/// `docs/model_overview.md`, generated from the mapping entries the macros produce.
+pub fn overview_markdown() -> String {
+    let mappings = all_mappings();
+    let methods: Vec<&str> = {
+        let mut all: Vec<&str> = Vec::new();
+        for m in &mappings {
+            for method in m.supported_methods() {
+                if !all.contains(&method) {
+                    all.push(method);
+                }
+            }
+        }
+        all
+    };
+    let mut out = String::from(
+        "# Model overview\n\n\
+         Generated from the mapping entries of `#[with_adapters]` and `#[adapter_mixin]` \
+         (`adapters_models::overview_markdown`); `tests/tests/docs.rs` fails when this file drifts \
+         (regenerate with `UPDATE_DOCS=1 cargo test --release -p adapters-tests --test docs`).\n\n",
+    );
+    out.push_str("| model | model_type | layer | mixin |");
+    for method in &methods {
+        out.push_str(&format!(" {method} |"));
+    }
+    out.push_str("\n| --- | --- | --- | --- |");
+    out.push_str(&" :---: |".repeat(methods.len()));
+    out.push('\n');
+    for m in &mappings {
+        out.push_str(&format!("| {} | `{}` | {} | {} |", m.model_class, m.model_type, m.layer_type, m.layer_mixin.name));
+        let supported = m.supported_methods();
+        for method in &methods {
+            out.push_str(if supported.contains(method) { " ✅ |" } else { " |" });
+        }
+        out.push('\n');
+    }
+    out.push_str("\n## Insertion points per mixin\n\n| mixin | family | location | field |\n| --- | --- | --- | --- |\n");
+    let mut seen = Vec::new();
+    for m in &mappings {
+        if seen.contains(&m.layer_mixin.name) {
+            continue;
+        }
+        seen.push(m.layer_mixin.name);
+        for slot in m.layer_mixin.slots {
+            out.push_str(&format!("| {} | {:?} | `{}` | `{}` |\n", m.layer_mixin.name, slot.family, slot.location, slot.field));
+        }
+    }
+    out.push_str("\n## Config key mapping\n\n| model | key adapters read | config field |\n| --- | --- | --- |\n");
+    for m in &mappings {
+        for (key, field) in m.config_keys {
+            if key != field {
+                out.push_str(&format!("| {} | `{key}` | `{field}` |\n", m.model_class));
+            }
+        }
+    }
+    out
+}
