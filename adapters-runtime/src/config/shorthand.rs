@@ -215,29 +215,3 @@ fn edit_distance(a: &str, b: &str) -> usize {
     }
     row[b.len()]
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn overrides_apply_and_typos_are_named() {
-        let AdapterConfig::LoRA(c) = parse("lora[r=16,alpha=32, attn_matrices=['q','k']]").unwrap() else {
-            panic!("lora parses to a LoRA config")
-        };
-        assert_eq!((c.r, c.alpha), (16, 32.0));
-        assert_eq!(c.attn_matrices, vec!["q", "k"]);
-        let e = parse("lora[rr=4]").unwrap_err().to_string();
-        assert!(e.contains("did you mean `r`"), "{e}");
-        let e = parse("seq_bm").unwrap_err().to_string();
-        assert!(e.contains("did you mean `seq_bn`"), "{e}");
-        let AdapterConfig::Bottleneck(b) = parse("seq_bn[reduction_factor={'0': 4, 'default': 8}, ln_before=True]").unwrap() else {
-            panic!("seq_bn parses to a bottleneck config")
-        };
-        assert!(b.ln_before && b.original_ln_before);
-        assert_eq!(b.reduction_factor.for_layer(0).unwrap(), 4.0);
-        assert_eq!(b.reduction_factor.for_layer(3).unwrap(), 8.0);
-        assert!(parse("prefix_tuning").unwrap_err().to_string().contains("not supported by this version yet"));
-        assert!(parse("ia3[r=2]").is_err());
-    }
-}
