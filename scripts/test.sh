@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # The test suite: fetches MiniLM (for the real-weights parity test), then runs every test of the
-# workspace in release mode (model-sized forwards are slow in debug builds).
+# workspace in release mode (model-sized forwards are slow in debug builds), and ends with one
+# line totalling all test binaries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch_minilm.sh >/dev/null
-cargo test --release --workspace
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+cargo test --release --workspace 2>&1 | tee "$log"
+awk '/^test result:/ { p += $4; f += $6 } END { printf "all tests: %d passed, %d failed\n", p, f }' "$log"
