@@ -27,19 +27,13 @@ pub struct BottleneckAdapter {
     dropout: f64,
 }
 
-/// Indices into `params`, fixed by construction order.
-struct Idx;
-impl Idx {
-    const LN_BEFORE_W: &'static str = "adapter_down.0.weight";
-}
-
 impl BottleneckAdapter {
     /// Builds a freshly initialised adapter for a hidden size and a bottleneck size.
     pub fn new(config: &BnConfig, hidden: usize, down: usize, rng: &mut Rng) -> CResult<Self> {
         let mut params = Vec::new();
         let linear_index = usize::from(config.ln_before);
         if config.ln_before {
-            params.push(NamedParam::new(Idx::LN_BEFORE_W, Tensor::ones(hidden, candle_core::DType::F32, &candle_core::Device::Cpu)?)?);
+            params.push(NamedParam::new("adapter_down.0.weight", Tensor::ones(hidden, candle_core::DType::F32, &candle_core::Device::Cpu)?)?);
             params.push(NamedParam::new("adapter_down.0.bias", Tensor::zeros(hidden, candle_core::DType::F32, &candle_core::Device::Cpu)?)?);
         }
         let (down_w, up_w) = match config.init_weights.as_str() {
