@@ -23,14 +23,12 @@ fn temp_path(path: &Path) -> std::path::PathBuf {
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
-/// Saves named tensors as safetensors, atomically.
+/// Saves named tensors as safetensors, atomically, with the `{"format": "pt"}` metadata the
+/// Python library writes.
 pub fn save_safetensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
-    let tmp = temp_path(path);
-    candle_core::safetensors::save(tensors, &tmp).map_err(|e| AdapterError::file(tmp.display(), e))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        AdapterError::io(path, e)
-    })
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let bytes = safetensors::serialize(tensors, Some(metadata)).map_err(|e| AdapterError::file(path.display(), e))?;
+    write_atomic(path, &bytes)
 }
 
 /// Reads every tensor of a safetensors file or a torch pickle (`.bin`) file, as f32 on the CPU.

@@ -26,18 +26,8 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64, dro
     } else {
         candle_nn::ops::softmax_last_dim(&scores)?
     };
-    let probs = if train && dropout > 0.0 { candle_nn::ops::dropout(&probs, dropout as f32)? } else { probs };
+    let probs = adapters_runtime::methods::dropout(&probs, dropout, train)?;
     let context = probs.matmul(v)?;
     let (batch, heads, seq, head_dim) = context.dims4()?;
     context.transpose(1, 2)?.reshape((batch, seq, heads * head_dim))
 }
-
-/// Hidden-state dropout, on only in training.
-pub fn dropout(x: &Tensor, p: f64, train: bool) -> Result<Tensor> {
-    if train && p > 0.0 {
-        candle_nn::ops::dropout(x, p as f32)
-    } else {
-        Ok(x.clone())
-    }
-}
-

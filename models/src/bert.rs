@@ -3,13 +3,14 @@
 //! active.
 
 use adapters_runtime::methods::activation::Activation;
+use adapters_runtime::methods::dropout;
 use adapters_runtime::{adapter_config, adapter_mixin, with_adapters};
 use adapters_runtime::{BottleneckSlot, EncoderForward, ForwardContext, LayerNorm, LoRALinear};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder};
 use serde::Deserialize;
 
-use crate::attention::{additive_mask, attend, dropout, split_heads};
+use crate::attention::{additive_mask, attend, split_heads};
 
 fn default_eps() -> f64 {
     1e-12

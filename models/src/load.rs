@@ -38,14 +38,18 @@ impl SimpleBackend for CountingBackend {
     }
 }
 
-fn read_config<C: DeserializeOwned>(dir: &Path) -> Result<(C, serde_json::Value)> {
+fn read_config(dir: &Path) -> Result<serde_json::Value> {
     let path = dir.join("config.json");
     let text = std::fs::read_to_string(&path).map_err(|e| AdapterError::Io { path: path.clone(), source: e })?;
-    let value: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| AdapterError::File { file: path.display().to_string(), reason: format!("not valid JSON: {e}") })?;
-    let config = serde_json::from_value(value.clone())
-        .map_err(|e| AdapterError::ConfigKey { file: path.display().to_string(), key: "(model config)".into(), reason: e.to_string() })?;
-    Ok((config, value))
+    serde_json::from_str(&text).map_err(|e| AdapterError::File { file: path.display().to_string(), reason: format!("not valid JSON: {e}") })
+}
+
+fn typed_config<C: DeserializeOwned>(dir: &Path, raw: serde_json::Value) -> Result<C> {
+    serde_json::from_value(raw).map_err(|e| AdapterError::ConfigKey {
+        file: dir.join("config.json").display().to_string(),
+        key: "(model config)".into(),
+        reason: e.to_string(),
+    })
 }
 
 /// Loads one architecture, typed. `prefix` is the task-model prefix the checkpoint may carry.
@@ -54,7 +58,20 @@ where
     M: AdaptableModel,
     C: DeserializeOwned,
 {
-    let (config, _) = read_config::<C>(dir)?;
+    load_with_config(dir, read_config(dir)?, prefix, build)
+}
+
+fn load_with_config<M, C>(
+    dir: &Path,
+    raw: serde_json::Value,
+    prefix: &str,
+    build: impl FnOnce(VarBuilder, &C) -> candle_core::Result<M>,
+) -> Result<AdaptedModel<M>>
+where
+    M: AdaptableModel,
+    C: DeserializeOwned,
+{
+    let config: C = typed_config(dir, raw)?;
     let weights = dir.join(MODEL_WEIGHTS);
     let origin = weights.display().to_string();
     if !weights.is_file() {
@@ -79,12 +96,12 @@ fn boxed<M: AdaptableModel + EncoderForward + 'static>(m: AdaptedModel<M>) -> Bo
 /// Loads a checkpoint folder, choosing the architecture from `model_type` in `config.json`.
 pub fn load_model(dir: &Path) -> Result<Box<dyn DynAdaptedModel>> {
     let path = dir.join("config.json");
-    let (_, raw) = read_config::<serde_json::Value>(dir)?;
-    let model_type = raw.get("model_type").and_then(|v| v.as_str()).unwrap_or_default();
-    Ok(match model_type {
-        "bert" => boxed(load_typed(dir, "bert", BertModel::load)?),
-        "roberta" => boxed(load_typed(dir, "roberta", RobertaModel::load)?),
-        "distilbert" => boxed(load_typed(dir, "distilbert", DistilBertModel::load)?),
+    let raw = read_config(dir)?;
+    let model_type = raw.get("model_type").and_then(|v| v.as_str()).unwrap_or_default().to_string();
+    Ok(match model_type.as_str() {
+        "bert" => boxed(load_with_config(dir, raw, "bert", BertModel::load)?),
+        "roberta" => boxed(load_with_config(dir, raw, "roberta", RobertaModel::load)?),
+        "distilbert" => boxed(load_with_config(dir, raw, "distilbert", DistilBertModel::load)?),
         other => {
             return Err(AdapterError::ConfigKey {
                 file: path.display().to_string(),

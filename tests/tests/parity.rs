@@ -18,12 +18,8 @@ struct Row {
 
 fn check(rows: &mut Vec<Row>, arch: &str, case: &str, what: &'static str, model: &dyn DynAdaptedModel, ids: &candle_core::Tensor, mask: &candle_core::Tensor, expected: &Path) {
     let out = model.forward(ids, mask).unwrap_or_else(|e| panic!("{arch}/{case} {what}: {e}"));
-    let diff = max_abs_diff(&out, &expected_tensor(expected));
+    let diff = max_abs_diff(&out, &adapters_tests::expected(expected));
     rows.push(Row { arch: arch.into(), case: case.into(), what, diff });
-}
-
-fn expected_tensor(path: &Path) -> candle_core::Tensor {
-    expected(path)
 }
 
 fn save_dir(arch: &str, case: &str) -> PathBuf {

@@ -33,7 +33,7 @@ pub(crate) fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> cand
 }
 
 /// Inverted dropout, active only in training.
-pub(crate) fn dropout(x: &Tensor, p: f64, train: bool) -> candle_core::Result<Tensor> {
+pub fn dropout(x: &Tensor, p: f64, train: bool) -> candle_core::Result<Tensor> {
     if !train || p <= 0.0 {
         return Ok(x.clone());
     }

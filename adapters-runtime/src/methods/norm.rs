@@ -32,20 +32,10 @@ impl LayerNorm {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let tracked = x.track_op() || self.weight.track_op() || self.bias.track_op();
         if !tracked && x.dtype() == DType::F32 && x.is_contiguous() {
-            // One fused pass over each row; the fused op has no gradient, so training takes the
-            // op-by-op path below.
+            // One fused pass over each row; the fused op has no gradient, so training takes
+            // candle's op-by-op version.
             return candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps as f32);
         }
-        layer_norm_slow(x, &self.weight, &self.bias, self.eps)
+        candle_nn::ops::layer_norm_slow(x, &self.weight, &self.bias, self.eps as f32)
     }
-}
-
-/// The same computation from tensor ops, differentiable for training.
-pub fn layer_norm_slow(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
-    let dim = x.rank() - 1;
-    let mean = x.mean_keepdim(dim)?;
-    let centered = x.broadcast_sub(&mean)?;
-    let var = centered.sqr()?.mean_keepdim(dim)?;
-    let normed = centered.broadcast_div(&(var + eps)?.sqrt()?)?;
-    normed.broadcast_mul(weight)?.broadcast_add(bias)
 }

@@ -1,24 +1,56 @@
 //! One bottleneck adapter: `adapter_down` (optional LayerNorm, Linear, activation),
 //! `adapter_up`, scaling, optional gate and LayerNorm after. Follows `methods/modeling.py`.
 
-use candle_core::{Result as CResult, Tensor};
+use candle_core::{DType, Device, Result as CResult, Tensor, Var};
 
 use crate::config::{BnConfig, ResidualBeforeLn, Scaling};
 use crate::methods::activation::Activation;
 use crate::methods::init::{self, Rng};
-use crate::methods::norm::layer_norm_slow;
 use crate::methods::{dropout, linear, LayerNorm, NamedParam};
 
 /// Adapter LayerNorms use PyTorch's default eps.
 const ADAPTER_LN_EPS: f64 = 1e-5;
 
+/// The weight and bias of one Linear or LayerNorm of the adapter.
+struct Affine {
+    weight: Var,
+    bias: Var,
+}
+
+impl Affine {
+    fn linear(&self, x: &Tensor) -> CResult<Tensor> {
+        linear(x, self.weight.as_tensor(), Some(self.bias.as_tensor()))
+    }
+
+    fn layer_norm(&self, x: &Tensor) -> CResult<Tensor> {
+        LayerNorm::new(self.weight.as_tensor().clone(), self.bias.as_tensor().clone(), ADAPTER_LN_EPS).forward(x)
+    }
+}
+
+/// Registers a parameter under its Python name and returns a typed handle to the same variable.
+fn param(params: &mut Vec<NamedParam>, name: String, tensor: Tensor) -> CResult<Var> {
+    let p = NamedParam::new(name, tensor)?;
+    let var = p.var.clone();
+    params.push(p);
+    Ok(var)
+}
+
+fn affine(params: &mut Vec<NamedParam>, prefix: &str, weight: Tensor, bias: Tensor) -> CResult<Affine> {
+    Ok(Affine { weight: param(params, format!("{prefix}.weight"), weight)?, bias: param(params, format!("{prefix}.bias"), bias)? })
+}
+
 pub struct BottleneckAdapter {
+    norm_before: Option<Affine>,
+    down: Affine,
+    up: Affine,
+    /// `None`: the fixed `fixed_scaling`; `Some`: learned (one value or one per channel).
+    learned_scaling: Option<Var>,
+    fixed_scaling: f64,
+    norm_after: Option<Affine>,
+    gate: Option<Affine>,
+    /// The same variables under their Python names, for training, saving and loading.
     params: Vec<NamedParam>,
     activation: Activation,
-    fixed_scaling: Option<f64>,
-    ln_before: bool,
-    ln_after: bool,
-    use_gating: bool,
     is_parallel: bool,
     residual_before_ln: ResidualBeforeLn,
     adapter_residual_before_ln: bool,
@@ -30,44 +62,37 @@ pub struct BottleneckAdapter {
 impl BottleneckAdapter {
     /// Builds a freshly initialised adapter for a hidden size and a bottleneck size.
     pub fn new(config: &BnConfig, hidden: usize, down: usize, rng: &mut Rng) -> CResult<Self> {
+        let ones = |n: usize| Tensor::ones(n, DType::F32, &Device::Cpu);
+        let zeros = |n: usize| Tensor::zeros(n, DType::F32, &Device::Cpu);
         let mut params = Vec::new();
-        let linear_index = usize::from(config.ln_before);
-        if config.ln_before {
-            params.push(NamedParam::new("adapter_down.0.weight", Tensor::ones(hidden, candle_core::DType::F32, &candle_core::Device::Cpu)?)?);
-            params.push(NamedParam::new("adapter_down.0.bias", Tensor::zeros(hidden, candle_core::DType::F32, &candle_core::Device::Cpu)?)?);
-        }
+        let p = &mut params;
+        let norm_before = if config.ln_before { Some(affine(p, "adapter_down.0", ones(hidden)?, zeros(hidden)?)?) } else { None };
         let (down_w, up_w) = match config.init_weights.as_str() {
-            "mam_adapter" => (init::kaiming_uniform(rng, &[down, hidden])?, Tensor::zeros((hidden, down), candle_core::DType::F32, &candle_core::Device::Cpu)?),
+            "mam_adapter" => (init::kaiming_uniform(rng, &[down, hidden])?, Tensor::zeros((hidden, down), DType::F32, &Device::Cpu)?),
             "houlsby" => (init::truncated_normal(rng, &[down, hidden], 1e-2)?, init::truncated_normal(rng, &[hidden, down], 1e-2)?),
             _ => (init::normal(rng, &[down, hidden], 0.02)?, init::normal(rng, &[hidden, down], 0.02)?),
         };
-        params.push(NamedParam::new(format!("adapter_down.{linear_index}.weight"), down_w)?);
-        params.push(NamedParam::new(format!("adapter_down.{linear_index}.bias"), Tensor::zeros(down, candle_core::DType::F32, &candle_core::Device::Cpu)?)?);
-        params.push(NamedParam::new("adapter_up.weight", up_w)?);
-        params.push(NamedParam::new("adapter_up.bias", Tensor::zeros(hidden, candle_core::DType::F32, &candle_core::Device::Cpu)?)?);
-        let fixed_scaling = match &config.scaling {
-            Scaling::Fixed(s) => Some(*s),
+        let down_layer = affine(p, &format!("adapter_down.{}", usize::from(config.ln_before)), down_w, zeros(down)?)?;
+        let up = affine(p, "adapter_up", up_w, zeros(hidden)?)?;
+        let (fixed_scaling, learned_scaling) = match &config.scaling {
+            Scaling::Fixed(s) => (*s, None),
             Scaling::Mode(mode) => {
                 let size = if mode == "channel" { hidden } else { 1 };
-                params.push(NamedParam::new("scaling", Tensor::ones(size, candle_core::DType::F32, &candle_core::Device::Cpu)?)?);
-                None
+                (1.0, Some(param(p, "scaling".into(), ones(size)?)?))
             }
         };
-        if config.ln_after {
-            params.push(NamedParam::new("adapter_norm_after.weight", Tensor::ones(hidden, candle_core::DType::F32, &candle_core::Device::Cpu)?)?);
-            params.push(NamedParam::new("adapter_norm_after.bias", Tensor::zeros(hidden, candle_core::DType::F32, &candle_core::Device::Cpu)?)?);
-        }
-        if config.use_gating {
-            params.push(NamedParam::new("gate.weight", init::normal(rng, &[1, hidden], 0.02)?)?);
-            params.push(NamedParam::new("gate.bias", Tensor::zeros(1, candle_core::DType::F32, &candle_core::Device::Cpu)?)?);
-        }
+        let norm_after = if config.ln_after { Some(affine(p, "adapter_norm_after", ones(hidden)?, zeros(hidden)?)?) } else { None };
+        let gate = if config.use_gating { Some(affine(p, "gate", init::normal(rng, &[1, hidden], 0.02)?, zeros(1)?)?) } else { None };
         Ok(BottleneckAdapter {
+            norm_before,
+            down: down_layer,
+            up,
+            learned_scaling,
+            fixed_scaling,
+            norm_after,
+            gate,
             params,
             activation: Activation::parse(&config.non_linearity).map_err(candle_core::Error::wrap)?,
-            fixed_scaling,
-            ln_before: config.ln_before,
-            ln_after: config.ln_after,
-            use_gating: config.use_gating,
             is_parallel: config.is_parallel,
             residual_before_ln: config.residual_before_ln.clone(),
             adapter_residual_before_ln: config.adapter_residual_before_ln,
@@ -85,24 +110,10 @@ impl BottleneckAdapter {
     /// LayerNorm at `adapter_down.0` is also the attribute `adapter_norm_before`, and PyTorch's
     /// state dict (so `pytorch_adapter.bin`) lists it under both. Returns (alias, parameter name).
     pub fn aliases(&self) -> &'static [(&'static str, &'static str)] {
-        if self.ln_before {
+        if self.norm_before.is_some() {
             &[("adapter_norm_before.weight", "adapter_down.0.weight"), ("adapter_norm_before.bias", "adapter_down.0.bias")]
         } else {
             &[]
-        }
-    }
-
-    fn get(&self, name: &str) -> Tensor {
-        // Every name looked up here was pushed by `new` for the same flags.
-        self.params.iter().find(|p| p.name == name).map(|p| p.var.as_tensor().clone()).expect("parameter created with the adapter")
-    }
-
-    fn adapter_ln(&self, x: &Tensor, prefix: &str) -> CResult<Tensor> {
-        let (w, b) = (self.get(&format!("{prefix}.weight")), self.get(&format!("{prefix}.bias")));
-        if x.track_op() || w.track_op() {
-            layer_norm_slow(x, &w, &b, ADAPTER_LN_EPS)
-        } else {
-            LayerNorm::new(w, b, ADAPTER_LN_EPS).forward(x)
         }
     }
 
@@ -135,40 +146,33 @@ impl BottleneckAdapter {
 
     /// The adapter itself: bottleneck, scaling, gate, optional LayerNorm and residual.
     pub fn forward(&self, x: &Tensor, residual: &Tensor, train: bool) -> CResult<Tensor> {
-        let linear_index = usize::from(self.ln_before);
-        let mut down_in = x.clone();
-        if self.ln_before {
-            down_in = self.adapter_ln(&down_in, "adapter_down.0")?;
-        }
-        let down = linear(
-            &down_in,
-            &self.get(&format!("adapter_down.{linear_index}.weight")),
-            Some(&self.get(&format!("adapter_down.{linear_index}.bias"))),
-        )?;
-        let down = self.activation.forward(&down)?;
-        let up = linear(&down, &self.get("adapter_up.weight"), Some(&self.get("adapter_up.bias")))?;
-        let up = match self.fixed_scaling {
-            Some(s) => (up * s)?,
-            None => up.broadcast_mul(&self.get("scaling"))?,
+        let down_in = match &self.norm_before {
+            Some(norm) => norm.layer_norm(x)?,
+            None => x.clone(),
+        };
+        let down = self.activation.forward(&self.down.linear(&down_in)?)?;
+        let up = self.up.linear(&down)?;
+        let up = match &self.learned_scaling {
+            Some(scaling) => up.broadcast_mul(scaling.as_tensor())?,
+            None => (up * self.fixed_scaling)?,
         };
         let mut output = dropout(&up, self.dropout, train)?;
-        if self.use_gating {
-            let gate = candle_nn::ops::sigmoid(&linear(x, &self.get("gate.weight"), Some(&self.get("gate.bias")))?)?;
+        if let Some(gate) = &self.gate {
             // Mean over the sequence: one gate per example, [batch, 1, 1].
-            let gate = gate.mean_keepdim(1)?;
+            let gate = candle_nn::ops::sigmoid(&gate.linear(x)?)?.mean_keepdim(1)?;
             output = output.broadcast_mul(&gate)?;
         }
         if self.is_parallel {
-            if self.ln_after {
-                output = self.adapter_ln(&output, "adapter_norm_after")?;
+            if let Some(norm) = &self.norm_after {
+                output = norm.layer_norm(&output)?;
             }
             return Ok(output);
         }
         if self.adapter_residual_before_ln {
             output = (output + residual)?;
         }
-        if self.ln_after {
-            output = self.adapter_ln(&output, "adapter_norm_after")?;
+        if let Some(norm) = &self.norm_after {
+            output = norm.layer_norm(&output)?;
         }
         if !self.adapter_residual_before_ln {
             output = (output + residual)?;

@@ -1,14 +1,21 @@
 //! One LoRA-family module on one linear layer. Follows `LoRA`, `IA3` and the DoRA helpers in
 //! `methods/lora.py`.
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor, Var};
 
 use crate::config::{LoRAConfig, LoraKind};
 use crate::methods::init::{self, Rng};
-use crate::methods::{dropout, NamedParam};
+use crate::methods::{dropout, linear, NamedParam};
 
 pub struct LoraModule {
     pub(crate) kind: LoraKind,
+    /// `lora_A` (r, in); absent for IA3.
+    a: Option<Var>,
+    /// `lora_B` (out, r), or the IA3 vector (out, 1).
+    b: Var,
+    /// DoRA's magnitude `m.weight` (out, 1).
+    magnitude: Option<Var>,
+    /// The same variables under their Python names, for training, saving and loading.
     params: Vec<NamedParam>,
     /// alpha / r for LoRA and DoRA; alpha for IA3.
     scaling: f64,
@@ -53,30 +60,37 @@ impl LoraModule {
             LoraKind::IA3 => config.alpha,
             _ => config.alpha / r as f64,
         };
-        Ok(LoraModule { kind, params, scaling, dropout: config.dropout })
+        let handle = |name: &str| params.iter().find(|p| p.name == name).map(|p| p.var.clone());
+        let (a, magnitude) = (handle("lora_A"), handle("m.weight"));
+        let b = handle("lora_B").ok_or_else(|| candle_core::Error::Msg("lora_B is always created".into()))?;
+        Ok(LoraModule { kind, a, b, magnitude, params, scaling, dropout: config.dropout })
     }
 
     pub fn params(&self) -> &[NamedParam] {
         &self.params
     }
 
-    fn get(&self, name: &str) -> Tensor {
-        self.params.iter().find(|p| p.name == name).map(|p| p.var.as_tensor().clone()).expect("parameter created with the module")
+    fn b(&self) -> &Tensor {
+        self.b.as_tensor()
     }
 
     /// `B A` (LoRA, DoRA; unscaled) or the IA3 vector `B` (out, 1).
     pub fn delta_w(&self) -> Result<Tensor> {
-        match self.kind {
-            LoraKind::IA3 => Ok(self.get("lora_B")),
-            _ => self.get("lora_B").matmul(&self.get("lora_A")),
+        match &self.a {
+            Some(a) => self.b().matmul(a.as_tensor()),
+            None => Ok(self.b().clone()),
         }
+    }
+
+    fn magnitude(&self) -> Result<&Tensor> {
+        self.magnitude.as_ref().map(Var::as_tensor).ok_or_else(|| candle_core::Error::Msg("DoRA module without magnitude".into()))
     }
 
     /// The composed module output given the previous module's output in a stack (`None` first).
     pub fn forward(&self, hidden: Option<&Tensor>, layer_input: &Tensor, train: bool) -> Result<Tensor> {
-        match self.kind {
-            LoraKind::IA3 => {
-                let vector = self.get("lora_B").flatten_all()?;
+        match &self.a {
+            None => {
+                let vector = self.b().flatten_all()?;
                 let hidden = match hidden {
                     Some(h) => h.broadcast_mul(&vector)?,
                     None => {
@@ -86,10 +100,10 @@ impl LoraModule {
                 };
                 hidden * self.scaling
             }
-            _ => {
+            Some(a) => {
                 let x = dropout(hidden.unwrap_or(layer_input), self.dropout, train)?;
-                let low = super::super::linear(&x, &self.get("lora_A"), None)?;
-                let out = super::super::linear(&low, &self.get("lora_B"), None)?;
+                let low = linear(&x, a.as_tensor(), None)?;
+                let out = linear(&low, self.b(), None)?;
                 out * self.scaling
             }
         }
@@ -103,7 +117,7 @@ impl LoraModule {
             LoraKind::DoRA => {
                 // m / ||W + B A||_row * (W x + b + s B A x); the norm uses the unscaled delta.
                 let norm = (base_weight + self.delta_w()?)?.sqr()?.sum(1)?.sqrt()?;
-                let scale = self.get("m.weight").flatten_all()?.div(&norm)?;
+                let scale = self.magnitude()?.flatten_all()?.div(&norm)?;
                 (layer_output + hidden)?.broadcast_mul(&scale)
             }
         }
@@ -118,7 +132,7 @@ impl LoraModule {
             LoraKind::DoRA => {
                 let v = (weight + delta)?;
                 let norm = v.sqr()?.sum_keepdim(1)?.sqrt()?;
-                v.broadcast_mul(&self.get("m.weight").div(&norm)?)
+                v.broadcast_mul(&self.magnitude()?.div(&norm)?)
             }
         }
     }
