@@ -93,6 +93,20 @@ pub(crate) fn expand(args: TokenStream, strukt: &syn::ItemStruct) -> syn::Result
     let mixin_ty = quote!(#(#mixin_segments)::*);
     let class = ident.to_string();
     let layer_type = layer_type.unwrap_or_else(|| format!("{}Layer", class.trim_end_matches("Model")));
+    let adapter_class = format!("{}AdapterModel", class.strip_suffix("Model").unwrap_or(&class));
+    let alias = syn::Ident::new(&adapter_class, ident.span());
+    let vis = &strukt.vis;
+    let alias_doc = format!("`{class}` with adapters and prediction heads: Python's `{adapter_class}`.");
+    // A generic model has no single AdapterModel type to name.
+    let alias_item = if strukt.generics.params.is_empty() {
+        quote! {
+            #[doc = #alias_doc]
+            #[allow(dead_code)]
+            #vis type #alias = ::adapters_runtime::AdaptedModel<#ident>;
+        }
+    } else {
+        quote!()
+    };
     let rt = quote!(::adapters_runtime::mixin);
     let (impl_generics, ty_generics, where_clause) = strukt.generics.split_for_impl();
     let layers_span = layers.span();
@@ -104,6 +118,7 @@ pub(crate) fn expand(args: TokenStream, strukt: &syn::ItemStruct) -> syn::Result
             const MAPPING: #rt::ModelMapping = #rt::ModelMapping {
                 model_type: #model_type,
                 model_class: #class,
+                adapter_model_class: #adapter_class,
                 layer_type: #layer_type,
                 layer_mixin: <#mixin_ty as #rt::AdapterMixin>::MIXIN,
                 config_keys: <#config_ty as #rt::AdapterModelConfig>::KEY_MAPPING,
@@ -118,6 +133,7 @@ pub(crate) fn expand(args: TokenStream, strukt: &syn::ItemStruct) -> syn::Result
                 #layers_mut
             }
         }
+        #alias_item
     })
 }
 

@@ -1,11 +1,17 @@
 //! The forward context: what a forward pass needs to know about the adapters, passed explicitly
 //! through the model instead of living in globals.
 
-/// Per-forward state. Slots read the active adapters from here.
+use std::sync::{Arc, Mutex};
+
+use crate::methods::init::Rng;
+
+/// Per-forward state. Slots read the active adapters from here; dropout draws its masks from the
+/// context's seeded generator, so a training run with a fixed seed is repeatable.
 #[derive(Clone, Debug, Default)]
 pub struct ForwardContext {
     stack: Vec<String>,
     train: bool,
+    dropout_rng: Option<Arc<Mutex<Rng>>>,
 }
 
 impl ForwardContext {
@@ -17,7 +23,13 @@ impl ForwardContext {
     /// Adapters applied in this order at every slot that holds them (a `Stack`; one name is a
     /// single adapter).
     pub fn with_stack(stack: Vec<String>, train: bool) -> Self {
-        ForwardContext { stack, train }
+        ForwardContext { stack, train, dropout_rng: None }
+    }
+
+    /// Dropout masks come from `rng` (shared, so consecutive forwards continue one stream).
+    pub fn with_dropout_rng(mut self, rng: Arc<Mutex<Rng>>) -> Self {
+        self.dropout_rng = Some(rng);
+        self
     }
 
     pub fn active_stack(&self) -> &[String] {
@@ -27,5 +39,10 @@ impl ForwardContext {
     /// Training mode: dropout on.
     pub fn train(&self) -> bool {
         self.train
+    }
+
+    /// The generator dropout draws from in training, if the model gave one.
+    pub fn dropout_rng(&self) -> Option<&Arc<Mutex<Rng>>> {
+        self.dropout_rng.as_ref()
     }
 }

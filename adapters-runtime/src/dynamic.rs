@@ -7,6 +7,8 @@ use candle_core::{Tensor, Var};
 
 use crate::config::AdapterConfig;
 use crate::error::Result;
+use crate::heads::{HeadConfig, PredictionHead};
+use crate::model::ModelOutput;
 use crate::mixin::{AdaptableModel, EncoderForward, ModelMapping};
 use crate::model::{AdaptedModel, AdapterSummary};
 use crate::setup::AdapterSetup;
@@ -21,6 +23,7 @@ pub trait DynAdaptedModel {
     fn active_adapters(&self) -> Option<AdapterSetup>;
     fn train_adapter(&mut self, setup: AdapterSetup) -> Result<Vec<Var>>;
     fn set_training(&mut self, training: bool);
+    fn is_training(&self) -> bool;
     fn merge_adapter(&mut self, name: &str) -> Result<()>;
     fn reset_adapter(&mut self);
     fn save_adapter(&self, dir: &Path, name: &str) -> Result<()>;
@@ -28,6 +31,21 @@ pub trait DynAdaptedModel {
     fn adapter_names(&self) -> Vec<String>;
     fn adapter_summary(&self) -> AdapterSummary;
     fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor>;
+    fn add_head(&mut self, name: &str, config: HeadConfig, overwrite: bool) -> Result<()>;
+    fn delete_head(&mut self, name: &str) -> Result<()>;
+    fn head_names(&self) -> Vec<String>;
+    fn head(&self, name: &str) -> Option<&PredictionHead>;
+    fn active_head(&self) -> Option<String>;
+    fn set_active_head(&mut self, name: Option<&str>) -> Result<()>;
+    fn save_head(&self, dir: &Path, name: &str) -> Result<()>;
+    fn load_head(&mut self, dir: &Path, load_as: Option<&str>) -> Result<String>;
+    fn forward_with_head(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<ModelOutput>;
+    fn head_loss(&self, output: &ModelOutput, labels: &Tensor, attention_mask: Option<&Tensor>) -> Result<Tensor>;
+    fn train_full(&mut self) -> Result<Vec<Var>>;
+    fn set_seed(&mut self, seed: u64);
+    fn named_params(&self, name: &str) -> Result<Vec<(String, Var)>>;
+    fn head_params(&self, name: &str) -> Result<Vec<(String, Var)>>;
+    fn base_vars(&self) -> Vec<(String, Var)>;
 }
 
 impl<M: AdaptableModel + EncoderForward> DynAdaptedModel for AdaptedModel<M> {
@@ -55,6 +73,9 @@ impl<M: AdaptableModel + EncoderForward> DynAdaptedModel for AdaptedModel<M> {
     fn set_training(&mut self, training: bool) {
         AdaptedModel::set_training(self, training)
     }
+    fn is_training(&self) -> bool {
+        AdaptedModel::is_training(self)
+    }
     fn merge_adapter(&mut self, name: &str) -> Result<()> {
         AdaptedModel::merge_adapter(self, name)
     }
@@ -75,5 +96,50 @@ impl<M: AdaptableModel + EncoderForward> DynAdaptedModel for AdaptedModel<M> {
     }
     fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
         AdaptedModel::forward(self, input_ids, attention_mask)
+    }
+    fn add_head(&mut self, name: &str, config: HeadConfig, overwrite: bool) -> Result<()> {
+        AdaptedModel::add_head(self, name, config, overwrite)
+    }
+    fn delete_head(&mut self, name: &str) -> Result<()> {
+        AdaptedModel::delete_head(self, name)
+    }
+    fn head_names(&self) -> Vec<String> {
+        AdaptedModel::head_names(self).map(String::from).collect()
+    }
+    fn head(&self, name: &str) -> Option<&PredictionHead> {
+        AdaptedModel::head(self, name)
+    }
+    fn active_head(&self) -> Option<String> {
+        AdaptedModel::active_head(self).map(String::from)
+    }
+    fn set_active_head(&mut self, name: Option<&str>) -> Result<()> {
+        AdaptedModel::set_active_head(self, name)
+    }
+    fn save_head(&self, dir: &Path, name: &str) -> Result<()> {
+        AdaptedModel::save_head(self, dir, name)
+    }
+    fn load_head(&mut self, dir: &Path, load_as: Option<&str>) -> Result<String> {
+        AdaptedModel::load_head(self, dir, load_as)
+    }
+    fn forward_with_head(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<ModelOutput> {
+        AdaptedModel::forward_with_head(self, input_ids, attention_mask)
+    }
+    fn head_loss(&self, output: &ModelOutput, labels: &Tensor, attention_mask: Option<&Tensor>) -> Result<Tensor> {
+        AdaptedModel::head_loss(self, output, labels, attention_mask)
+    }
+    fn train_full(&mut self) -> Result<Vec<Var>> {
+        AdaptedModel::train_full(self)
+    }
+    fn set_seed(&mut self, seed: u64) {
+        AdaptedModel::set_seed(self, seed)
+    }
+    fn named_params(&self, name: &str) -> Result<Vec<(String, Var)>> {
+        AdaptedModel::named_params(self, name)
+    }
+    fn head_params(&self, name: &str) -> Result<Vec<(String, Var)>> {
+        AdaptedModel::head_params(self, name)
+    }
+    fn base_vars(&self) -> Vec<(String, Var)> {
+        AdaptedModel::base_vars(self).to_vec()
     }
 }

@@ -106,6 +106,8 @@ pub trait AdapterModelConfig {
 pub struct ModelMapping {
     pub model_type: &'static str,
     pub model_class: &'static str,
+    /// The Python class with flexible heads (`BertAdapterModel`), written into head files.
+    pub adapter_model_class: &'static str,
     /// The layer type as the model names it (`RobertaLayer`).
     pub layer_type: &'static str,
     /// The mixin that layer reuses (`BertLayer`).
@@ -147,6 +149,27 @@ pub trait EncoderForward {
         attention_mask: &candle_core::Tensor,
         ctx: &crate::context::ForwardContext,
     ) -> candle_core::Result<candle_core::Tensor>;
+
+    /// The pooler output (`[batch, hidden]`) for heads with `use_pooler`; `None`: no pooler.
+    fn pooled_output(&self, _last_hidden_state: &candle_core::Tensor) -> Option<candle_core::Result<candle_core::Tensor>> {
+        None
+    }
+
+    /// The input embedding matrix `[vocab, hidden]`, which masked LM heads tie their decoder to.
+    fn input_embeddings(&self) -> Option<&candle_core::Tensor> {
+        None
+    }
+
+    /// Dropout of heads without `dropout_prob`, when the model config names one
+    /// (`classifier_dropout`); otherwise heads use `hidden_dropout_prob`.
+    fn classifier_dropout(&self) -> Option<f64> {
+        None
+    }
+
+    /// The epsilon of the model's LayerNorms (used by heads with a LayerNorm).
+    fn layer_norm_eps(&self) -> f64 {
+        1e-12
+    }
 }
 
 /// Static checks the macros emit so that a mistake is reported on the marked token with a

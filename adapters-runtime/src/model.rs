@@ -1,15 +1,21 @@
 //! The model API, written once for every model: add, delete, activate, train, merge, save, load
 //! and summarise adapters by walking the slots that the macros generated.
 
+mod heads;
+
+pub use heads::ModelOutput;
+
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{Tensor, Var};
 
 use crate::config::{AdapterConfig, AdapterFile};
 use crate::context::ForwardContext;
 use crate::error::{AdapterError, Result};
+use crate::heads::PredictionHead;
 use crate::methods::bottleneck::BottleneckAdapter;
 use crate::methods::init::Rng;
 use crate::methods::lora::LoraModule;
@@ -22,8 +28,12 @@ pub const ADAPTER_WEIGHTS_SAFE: &str = "adapter.safetensors";
 pub const ADAPTER_WEIGHTS_PICKLE: &str = "pytorch_adapter.bin";
 /// The `adapters` version whose behaviour and files this runtime follows.
 pub const PYTHON_ADAPTERS_VERSION: &str = "1.3.0";
+/// The dropout seed of a new model (`set_seed` changes it).
+pub const DEFAULT_SEED: u64 = 42;
 
-/// A base model plus its adapters. `M` is a model annotated with `#[with_adapters]`.
+/// A base model plus its adapters and prediction heads. `M` is a model annotated with
+/// `#[with_adapters]`; `#[with_adapters]` also names this type after Python's AdapterModel class
+/// (`BertAdapterModel = AdaptedModel<BertModel>`).
 pub struct AdaptedModel<M> {
     model: M,
     configs: BTreeMap<String, AdapterConfig>,
@@ -32,6 +42,11 @@ pub struct AdaptedModel<M> {
     training: bool,
     base_params: usize,
     root_prefix: String,
+    heads: BTreeMap<String, PredictionHead>,
+    active_head: Option<String>,
+    /// Base weights as variables, when the model was loaded for full fine-tuning.
+    base_vars: Vec<(String, Var)>,
+    dropout_rng: Arc<Mutex<Rng>>,
 }
 
 /// One row of [`AdaptedModel::adapter_summary`].
@@ -75,7 +90,69 @@ impl<M: AdaptableModel> AdaptedModel<M> {
             training: false,
             base_params,
             root_prefix: root_prefix.into(),
+            heads: BTreeMap::new(),
+            active_head: None,
+            base_vars: Vec::new(),
+            dropout_rng: Arc::new(Mutex::new(Rng::new(DEFAULT_SEED))),
         }
+    }
+
+    /// Records the base weights as variables (a model loaded for full fine-tuning); see
+    /// [`AdaptedModel::train_full`].
+    pub fn with_base_vars(mut self, vars: Vec<(String, Var)>) -> Self {
+        self.base_vars = vars;
+        self
+    }
+
+    /// Reseeds the generator dropout draws from in training.
+    pub fn set_seed(&mut self, seed: u64) {
+        self.dropout_rng = Arc::new(Mutex::new(Rng::new(seed)));
+    }
+
+    /// Full fine-tuning: training mode, no adapter active, and every base weight plus every head
+    /// returned as trainable. Needs a model loaded with its weights as variables.
+    pub fn train_full(&mut self) -> Result<Vec<Var>> {
+        if self.base_vars.is_empty() {
+            return Err(AdapterError::Unsupported {
+                adapter: "(base model)".into(),
+                operation: "full fine-tuning".into(),
+                reason: "the base weights were loaded as constants; load the model as trainable".into(),
+            });
+        }
+        self.deactivate_adapters();
+        self.training = true;
+        let mut vars: Vec<Var> = self.base_vars.iter().map(|(_, v)| v.clone()).collect();
+        vars.extend(self.heads.values().flat_map(|h| h.params().iter().map(|p| p.var.clone())));
+        Ok(vars)
+    }
+
+    /// Base weights by their checkpoint names (empty unless loaded as trainable).
+    pub fn base_vars(&self) -> &[(String, Var)] {
+        &self.base_vars
+    }
+
+    pub fn head_names(&self) -> impl Iterator<Item = &str> {
+        self.heads.keys().map(String::as_str)
+    }
+
+    pub fn head(&self, name: &str) -> Option<&PredictionHead> {
+        self.heads.get(name)
+    }
+
+    /// The head the forward runs: the last added, or the one named after the active adapter.
+    pub fn active_head(&self) -> Option<&str> {
+        self.active_head.as_deref()
+    }
+
+    /// Selects the head the forward runs (`None`: none).
+    pub fn set_active_head(&mut self, name: Option<&str>) -> Result<()> {
+        if let Some(n) = name {
+            if !self.heads.contains_key(n) {
+                return Err(AdapterError::InvalidConfig(format!("no head named `{n}` in this model")));
+            }
+        }
+        self.active_head = name.map(String::from);
+        Ok(())
     }
 
     pub fn base(&self) -> &M {
@@ -188,6 +265,10 @@ impl<M: AdaptableModel> AdaptedModel<M> {
             }
         }
         self.stack = setup.execution_stack()?;
+        // Python activates the head named after the last adapter of the setup, if there is one.
+        if let Some(last) = self.stack.last().filter(|n| self.heads.contains_key(*n)) {
+            self.active_head = Some(last.clone());
+        }
         self.active = Some(setup);
         Ok(())
     }
@@ -203,8 +284,8 @@ impl<M: AdaptableModel> AdaptedModel<M> {
     }
 
     /// Activates `setup`, switches to training mode, and returns exactly the trainable variables:
-    /// the parameters of the adapters in the setup. Base weights are plain tensors and can never
-    /// change.
+    /// the parameters of the adapters in the setup, and of every prediction head (Python freezes
+    /// only the base model). Base weights stay fixed.
     pub fn train_adapter(&mut self, setup: impl Into<AdapterSetup>) -> Result<Vec<Var>> {
         let setup = setup.into();
         self.set_active_adapters(setup.clone())?;
@@ -214,12 +295,17 @@ impl<M: AdaptableModel> AdaptedModel<M> {
         for name in &names {
             vars.extend(self.named_params(name)?.into_iter().map(|(_, v)| v));
         }
+        vars.extend(self.heads.values().flat_map(|h| h.params().iter().map(|p| p.var.clone())));
         Ok(vars)
     }
 
     /// Training mode (dropout on) or evaluation mode.
     pub fn set_training(&mut self, training: bool) {
         self.training = training;
+    }
+
+    pub fn is_training(&self) -> bool {
+        self.training
     }
 
     /// Folds a LoRA-family adapter into the base weights. The forward then skips LoRA modules
@@ -331,7 +417,8 @@ impl<M: AdaptableModel> AdaptedModel<M> {
     }
 
     /// Writes `DIR/adapter_config.json` and `DIR/adapter.safetensors`, readable by the Python
-    /// library's `load_adapter`.
+    /// library's `load_adapter`; a head named like the adapter is saved beside it
+    /// (`head_config.json`, `model_head.safetensors`), as Python's `with_head=True` does.
     pub fn save_adapter(&self, dir: impl AsRef<Path>, name: &str) -> Result<()> {
         let dir = dir.as_ref();
         let config = self.configs.get(name).ok_or_else(|| AdapterError::NoSuchAdapter(name.into()))?;
@@ -358,13 +445,16 @@ impl<M: AdaptableModel> AdaptedModel<M> {
             version: format!("adapters.{PYTHON_ADAPTERS_VERSION}"),
             extra: Default::default(),
         }
-        .write(dir)
+        .write(dir)?;
+        if self.heads.contains_key(name) {
+            self.save_head(dir, name)?;
+        }
+        Ok(())
     }
 
-    /// Loads an adapter folder written by `save_adapter` here or in Python (`adapter.safetensors`
-    /// or `pytorch_adapter.bin`), under its own name or `load_as`. Returns the name. Either every
-    /// tensor loads or nothing is added.
-    pub fn load_adapter(&mut self, dir: impl AsRef<Path>, load_as: Option<&str>) -> Result<String> {
+    /// Loads the adapter of a folder (not its head; see `load_adapter`). Either every tensor
+    /// loads or nothing is added.
+    pub(crate) fn load_adapter_only(&mut self, dir: impl AsRef<Path>, load_as: Option<&str>) -> Result<String> {
         let dir = dir.as_ref();
         let file = AdapterFile::read(dir)?;
         let weights_path = crate::io::find_weights(dir, ADAPTER_WEIGHTS_SAFE, ADAPTER_WEIGHTS_PICKLE)?;
@@ -469,7 +559,7 @@ impl<M: AdaptableModel> AdaptedModel<M> {
     }
 
     fn context(&self) -> ForwardContext {
-        ForwardContext::with_stack(self.stack.clone(), self.training)
+        ForwardContext::with_stack(self.stack.clone(), self.training).with_dropout_rng(self.dropout_rng.clone())
     }
 }
 

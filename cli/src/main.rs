@@ -1,6 +1,7 @@
 //! `adapters`: run candle transformer models with AdapterHub adapters from the command line.
 
 mod forward;
+mod train;
 
 use std::process::ExitCode;
 
@@ -19,6 +20,12 @@ enum Command {
     Forward(forward::ForwardArgs),
     /// Load a model and adapters and print the adapter summary (name, method, parameters, % of base).
     Summary(forward::SummaryArgs),
+    /// Train an adapter (or the full model) with a classification head on labelled text.
+    Train(train::TrainArgs),
+    /// Accuracy of a trained classifier on labelled text.
+    Eval(train::EvalArgs),
+    /// Classify sentences with a trained adapter and head.
+    Predict(train::PredictArgs),
 }
 
 fn main() -> ExitCode {
@@ -26,6 +33,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Forward(args) => forward::run(args),
         Command::Summary(args) => forward::summary(args),
+        Command::Train(args) => train::train(args),
+        Command::Eval(args) => train::eval(args),
+        Command::Predict(args) => train::predict(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -18,7 +18,7 @@ pub fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
 }
 
 /// softmax(q k^T * scale + mask) v, heads merged back to `[batch, seq, hidden]`.
-pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64, dropout: f64, train: bool) -> Result<Tensor> {
+pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64, dropout: f64, ctx: &adapters_runtime::ForwardContext) -> Result<Tensor> {
     let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
     // The fused softmax has no gradient: training (a tracked graph) takes the composed one.
     let probs = if scores.track_op() {
@@ -26,7 +26,7 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64, dro
     } else {
         candle_nn::ops::softmax_last_dim(&scores)?
     };
-    let probs = adapters_runtime::methods::dropout(&probs, dropout, train)?;
+    let probs = adapters_runtime::methods::dropout(&probs, dropout, ctx)?;
     let context = probs.matmul(v)?;
     let (batch, heads, seq, head_dim) = context.dims4()?;
     context.transpose(1, 2)?.reshape((batch, seq, heads * head_dim))

@@ -68,13 +68,18 @@ impl BertEmbeddings {
         })
     }
 
+    /// The input embedding matrix `[vocab, hidden]`.
+    pub(crate) fn word_embeddings(&self) -> &Tensor {
+        self.word_embeddings.embeddings()
+    }
+
     /// Word + position + token type (0) embeddings, LayerNorm, dropout.
-    pub(crate) fn forward(&self, input_ids: &Tensor, position_ids: &Tensor, train: bool) -> Result<Tensor> {
+    pub(crate) fn forward(&self, input_ids: &Tensor, position_ids: &Tensor, ctx: &ForwardContext) -> Result<Tensor> {
         let words = self.word_embeddings.forward(input_ids)?;
         let positions = self.position_embeddings.forward(position_ids)?;
         let token_types = self.token_type_embeddings.forward(&input_ids.zeros_like()?)?;
         let sum = words.broadcast_add(&positions)?.add(&token_types)?;
-        dropout(&self.layer_norm.forward(&sum)?, self.dropout, train)
+        dropout(&self.layer_norm.forward(&sum)?, self.dropout, ctx)
     }
 }
 
@@ -103,7 +108,7 @@ impl BertSelfAttention {
         let k = split_heads(&self.key.forward(x, ctx)?, self.heads)?;
         let v = split_heads(&self.value.forward(x, ctx)?, self.heads)?;
         let scale = 1.0 / (q.dim(3)? as f64).sqrt();
-        attend(&q, &k, &v, mask, scale, self.dropout, ctx.train())
+        attend(&q, &k, &v, mask, scale, self.dropout, ctx)
     }
 }
 
@@ -125,7 +130,7 @@ impl BertSelfOutput {
     }
 
     fn forward(&self, hidden: &Tensor, input: &Tensor, ctx: &ForwardContext) -> Result<Tensor> {
-        let hidden = dropout(&self.dense.forward(hidden)?, self.dropout, ctx.train())?;
+        let hidden = dropout(&self.dense.forward(hidden)?, self.dropout, ctx)?;
         self.layer_norm.forward(&hidden, input, ctx)
     }
 }
@@ -187,8 +192,27 @@ impl BertLayer {
         let attended = self.attention.self_attention.forward(x, mask, ctx)?;
         let attention_out = self.attention.output.forward(&attended, x, ctx)?;
         let intermediate = self.intermediate.activation.forward(&self.intermediate.dense.forward(&attention_out, ctx)?)?;
-        let out = dropout(&self.output.dense.forward(&intermediate, ctx)?, self.output.dropout, ctx.train())?;
+        let out = dropout(&self.output.dense.forward(&intermediate, ctx)?, self.output.dropout, ctx)?;
         self.output.layer_norm.forward(&out, &attention_out, ctx)
+    }
+}
+
+/// `tanh(dense(first token))`, loaded only when the checkpoint has it (heads with
+/// `use_pooler` need it; the bare encoder output does not).
+pub(crate) struct BertPooler {
+    dense: Linear,
+}
+
+impl BertPooler {
+    pub(crate) fn load_if_present(vb: VarBuilder, cfg: &BertConfig) -> Result<Option<Self>> {
+        if !vb.contains_tensor("dense.weight") {
+            return Ok(None);
+        }
+        Ok(Some(BertPooler { dense: candle_nn::linear(cfg.hidden_size, cfg.hidden_size, vb.pp("dense"))? }))
+    }
+
+    pub(crate) fn forward(&self, last_hidden_state: &Tensor) -> Result<Tensor> {
+        self.dense.forward(&last_hidden_state.narrow(1, 0, 1)?.squeeze(1)?)?.tanh()
     }
 }
 
@@ -213,11 +237,12 @@ impl BertEncoder {
     }
 }
 
-/// The bare BERT encoder (`BertModel` without pooler): `last_hidden_state`.
+/// The BERT encoder: `last_hidden_state`, and the pooler output when the checkpoint has a pooler.
 #[with_adapters(model_type = "bert", layers = encoder.layers, layer_mixin = BertLayer, config = config)]
 pub struct BertModel {
     embeddings: BertEmbeddings,
     encoder: BertEncoder,
+    pooler: Option<BertPooler>,
     config: BertConfig,
 }
 
@@ -227,6 +252,7 @@ impl BertModel {
         Ok(BertModel {
             embeddings: BertEmbeddings::load(vb.pp("embeddings"), config)?,
             encoder: BertEncoder::load(vb.pp("encoder"), config)?,
+            pooler: BertPooler::load_if_present(vb.pp("pooler"), config)?,
             config: config.clone(),
         })
     }
@@ -240,7 +266,19 @@ impl EncoderForward for BertModel {
     fn forward_with(&self, input_ids: &Tensor, attention_mask: &Tensor, ctx: &ForwardContext) -> Result<Tensor> {
         let (_, seq) = input_ids.dims2()?;
         let positions = Tensor::arange(0u32, seq as u32, input_ids.device())?.unsqueeze(0)?;
-        let embeddings = self.embeddings.forward(input_ids, &positions, ctx.train())?;
+        let embeddings = self.embeddings.forward(input_ids, &positions, ctx)?;
         self.encoder.forward(&embeddings, attention_mask, ctx)
+    }
+
+    fn pooled_output(&self, last_hidden_state: &Tensor) -> Option<Result<Tensor>> {
+        self.pooler.as_ref().map(|p| p.forward(last_hidden_state))
+    }
+
+    fn input_embeddings(&self) -> Option<&Tensor> {
+        Some(self.embeddings.word_embeddings())
+    }
+
+    fn layer_norm_eps(&self) -> f64 {
+        self.config.layer_norm_eps
     }
 }

@@ -40,6 +40,13 @@ pub struct DistilBertConfig {
     pub max_position_embeddings: usize,
     #[serde(default)]
     pub pad_token_id: usize,
+    /// Dropout of classification heads (Python's heads read it as `classifier_dropout`).
+    #[serde(default = "default_seq_classif_dropout")]
+    pub seq_classif_dropout: f64,
+}
+
+fn default_seq_classif_dropout() -> f64 {
+    0.2
 }
 
 /// DistilBERT's LayerNorms are built with eps 1e-12.
@@ -110,12 +117,12 @@ impl TransformerBlock {
         let k = split_heads(&a.k_lin.forward(x, ctx)?, a.heads)?;
         let v = split_heads(&a.v_lin.forward(x, ctx)?, a.heads)?;
         let scale = 1.0 / (q.dim(3)? as f64).sqrt();
-        let context = attend(&q, &k, &v, mask, scale, a.dropout, ctx.train())?;
+        let context = attend(&q, &k, &v, mask, scale, a.dropout, ctx)?;
         let sa_output = a.out_lin.forward(&context)?;
         let sa_output = self.sa_layer_norm.forward(&sa_output, x, ctx)?;
         let f = &self.ffn;
         let hidden = f.activation.forward(&f.lin1.forward(&sa_output, ctx)?)?;
-        let ffn_output = dropout(&f.lin2.forward(&hidden, ctx)?, f.dropout, ctx.train())?;
+        let ffn_output = dropout(&f.lin2.forward(&hidden, ctx)?, f.dropout, ctx)?;
         self.output_layer_norm.forward(&ffn_output, &sa_output, ctx)
     }
 }
@@ -158,11 +165,23 @@ impl EncoderForward for DistilBertModel {
         let positions = Tensor::arange(0u32, seq as u32, input_ids.device())?.unsqueeze(0)?;
         let e = &self.embeddings;
         let sum = e.word_embeddings.forward(input_ids)?.broadcast_add(&e.position_embeddings.forward(&positions)?)?;
-        let mut hidden = dropout(&e.layer_norm.forward(&sum)?, e.dropout, ctx.train())?;
+        let mut hidden = dropout(&e.layer_norm.forward(&sum)?, e.dropout, ctx)?;
         let mask = additive_mask(attention_mask)?;
         for layer in &self.transformer.layers {
             hidden = layer.forward(&hidden, &mask, ctx)?;
         }
         Ok(hidden)
+    }
+
+    fn input_embeddings(&self) -> Option<&Tensor> {
+        Some(self.embeddings.word_embeddings.embeddings())
+    }
+
+    fn layer_norm_eps(&self) -> f64 {
+        LN_EPS
+    }
+
+    fn classifier_dropout(&self) -> Option<f64> {
+        Some(self.config.seq_classif_dropout)
     }
 }

@@ -3,11 +3,11 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use adapters_runtime::{AdaptableModel, AdaptedModel, AdapterError, DynAdaptedModel, EncoderForward, Result};
 use candle_core::safetensors::MmapedSafetensors;
-use candle_core::{DType, Device, Shape, Tensor};
+use candle_core::{DType, Device, Shape, Tensor, Var};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
 use serde::de::DeserializeOwned;
@@ -17,18 +17,40 @@ use crate::{BertModel, DistilBertModel, RobertaModel};
 /// The weight file of a checkpoint folder.
 pub const MODEL_WEIGHTS: &str = "model.safetensors";
 
+/// How the base weights are held.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BaseWeights {
+    /// Constants (memory-mapped): adapters train, the base never changes.
+    #[default]
+    Frozen,
+    /// Variables, for full fine-tuning (`train_full`).
+    Trainable,
+}
+
+type VarList = Arc<Mutex<Vec<(String, Var)>>>;
+
 /// A backend that counts the elements of every tensor the model takes, so the summary's
-/// "% of base" uses what the model really holds (no pooler, no unused heads).
+/// "% of base" uses what the model really holds (no unused heads), and that hands out
+/// variables instead of constants when the base is to be trained.
 struct CountingBackend {
     inner: MmapedSafetensors,
     count: Arc<AtomicUsize>,
+    vars: Option<VarList>,
 }
 
 impl SimpleBackend for CountingBackend {
     fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         let t = SimpleBackend::get(&self.inner, s, name, h, dtype, dev)?;
         self.count.fetch_add(t.elem_count(), Ordering::Relaxed);
-        Ok(t)
+        match &self.vars {
+            None => Ok(t),
+            Some(vars) => {
+                let var = Var::from_tensor(&t)?;
+                let tensor = var.as_tensor().clone();
+                vars.lock().map_err(|_| candle_core::Error::Msg("variable list poisoned".into()))?.push((name.to_string(), var));
+                Ok(tensor)
+            }
+        }
     }
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         SimpleBackend::get_unchecked(&self.inner, name, dtype, dev)
@@ -58,13 +80,14 @@ where
     M: AdaptableModel,
     C: DeserializeOwned,
 {
-    load_with_config(dir, read_config(dir)?, prefix, build)
+    load_with_config(dir, read_config(dir)?, prefix, BaseWeights::Frozen, build)
 }
 
 fn load_with_config<M, C>(
     dir: &Path,
     raw: serde_json::Value,
     prefix: &str,
+    base: BaseWeights,
     build: impl FnOnce(VarBuilder, &C) -> candle_core::Result<M>,
 ) -> Result<AdaptedModel<M>>
 where
@@ -81,12 +104,17 @@ where
     let inner = unsafe { MmapedSafetensors::new(&weights) }
         .map_err(|e| AdapterError::File { file: origin.clone(), reason: format!("not a readable safetensors file: {e}") })?;
     let count = Arc::new(AtomicUsize::new(0));
-    let backend: Box<dyn SimpleBackend> = Box::new(CountingBackend { inner, count: count.clone() });
+    let vars: Option<VarList> = (base == BaseWeights::Trainable).then(Default::default);
+    let backend: Box<dyn SimpleBackend> = Box::new(CountingBackend { inner, count: count.clone(), vars: vars.clone() });
     let vb = VarBuilder::from_backend(backend, DType::F32, Device::Cpu);
     let root = if vb.contains_tensor(&format!("{prefix}.embeddings.word_embeddings.weight")) { prefix } else { "" };
     let vb = if root.is_empty() { vb } else { vb.pp(root) };
     let model = build(vb, &config).map_err(|e| AdapterError::File { file: origin, reason: format!("does not fit config.json: {e}") })?;
-    Ok(AdaptedModel::new(model, count.load(Ordering::Relaxed), root))
+    let model = AdaptedModel::new(model, count.load(Ordering::Relaxed), root);
+    Ok(match vars {
+        Some(vars) => model.with_base_vars(std::mem::take(&mut *vars.lock().map_err(|_| AdapterError::InvalidConfig("variable list poisoned".into()))?)),
+        None => model,
+    })
 }
 
 fn boxed<M: AdaptableModel + EncoderForward + 'static>(m: AdaptedModel<M>) -> Box<dyn DynAdaptedModel> {
@@ -95,13 +123,18 @@ fn boxed<M: AdaptableModel + EncoderForward + 'static>(m: AdaptedModel<M>) -> Bo
 
 /// Loads a checkpoint folder, choosing the architecture from `model_type` in `config.json`.
 pub fn load_model(dir: &Path) -> Result<Box<dyn DynAdaptedModel>> {
+    load_model_with(dir, BaseWeights::Frozen)
+}
+
+/// [`load_model`], with the base weights held as `base` says.
+pub fn load_model_with(dir: &Path, base: BaseWeights) -> Result<Box<dyn DynAdaptedModel>> {
     let path = dir.join("config.json");
     let raw = read_config(dir)?;
     let model_type = raw.get("model_type").and_then(|v| v.as_str()).unwrap_or_default().to_string();
     Ok(match model_type.as_str() {
-        "bert" => boxed(load_with_config(dir, raw, "bert", BertModel::load)?),
-        "roberta" => boxed(load_with_config(dir, raw, "roberta", RobertaModel::load)?),
-        "distilbert" => boxed(load_with_config(dir, raw, "distilbert", DistilBertModel::load)?),
+        "bert" => boxed(load_with_config(dir, raw, "bert", base, BertModel::load)?),
+        "roberta" => boxed(load_with_config(dir, raw, "roberta", base, RobertaModel::load)?),
+        "distilbert" => boxed(load_with_config(dir, raw, "distilbert", base, DistilBertModel::load)?),
         other => {
             return Err(AdapterError::ConfigKey {
                 file: path.display().to_string(),

@@ -5,16 +5,17 @@ use adapters_runtime::{with_adapters, EncoderForward, ForwardContext};
 use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::bert::{BertConfig, BertEmbeddings, BertEncoder, BertLayer};
+use crate::bert::{BertConfig, BertEmbeddings, BertEncoder, BertLayer, BertPooler};
 
 /// RoBERTa checkpoints use BERT's config keys.
 pub type RobertaConfig = BertConfig;
 
-/// The bare RoBERTa encoder: `last_hidden_state`.
+/// The RoBERTa encoder: `last_hidden_state`, and the pooler output when the checkpoint has one.
 #[with_adapters(model_type = "roberta", layers = encoder.layers, layer_mixin = BertLayer, layer_type = "RobertaLayer", config = config)]
 pub struct RobertaModel {
     embeddings: BertEmbeddings,
     encoder: BertEncoder,
+    pooler: Option<BertPooler>,
     config: RobertaConfig,
 }
 
@@ -23,6 +24,7 @@ impl RobertaModel {
         Ok(RobertaModel {
             embeddings: BertEmbeddings::load(vb.pp("embeddings"), config)?,
             encoder: BertEncoder::load(vb.pp("encoder"), config)?,
+            pooler: BertPooler::load_if_present(vb.pp("pooler"), config)?,
             config: config.clone(),
         })
     }
@@ -51,7 +53,19 @@ fn position_ids(input_ids: &Tensor, padding_idx: usize) -> Result<Tensor> {
 impl EncoderForward for RobertaModel {
     fn forward_with(&self, input_ids: &Tensor, attention_mask: &Tensor, ctx: &ForwardContext) -> Result<Tensor> {
         let positions = position_ids(input_ids, self.config.pad_token_id)?;
-        let embeddings = self.embeddings.forward(input_ids, &positions, ctx.train())?;
+        let embeddings = self.embeddings.forward(input_ids, &positions, ctx)?;
         self.encoder.forward(&embeddings, attention_mask, ctx)
+    }
+
+    fn pooled_output(&self, last_hidden_state: &Tensor) -> Option<Result<Tensor>> {
+        self.pooler.as_ref().map(|p| p.forward(last_hidden_state))
+    }
+
+    fn input_embeddings(&self) -> Option<&Tensor> {
+        Some(self.embeddings.word_embeddings())
+    }
+
+    fn layer_norm_eps(&self) -> f64 {
+        self.config.layer_norm_eps
     }
 }

@@ -57,3 +57,31 @@ pub fn cases(arch: &str) -> Vec<(String, Value)> {
 }
 
 pub const TOLERANCE: f32 = 1e-5;
+
+/// `tests/fixtures/heads_manifest.json` (written by `tests/fixtures/generate_heads.py`).
+pub fn heads_manifest() -> Value {
+    let text = std::fs::read_to_string(fixtures().join("heads_manifest.json")).expect("heads_manifest.json is committed");
+    serde_json::from_str(&text).expect("heads_manifest.json is valid JSON")
+}
+
+/// A checkpoint folder built from `model_dir` plus extra tensors (their `bert.`-style prefix
+/// stripped) and config overrides: what Python's AdapterModel held when it made a fixture.
+pub fn checkpoint_with(name: &str, model_dir: &Path, extra: Option<&Path>, overrides: &[(&str, Value)]) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("adapters-ckpt-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut tensors = read(&model_dir.join("model.safetensors"));
+    if let Some(extra) = extra {
+        for (k, v) in read(extra) {
+            let key = k.split_once('.').map(|(_, rest)| rest.to_string()).unwrap_or(k);
+            tensors.insert(key, v);
+        }
+    }
+    candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(model_dir.join("config.json")).unwrap()).unwrap();
+    for (k, v) in overrides {
+        config[*k] = v.clone();
+    }
+    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config).unwrap()).unwrap();
+    dir
+}

@@ -4,6 +4,7 @@
 use candle_core::{Device, Result, Tensor};
 
 /// SplitMix64: small, fast and good enough for weight initialisation.
+#[derive(Clone, Debug)]
 pub struct Rng(u64);
 
 impl Rng {
@@ -20,7 +21,7 @@ impl Rng {
         Rng::new(hash)
     }
 
-    fn next_u64(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

@@ -10,6 +10,8 @@ pub use norm::LayerNorm;
 
 use candle_core::{Tensor, Var};
 
+use crate::context::ForwardContext;
+
 /// A trainable parameter of an adapter with its name relative to the adapter's module path
 /// (`adapter_down.0.weight`, `lora_A`, ...).
 pub struct NamedParam {
@@ -32,10 +34,21 @@ pub(crate) fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> cand
     }
 }
 
-/// Inverted dropout, active only in training.
-pub fn dropout(x: &Tensor, p: f64, train: bool) -> candle_core::Result<Tensor> {
-    if !train || p <= 0.0 {
+/// Inverted dropout, active only in training. Masks come from the context's seeded generator
+/// (candle's own dropout draws from an unseedable thread RNG); without one, from candle's.
+pub fn dropout(x: &Tensor, p: f64, ctx: &ForwardContext) -> candle_core::Result<Tensor> {
+    if !ctx.train() || p <= 0.0 {
         return Ok(x.clone());
     }
-    candle_nn::ops::dropout(x, p as f32)
+    let Some(rng) = ctx.dropout_rng() else {
+        return candle_nn::ops::dropout(x, p as f32);
+    };
+    let keep = 1.0 - p as f32;
+    let scale = 1.0 / keep;
+    let mask: Vec<f32> = {
+        let mut rng = rng.lock().map_err(|_| candle_core::Error::Msg("dropout generator poisoned".into()))?;
+        (0..x.elem_count()).map(|_| if rng.uniform() < keep { scale } else { 0.0 }).collect()
+    };
+    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+    x.mul(&mask)
 }

@@ -145,7 +145,7 @@ impl BottleneckAdapter {
     }
 
     /// The adapter itself: bottleneck, scaling, gate, optional LayerNorm and residual.
-    pub fn forward(&self, x: &Tensor, residual: &Tensor, train: bool) -> CResult<Tensor> {
+    pub fn forward(&self, x: &Tensor, residual: &Tensor, ctx: &crate::context::ForwardContext) -> CResult<Tensor> {
         let down_in = match &self.norm_before {
             Some(norm) => norm.layer_norm(x)?,
             None => x.clone(),
@@ -156,7 +156,7 @@ impl BottleneckAdapter {
             Some(scaling) => up.broadcast_mul(scaling.as_tensor())?,
             None => (up * self.fixed_scaling)?,
         };
-        let mut output = dropout(&up, self.dropout, train)?;
+        let mut output = dropout(&up, self.dropout, ctx)?;
         if let Some(gate) = &self.gate {
             // Mean over the sequence: one gate per example, [batch, 1, 1].
             let gate = candle_nn::ops::sigmoid(&gate.linear(x)?)?.mean_keepdim(1)?;

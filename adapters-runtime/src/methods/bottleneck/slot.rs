@@ -54,7 +54,7 @@ impl BottleneckSlot {
         let mut last = None;
         for adapter in active {
             let (adapter_in, adapter_residual) = adapter.pre_forward(&state, residual, &self.layer_norm)?;
-            state = adapter.forward(&adapter_in, &adapter_residual, ctx.train())?;
+            state = adapter.forward(&adapter_in, &adapter_residual, ctx)?;
             last = Some(adapter);
         }
         match last {

@@ -60,7 +60,7 @@ impl LoRALinear {
         let mut hidden: Option<Tensor> = None;
         let mut last = None;
         for module in ctx.active_stack().iter().filter_map(|n| self.loras.get(n)) {
-            hidden = Some(module.forward(hidden.as_ref(), x, ctx.train())?);
+            hidden = Some(module.forward(hidden.as_ref(), x, ctx)?);
             last = Some(module);
         }
         match (last, hidden) {

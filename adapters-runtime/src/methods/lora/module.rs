@@ -87,7 +87,7 @@ impl LoraModule {
     }
 
     /// The composed module output given the previous module's output in a stack (`None` first).
-    pub fn forward(&self, hidden: Option<&Tensor>, layer_input: &Tensor, train: bool) -> Result<Tensor> {
+    pub fn forward(&self, hidden: Option<&Tensor>, layer_input: &Tensor, ctx: &crate::context::ForwardContext) -> Result<Tensor> {
         match &self.a {
             None => {
                 let vector = self.b().flatten_all()?;
@@ -101,7 +101,7 @@ impl LoraModule {
                 hidden * self.scaling
             }
             Some(a) => {
-                let x = dropout(hidden.unwrap_or(layer_input), self.dropout, train)?;
+                let x = dropout(hidden.unwrap_or(layer_input), self.dropout, ctx)?;
                 let low = linear(&x, a.as_tensor(), None)?;
                 let out = linear(&low, self.b(), None)?;
                 out * self.scaling

@@ -1,0 +1,183 @@
+//! A prediction head: the `nn.Sequential` the Python library builds from a head config, with the
+//! same module indices (so weights are named `heads.NAME.<index>.weight` as Python names them).
+
+use candle_core::{DType, Device, Result as CResult, Tensor, Var};
+
+use super::config::{HeadConfig, HeadType};
+use crate::context::ForwardContext;
+use crate::methods::activation::Activation;
+use crate::methods::init::{normal, Rng};
+use crate::methods::{dropout, linear, NamedParam};
+
+/// Sizes a head is built against, taken from the base model.
+#[derive(Clone, Copy, Debug)]
+pub struct HeadDims {
+    pub hidden_size: usize,
+    /// Used when the head config leaves `dropout_prob` unset (Python: `hidden_dropout_prob`).
+    pub dropout: f64,
+    pub layer_norm_eps: f64,
+    /// Python's `initializer_range`: new head weights are drawn from N(0, std).
+    pub init_std: f32,
+}
+
+enum HeadLayer {
+    Dropout(f64),
+    Linear { weight: Option<Var>, bias: Option<Var> },
+    Activation(Activation),
+    LayerNorm { weight: Var, bias: Var, eps: f64 },
+}
+
+/// What a head computes for a batch.
+#[derive(Clone, Debug)]
+pub enum HeadOutput {
+    /// Classification `[batch, labels]`, multiple choice `[batch, choices]`, tagging
+    /// `[batch, seq, labels]`, masked LM `[batch, seq, vocab]`.
+    Logits(Tensor),
+    /// Question answering: start and end logits, each `[batch, seq]`.
+    Span { start: Tensor, end: Tensor },
+}
+
+impl HeadOutput {
+    /// The tensors under the names Python's model outputs use.
+    pub fn named(&self) -> Vec<(&'static str, Tensor)> {
+        match self {
+            HeadOutput::Logits(t) => vec![("logits", t.clone())],
+            HeadOutput::Span { start, end } => vec![("start_logits", start.clone()), ("end_logits", end.clone())],
+        }
+    }
+
+    /// The main logits (start logits for question answering).
+    pub fn logits(&self) -> &Tensor {
+        match self {
+            HeadOutput::Logits(t) => t,
+            HeadOutput::Span { start, .. } => start,
+        }
+    }
+}
+
+/// One head: its config, its layers and its parameters.
+pub struct PredictionHead {
+    config: HeadConfig,
+    layers: Vec<HeadLayer>,
+    params: Vec<NamedParam>,
+}
+
+fn zeros(n: usize) -> CResult<Tensor> {
+    Tensor::zeros(n, DType::F32, &Device::Cpu)
+}
+
+impl PredictionHead {
+    /// Builds a freshly initialised head, as Python's `PredictionHead.build`. A masked LM head's
+    /// decoder weight is the input embedding matrix, passed at forward time (tied, not a parameter).
+    pub fn new(config: HeadConfig, dims: HeadDims, rng: &mut Rng) -> CResult<Self> {
+        let h = dims.hidden_size;
+        let act = config.activation().map(Activation::parse).transpose().map_err(candle_core::Error::wrap)?;
+        let mut layers = Vec::new();
+        let mut params = Vec::new();
+        let mut add_linear = |layers: &mut Vec<HeadLayer>, params: &mut Vec<NamedParam>, inp: usize, out: usize, bias: bool, tied: bool| -> CResult<()> {
+            let index = layers.len();
+            let weight = if tied {
+                None
+            } else {
+                let p = NamedParam::new(format!("{index}.weight"), normal(rng, &[out, inp], dims.init_std)?)?;
+                let v = p.var.clone();
+                params.push(p);
+                Some(v)
+            };
+            let bias = if bias {
+                let p = NamedParam::new(format!("{index}.bias"), zeros(out)?)?;
+                let v = p.var.clone();
+                params.push(p);
+                Some(v)
+            } else {
+                None
+            };
+            layers.push(HeadLayer::Linear { weight, bias });
+            Ok(())
+        };
+        let n = config.layers();
+        if config.head_type() == HeadType::MaskedLm {
+            for _ in 0..n.saturating_sub(1) {
+                add_linear(&mut layers, &mut params, h, h, true, false)?;
+                if let Some(a) = act {
+                    layers.push(HeadLayer::Activation(a));
+                }
+                if config.layer_norm() {
+                    let index = layers.len();
+                    let weight = NamedParam::new(format!("{index}.weight"), Tensor::ones(h, DType::F32, &Device::Cpu)?)?;
+                    let bias = NamedParam::new(format!("{index}.bias"), zeros(h)?)?;
+                    layers.push(HeadLayer::LayerNorm { weight: weight.var.clone(), bias: bias.var.clone(), eps: dims.layer_norm_eps });
+                    params.extend([weight, bias]);
+                }
+            }
+            add_linear(&mut layers, &mut params, h, config.out_features(), config.bias(), true)?;
+        } else {
+            let p = config.dropout_prob().unwrap_or(dims.dropout);
+            for l in 0..n {
+                layers.push(HeadLayer::Dropout(p));
+                if l + 1 < n {
+                    add_linear(&mut layers, &mut params, h, h, true, false)?;
+                    if let Some(a) = act {
+                        layers.push(HeadLayer::Activation(a));
+                    }
+                } else {
+                    add_linear(&mut layers, &mut params, h, config.out_features(), config.bias(), false)?;
+                }
+            }
+        }
+        Ok(PredictionHead { config, layers, params })
+    }
+
+    pub fn config(&self) -> &HeadConfig {
+        &self.config
+    }
+
+    /// Parameters named relative to the head (`1.weight`, `4.bias`, ...).
+    pub fn params(&self) -> &[NamedParam] {
+        &self.params
+    }
+
+    /// Whether the head's decoder is tied to the input embeddings (masked LM).
+    pub fn is_tied(&self) -> bool {
+        self.config.head_type() == HeadType::MaskedLm
+    }
+
+    /// Runs the head. `hidden`: `last_hidden_state` `[batch, seq, hidden]`; `pooled`: the
+    /// model's pooler output, required when the config says `use_pooler`; `embeddings`: the
+    /// input embedding matrix, required by tied heads.
+    pub fn forward(&self, hidden: &Tensor, pooled: Option<&Tensor>, embeddings: Option<&Tensor>, ctx: &ForwardContext) -> CResult<HeadOutput> {
+        let head_type = self.config.head_type();
+        let mut x = if head_type.is_sequence_level() {
+            if self.config.use_pooler() {
+                pooled.cloned().ok_or_else(|| candle_core::Error::Msg("this head uses the pooler, and the model has none".into()))?
+            } else {
+                hidden.narrow(1, 0, 1)?.squeeze(1)?
+            }
+        } else {
+            hidden.clone()
+        };
+        for layer in &self.layers {
+            x = match layer {
+                HeadLayer::Dropout(p) => dropout(&x, *p, ctx)?,
+                HeadLayer::Activation(a) => a.forward(&x)?,
+                HeadLayer::LayerNorm { weight, bias, eps } => candle_nn::ops::layer_norm_slow(&x, weight.as_tensor(), bias.as_tensor(), *eps as f32)?,
+                HeadLayer::Linear { weight, bias } => {
+                    let w = match weight {
+                        Some(w) => w.as_tensor(),
+                        None => embeddings.ok_or_else(|| candle_core::Error::Msg("a tied head needs the input embeddings".into()))?,
+                    };
+                    linear(&x, w, bias.as_ref().map(Var::as_tensor))?
+                }
+            };
+        }
+        Ok(match head_type {
+            HeadType::MultipleChoice => HeadOutput::Logits(x.reshape(((), self.config.num_labels()))?),
+            HeadType::QuestionAnswering => {
+                let start = x.narrow(2, 0, 1)?.squeeze(2)?;
+                let end = x.narrow(2, 1, 1)?.squeeze(2)?;
+                HeadOutput::Span { start, end }
+            }
+            _ => HeadOutput::Logits(x),
+        })
+    }
+}

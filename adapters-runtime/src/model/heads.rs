@@ -1,0 +1,235 @@
+//! Prediction heads on an adapted model: Python's `*AdapterModel` classes are an
+//! [`AdaptedModel`] with heads. Heads are named like adapters; the head named after the active
+//! adapter becomes the active head, and `save_adapter` / `load_adapter` carry it along.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use candle_core::{Tensor, Var};
+
+use super::{AdaptedModel, PYTHON_ADAPTERS_VERSION};
+use crate::error::{AdapterError, Result};
+use crate::heads::{head_loss, HeadConfig, HeadDims, HeadFile, HeadOutput, HeadType, PredictionHead};
+use crate::heads::{HEAD_WEIGHTS_PICKLE, HEAD_WEIGHTS_SAFE};
+use crate::methods::init::Rng;
+use crate::mixin::{AdaptableModel, EncoderForward};
+
+/// Python's default `initializer_range`: new head weights are drawn from N(0, 0.02).
+const INIT_STD: f32 = 0.02;
+
+/// The outputs of a forward with heads.
+#[derive(Clone, Debug)]
+pub struct ModelOutput {
+    pub last_hidden_state: Tensor,
+    /// The active head's output, if a head is active.
+    pub head: Option<HeadOutput>,
+}
+
+impl<M: AdaptableModel> AdaptedModel<M> {
+    /// Head parameters under the names Python's state dict gives them (`heads.NAME.1.weight`).
+    pub fn head_params(&self, name: &str) -> Result<Vec<(String, Var)>> {
+        let head = self.heads.get(name).ok_or_else(|| AdapterError::InvalidConfig(format!("no head named `{name}` in this model")))?;
+        Ok(head.params().iter().map(|p| (format!("heads.{name}.{}", p.name), p.var.clone())).collect())
+    }
+
+    /// Writes `head_config.json` and `model_head.safetensors` for head `name` into `dir`.
+    pub fn save_head(&self, dir: impl AsRef<Path>, name: &str) -> Result<()> {
+        let dir = dir.as_ref();
+        let head = self.heads.get(name).ok_or_else(|| AdapterError::InvalidConfig(format!("no head named `{name}` in this model")))?;
+        std::fs::create_dir_all(dir).map_err(|e| AdapterError::io(dir, e))?;
+        let tensors: HashMap<String, Tensor> = self.head_params(name)?.into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
+        crate::io::save_safetensors(&dir.join(HEAD_WEIGHTS_SAFE), &tensors)?;
+        let mapping = M::MAPPING;
+        HeadFile {
+            config: head.config().clone(),
+            name: name.to_string(),
+            hidden_size: Some(self.model.dims().hidden_size),
+            model_type: Some(mapping.model_type.into()),
+            model_class: Some(mapping.adapter_model_class.into()),
+            model_name: None,
+            version: format!("adapters.{PYTHON_ADAPTERS_VERSION}"),
+            extra: Default::default(),
+        }
+        .write(dir)
+    }
+}
+
+impl<M: AdaptableModel + EncoderForward> AdaptedModel<M> {
+    /// Loads an adapter folder written by `save_adapter` here or in Python (`adapter.safetensors`
+    /// or `pytorch_adapter.bin`), under its own name or `load_as`, with its head if the folder
+    /// holds one (`head_config.json`). Returns the name. Either everything loads or the model is
+    /// unchanged.
+    pub fn load_adapter(&mut self, dir: impl AsRef<Path>, load_as: Option<&str>) -> Result<String> {
+        let dir = dir.as_ref();
+        let name = self.load_adapter_only(dir, load_as)?;
+        if HeadFile::exists(dir) {
+            if let Err(e) = self.load_head(dir, Some(&name)) {
+                self.delete_adapter(&name)?;
+                return Err(e);
+            }
+        }
+        Ok(name)
+    }
+
+    fn head_dims(&self) -> HeadDims {
+        let dims = self.model.dims();
+        HeadDims {
+            hidden_size: dims.hidden_size,
+            dropout: self.model.classifier_dropout().unwrap_or(dims.hidden_dropout_prob),
+            layer_norm_eps: self.model.layer_norm_eps(),
+            init_std: INIT_STD,
+        }
+    }
+
+    /// Adds a head built from `config` and makes it the active head (Python's
+    /// `add_prediction_head(..., set_active=True)`). An existing head of that name is an error
+    /// unless `overwrite` is set.
+    pub fn add_head(&mut self, name: &str, config: HeadConfig, overwrite: bool) -> Result<()> {
+        if self.heads.contains_key(name) && !overwrite {
+            return Err(AdapterError::InvalidConfig(format!("a head named `{name}` already exists; delete it first or pass overwrite")));
+        }
+        if name.is_empty() || name.contains('.') {
+            return Err(AdapterError::InvalidConfig(format!("head name `{name}` may not be empty or contain `.`")));
+        }
+        if config.use_pooler() && self.model.pooled_output(&Tensor::zeros((1, 1, self.model.dims().hidden_size), candle_core::DType::F32, &candle_core::Device::Cpu)?).is_none() {
+            return Err(AdapterError::InvalidConfig(format!(
+                "head `{name}` sets use_pooler, but this {} model has no pooler; use the first token instead (use_pooler = false)",
+                M::MAPPING.model_type
+            )));
+        }
+        let mut rng = Rng::from_name(name, 0x4845_4144);
+        let head = PredictionHead::new(config, self.head_dims(), &mut rng)?;
+        self.heads.insert(name.to_string(), head);
+        self.active_head = Some(name.to_string());
+        Ok(())
+    }
+
+    /// `add_classification_head(name, num_labels, layers=2, activation_function="tanh")`, with
+    /// optional label names (index = class id).
+    ///
+    /// ```no_run
+    /// # fn demo<M: adapters_runtime::AdaptableModel + adapters_runtime::EncoderForward>(model: &mut adapters_runtime::AdaptedModel<M>) -> adapters_runtime::Result<()> {
+    /// let labels = ["negative".to_string(), "positive".to_string()];
+    /// model.add_classification_head("mr", 2, Some(&labels))?;
+    /// # Ok(()) }
+    /// ```
+    pub fn add_classification_head(&mut self, name: &str, num_labels: usize, id2label: Option<&[String]>) -> Result<()> {
+        self.add_head(name, HeadConfig::classification(num_labels, 2, "tanh", id2label, false, false), false)
+    }
+
+    /// `add_classification_head(..., multilabel=True)`.
+    pub fn add_multilabel_classification_head(&mut self, name: &str, num_labels: usize, id2label: Option<&[String]>) -> Result<()> {
+        self.add_head(name, HeadConfig::classification(num_labels, 2, "tanh", id2label, false, true), false)
+    }
+
+    /// `add_tagging_head(name, num_labels, layers=1)`.
+    pub fn add_tagging_head(&mut self, name: &str, num_labels: usize, id2label: Option<&[String]>) -> Result<()> {
+        self.add_head(name, HeadConfig::token_level(HeadType::Tagging, num_labels, 1, "tanh", id2label), false)
+    }
+
+    /// `add_qa_head(name)`: start and end logits per token.
+    pub fn add_qa_head(&mut self, name: &str) -> Result<()> {
+        self.add_head(name, HeadConfig::token_level(HeadType::QuestionAnswering, 2, 1, "tanh", None), false)
+    }
+
+    /// `add_multiple_choice_head(name, num_choices, layers=2)`: inputs are `[batch * choices, seq]`.
+    pub fn add_multiple_choice_head(&mut self, name: &str, num_choices: usize) -> Result<()> {
+        self.add_head(name, HeadConfig::multiple_choice(num_choices, 2, "tanh"), false)
+    }
+
+    /// `add_masked_lm_head(name)`: decoder tied to the input embeddings.
+    pub fn add_masked_lm_head(&mut self, name: &str) -> Result<()> {
+        let vocab = self.model.input_embeddings().map(|e| e.dim(0)).transpose()?.ok_or_else(|| {
+            AdapterError::InvalidConfig(format!("a masked LM head ties its decoder to the input embeddings, and this {} model exposes none", M::MAPPING.model_type))
+        })?;
+        let hidden = self.model.dims().hidden_size;
+        self.add_head(name, HeadConfig::masked_lm(vocab, hidden, 2, "gelu"), false)
+    }
+
+    pub fn delete_head(&mut self, name: &str) -> Result<()> {
+        if self.heads.remove(name).is_none() {
+            return Err(AdapterError::InvalidConfig(format!("no head named `{name}` in this model")));
+        }
+        if self.active_head.as_deref() == Some(name) {
+            self.active_head = None;
+        }
+        Ok(())
+    }
+
+    /// The base output and the active head's output.
+    pub fn forward_with_head(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<ModelOutput> {
+        let ctx = self.context();
+        let hidden = self.model.forward_with(input_ids, attention_mask, &ctx)?;
+        let head = match self.active_head.as_deref().and_then(|n| self.heads.get(n)) {
+            None => None,
+            Some(head) => {
+                let pooled = if head.config().use_pooler() { self.model.pooled_output(&hidden).transpose()? } else { None };
+                let embeddings = if head.is_tied() { self.model.input_embeddings() } else { None };
+                Some(head.forward(&hidden, pooled.as_ref(), embeddings, &ctx)?)
+            }
+        };
+        Ok(ModelOutput { last_hidden_state: hidden, head })
+    }
+
+    /// The active head's loss on `labels` (see [`head_loss`] for the label shapes).
+    pub fn head_loss(&self, output: &ModelOutput, labels: &Tensor, attention_mask: Option<&Tensor>) -> Result<Tensor> {
+        let name = self.active_head.as_deref().ok_or_else(|| AdapterError::InvalidConfig("no head is active".into()))?;
+        let head = &self.heads[name];
+        let out = output.head.as_ref().ok_or_else(|| AdapterError::InvalidConfig("the output carries no head output".into()))?;
+        Ok(head_loss(head.config(), out, labels, attention_mask)?)
+    }
+
+    /// Loads a head saved here or by Python (`model_head.safetensors` or
+    /// `pytorch_model_head.bin`) under its name or `load_as`, and makes it active. All tensors
+    /// load or the model is unchanged.
+    pub fn load_head(&mut self, dir: impl AsRef<Path>, load_as: Option<&str>) -> Result<String> {
+        let dir = dir.as_ref();
+        let file = HeadFile::read(dir)?;
+        let config_path = dir.join(crate::heads::HEAD_CONFIG_NAME).display().to_string();
+        if let Some(h) = file.hidden_size.filter(|h| *h != self.model.dims().hidden_size) {
+            return Err(AdapterError::ConfigKey {
+                file: config_path,
+                key: "hidden_size".into(),
+                reason: format!("the head was saved for hidden size {h}, this model has {}", self.model.dims().hidden_size),
+            });
+        }
+        let weights_path = crate::io::find_weights(dir, HEAD_WEIGHTS_SAFE, HEAD_WEIGHTS_PICKLE)?;
+        let weights = crate::io::read_weights(&weights_path)?;
+        let origin = weights_path.display().to_string();
+        let name = load_as.unwrap_or(&file.name).to_string();
+        let mut rng = Rng::from_name(&name, 0x4845_4144);
+        let head = PredictionHead::new(file.config.clone(), self.head_dims(), &mut rng)?;
+        let prefix = format!("heads.{}.", file.name);
+        let expected: HashMap<&str, &Var> = head.params().iter().map(|p| (p.name.as_str(), &p.var)).collect();
+        let mut seen = HashSet::new();
+        let mut staged = Vec::new();
+        for (key, tensor) in &weights {
+            let Some(local) = key.strip_prefix(&prefix) else {
+                return Err(AdapterError::UnexpectedTensor { file: origin, tensor: key.clone(), adapter: format!("head {}", file.name) });
+            };
+            let Some(var) = expected.get(local) else {
+                // The tied decoder weight is the embedding matrix, which Python may save too.
+                if head.is_tied() && local.ends_with(".weight") {
+                    continue;
+                }
+                return Err(AdapterError::UnexpectedTensor { file: origin, tensor: key.clone(), adapter: format!("head {}", file.name) });
+            };
+            if var.dims() != tensor.dims() {
+                return Err(AdapterError::ShapeMismatch { file: origin, tensor: key.clone(), expected: var.dims().to_vec(), found: tensor.dims().to_vec() });
+            }
+            seen.insert(local);
+            staged.push((*var, tensor));
+        }
+        let mut missing: Vec<&&str> = expected.keys().filter(|k| !seen.contains(**k)).collect();
+        missing.sort();
+        if let Some(m) = missing.first() {
+            return Err(AdapterError::MissingTensor { file: origin, tensor: format!("{prefix}{m}") });
+        }
+        for (var, tensor) in staged {
+            var.set(tensor)?;
+        }
+        self.heads.insert(name.clone(), head);
+        self.active_head = Some(name.clone());
+        Ok(name)
+    }
+}

@@ -1,0 +1,248 @@
+//! `adapters train`, `adapters eval`, `adapters predict`: sequence classification on labelled
+//! text with an adapter (or full fine-tuning) and a classification head.
+
+use std::path::{Path, PathBuf};
+
+use adapters_models::{load_model_with, BaseWeights};
+use adapters_runtime::training::{evaluate, train_classifier, Dataset, LabelledTexts, TextEncoder, TrainConfig, TOKENIZER_FILE};
+use adapters_runtime::{AdapterConfig, DynAdaptedModel, HeadConfig, HeadType};
+use candle_core::{Tensor, D};
+use clap::Args;
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// Checkpoint folder: config.json, model.safetensors, tokenizer.json.
+    #[arg(long)]
+    model: PathBuf,
+    /// Training data: TSV with a `label<TAB>text` header.
+    #[arg(long)]
+    train: PathBuf,
+    /// Development data, evaluated after each epoch; the best epoch's weights are kept.
+    #[arg(long)]
+    dev: Option<PathBuf>,
+    /// Test data, evaluated once at the end with the kept weights.
+    #[arg(long)]
+    test: Option<PathBuf>,
+    /// Adapter config string (`seq_bn`, `lora[r=8]`, `ia3`, ...) or `full` for full fine-tuning.
+    #[arg(long, default_value = "seq_bn")]
+    method: String,
+    /// Head type; `classification` is the one text data trains.
+    #[arg(long, default_value = "classification")]
+    head: String,
+    /// Name of the adapter and its head.
+    #[arg(long, default_value = "task")]
+    name: String,
+    #[arg(long, default_value_t = 3)]
+    epochs: usize,
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 1e-4)]
+    lr: f64,
+    #[arg(long, default_value_t = 0.06)]
+    warmup_ratio: f64,
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    /// Clip the gradient norm to this value (off by default).
+    #[arg(long)]
+    max_grad_norm: Option<f64>,
+    #[arg(long, default_value_t = 64)]
+    max_length: usize,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Use only the first N training examples (quick runs).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Output folder: the adapter with its head (or, for `full`, the whole checkpoint), and
+    /// `train_report.json`.
+    #[arg(long)]
+    out: PathBuf,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// Checkpoint folder (with tokenizer.json); a fully fine-tuned output folder works too.
+    #[arg(long)]
+    model: PathBuf,
+    /// Adapter folder saved with its head (`adapters train --out`). Optional for a checkpoint
+    /// that carries its own head.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// Labelled TSV data.
+    #[arg(long)]
+    data: PathBuf,
+    #[arg(long, default_value_t = 64)]
+    max_length: usize,
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+pub struct PredictArgs {
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    #[arg(long, default_value_t = 64)]
+    max_length: usize,
+    /// Sentences to classify (one line of output each: label, probability, text).
+    #[arg(required = true)]
+    texts: Vec<String>,
+}
+
+fn read_data(path: &Path) -> Result<Dataset, String> {
+    Dataset::read_tsv(path).map_err(|e| e.to_string())
+}
+
+fn labelled<'a>(data: &'a Dataset, labels: &[String], path: &Path) -> Result<LabelledTexts<'a>, String> {
+    let ids = data.label_ids(labels, &path.display().to_string()).map_err(|e| e.to_string())?;
+    Ok(LabelledTexts { texts: data.examples.iter().map(|e| e.text.as_str()).collect(), labels: ids })
+}
+
+/// Loads a model and the head to classify with: the adapter folder's, or one saved in the
+/// checkpoint itself (full fine-tuning output).
+fn load_classifier(model_dir: &Path, adapter: Option<&Path>) -> Result<Box<dyn DynAdaptedModel>, String> {
+    let mut model = load_model_with(model_dir, BaseWeights::Frozen).map_err(|e| e.to_string())?;
+    match adapter {
+        Some(dir) => {
+            let name = model.load_adapter(dir, None).map_err(|e| format!("--adapter {}: {e}", dir.display()))?;
+            model.set_active_adapters(name.as_str().into()).map_err(|e| e.to_string())?;
+        }
+        None => {
+            model.load_head(model_dir, None).map_err(|e| format!("--model {}: no --adapter given and no head in the model folder: {e}", model_dir.display()))?;
+        }
+    }
+    let head = model.active_head().ok_or("the adapter folder holds no head (head_config.json); train with `adapters train`")?;
+    let head_type = model.head(&head).map(|h| h.config().head_type());
+    if head_type != Some(HeadType::Classification) {
+        return Err(format!("head `{head}` is not a classification head; eval and predict classify text"));
+    }
+    Ok(model)
+}
+
+fn head_labels(model: &dyn DynAdaptedModel) -> Vec<String> {
+    let Some(head) = model.active_head().and_then(|h| model.head(&h).map(|h| h.config().clone())) else {
+        return Vec::new();
+    };
+    (0..head.num_labels()).map(|i| head.label_name(i)).collect()
+}
+
+pub fn train(args: TrainArgs) -> Result<(), String> {
+    if args.head != "classification" {
+        return Err(format!("--head {}: text data trains `classification` heads; other head types are built by the library API", args.head));
+    }
+    let mut train = read_data(&args.train)?;
+    if let Some(n) = args.limit {
+        train.examples.truncate(n);
+    }
+    let labels = train.labels();
+    let dev = args.dev.as_deref().map(read_data).transpose()?;
+    let test = args.test.as_deref().map(read_data).transpose()?;
+    let full = args.method == "full";
+    let config = if full { None } else { Some(AdapterConfig::parse(&args.method).map_err(|e| format!("--method: {e}"))?) };
+    let base = if full { BaseWeights::Trainable } else { BaseWeights::Frozen };
+    let mut model = load_model_with(&args.model, base).map_err(|e| e.to_string())?;
+    let encoder = TextEncoder::from_model_dir(&args.model, args.max_length).map_err(|e| e.to_string())?;
+    if let Some(config) = config.clone() {
+        model.add_adapter(&args.name, config).map_err(|e| format!("--method {}: {e}", args.method))?;
+    }
+    model.add_head(&args.name, HeadConfig::classification(labels.len(), 2, "tanh", Some(&labels), false, false), false).map_err(|e| e.to_string())?;
+    let vars = if full { model.train_full() } else { model.train_adapter(args.name.as_str().into()) }.map_err(|e| e.to_string())?;
+    let train_set = labelled(&train, &labels, &args.train)?;
+    let dev_set = match (&dev, &args.dev) {
+        (Some(d), Some(p)) => Some(labelled(d, &labels, p)?),
+        _ => None,
+    };
+    let cfg = TrainConfig {
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        learning_rate: args.lr,
+        warmup_ratio: args.warmup_ratio,
+        weight_decay: args.weight_decay,
+        max_grad_norm: args.max_grad_norm,
+        seed: args.seed,
+        max_length: args.max_length,
+        progress: !args.quiet,
+    };
+    println!(
+        "training {} on {} ({} examples, labels {:?}): {} trainable parameters",
+        args.method,
+        args.train.display(),
+        train.len(),
+        labels,
+        vars.iter().map(|v| v.elem_count()).sum::<usize>()
+    );
+    let report = train_classifier(model.as_mut(), vars, &encoder, &train_set, dev_set.as_ref(), &cfg).map_err(|e| e.to_string())?;
+    for e in &report.epochs {
+        println!(
+            "epoch {}: train loss {:.4}, {:.1} s, {:.1} examples/s{}",
+            e.epoch,
+            e.train_loss,
+            e.train_seconds,
+            e.examples_per_second,
+            e.dev_accuracy.map(|a| format!(", dev accuracy {:.2} %", 100.0 * a)).unwrap_or_default()
+        );
+    }
+    if let Some(best) = report.best_epoch {
+        println!("kept epoch {best} (best dev accuracy)");
+    }
+    let mut summary = serde_json::json!({ "method": args.method, "report": report });
+    if let (Some(test), Some(path)) = (&test, &args.test) {
+        let set = labelled(test, &labels, path)?;
+        let e = evaluate(model.as_mut(), &encoder, &set, 64, !args.quiet).map_err(|e| e.to_string())?;
+        println!("test accuracy {:.2} % ({} examples, {:.1} s)", 100.0 * e.accuracy, e.examples, e.seconds);
+        summary["test"] = serde_json::to_value(&e).map_err(|e| e.to_string())?;
+    }
+    save_trained(model.as_ref(), &args, full)?;
+    let text = serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?;
+    adapters_runtime::io::write_atomic(&args.out.join("train_report.json"), text.as_bytes()).map_err(|e| e.to_string())?;
+    println!("saved to {}", args.out.display());
+    Ok(())
+}
+
+/// Adapters: the adapter folder with its head. Full fine-tuning: a checkpoint folder (weights,
+/// config, tokenizer) with the head beside it, usable as `--model` later.
+fn save_trained(model: &dyn DynAdaptedModel, args: &TrainArgs, full: bool) -> Result<(), String> {
+    std::fs::create_dir_all(&args.out).map_err(|e| format!("--out {}: {e}", args.out.display()))?;
+    if !full {
+        return model.save_adapter(&args.out, &args.name).map_err(|e| e.to_string());
+    }
+    let tensors: std::collections::HashMap<String, Tensor> = model.base_vars().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
+    adapters_runtime::io::save_safetensors(&args.out.join(adapters_models::MODEL_WEIGHTS), &tensors).map_err(|e| e.to_string())?;
+    for file in ["config.json", TOKENIZER_FILE] {
+        let bytes = std::fs::read(args.model.join(file)).map_err(|e| format!("{}: {e}", args.model.join(file).display()))?;
+        adapters_runtime::io::write_atomic(&args.out.join(file), &bytes).map_err(|e| e.to_string())?;
+    }
+    model.save_head(&args.out, &args.name).map_err(|e| e.to_string())
+}
+
+pub fn eval(args: EvalArgs) -> Result<(), String> {
+    let mut model = load_classifier(&args.model, args.adapter.as_deref())?;
+    let encoder = TextEncoder::from_model_dir(&args.model, args.max_length).map_err(|e| e.to_string())?;
+    let data = read_data(&args.data)?;
+    let labels = head_labels(model.as_ref());
+    let set = labelled(&data, &labels, &args.data)?;
+    let e = evaluate(model.as_mut(), &encoder, &set, args.batch_size, !args.quiet).map_err(|e| e.to_string())?;
+    println!("accuracy {:.2} % ({} examples), loss {:.4}, {:.1} s", 100.0 * e.accuracy, e.examples, e.loss, e.seconds);
+    Ok(())
+}
+
+pub fn predict(args: PredictArgs) -> Result<(), String> {
+    let model = load_classifier(&args.model, args.adapter.as_deref())?;
+    let encoder = TextEncoder::from_model_dir(&args.model, args.max_length).map_err(|e| e.to_string())?;
+    let labels = head_labels(model.as_ref());
+    let texts: Vec<&str> = args.texts.iter().map(String::as_str).collect();
+    let enc = encoder.encode(&texts).map_err(|e| e.to_string())?;
+    let out = model.forward_with_head(&enc.input_ids, &enc.attention_mask).map_err(|e| e.to_string())?;
+    let logits = out.head.ok_or("no head is active")?.logits().clone();
+    let probs = candle_nn::ops::softmax(&logits, D::Minus1).and_then(|p| p.to_vec2::<f32>()).map_err(|e| e.to_string())?;
+    for (text, p) in texts.iter().zip(probs) {
+        let (best, prob) = p.iter().enumerate().fold((0, f32::MIN), |acc, (i, &v)| if v > acc.1 { (i, v) } else { acc });
+        println!("{}\t{prob:.3}\t{text}", labels.get(best).cloned().unwrap_or_else(|| format!("LABEL_{best}")));
+    }
+    Ok(())
+}
