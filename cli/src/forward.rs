@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use adapters_runtime::AdapterSetup;
+use adapters_runtime::{AdapterSetup, HeadOutput};
 use candle_core::{DType, Device, Tensor};
 use clap::Args;
 
@@ -16,7 +16,8 @@ pub struct ForwardArgs {
     /// safetensors file with `input_ids` and `attention_mask` (I64, [batch, seq]).
     #[arg(long)]
     inputs: PathBuf,
-    /// Output safetensors file; receives `last_hidden_state` (F32).
+    /// Output safetensors file; receives `last_hidden_state` (F32), and `logits` (F32) when an
+    /// adapter folder carried a head that is active.
     #[arg(long)]
     out: PathBuf,
     /// An adapter folder written by `save_adapter` (Python's or ours), as `[NAME=]DIR`. Repeatable.
@@ -92,8 +93,23 @@ pub fn run(args: ForwardArgs) -> Result<(), String> {
         model.merge_adapter(name).map_err(|e| format!("--merge {name}: {e}"))?;
     }
     let (input_ids, attention_mask) = read_inputs(&args.inputs)?;
-    let hidden = model.forward(&input_ids, &attention_mask).map_err(|e| e.to_string())?;
-    write_output(&args.out, hidden)
+    let output = model.forward_with_head(&input_ids, &attention_mask).map_err(|e| e.to_string())?;
+    let mut tensors = HashMap::from([("last_hidden_state".to_string(), output.last_hidden_state)]);
+    // A loaded adapter folder that carries a head (head_config.json) makes that head active;
+    // its output joins the file as `logits` (question answering: also start/end logits).
+    match output.head {
+        Some(HeadOutput::Logits(logits)) => {
+            tensors.insert("logits".into(), logits);
+        }
+        Some(HeadOutput::Span { start, end }) => {
+            let stacked = Tensor::stack(&[&start, &end], 2).map_err(|e| e.to_string())?;
+            tensors.insert("logits".into(), stacked);
+            tensors.insert("start_logits".into(), start);
+            tensors.insert("end_logits".into(), end);
+        }
+        None => {}
+    }
+    adapters_runtime::io::save_safetensors(&args.out, &tensors).map_err(|e| format!("--out: {e}"))
 }
 
 /// `NAME=DIR` or `DIR`. A `=` inside a path with no name before it is kept as part of the path.
@@ -133,11 +149,6 @@ fn read_inputs(path: &Path) -> Result<(Tensor, Tensor), String> {
         return Err(format!("--inputs {origin}: `input_ids` {:?} and `attention_mask` {:?} differ in shape", ids.dims(), mask.dims()));
     }
     Ok((ids, mask))
-}
-
-fn write_output(path: &Path, hidden: Tensor) -> Result<(), String> {
-    let tensors = HashMap::from([("last_hidden_state".to_string(), hidden)]);
-    adapters_runtime::io::save_safetensors(path, &tensors).map_err(|e| format!("--out: {e}"))
 }
 
 #[cfg(test)]

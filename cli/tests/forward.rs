@@ -103,3 +103,22 @@ fn errors_are_one_line_and_name_the_problem() {
         assert!(stderr.contains(needle), "{args:?}: expected `{needle}` in {stderr:?}");
     }
 }
+
+#[test]
+fn adapter_with_head_adds_logits_matching_python() {
+    // DistilBERT needs no pooler, so the fixture model folder is used as it is.
+    let arch = fixtures().join("tiny/distilbert");
+    let inputs = arch.join("inputs.safetensors");
+    for case in ["classification", "question_answering"] {
+        let dir = fixtures().join("heads/distilbert").join(case).join("adapter");
+        let out = out_file(&format!("head-{case}.safetensors"));
+        let (ok, stderr) = run(&["--model", s(&arch.join("model")), "--inputs", s(&inputs), "--out", s(&out), "--adapter", s(&dir)]);
+        assert!(ok, "{case}: {stderr}");
+        let got = adapters_tests::read(&out);
+        let want = adapters_tests::read(&fixtures().join("heads/distilbert").join(case).join("output.safetensors"));
+        for key in ["last_hidden_state", "logits"] {
+            let diff = max_abs_diff(&got[key], &want[key]);
+            assert!(diff <= TOLERANCE, "{case}/{key}: max |diff| {diff:e}");
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! `adapters train`, `eval` and `predict` as a user runs them, on MiniLM with a few MR
+//! sentences: the run learns (training loss falls when it revisits the same examples), saves an
+//! adapter with its head that `eval` and `predict` load, and a bad data file names its line.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use adapters_tests::minilm_dir;
+
+fn adapters(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_adapters")).args(args).output().expect("the binary runs");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("adapters-train-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn data(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/mr").join(name)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn train_eval_predict_round_trip() {
+    let model = minilm_dir();
+    assert!(model.join("tokenizer.json").is_file(), "MiniLM is missing: run scripts/fetch_minilm.sh");
+    let work = tmp("run");
+    // 32 training sentences seen 4 times: the loss must fall well below chance (ln 2 = 0.693).
+    let lines: Vec<String> = std::fs::read_to_string(data("train.tsv")).unwrap().lines().take(33).map(String::from).collect();
+    let train = work.join("train.tsv");
+    std::fs::write(&train, lines.join("\n") + "\n").unwrap();
+    let out = work.join("adapter");
+    let (ok, stdout, stderr) = adapters(&[
+        "train", "--model", s(&model), "--train", s(&train), "--dev", s(&train), "--method", "seq_bn", "--epochs", "4",
+        "--batch-size", "8", "--lr", "3e-3", "--out", s(&out), "--quiet",
+    ]);
+    assert!(ok, "train failed: {stderr}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("train_report.json")).unwrap()).unwrap();
+    let epochs = report["report"]["epochs"].as_array().unwrap();
+    let first = epochs[0]["train_loss"].as_f64().unwrap();
+    let last = epochs[3]["train_loss"].as_f64().unwrap();
+    assert!(last < first && last < 0.5, "training loss should fall: {first} -> {last}\n{stdout}");
+    assert_eq!(report["report"]["trainable_parameters"], 261_650, "seq_bn + 2-layer head on MiniLM, as Python counts");
+    for file in ["adapter_config.json", "adapter.safetensors", "head_config.json", "model_head.safetensors"] {
+        assert!(out.join(file).is_file(), "{file} saved");
+    }
+
+    let (ok, stdout, stderr) = adapters(&["eval", "--model", s(&model), "--adapter", s(&out), "--data", s(&train), "--quiet"]);
+    assert!(ok, "eval failed: {stderr}");
+    let accuracy: f64 = stdout.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(accuracy > 80.0, "the kept epoch fits its training sentences: {stdout}");
+
+    let (ok, stdout, stderr) = adapters(&["predict", "--model", s(&model), "--adapter", s(&out), "a gorgeous, moving film", "a dull mess"]);
+    assert!(ok, "predict failed: {stderr}");
+    let labels: Vec<&str> = stdout.lines().map(|l| l.split('\t').next().unwrap()).collect();
+    assert_eq!(labels.len(), 2);
+    assert!(labels.iter().all(|l| *l == "negative" || *l == "positive"), "{stdout}");
+}
+
+#[test]
+fn bad_data_files_name_the_line() {
+    let model = minilm_dir();
+    let work = tmp("bad");
+    let bad = work.join("bad.tsv");
+    std::fs::write(&bad, "label\ttext\npositive\tfine\nnegative only one field\n").unwrap();
+    let (ok, _, stderr) = adapters(&["train", "--model", s(&model), "--train", s(&bad), "--out", s(&work.join("o")), "--quiet"]);
+    assert!(!ok);
+    assert!(stderr.contains("bad.tsv: line 3: expected 2 tab-separated fields"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    let (ok, _, stderr) = adapters(&["train", "--model", s(&model), "--train", s(&data("train.tsv")), "--method", "seq_bm", "--out", s(&work.join("o")), "--quiet"]);
+    assert!(!ok);
+    assert!(stderr.contains("--method") && stderr.contains("seq_bn"), "names the method and suggests: {stderr}");
+}
