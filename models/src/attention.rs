@@ -20,9 +20,9 @@ pub fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
 /// softmax(q k^T * scale + mask) v, heads merged back to `[batch, seq, hidden]`.
 pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64, dropout: f64, ctx: &adapters_runtime::ForwardContext) -> Result<Tensor> {
     let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
-    // The fused softmax has no gradient: training (a tracked graph) takes the composed one.
+    // candle's fused softmax has no gradient: training (a tracked graph) takes ours, which has.
     let probs = if scores.track_op() {
-        candle_nn::ops::softmax(&scores, candle_core::D::Minus1)?
+        adapters_runtime::methods::fused::softmax_last_dim(&scores)?
     } else {
         candle_nn::ops::softmax_last_dim(&scores)?
     };

@@ -67,7 +67,10 @@ pub fn heads_manifest() -> Value {
 /// A checkpoint folder built from `model_dir` plus extra tensors (their `bert.`-style prefix
 /// stripped) and config overrides: what Python's AdapterModel held when it made a fixture.
 pub fn checkpoint_with(name: &str, model_dir: &Path, extra: Option<&Path>, overrides: &[(&str, Value)]) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("adapters-ckpt-{}-{name}", std::process::id()));
+    // Tests of one binary run in parallel threads: each call gets its own folder.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("adapters-ckpt-{}-{call}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let mut tensors = read(&model_dir.join("model.safetensors"));

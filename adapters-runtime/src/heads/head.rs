@@ -160,7 +160,7 @@ impl PredictionHead {
             x = match layer {
                 HeadLayer::Dropout(p) => dropout(&x, *p, ctx)?,
                 HeadLayer::Activation(a) => a.forward(&x)?,
-                HeadLayer::LayerNorm { weight, bias, eps } => candle_nn::ops::layer_norm_slow(&x, weight.as_tensor(), bias.as_tensor(), *eps as f32)?,
+                HeadLayer::LayerNorm { weight, bias, eps } => crate::methods::fused::layer_norm(&x, weight.as_tensor(), bias.as_tensor(), *eps as f32)?,
                 HeadLayer::Linear { weight, bias } => {
                     let w = match weight {
                         Some(w) => w.as_tensor(),

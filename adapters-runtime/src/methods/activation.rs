@@ -43,6 +43,9 @@ impl Activation {
         match self {
             Activation::Relu => x.relu(),
             Activation::Silu => x.silu(),
+            // candle's kernel is parallel (faster alone); in training ours is one graph node
+            // with its own backward instead of candle's chain of erf/exp nodes.
+            Activation::Gelu if x.track_op() => super::fused::gelu_erf(x),
             Activation::Gelu => x.gelu_erf(),
             Activation::GeluTanh => x.gelu(),
             Activation::Tanh => x.tanh(),

@@ -2,6 +2,7 @@
 
 pub mod activation;
 pub mod bottleneck;
+pub mod fused;
 pub mod init;
 pub mod lora;
 mod norm;

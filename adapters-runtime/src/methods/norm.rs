@@ -32,10 +32,9 @@ impl LayerNorm {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let tracked = x.track_op() || self.weight.track_op() || self.bias.track_op();
         if !tracked && x.dtype() == DType::F32 && x.is_contiguous() {
-            // One fused pass over each row; the fused op has no gradient, so training takes
-            // candle's op-by-op version.
+            // candle's fused kernel (parallel, no gradient) when nothing is trained through it.
             return candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps as f32);
         }
-        candle_nn::ops::layer_norm_slow(x, &self.weight, &self.bias, self.eps as f32)
+        super::fused::layer_norm(x, &self.weight, &self.bias, self.eps as f32)
     }
 }

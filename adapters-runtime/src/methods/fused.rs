@@ -1,0 +1,214 @@
+//! Softmax and LayerNorm as single graph nodes with their own backward. candle's fused kernels
+//! have no gradient and its composed versions add a dozen nodes each to the training graph (each
+//! with a zero-filled gradient buffer); these keep one node per call in training.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
+
+fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else {
+        candle_core::bail!("{what}: expected f32");
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{what}: expected a contiguous tensor"),
+    }
+}
+
+struct SoftmaxLastDim;
+
+impl CustomOp1 for SoftmaxLastDim {
+    fn name(&self) -> &'static str {
+        "adapters-softmax-last-dim"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let src = contiguous_f32(storage, layout, "softmax")?;
+        let dims = layout.shape().dims();
+        let n = dims[dims.len() - 1];
+        let mut dst = vec![0f32; src.len()];
+        for (s, d) in src.chunks_exact(n).zip(dst.chunks_exact_mut(n)) {
+            let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for (x, y) in s.iter().zip(d.iter_mut()) {
+                *y = (*x - max).exp();
+                sum += *y;
+            }
+            let inv = 1.0 / sum;
+            d.iter_mut().for_each(|y| *y *= inv);
+        }
+        Ok((CpuStorage::F32(dst), layout.shape().clone()))
+    }
+
+    /// dx = y * (g - sum(g * y)) over the last dimension.
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let dot = (grad_res * res)?.sum_keepdim(D::Minus1)?;
+        Ok(Some(res.mul(&grad_res.broadcast_sub(&dot)?)?))
+    }
+}
+
+/// Softmax over the last dimension with a gradient (f32; other types take candle's composed op).
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if x.dtype() != DType::F32 {
+        return candle_nn::ops::softmax(x, D::Minus1);
+    }
+    x.contiguous()?.apply_op1(SoftmaxLastDim)
+}
+
+struct LayerNormOp {
+    eps: f32,
+}
+
+impl CustomOp3 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "adapters-layer-norm"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "layer_norm input")?;
+        let w = contiguous_f32(s2, l2, "layer_norm weight")?;
+        let b = contiguous_f32(s3, l3, "layer_norm bias")?;
+        let n = w.len();
+        let mut dst = vec![0f32; x.len()];
+        for (row, out) in x.chunks_exact(n).zip(dst.chunks_exact_mut(n)) {
+            let mean = row.iter().sum::<f32>() / n as f32;
+            let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n as f32;
+            let rstd = 1.0 / (var + self.eps).sqrt();
+            for i in 0..n {
+                out[i] = (row[i] - mean) * rstd * w[i] + b[i];
+            }
+        }
+        Ok((CpuStorage::F32(dst), l1.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _b: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // Recompute the normalised input; x̂ = (x - mean) * rstd.
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let centered = x.broadcast_sub(&mean)?;
+        let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+        let rstd = (var + f64::from(self.eps))?.sqrt()?.recip()?;
+        let xhat = centered.broadcast_mul(&rstd)?;
+        let rows = x.elem_count() / w.elem_count();
+        let n = w.elem_count();
+        let g2 = g.reshape((rows, n))?;
+        let dw = (&g2 * xhat.reshape((rows, n))?)?.sum(0)?;
+        let db = g2.sum(0)?;
+        // dx = rstd * (ĝ - mean(ĝ) - x̂ * mean(ĝ x̂)), ĝ = g * w.
+        let gh = g.broadcast_mul(w)?;
+        let mean_gh = gh.mean_keepdim(D::Minus1)?;
+        let mean_ghx = (&gh * &xhat)?.mean_keepdim(D::Minus1)?;
+        let dx = gh.broadcast_sub(&mean_gh)?.sub(&xhat.broadcast_mul(&mean_ghx)?)?.broadcast_mul(&rstd)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// LayerNorm over the last dimension with a gradient for input, weight and bias (f32; other
+/// types take candle's composed op).
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<Tensor> {
+    if x.dtype() != DType::F32 {
+        return candle_nn::ops::layer_norm_slow(x, weight, bias, eps);
+    }
+    x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, LayerNormOp { eps })
+}
+
+/// erf with a maximum absolute error of about 1.2e-7 (Numerical Recipes' `erfc` Chebyshev fit),
+/// branch-free so the compiler vectorises it; libm's scalar `erff` is what makes candle's GELU
+/// slow on CPU.
+#[inline]
+fn erf(x: f32) -> f32 {
+    let z = x.abs();
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let poly = -z * z - 1.265_512_2
+        + t * (1.000_023_7
+            + t * (0.374_091_96
+                + t * (0.096_784_18
+                    + t * (-0.186_288_06 + t * (0.278_868_07 + t * (-1.135_203_98 + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+    let erfc = t * poly.exp();
+    (1.0 - erfc).copysign(x)
+}
+
+struct GeluErf;
+
+impl CustomOp1 for GeluErf {
+    fn name(&self) -> &'static str {
+        "adapters-gelu-erf"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let src = contiguous_f32(storage, layout, "gelu")?;
+        let dst: Vec<f32> = src.iter().map(|&x| 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))).collect();
+        Ok((CpuStorage::F32(dst), layout.shape().clone()))
+    }
+
+    /// d/dx = Φ(x) + x φ(x).
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad_res.mul(&arg.contiguous()?.apply_op1_no_bwd(&GeluErfGrad)?)?))
+    }
+}
+
+struct GeluErfGrad;
+
+impl CustomOp1 for GeluErfGrad {
+    fn name(&self) -> &'static str {
+        "adapters-gelu-erf-grad"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let src = contiguous_f32(storage, layout, "gelu grad")?;
+        let inv_sqrt_2pi = 0.5 * std::f32::consts::FRAC_2_SQRT_PI * std::f32::consts::FRAC_1_SQRT_2;
+        let dst: Vec<f32> = src
+            .iter()
+            .map(|&x| 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2)) + x * inv_sqrt_2pi * (-0.5 * x * x).exp())
+            .collect();
+        Ok((CpuStorage::F32(dst), layout.shape().clone()))
+    }
+}
+
+/// The exact (erf) GELU, `0.5 x (1 + erf(x / sqrt 2))`, with a gradient (f32; other types take
+/// candle's).
+pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    if x.dtype() != DType::F32 {
+        return x.gelu_erf();
+    }
+    x.contiguous()?.apply_op1(GeluErf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    }
+
+    #[test]
+    fn gelu_matches_candle_and_its_gradient() {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 3.0, 4096, &dev).unwrap()).unwrap();
+        let ours = gelu_erf(&x).unwrap();
+        let theirs = x.as_tensor().gelu_erf().unwrap();
+        assert!(max_diff(&ours, &theirs) < 1e-6, "{}", max_diff(&ours, &theirs));
+        let g1 = ours.sum_all().unwrap().backward().unwrap();
+        let g2 = theirs.sum_all().unwrap().backward().unwrap();
+        let d = max_diff(g1.get(x.as_tensor()).unwrap(), g2.get(x.as_tensor()).unwrap());
+        assert!(d < 1e-6, "gradient differs by {d}");
+    }
+
+    #[test]
+    fn gradients_equal_the_composed_ops() {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 5, 16), &dev).unwrap()).unwrap();
+        let w = Var::from_tensor(&Tensor::randn(1f32, 0.1, 16, &dev).unwrap()).unwrap();
+        let b = Var::from_tensor(&Tensor::randn(0f32, 0.1, 16, &dev).unwrap()).unwrap();
+        let probe = Tensor::randn(0f32, 1.0, (3, 5, 16), &dev).unwrap();
+        let ours = softmax_last_dim(&layer_norm(&x, &w, &b, 1e-12).unwrap()).unwrap();
+        let theirs = candle_nn::ops::softmax(&candle_nn::ops::layer_norm_slow(&x, &w, &b, 1e-12).unwrap(), D::Minus1).unwrap();
+        assert!(max_diff(&ours, &theirs) < 1e-6);
+        let g1 = (ours * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (theirs * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        for v in [&x, &w, &b] {
+            let d = max_diff(g1.get(v.as_tensor()).unwrap(), g2.get(v.as_tensor()).unwrap());
+            assert!(d < 1e-5, "gradient differs by {d}");
+        }
+    }
+}
