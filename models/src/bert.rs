@@ -4,6 +4,7 @@
 
 use adapters_runtime::methods::activation::Activation;
 use adapters_runtime::methods::dropout;
+use adapters_runtime::methods::fused::linear_module;
 use adapters_runtime::{adapter_config, adapter_mixin, with_adapters};
 use adapters_runtime::{BottleneckSlot, EncoderForward, ForwardContext, LayerNorm, LoRALinear};
 use candle_core::{Module, Result, Tensor};
@@ -130,7 +131,7 @@ impl BertSelfOutput {
     }
 
     fn forward(&self, hidden: &Tensor, input: &Tensor, ctx: &ForwardContext) -> Result<Tensor> {
-        let hidden = dropout(&self.dense.forward(hidden)?, self.dropout, ctx)?;
+        let hidden = dropout(&linear_module(hidden, &self.dense)?, self.dropout, ctx)?;
         self.layer_norm.forward(&hidden, input, ctx)
     }
 }
@@ -212,7 +213,7 @@ impl BertPooler {
     }
 
     pub(crate) fn forward(&self, last_hidden_state: &Tensor) -> Result<Tensor> {
-        self.dense.forward(&last_hidden_state.narrow(1, 0, 1)?.squeeze(1)?)?.tanh()
+        linear_module(&last_hidden_state.narrow(1, 0, 1)?.squeeze(1)?, &self.dense)?.tanh()
     }
 }
 

@@ -118,7 +118,7 @@ impl TransformerBlock {
         let v = split_heads(&a.v_lin.forward(x, ctx)?, a.heads)?;
         let scale = 1.0 / (q.dim(3)? as f64).sqrt();
         let context = attend(&q, &k, &v, mask, scale, a.dropout, ctx)?;
-        let sa_output = a.out_lin.forward(&context)?;
+        let sa_output = adapters_runtime::methods::fused::linear_module(&context, &a.out_lin)?;
         let sa_output = self.sa_layer_norm.forward(&sa_output, x, ctx)?;
         let f = &self.ffn;
         let hidden = f.activation.forward(&f.lin1.forward(&sa_output, ctx)?)?;

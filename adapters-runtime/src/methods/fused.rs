@@ -172,6 +172,49 @@ pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(GeluErf)
 }
 
+/// `x W^T` where only `x` needs a gradient. candle's matmul backward always computes the
+/// gradient of both operands, so a frozen weight costs a full extra matmul per linear in every
+/// backward pass; this node computes the same product and returns only `dx = g W`.
+struct FrozenWeightMatmul {
+    weight: Tensor,
+}
+
+impl CustomOp1 for FrozenWeightMatmul {
+    fn name(&self) -> &'static str {
+        "adapters-frozen-weight-matmul"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = Tensor::from_slice(contiguous_f32(storage, layout, "linear input")?, layout.shape(), &candle_core::Device::Cpu)?;
+        let y = x.broadcast_matmul(&self.weight.t()?)?;
+        let shape = y.shape().clone();
+        Ok((CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?), shape))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad_res.broadcast_matmul(&self.weight)?))
+    }
+}
+
+/// `x W^T + b` for inputs of any rank (the last dimension is the feature dimension). When `x`
+/// is part of a training graph and the weight is frozen, the weight gets no gradient work.
+pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let out = if x.track_op() && !weight.track_op() && x.dtype() == DType::F32 {
+        x.contiguous()?.apply_op1(FrozenWeightMatmul { weight: weight.clone() })?
+    } else {
+        x.broadcast_matmul(&weight.t()?)?
+    };
+    match bias {
+        Some(b) => out.broadcast_add(b),
+        None => Ok(out),
+    }
+}
+
+/// [`linear`] with a candle `Linear`'s weight and bias.
+pub fn linear_module(x: &Tensor, module: &candle_nn::Linear) -> Result<Tensor> {
+    linear(x, module.weight(), module.bias())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,6 +222,21 @@ mod tests {
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    }
+
+    #[test]
+    fn frozen_weight_linear_matches_matmul_and_its_input_gradient() {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, 8), &dev).unwrap()).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (5, 8), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1.0, 5, &dev).unwrap();
+        let probe = Tensor::randn(0f32, 1.0, (2, 3, 5), &dev).unwrap();
+        let ours = linear(&x, &w, Some(&b)).unwrap();
+        let theirs = x.as_tensor().broadcast_matmul(&w.t().unwrap()).unwrap().broadcast_add(&b).unwrap();
+        assert!(max_diff(&ours, &theirs) < 1e-6);
+        let g1 = (ours * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (theirs * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(max_diff(g1.get(x.as_tensor()).unwrap(), g2.get(x.as_tensor()).unwrap()) < 1e-5);
     }
 
     #[test]

@@ -26,14 +26,7 @@ impl NamedParam {
     }
 }
 
-/// `x W^T + b` for inputs of any rank (the last dimension is the feature dimension).
-pub(crate) fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
-    let out = x.broadcast_matmul(&weight.t()?)?;
-    match bias {
-        Some(b) => out.broadcast_add(b),
-        None => Ok(out),
-    }
-}
+pub(crate) use fused::linear;
 
 /// Inverted dropout, active only in training. Masks come from the context's seeded generator
 /// (candle's own dropout draws from an unseedable thread RNG); without one, from candle's.
