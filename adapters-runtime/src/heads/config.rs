@@ -72,6 +72,16 @@ fn labels_map(id2label: Option<&[String]>, count: usize) -> Value {
 impl HeadConfig {
     /// `add_classification_head(num_labels, layers, activation_function, id2label, use_pooler)`;
     /// `multilabel` gives Python's `MultiLabelClassificationHead`.
+    ///
+    /// ```
+    /// use adapters_runtime::{HeadConfig, HeadType};
+    /// let labels = ["negative".to_string(), "positive".to_string()];
+    /// let head = HeadConfig::classification(2, 2, "tanh", Some(&labels), false, false);
+    /// assert_eq!(head.head_type(), HeadType::Classification);
+    /// assert_eq!(head.label_name(1), "positive");
+    /// // The JSON Python writes under `config` in head_config.json.
+    /// assert_eq!(head.to_value()["label2id"]["negative"], 0);
+    /// ```
     pub fn classification(num_labels: usize, layers: usize, activation: &str, id2label: Option<&[String]>, use_pooler: bool, multilabel: bool) -> Self {
         let head_type = if multilabel { HeadType::MultiLabelClassification } else { HeadType::Classification };
         let raw = json!({

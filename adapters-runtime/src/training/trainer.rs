@@ -139,6 +139,25 @@ pub fn evaluate(model: &mut dyn DynAdaptedModel, encoder: &TextEncoder, data: &L
 
 /// Trains `vars` (from `train_adapter` or `train_full`) on `train` through the active head,
 /// evaluating on `dev` after each epoch and restoring the best epoch's weights at the end.
+///
+/// ```no_run
+/// use adapters_runtime::training::{train_classifier, Dataset, LabelledTexts, TextEncoder, TrainConfig};
+/// use adapters_runtime::{AdapterConfig, AdapterSetup, DynAdaptedModel, HeadConfig};
+/// # fn demo(model: &mut dyn DynAdaptedModel) -> adapters_runtime::Result<()> {
+/// let train = Dataset::read_tsv("data/mr/train.tsv".as_ref())?;
+/// let labels = train.labels();
+/// model.add_adapter("mr", AdapterConfig::parse("seq_bn")?)?;
+/// model.add_head("mr", HeadConfig::classification(labels.len(), 2, "tanh", Some(&labels), false, false), false)?;
+/// let vars = model.train_adapter(AdapterSetup::from("mr"))?;
+/// let encoder = TextEncoder::from_model_dir("path/to/minilm".as_ref(), 64)?;
+/// let set = LabelledTexts {
+///     texts: train.examples.iter().map(|e| e.text.as_str()).collect(),
+///     labels: train.label_ids(&labels, "data/mr/train.tsv")?,
+/// };
+/// let report = train_classifier(model, vars, &encoder, &set, None, &TrainConfig::default())?;
+/// model.save_adapter("out/mr".as_ref(), "mr")?; // adapter + head, loadable in Python
+/// # Ok(()) }
+/// ```
 pub fn train_classifier(
     model: &mut dyn DynAdaptedModel,
     vars: Vec<Var>,
