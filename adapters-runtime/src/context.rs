@@ -4,12 +4,13 @@
 use std::sync::{Arc, Mutex};
 
 use crate::methods::init::Rng;
+use crate::setup::AdapterSetup;
 
 /// Per-forward state. Slots read the active adapters from here; dropout draws its masks from the
 /// context's seeded generator, so a training run with a fixed seed is repeatable.
 #[derive(Clone, Debug, Default)]
 pub struct ForwardContext {
-    stack: Vec<String>,
+    setup: Option<Arc<AdapterSetup>>,
     train: bool,
     dropout_rng: Option<Arc<Mutex<Rng>>>,
 }
@@ -20,10 +21,9 @@ impl ForwardContext {
         Self::default()
     }
 
-    /// Adapters applied in this order at every slot that holds them (a `Stack`; one name is a
-    /// single adapter).
-    pub fn with_stack(stack: Vec<String>, train: bool) -> Self {
-        ForwardContext { stack, train, dropout_rng: None }
+    /// The active setup, composed at every slot that holds one of its adapters.
+    pub fn with_setup(setup: Option<Arc<AdapterSetup>>, train: bool) -> Self {
+        ForwardContext { setup, train, dropout_rng: None }
     }
 
     /// Dropout masks come from `rng` (shared, so consecutive forwards continue one stream).
@@ -32,8 +32,8 @@ impl ForwardContext {
         self
     }
 
-    pub fn active_stack(&self) -> &[String] {
-        &self.stack
+    pub fn setup(&self) -> Option<&AdapterSetup> {
+        self.setup.as_deref()
     }
 
     /// Training mode: dropout on.

@@ -7,7 +7,7 @@ use candle_core::{Tensor, Var};
 
 use crate::config::AdapterConfig;
 use crate::error::Result;
-use crate::heads::{HeadConfig, PredictionHead};
+use crate::heads::{HeadConfig, HeadSetup, PredictionHead};
 use crate::model::ModelOutput;
 use crate::mixin::{AdaptableModel, EncoderForward, ModelMapping};
 use crate::model::{AdaptedModel, AdapterSummary};
@@ -36,6 +36,7 @@ pub trait DynAdaptedModel {
     fn head_names(&self) -> Vec<String>;
     fn head(&self, name: &str) -> Option<&PredictionHead>;
     fn active_head(&self) -> Option<String>;
+    fn active_heads(&self) -> Option<HeadSetup>;
     fn set_active_head(&mut self, name: Option<&str>) -> Result<()>;
     fn save_head(&self, dir: &Path, name: &str) -> Result<()>;
     fn load_head(&mut self, dir: &Path, load_as: Option<&str>) -> Result<String>;
@@ -111,6 +112,9 @@ impl<M: AdaptableModel + EncoderForward> DynAdaptedModel for AdaptedModel<M> {
     }
     fn active_head(&self) -> Option<String> {
         AdaptedModel::active_head(self).map(String::from)
+    }
+    fn active_heads(&self) -> Option<HeadSetup> {
+        AdaptedModel::active_heads(self).cloned()
     }
     fn set_active_head(&mut self, name: Option<&str>) -> Result<()> {
         AdaptedModel::set_active_head(self, name)

@@ -12,6 +12,7 @@
 //! assert_eq!(setup.flatten(), vec!["lang", "task"]);
 //! ```
 
+pub mod composition;
 pub mod config;
 pub mod context;
 pub mod dynamic;
@@ -33,6 +34,6 @@ pub use methods::bottleneck::BottleneckSlot;
 pub use methods::lora::LoRALinear;
 pub use methods::LayerNorm;
 pub use mixin::{AdaptableModel, AdapterMixin, AdapterModelConfig, EncoderForward, ModelDims, ModelMapping};
-pub use heads::{HeadConfig, HeadOutput, HeadType};
-pub use model::{AdaptedModel, AdapterSummary, AdapterSummaryRow, ModelOutput};
+pub use heads::{HeadConfig, HeadOutput, HeadSetup, HeadType};
+pub use model::{AdaptedModel, AdapterSummary, AdapterSummaryRow, HeadResult, ModelOutput};
 pub use setup::AdapterSetup;

@@ -3,7 +3,7 @@
 
 mod heads;
 
-pub use heads::ModelOutput;
+pub use heads::{HeadResult, ModelOutput};
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -15,7 +15,7 @@ use candle_core::{Tensor, Var};
 use crate::config::{AdapterConfig, AdapterFile};
 use crate::context::ForwardContext;
 use crate::error::{AdapterError, Result};
-use crate::heads::PredictionHead;
+use crate::heads::{HeadSetup, PredictionHead};
 use crate::methods::bottleneck::BottleneckAdapter;
 use crate::methods::init::Rng;
 use crate::methods::lora::LoraModule;
@@ -38,12 +38,13 @@ pub struct AdaptedModel<M> {
     model: M,
     configs: BTreeMap<String, AdapterConfig>,
     active: Option<AdapterSetup>,
-    stack: Vec<String>,
+    /// The active setup as forwards see it (shared with every forward's context).
+    active_shared: Option<Arc<AdapterSetup>>,
     training: bool,
     base_params: usize,
     root_prefix: String,
     heads: BTreeMap<String, PredictionHead>,
-    active_head: Option<String>,
+    active_head: Option<HeadSetup>,
     /// Base weights as variables, when the model was loaded for full fine-tuning.
     base_vars: Vec<(String, Var)>,
     dropout_rng: Arc<Mutex<Rng>>,
@@ -86,7 +87,7 @@ impl<M: AdaptableModel> AdaptedModel<M> {
             model,
             configs: BTreeMap::new(),
             active: None,
-            stack: Vec::new(),
+            active_shared: None,
             training: false,
             base_params,
             root_prefix: root_prefix.into(),
@@ -139,9 +140,18 @@ impl<M: AdaptableModel> AdaptedModel<M> {
         self.heads.get(name)
     }
 
-    /// The head the forward runs: the last added, or the one named after the active adapter.
+    /// The head the forward runs, when it runs one: the last added, or the one named after the
+    /// active adapter. (Parallel and BatchSplit setups run several: see `active_heads`.)
     pub fn active_head(&self) -> Option<&str> {
-        self.active_head.as_deref()
+        match &self.active_head {
+            Some(HeadSetup::Single(name)) => Some(name),
+            _ => None,
+        }
+    }
+
+    /// The active head setup: one head, or one per Parallel channel or BatchSplit part.
+    pub fn active_heads(&self) -> Option<&HeadSetup> {
+        self.active_head.as_ref()
     }
 
     /// Selects the head the forward runs (`None`: none).
@@ -151,7 +161,7 @@ impl<M: AdaptableModel> AdaptedModel<M> {
                 return Err(AdapterError::InvalidConfig(format!("no head named `{n}` in this model")));
             }
         }
-        self.active_head = name.map(String::from);
+        self.active_head = name.map(|n| HeadSetup::Single(n.to_string()));
         Ok(())
     }
 
@@ -250,13 +260,21 @@ impl<M: AdaptableModel> AdaptedModel<M> {
             }
         });
         if self.active.as_ref().is_some_and(|a| a.flatten().contains(&name)) {
-            self.active = None;
-            self.stack.clear();
+            self.deactivate_adapters();
         }
         Ok(())
     }
 
-    /// Activates a setup (`"a"`, `AdapterSetup::stack(["a", "b"])`, or a parsed repr).
+    /// Activates a setup (`"a"`, `AdapterSetup::stack(["a", "b"])`, or a parsed repr). The
+    /// setup must follow the Python library's nesting rules, name only adapters of this model,
+    /// and use blocks their methods support; the error names the rule that is broken.
+    ///
+    /// ```no_run
+    /// # fn demo<M: adapters_runtime::AdaptableModel>(model: &mut adapters_runtime::AdaptedModel<M>) -> adapters_runtime::Result<()> {
+    /// use adapters_runtime::AdapterSetup;
+    /// model.set_active_adapters(AdapterSetup::parse("Stack[lang, Parallel[task_a, task_b]]")?)?;
+    /// # Ok(()) }
+    /// ```
     pub fn set_active_adapters(&mut self, setup: impl Into<AdapterSetup>) -> Result<()> {
         let setup = setup.into();
         for name in setup.flatten() {
@@ -264,19 +282,47 @@ impl<M: AdaptableModel> AdaptedModel<M> {
                 return Err(AdapterError::Setup { setup: setup.to_string(), reason: format!("no adapter named `{name}` in this model") });
             }
         }
-        self.stack = setup.execution_stack()?;
-        // Python activates the head named after the last adapter of the setup, if there is one.
-        if let Some(last) = self.stack.last().filter(|n| self.heads.contains_key(*n)) {
-            self.active_head = Some(last.clone());
+        setup.validate()?;
+        self.check_method_support(&setup, &setup)?;
+        // Python activates the heads the setup ends in, if the model has them.
+        if let Some(heads) = HeadSetup::from_setup(&setup).filter(|h| h.names().iter().all(|n| self.heads.contains_key(*n))) {
+            self.active_head = Some(heads);
         }
+        self.active_shared = Some(Arc::new(setup.clone()));
         self.active = Some(setup);
+        Ok(())
+    }
+
+    /// Per-method composition support: bottleneck adapters take every block; LoRA-family
+    /// adapters take Stack, Parallel, BatchSplit and Average (Python's `supported_compositions`).
+    fn check_method_support(&self, whole: &AdapterSetup, setup: &AdapterSetup) -> Result<()> {
+        match setup {
+            AdapterSetup::Fuse { .. } => {
+                return Err(AdapterError::Setup {
+                    setup: whole.to_string(),
+                    reason: "Fuse (AdapterFusion) is not supported by this version yet".into(),
+                })
+            }
+            AdapterSetup::Split { .. } => {
+                if let Some(lora) = setup.flatten().into_iter().find(|n| matches!(self.configs.get(*n), Some(AdapterConfig::LoRA(_)))) {
+                    return Err(AdapterError::Setup {
+                        setup: whole.to_string(),
+                        reason: format!("`{lora}` is a LoRA-family adapter, which composes with Stack, Parallel, BatchSplit and Average, not Split"),
+                    });
+                }
+            }
+            _ => {}
+        }
+        for child in setup.children() {
+            self.check_method_support(whole, child)?;
+        }
         Ok(())
     }
 
     /// Deactivates all adapters: the model computes its original function.
     pub fn deactivate_adapters(&mut self) {
         self.active = None;
-        self.stack.clear();
+        self.active_shared = None;
     }
 
     pub fn active_adapters(&self) -> Option<&AdapterSetup> {
@@ -559,14 +605,26 @@ impl<M: AdaptableModel> AdaptedModel<M> {
     }
 
     fn context(&self) -> ForwardContext {
-        ForwardContext::with_stack(self.stack.clone(), self.training).with_dropout_rng(self.dropout_rng.clone())
+        ForwardContext::with_setup(self.active_shared.clone(), self.training).with_dropout_rng(self.dropout_rng.clone())
     }
 }
 
 impl<M: AdaptableModel + EncoderForward> AdaptedModel<M> {
-    /// `last_hidden_state` [batch, seq, hidden] with the active adapters.
+    /// `last_hidden_state` with the active adapters: `[batch, seq, hidden]`, or
+    /// `[channels * batch, seq, hidden]` under a Parallel block (rows grouped by channel, as
+    /// Python returns them).
     pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
-        Ok(self.model.forward_with(input_ids, attention_mask, &self.context())?)
+        let (ids, mask) = self.replicate_for_parallel(input_ids, attention_mask)?;
+        Ok(self.model.forward_with(&ids, &mask, &self.context())?)
+    }
+
+    /// A Parallel setup runs every channel on its own copy of the batch.
+    pub(crate) fn replicate_for_parallel(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<(Tensor, Tensor)> {
+        let channels = self.active.as_ref().map_or(1, AdapterSetup::parallel_channels);
+        if channels <= 1 {
+            return Ok((input_ids.clone(), attention_mask.clone()));
+        }
+        Ok((input_ids.repeat((channels, 1))?, attention_mask.repeat((channels, 1))?))
     }
 }
 

@@ -17,7 +17,8 @@ pub struct ForwardArgs {
     #[arg(long)]
     inputs: PathBuf,
     /// Output safetensors file; receives `last_hidden_state` (F32), and `logits` (F32) when an
-    /// adapter folder carried a head that is active.
+    /// adapter folder carried a head that is active (`logits.<head>` per head under Parallel or
+    /// BatchSplit setups).
     #[arg(long)]
     out: PathBuf,
     /// An adapter folder written by `save_adapter` (Python's or ours), as `[NAME=]DIR`. Repeatable.
@@ -96,18 +97,22 @@ pub fn run(args: ForwardArgs) -> Result<(), String> {
     let output = model.forward_with_head(&input_ids, &attention_mask).map_err(|e| e.to_string())?;
     let mut tensors = HashMap::from([("last_hidden_state".to_string(), output.last_hidden_state)]);
     // A loaded adapter folder that carries a head (head_config.json) makes that head active;
-    // its output joins the file as `logits` (question answering: also start/end logits).
-    match output.head {
-        Some(HeadOutput::Logits(logits)) => {
-            tensors.insert("logits".into(), logits);
+    // its output joins the file as `logits` (question answering: also start/end logits). Under
+    // Parallel or BatchSplit, each active head's output is `logits.<head>`.
+    let single = output.head.is_some();
+    for result in output.heads {
+        let suffix = if single { String::new() } else { format!(".{}", result.name) };
+        match result.output {
+            HeadOutput::Logits(logits) => {
+                tensors.insert(format!("logits{suffix}"), logits);
+            }
+            HeadOutput::Span { start, end } => {
+                let stacked = Tensor::stack(&[&start, &end], 2).map_err(|e| e.to_string())?;
+                tensors.insert(format!("logits{suffix}"), stacked);
+                tensors.insert(format!("start_logits{suffix}"), start);
+                tensors.insert(format!("end_logits{suffix}"), end);
+            }
         }
-        Some(HeadOutput::Span { start, end }) => {
-            let stacked = Tensor::stack(&[&start, &end], 2).map_err(|e| e.to_string())?;
-            tensors.insert("logits".into(), stacked);
-            tensors.insert("start_logits".into(), start);
-            tensors.insert("end_logits".into(), end);
-        }
-        None => {}
     }
     adapters_runtime::io::save_safetensors(&args.out, &tensors).map_err(|e| format!("--out: {e}"))
 }

@@ -90,7 +90,7 @@ fn errors_are_one_line_and_name_the_problem() {
         (vec!["--model", s(&model), "--inputs", s(&config), "--out", s(&out)], "--inputs"),
         (vec!["--model", s(&model), "--inputs", s(&base), "--out", s(&out)], "`input_ids` is missing"),
         (vec!["--model", s(&model), "--inputs", s(&inputs), "--out", s(&out), "--adapter", &a, "--adapter", &b], "--setup"),
-        (vec!["--model", s(&model), "--inputs", s(&inputs), "--out", s(&out), "--adapter", &a, "--adapter", &b, "--setup", "Fuse[a, b]"], "`Fuse` blocks are not supported"),
+        (vec!["--model", s(&model), "--inputs", s(&inputs), "--out", s(&out), "--adapter", &a, "--adapter", &b, "--setup", "Fuse[a, b]"], "Fuse (AdapterFusion) is not supported by this version yet"),
         (vec!["--model", s(&model), "--inputs", s(&inputs), "--out", s(&out), "--adapter", &a, "--setup", "Stack[a, zz]"], "no adapter named `zz`"),
         (vec!["--model", s(&model), "--inputs", s(&inputs), "--out", s(&out), "--adapter", &a, "--merge", "a"], "cannot be merged"),
         (vec!["--model", s(&model), "--inputs", s(&inputs), "--out", s(&out), "--adapter", s(&foreign)], "does not belong to adapter"),

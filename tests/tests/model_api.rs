@@ -187,7 +187,11 @@ fn add_adapter_rejects_duplicates_and_bad_setups() {
     assert!(matches!(m.set_active_adapters(AdapterSetup::parse("Stack[a, b]").unwrap()), Err(AdapterError::Setup { .. })));
     m.add_adapter("b", AdapterConfig::parse("lora").unwrap()).unwrap();
     m.set_active_adapters(AdapterSetup::parse("Stack[a, b]").unwrap()).unwrap();
-    assert!(matches!(m.set_active_adapters(AdapterSetup::parse("Parallel[a, b]").unwrap()), Err(AdapterError::Setup { .. })));
+    m.set_active_adapters(AdapterSetup::parse("Parallel[a, b]").unwrap()).unwrap();
+    let err = m.set_active_adapters(AdapterSetup::parse("Split[a, b, splits=[4, 5]]").unwrap()).unwrap_err().to_string();
+    assert!(err.contains("`b` is a LoRA-family adapter") && err.contains("not Split"), "{err}");
+    let err = m.set_active_adapters(AdapterSetup::parse("Stack[a, Stack[b]]").unwrap()).unwrap_err().to_string();
+    assert!(err.contains("cannot nest Stack inside Stack"), "{err}");
     assert!(matches!(m.merge_adapter("a"), Err(AdapterError::Unsupported { .. })));
     m.merge_adapter("b").unwrap();
     let summary = m.adapter_summary().to_string();

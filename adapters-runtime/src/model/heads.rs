@@ -9,7 +9,8 @@ use candle_core::{Tensor, Var};
 
 use super::{AdaptedModel, PYTHON_ADAPTERS_VERSION};
 use crate::error::{AdapterError, Result};
-use crate::heads::{head_loss, HeadConfig, HeadDims, HeadFile, HeadOutput, HeadType, PredictionHead};
+use crate::heads::{head_loss, HeadConfig, HeadDims, HeadFile, HeadOutput, HeadSetup, HeadType, PredictionHead};
+use crate::setup::AdapterSetup;
 use crate::heads::{HEAD_WEIGHTS_PICKLE, HEAD_WEIGHTS_SAFE};
 use crate::methods::init::Rng;
 use crate::mixin::{AdaptableModel, EncoderForward};
@@ -20,9 +21,22 @@ const INIT_STD: f32 = 0.02;
 /// The outputs of a forward with heads.
 #[derive(Clone, Debug)]
 pub struct ModelOutput {
+    /// `[batch, seq, hidden]` (`[channels * batch, ...]` under Parallel).
     pub last_hidden_state: Tensor,
-    /// The active head's output, if a head is active.
+    /// The active head's output when exactly one head is active.
     pub head: Option<HeadOutput>,
+    /// Every active head's output with the rows it read.
+    pub heads: Vec<HeadResult>,
+    pub head_setup: Option<HeadSetup>,
+}
+
+/// One head's output in a forward.
+#[derive(Clone, Debug)]
+pub struct HeadResult {
+    pub name: String,
+    /// `(first row, rows)` of `last_hidden_state` the head read.
+    pub rows: (usize, usize),
+    pub output: HeadOutput,
 }
 
 impl<M: AdaptableModel> AdaptedModel<M> {
@@ -100,7 +114,7 @@ impl<M: AdaptableModel + EncoderForward> AdaptedModel<M> {
         let mut rng = Rng::from_name(name, 0x4845_4144);
         let head = PredictionHead::new(config, self.head_dims(), &mut rng)?;
         self.heads.insert(name.to_string(), head);
-        self.active_head = Some(name.to_string());
+        self.active_head = Some(HeadSetup::Single(name.to_string()));
         Ok(())
     }
 
@@ -150,33 +164,86 @@ impl<M: AdaptableModel + EncoderForward> AdaptedModel<M> {
         if self.heads.remove(name).is_none() {
             return Err(AdapterError::InvalidConfig(format!("no head named `{name}` in this model")));
         }
-        if self.active_head.as_deref() == Some(name) {
+        if self.active_head.as_ref().is_some_and(|h| h.names().contains(&name)) {
             self.active_head = None;
         }
         Ok(())
     }
 
-    /// The base output and the active head's output.
+    /// The base output and the active heads' outputs: one head over the batch, or one per
+    /// Parallel channel or BatchSplit part over its rows (Python's `MultiHeadOutput`).
     pub fn forward_with_head(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<ModelOutput> {
         let ctx = self.context();
-        let hidden = self.model.forward_with(input_ids, attention_mask, &ctx)?;
-        let head = match self.active_head.as_deref().and_then(|n| self.heads.get(n)) {
-            None => None,
-            Some(head) => {
-                let pooled = if head.config().use_pooler() { self.model.pooled_output(&hidden).transpose()? } else { None };
+        let (ids, mask) = self.replicate_for_parallel(input_ids, attention_mask)?;
+        let hidden = self.model.forward_with(&ids, &mask, &ctx)?;
+        let rows = hidden.dim(0)?;
+        let mut heads = Vec::new();
+        if let Some(setup) = &self.active_head {
+            let names = setup.names();
+            let ranges: Vec<(usize, usize)> = match setup {
+                HeadSetup::Single(_) => vec![(0, rows)],
+                HeadSetup::Parallel(heads) => {
+                    let channels = self.active.as_ref().map_or(1, AdapterSetup::parallel_channels);
+                    if heads.len() != channels {
+                        return Err(AdapterError::Setup {
+                            setup: format!("heads {heads:?}"),
+                            reason: format!("{} heads for {channels} parallel channels; the numbers must match", heads.len()),
+                        });
+                    }
+                    (0..channels).map(|i| (i * rows / channels, rows / channels)).collect()
+                }
+                HeadSetup::BatchSplit { batch_sizes, .. } => {
+                    if batch_sizes.iter().sum::<usize>() != rows {
+                        return Err(AdapterError::Setup {
+                            setup: format!("heads {names:?}"),
+                            reason: format!("batch_sizes {batch_sizes:?} do not add up to the batch of {rows} rows"),
+                        });
+                    }
+                    let mut start = 0;
+                    batch_sizes.iter().map(|&n| {
+                        start += n;
+                        (start - n, n)
+                    }).collect()
+                }
+            };
+            for (name, (start, len)) in names.into_iter().zip(ranges) {
+                let head = self.heads.get(name).ok_or_else(|| AdapterError::InvalidConfig(format!("no head named `{name}` in this model")))?;
+                let part = if len == rows { hidden.clone() } else { hidden.narrow(0, start, len)? };
+                let pooled = if head.config().use_pooler() { self.model.pooled_output(&part).transpose()? } else { None };
                 let embeddings = if head.is_tied() { self.model.input_embeddings() } else { None };
-                Some(head.forward(&hidden, pooled.as_ref(), embeddings, &ctx)?)
+                let output = head.forward(&part, pooled.as_ref(), embeddings, &ctx)?;
+                heads.push(HeadResult { name: name.to_string(), rows: (start, len), output });
             }
+        }
+        let head = match (&self.active_head, heads.as_slice()) {
+            (Some(HeadSetup::Single(_)), [one]) => Some(one.output.clone()),
+            _ => None,
         };
-        Ok(ModelOutput { last_hidden_state: hidden, head })
+        Ok(ModelOutput { last_hidden_state: hidden, head, heads, head_setup: self.active_head.clone() })
     }
 
-    /// The active head's loss on `labels` (see [`head_loss`] for the label shapes).
+    /// The active heads' loss on `labels` (see [`head_loss`] for the label shapes). With one
+    /// head per Parallel channel, each head's loss is taken on the same labels (of the original
+    /// batch); with BatchSplit, each on its rows' labels; the losses are summed, as in Python.
     pub fn head_loss(&self, output: &ModelOutput, labels: &Tensor, attention_mask: Option<&Tensor>) -> Result<Tensor> {
-        let name = self.active_head.as_deref().ok_or_else(|| AdapterError::InvalidConfig("no head is active".into()))?;
-        let head = &self.heads[name];
-        let out = output.head.as_ref().ok_or_else(|| AdapterError::InvalidConfig("the output carries no head output".into()))?;
-        Ok(head_loss(head.config(), out, labels, attention_mask)?)
+        if output.heads.is_empty() {
+            return Err(AdapterError::InvalidConfig("no head is active".into()));
+        }
+        let mut total: Option<Tensor> = None;
+        for result in &output.heads {
+            let head = self.heads.get(&result.name).ok_or_else(|| AdapterError::InvalidConfig(format!("no head named `{}`", result.name)))?;
+            let (start, len) = result.rows;
+            let (labels, mask) = match &output.head_setup {
+                Some(HeadSetup::BatchSplit { .. }) => (labels.narrow(0, start, len)?, attention_mask.map(|m| m.narrow(0, start, len)).transpose()?),
+                _ => (labels.clone(), attention_mask.cloned()),
+            };
+            let loss = head_loss(head.config(), &result.output, &labels, mask.as_ref())?;
+            total = Some(match total {
+                None => loss,
+                Some(t) => (t + loss)?,
+            });
+        }
+        total.ok_or_else(|| AdapterError::InvalidConfig("no head is active".into()))
     }
 
     /// Loads a head saved here or by Python (`model_head.safetensors` or
@@ -229,7 +296,7 @@ impl<M: AdaptableModel + EncoderForward> AdaptedModel<M> {
             var.set(tensor)?;
         }
         self.heads.insert(name.clone(), head);
-        self.active_head = Some(name.clone());
+        self.active_head = Some(HeadSetup::Single(name.clone()));
         Ok(name)
     }
 }

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use candle_core::{Result, Tensor};
 
 use super::BottleneckAdapter;
+use crate::composition;
 use crate::context::ForwardContext;
+use crate::setup::AdapterSetup;
 use crate::methods::LayerNorm;
 
 pub struct BottleneckSlot {
@@ -42,24 +44,135 @@ impl BottleneckSlot {
         self.adapters.keys().map(String::as_str)
     }
 
-    /// `LayerNorm(hidden + residual)` with the active bottleneck adapters composed in.
-    /// With no active adapter here this is exactly the original computation.
+    /// `LayerNorm(hidden + residual)` with the active setup composed in (Python's
+    /// `bottleneck_layer_forward`). With none of the setup's adapters here this is exactly the
+    /// original computation.
     pub fn forward(&self, hidden: &Tensor, residual: &Tensor, ctx: &ForwardContext) -> Result<Tensor> {
-        let mut active = ctx.active_stack().iter().filter_map(|n| self.adapters.get(n)).peekable();
-        if active.peek().is_none() {
+        let Some(setup) = ctx.setup().filter(|s| s.flatten().iter().any(|n| self.adapters.contains_key(*n))) else {
             return self.layer_norm.forward(&(hidden + residual)?);
-        }
-        let input_hidden = hidden.clone();
-        let mut state = hidden.clone();
-        let mut last = None;
-        for adapter in active {
-            let (adapter_in, adapter_residual) = adapter.pre_forward(&state, residual, &self.layer_norm)?;
-            state = adapter.forward(&adapter_in, &adapter_residual, ctx)?;
-            last = Some(adapter);
-        }
-        match last {
-            Some(adapter) => adapter.post_forward(&state, &input_hidden, residual, &self.layer_norm),
+        };
+        let state = BnState { hidden: hidden.clone(), input: residual.clone(), residual: residual.clone(), last: None };
+        // A bare name is a one-adapter Stack, as Python parses it.
+        let state = match setup {
+            AdapterSetup::Single(_) => self.compose_stack(std::slice::from_ref(setup), state, ctx)?,
+            other => self.compose(other, state, ctx)?,
+        };
+        match state.last.as_deref().and_then(|n| self.adapters.get(n)) {
+            // The last adapter's post_forward closes the block for every row (as in Python).
+            Some(last) => last.post_forward(&state.hidden, hidden, &state.input, &self.layer_norm),
             None => self.layer_norm.forward(&(hidden + residual)?),
         }
+    }
+
+    /// The first adapter's `pre_forward` (Python's `pre_block`).
+    fn pre_block(&self, name: Option<&str>, state: BnState) -> Result<BnState> {
+        let Some(adapter) = name.and_then(|n| self.adapters.get(n)) else { return Ok(state) };
+        let (hidden, residual) = adapter.pre_forward(&state.hidden, &state.input, &self.layer_norm)?;
+        Ok(BnState { hidden, residual, ..state })
+    }
+
+    fn compose_single(&self, name: &str, state: BnState, ctx: &ForwardContext) -> Result<BnState> {
+        match self.adapters.get(name) {
+            Some(adapter) => {
+                let hidden = adapter.forward(&state.hidden, &state.residual, ctx)?;
+                Ok(BnState { hidden, last: Some(name.to_string()), ..state })
+            }
+            None => Ok(state),
+        }
+    }
+
+    fn compose_stack(&self, children: &[AdapterSetup], mut state: BnState, ctx: &ForwardContext) -> Result<BnState> {
+        for child in children {
+            state = match child {
+                AdapterSetup::Single(name) if self.adapters.contains_key(name) => {
+                    let state = self.pre_block(Some(name), state)?;
+                    self.compose_single(name, state, ctx)?
+                }
+                AdapterSetup::Single(_) => state,
+                block => self.compose(block, state, ctx)?,
+            };
+        }
+        Ok(state)
+    }
+
+    fn compose_child(&self, child: &AdapterSetup, state: BnState, ctx: &ForwardContext) -> Result<BnState> {
+        match child {
+            AdapterSetup::Single(name) => self.compose_single(name, state, ctx),
+            block => self.compose(block, state, ctx),
+        }
+    }
+
+    fn compose(&self, setup: &AdapterSetup, state: BnState, ctx: &ForwardContext) -> Result<BnState> {
+        match setup {
+            AdapterSetup::Single(name) => self.compose_single(name, state, ctx),
+            AdapterSetup::Stack(children) => self.compose_stack(children, state, ctx),
+            AdapterSetup::Parallel(children) | AdapterSetup::BatchSplit { children, .. } => {
+                let ranges = composition::row_ranges(setup, state.hidden.dim(0)?)?;
+                let state = self.pre_block(setup.first(), state)?;
+                let mut outs = Vec::with_capacity(children.len());
+                for (child, (start, len)) in children.iter().zip(ranges) {
+                    outs.push(self.compose_child(child, state.narrow(0, start, len)?, ctx)?);
+                }
+                BnState::cat(outs, 0)
+            }
+            AdapterSetup::Average { children, weights } => {
+                let state = self.pre_block(setup.first(), state)?;
+                let mut outs = Vec::with_capacity(children.len());
+                for child in children {
+                    outs.push(self.compose_child(child, state.clone(), ctx)?);
+                }
+                let hiddens: Vec<Tensor> = outs.iter().map(|s| s.hidden.clone()).collect();
+                let hidden = composition::weighted_mean(&hiddens, weights)?;
+                let last = outs.last().and_then(|s| s.last.clone());
+                let first = outs.into_iter().next().ok_or_else(|| candle_core::Error::Msg("Average without children".into()))?;
+                Ok(BnState { hidden, last, ..first })
+            }
+            AdapterSetup::Split { children, splits } => {
+                let ranges = composition::split_ranges(splits, state.hidden.dim(1)?, setup)?;
+                let state = self.pre_block(setup.first(), state)?;
+                let mut hiddens = Vec::with_capacity(children.len());
+                let mut last = None;
+                for (child, (start, len)) in children.iter().zip(ranges) {
+                    let out = self.compose_child(child, state.narrow(1, start, len)?, ctx)?;
+                    last = out.last.clone().or(last);
+                    hiddens.push(out.hidden);
+                }
+                Ok(BnState { hidden: Tensor::cat(&hiddens, 1)?, last, ..state })
+            }
+            AdapterSetup::Fuse { .. } => Err(candle_core::Error::Msg(format!(
+                "{setup}: AdapterFusion is not supported by this version yet"
+            ))),
+        }
+    }
+}
+
+/// Python's `BottleneckState`: the running hidden states, the sublayer input (`input_tensor`),
+/// the adapter residual, and the last adapter that ran.
+#[derive(Clone)]
+struct BnState {
+    hidden: Tensor,
+    input: Tensor,
+    residual: Tensor,
+    last: Option<String>,
+}
+
+impl BnState {
+    fn narrow(&self, dim: usize, start: usize, len: usize) -> Result<Self> {
+        Ok(BnState {
+            hidden: self.hidden.narrow(dim, start, len)?,
+            input: self.input.narrow(dim, start, len)?,
+            residual: self.residual.narrow(dim, start, len)?,
+            last: self.last.clone(),
+        })
+    }
+
+    fn cat(states: Vec<BnState>, dim: usize) -> Result<Self> {
+        let join = |f: fn(&BnState) -> &Tensor| -> Result<Tensor> { Tensor::cat(&states.iter().map(f).collect::<Vec<_>>(), dim) };
+        Ok(BnState {
+            hidden: join(|s| &s.hidden)?,
+            input: join(|s| &s.input)?,
+            residual: join(|s| &s.residual)?,
+            last: states.last().and_then(|s| s.last.clone()),
+        })
     }
 }

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use candle_core::{Result, Tensor};
 
 use super::LoraModule;
+use crate::composition;
 use crate::context::ForwardContext;
+use crate::setup::AdapterSetup;
 
 pub struct LoRALinear {
     weight: Tensor,
@@ -52,23 +54,69 @@ impl LoRALinear {
         self.loras.keys().map(String::as_str)
     }
 
+    /// `x W^T + b` with the active setup's LoRA-family modules composed in (Python's
+    /// `LoRALinear.forward`): the modules' outputs are composed block by block, then the last
+    /// module that ran combines them with the base output (for every row, as in Python).
     pub fn forward(&self, x: &Tensor, ctx: &ForwardContext) -> Result<Tensor> {
         let layer_output = crate::methods::linear(x, &self.weight, self.bias.as_ref())?;
         if self.merged.is_some() {
             return Ok(layer_output);
         }
-        let mut hidden: Option<Tensor> = None;
-        let mut last = None;
-        for module in ctx.active_stack().iter().filter_map(|n| self.loras.get(n)) {
-            hidden = Some(module.forward(hidden.as_ref(), x, ctx)?);
-            last = Some(module);
-        }
-        match (last, hidden) {
-            (Some(module), Some(hidden)) => module.combine(&layer_output, &hidden, &self.weight),
-            _ => Ok(layer_output),
+        let Some(setup) = ctx.setup().filter(|s| s.flatten().iter().any(|n| self.loras.contains_key(*n))) else {
+            return Ok(layer_output);
+        };
+        let state = LoraState { input: x.clone(), hidden: None, output: layer_output, last: None };
+        let state = self.compose(setup, state, ctx)?;
+        match (state.last.as_deref().and_then(|n| self.loras.get(n)), state.hidden) {
+            (Some(module), Some(hidden)) => module.combine(&state.output, &hidden, &self.weight),
+            _ => Ok(state.output),
         }
     }
 
+    fn compose(&self, setup: &AdapterSetup, state: LoraState, ctx: &ForwardContext) -> Result<LoraState> {
+        match setup {
+            AdapterSetup::Single(name) => match self.loras.get(name) {
+                Some(module) => {
+                    let hidden = module.forward(state.hidden.as_ref(), &state.input, ctx)?;
+                    Ok(LoraState { hidden: Some(hidden), last: Some(name.clone()), ..state })
+                }
+                None => Ok(state),
+            },
+            AdapterSetup::Stack(children) => {
+                let mut state = state;
+                for child in children {
+                    state = self.compose(child, state, ctx)?;
+                }
+                Ok(state)
+            }
+            AdapterSetup::Parallel(children) | AdapterSetup::BatchSplit { children, .. } => {
+                let ranges = composition::row_ranges(setup, state.input.dim(0)?)?;
+                let mut outs = Vec::with_capacity(children.len());
+                for (child, (start, len)) in children.iter().zip(ranges) {
+                    outs.push(self.compose(child, state.narrow(start, len)?, ctx)?);
+                }
+                LoraState::cat(outs)
+            }
+            AdapterSetup::Average { children, weights } => {
+                let mut outs = Vec::with_capacity(children.len());
+                for child in children {
+                    outs.push(self.compose(child, state.clone(), ctx)?);
+                }
+                let hiddens: Option<Vec<Tensor>> = outs.iter().map(|s| s.hidden.clone()).collect();
+                let hidden = hiddens.map(|h| composition::weighted_mean(&h, weights)).transpose()?;
+                let last = outs.last().and_then(|s| s.last.clone());
+                Ok(LoraState { hidden, last, ..state })
+            }
+            AdapterSetup::Fuse { .. } | AdapterSetup::Split { .. } => {
+                if setup.flatten().iter().any(|n| self.loras.contains_key(*n)) {
+                    return Err(candle_core::Error::Msg(format!(
+                        "{setup}: LoRA-family adapters compose with Stack, Parallel, BatchSplit and Average only"
+                    )));
+                }
+                Ok(state)
+            }
+        }
+    }
     pub(crate) fn merge(&mut self, name: &str) -> std::result::Result<bool, String> {
         let Some(module) = self.loras.get(name) else { return Ok(false) };
         match &self.merged {
@@ -86,5 +134,36 @@ impl LoRALinear {
         if let Some((_, original)) = self.merged.take() {
             self.weight = original;
         }
+    }
+}
+
+/// Python's `LoRAState`: the layer input, the composed module output so far, the base output,
+/// and the last module that ran.
+#[derive(Clone)]
+struct LoraState {
+    input: Tensor,
+    hidden: Option<Tensor>,
+    output: Tensor,
+    last: Option<String>,
+}
+
+impl LoraState {
+    fn narrow(&self, start: usize, len: usize) -> Result<Self> {
+        Ok(LoraState {
+            input: self.input.narrow(0, start, len)?,
+            hidden: self.hidden.as_ref().map(|h| h.narrow(0, start, len)).transpose()?,
+            output: self.output.narrow(0, start, len)?,
+            last: self.last.clone(),
+        })
+    }
+
+    fn cat(states: Vec<LoraState>) -> Result<Self> {
+        let hidden = composition::cat_optional(&states.iter().map(|s| s.hidden.clone()).collect::<Vec<_>>(), 0)?;
+        Ok(LoraState {
+            input: Tensor::cat(&states.iter().map(|s| &s.input).collect::<Vec<_>>(), 0)?,
+            hidden,
+            output: Tensor::cat(&states.iter().map(|s| &s.output).collect::<Vec<_>>(), 0)?,
+            last: states.last().and_then(|s| s.last.clone()),
+        })
     }
 }
