@@ -85,7 +85,7 @@ pub(crate) fn cat_optional(items: &[Option<Tensor>], dim: usize) -> Result<Optio
     }
     let present: Vec<&Tensor> = items.iter().flatten().collect();
     if present.len() != items.len() {
-        return Err(Error::Msg("a composition block's children disagree on whether an adapter ran at this layer".into()));
+        return Err(Error::Msg("some children have a module at this layer and some have none (Python raises here too)".into()));
     }
     Ok(Some(Tensor::cat(&present, dim)?))
 }

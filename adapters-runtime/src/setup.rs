@@ -143,8 +143,13 @@ impl AdapterSetup {
         Ok(setup)
     }
 
-    /// Reads the `adapter_setup.json` form: `{"type": "Stack", "children": [...], "kwargs": {...}}`.
+    /// Reads the `adapter_setup.json` form: `{"type": "Stack", "children": [...], "kwargs": {...}}`,
+    /// or the whole file Python's `save_adapter_setup` writes (`{"adapter_setup": {...},
+    /// "head_setup": ..., "version": ...}`).
     pub fn from_json(value: &Value) -> Result<Self> {
+        if let Some(inner) = value.get("adapter_setup") {
+            return Self::from_json(inner);
+        }
         let bad = |reason: &str| AdapterError::Setup { setup: value.to_string(), reason: reason.into() };
         if let Some(name) = value.as_str() {
             return Ok(AdapterSetup::Single(name.into()));

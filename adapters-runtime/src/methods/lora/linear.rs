@@ -95,7 +95,7 @@ impl LoRALinear {
                 for (child, (start, len)) in children.iter().zip(ranges) {
                     outs.push(self.compose(child, state.narrow(start, len)?, ctx)?);
                 }
-                LoraState::cat(outs)
+                LoraState::cat(outs).map_err(|e| candle_core::Error::Msg(format!("{setup} at `{}`: {e}", self.path)))
             }
             AdapterSetup::Average { children, weights } => {
                 let mut outs = Vec::with_capacity(children.len());
