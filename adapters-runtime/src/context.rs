@@ -13,6 +13,22 @@ pub struct ForwardContext {
     setup: Option<Arc<AdapterSetup>>,
     train: bool,
     dropout_rng: Option<Arc<Mutex<Rng>>>,
+    fusion_attentions: Option<Arc<Mutex<Vec<FusionAttention>>>>,
+}
+
+/// The attention of one AdapterFusion layer over its adapters in one forward.
+#[derive(Clone, Debug)]
+pub struct FusionAttention {
+    /// The fusion name (`a,b`).
+    pub fusion: String,
+    /// The module path of the slot (`encoder.layer.0.output`).
+    pub slot: String,
+    /// The layer index and location key (`mh_adapter`, `output_adapter`) of the slot, as Python
+    /// keys its `adapter_fusion_attentions` (filled in by the model).
+    pub layer: usize,
+    pub location: &'static str,
+    /// `[batch, seq, adapters]` softmax probabilities.
+    pub probs: candle_core::Tensor,
 }
 
 impl ForwardContext {
@@ -23,13 +39,28 @@ impl ForwardContext {
 
     /// The active setup, composed at every slot that holds one of its adapters.
     pub fn with_setup(setup: Option<Arc<AdapterSetup>>, train: bool) -> Self {
-        ForwardContext { setup, train, dropout_rng: None }
+        ForwardContext { setup, train, dropout_rng: None, fusion_attentions: None }
     }
 
     /// Dropout masks come from `rng` (shared, so consecutive forwards continue one stream).
     pub fn with_dropout_rng(mut self, rng: Arc<Mutex<Rng>>) -> Self {
         self.dropout_rng = Some(rng);
         self
+    }
+
+    /// Collect the AdapterFusion attention scores of this forward into `sink`.
+    pub fn with_fusion_attentions(mut self, sink: Arc<Mutex<Vec<FusionAttention>>>) -> Self {
+        self.fusion_attentions = Some(sink);
+        self
+    }
+
+    /// Records one fusion layer's attention, if this forward collects them.
+    pub fn record_fusion_attention(&self, attention: FusionAttention) {
+        if let Some(sink) = &self.fusion_attentions {
+            if let Ok(mut v) = sink.lock() {
+                v.push(attention);
+            }
+        }
     }
 
     pub fn setup(&self) -> Option<&AdapterSetup> {

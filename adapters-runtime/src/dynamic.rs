@@ -5,7 +5,8 @@ use std::path::Path;
 
 use candle_core::{Tensor, Var};
 
-use crate::config::AdapterConfig;
+use crate::config::{AdapterConfig, FusionConfig};
+use crate::context::FusionAttention;
 use crate::error::Result;
 use crate::heads::{HeadConfig, HeadSetup, PredictionHead};
 use crate::model::ModelOutput;
@@ -47,6 +48,14 @@ pub trait DynAdaptedModel {
     fn named_params(&self, name: &str) -> Result<Vec<(String, Var)>>;
     fn head_params(&self, name: &str) -> Result<Vec<(String, Var)>>;
     fn base_vars(&self) -> Vec<(String, Var)>;
+    fn add_adapter_fusion(&mut self, setup: AdapterSetup, config: FusionConfig) -> Result<()>;
+    fn delete_adapter_fusion(&mut self, name: &str) -> Result<()>;
+    fn fusion_names(&self) -> Vec<String>;
+    fn train_adapter_fusion(&mut self, setup: AdapterSetup, unfreeze_adapters: bool) -> Result<Vec<Var>>;
+    fn fusion_regularization_loss(&self) -> Result<Option<Tensor>>;
+    fn save_adapter_fusion(&self, dir: &Path, name: &str) -> Result<()>;
+    fn load_adapter_fusion(&mut self, dir: &Path, load_as: Option<&str>) -> Result<String>;
+    fn forward_with_fusion_attentions(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<(Tensor, Vec<FusionAttention>)>;
 }
 
 impl<M: AdaptableModel + EncoderForward> DynAdaptedModel for AdaptedModel<M> {
@@ -145,5 +154,29 @@ impl<M: AdaptableModel + EncoderForward> DynAdaptedModel for AdaptedModel<M> {
     }
     fn base_vars(&self) -> Vec<(String, Var)> {
         AdaptedModel::base_vars(self).to_vec()
+    }
+    fn add_adapter_fusion(&mut self, setup: AdapterSetup, config: FusionConfig) -> Result<()> {
+        AdaptedModel::add_adapter_fusion(self, setup, config)
+    }
+    fn delete_adapter_fusion(&mut self, name: &str) -> Result<()> {
+        AdaptedModel::delete_adapter_fusion(self, name)
+    }
+    fn fusion_names(&self) -> Vec<String> {
+        AdaptedModel::fusion_names(self).map(String::from).collect()
+    }
+    fn train_adapter_fusion(&mut self, setup: AdapterSetup, unfreeze_adapters: bool) -> Result<Vec<Var>> {
+        AdaptedModel::train_adapter_fusion(self, setup, unfreeze_adapters)
+    }
+    fn fusion_regularization_loss(&self) -> Result<Option<Tensor>> {
+        AdaptedModel::fusion_regularization_loss(self)
+    }
+    fn save_adapter_fusion(&self, dir: &Path, name: &str) -> Result<()> {
+        AdaptedModel::save_adapter_fusion(self, dir, name)
+    }
+    fn load_adapter_fusion(&mut self, dir: &Path, load_as: Option<&str>) -> Result<String> {
+        AdaptedModel::load_adapter_fusion(self, dir, load_as)
+    }
+    fn forward_with_fusion_attentions(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<(Tensor, Vec<FusionAttention>)> {
+        AdaptedModel::forward_with_fusion_attentions(self, input_ids, attention_mask)
     }
 }

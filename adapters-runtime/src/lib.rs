@@ -27,7 +27,7 @@ pub mod training;
 
 pub use adapters_macros::{adapter_config, adapter_mixin, with_adapters};
 pub use config::{AdapterConfig, AdapterFile, BnConfig, LoRAConfig};
-pub use context::ForwardContext;
+pub use context::{ForwardContext, FusionAttention};
 pub use dynamic::DynAdaptedModel;
 pub use error::{AdapterError, Result};
 pub use methods::bottleneck::BottleneckSlot;

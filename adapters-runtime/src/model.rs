@@ -1,8 +1,10 @@
 //! The model API, written once for every model: add, delete, activate, train, merge, save, load
 //! and summarise adapters by walking the slots that the macros generated.
 
+mod fusion;
 mod heads;
 
+pub use fusion::{FUSION_CONFIG_NAME, FUSION_WEIGHTS_PICKLE, FUSION_WEIGHTS_SAFE};
 pub use heads::{HeadResult, ModelOutput};
 
 use std::collections::{BTreeMap, HashMap};
@@ -45,6 +47,8 @@ pub struct AdaptedModel<M> {
     root_prefix: String,
     heads: BTreeMap<String, PredictionHead>,
     active_head: Option<HeadSetup>,
+    /// Fusion layers by name (`a,b`): their config and the fused adapters.
+    fusions: BTreeMap<String, (crate::config::FusionConfig, Vec<String>)>,
     /// Base weights as variables, when the model was loaded for full fine-tuning.
     base_vars: Vec<(String, Var)>,
     dropout_rng: Arc<Mutex<Rng>>,
@@ -93,6 +97,7 @@ impl<M: AdaptableModel> AdaptedModel<M> {
             root_prefix: root_prefix.into(),
             heads: BTreeMap::new(),
             active_head: None,
+            fusions: BTreeMap::new(),
             base_vars: Vec::new(),
             dropout_rng: Arc::new(Mutex::new(Rng::new(DEFAULT_SEED))),
         }
@@ -262,6 +267,11 @@ impl<M: AdaptableModel> AdaptedModel<M> {
         if self.active.as_ref().is_some_and(|a| a.flatten().contains(&name)) {
             self.deactivate_adapters();
         }
+        // A fusion layer over a deleted adapter cannot run any more.
+        let stale: Vec<String> = self.fusions.iter().filter(|(_, (_, m))| m.iter().any(|x| x == name)).map(|(n, _)| n.clone()).collect();
+        for fusion in stale {
+            self.delete_adapter_fusion(&fusion)?;
+        }
         Ok(())
     }
 
@@ -297,11 +307,20 @@ impl<M: AdaptableModel> AdaptedModel<M> {
     /// adapters take Stack, Parallel, BatchSplit and Average (Python's `supported_compositions`).
     fn check_method_support(&self, whole: &AdapterSetup, setup: &AdapterSetup) -> Result<()> {
         match setup {
-            AdapterSetup::Fuse { .. } => {
-                return Err(AdapterError::Setup {
-                    setup: whole.to_string(),
-                    reason: "Fuse (AdapterFusion) is not supported by this version yet".into(),
-                })
+            AdapterSetup::Fuse { children, .. } => {
+                let name = setup.fusion_name().unwrap_or_default();
+                if !self.fusions.contains_key(&name) {
+                    return Err(AdapterError::Setup {
+                        setup: whole.to_string(),
+                        reason: format!("no fusion layer named `{name}`; add it with add_adapter_fusion or load it with load_adapter_fusion"),
+                    });
+                }
+                if let Some(lora) = children.iter().flat_map(|c| c.flatten()).find(|n| matches!(self.configs.get(*n), Some(AdapterConfig::LoRA(_)))) {
+                    return Err(AdapterError::Setup {
+                        setup: whole.to_string(),
+                        reason: format!("`{lora}` is a LoRA-family adapter; AdapterFusion fuses bottleneck adapters"),
+                    });
+                }
             }
             AdapterSetup::Split { .. } => {
                 if let Some(lora) = setup.flatten().into_iter().find(|n| matches!(self.configs.get(*n), Some(AdapterConfig::LoRA(_)))) {

@@ -24,7 +24,8 @@ pub struct ForwardArgs {
     /// An adapter folder written by `save_adapter` (Python's or ours), as `[NAME=]DIR`. Repeatable.
     #[arg(long = "adapter", value_name = "[NAME=]DIR")]
     adapters: Vec<String>,
-    /// An AdapterFusion folder. Repeatable.
+    /// An AdapterFusion folder (`save_adapter_fusion`, Python's or ours; load its adapters with
+    /// --adapter). Repeatable.
     #[arg(long = "fusion", value_name = "DIR")]
     fusions: Vec<PathBuf>,
     /// Active adapters in the Python repr syntax (`a`, `Stack[a, b]`) or a path to an adapter_setup.json.
@@ -66,11 +67,8 @@ fn load_with_adapters(dir: &Path, specs: &[String]) -> Result<(Box<dyn adapters_
 
 pub fn run(args: ForwardArgs) -> Result<(), String> {
     let (mut model, loaded) = load_with_adapters(&args.model, &args.adapters)?;
-    if let Some(dir) = args.fusions.first() {
-        return Err(format!(
-            "--fusion {}: AdapterFusion layers are not supported by this version yet",
-            dir.display()
-        ));
+    for dir in &args.fusions {
+        model.load_adapter_fusion(dir, None).map_err(|e| format!("--fusion {}: {e}", dir.display()))?;
     }
     let setup = match &args.setup {
         Some(text) => Some(parse_setup(text)?),

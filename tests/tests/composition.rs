@@ -60,10 +60,7 @@ fn blocks_match_python() {
             let with_heads = case.starts_with("heads_");
             let mut model = load_case(arch, &dir, with_heads);
             if case.starts_with("fuse") {
-                // AdapterFusion is the next step; until then it is refused by name.
-                let err = model.set_active_adapters(setup).unwrap_err().to_string();
-                assert!(err.contains("Fuse (AdapterFusion) is not supported"), "{label}: {err}");
-                fusion += 1;
+                fusion += check_fusion(&label, &dir, model.as_mut(), &setup, info, &ids, &mask);
                 continue;
             }
             model.set_active_adapters(setup.clone()).unwrap_or_else(|e| panic!("{label}: {e}"));
@@ -96,8 +93,75 @@ fn blocks_match_python() {
             checked += 1;
         }
     }
-    eprintln!("composition: {checked} cases match Python (worst {worst:e}); {fusion} Fuse cases refused; Python raises on:\n  {}", python_fails.join("\n  "));
+    eprintln!("composition: {checked} cases match Python (worst {worst:e}); {fusion} Fuse loads match (both file formats, attentions too); Python raises on:\n  {}", python_fails.join("\n  "));
     assert!(checked >= 45, "ran {checked} cases");
+}
+
+/// Loads the case's fusion layer from Python's files (safetensors and .bin), runs the setup
+/// and compares the output and the fusion attention of every layer. Returns the loads checked.
+fn check_fusion(label: &str, dir: &Path, model: &mut dyn DynAdaptedModel, setup: &AdapterSetup, info: &Value, ids: &Tensor, mask: &Tensor) -> usize {
+    let expected = read(&fixtures().join(info["output"].as_str().unwrap()));
+    let mut checked = 0;
+    for folder in ["fusion", "fusion_bin"] {
+        let fdir = dir.join(folder);
+        if !fdir.is_dir() {
+            continue;
+        }
+        for name in model.fusion_names() {
+            model.delete_adapter_fusion(&name).unwrap();
+        }
+        let name = model.load_adapter_fusion(&fdir, None).unwrap_or_else(|e| panic!("{label}/{folder}: {e}"));
+        assert_eq!(name, "a,b");
+        model.set_active_adapters(setup.clone()).unwrap_or_else(|e| panic!("{label}: {e}"));
+        let (hidden, attentions) = model.forward_with_fusion_attentions(ids, mask).unwrap();
+        let mut worst = max_abs_diff(&hidden, &expected["last_hidden_state"]);
+        let mut seen = 0;
+        for a in &attentions {
+            let key = format!("fusion_attentions.{}.{}", a.layer, a.location);
+            let want = expected.get(&key).unwrap_or_else(|| panic!("{label}: Python has no `{key}`"));
+            worst = worst.max(max_abs_diff(&a.probs, want));
+            seen += 1;
+        }
+        let python_count = expected.keys().filter(|k| k.starts_with("fusion_attentions.")).count();
+        assert_eq!(seen, python_count, "{label}: one attention per fusion layer");
+        assert!(worst <= TOLERANCE, "{label}/{folder}: max |diff| {worst}");
+        checked += 1;
+    }
+    checked
+}
+
+#[test]
+fn fusion_files_round_trip_and_train() {
+    let dir = fixtures().join("composition/bert/fuse_dynamic");
+    let (ids, mask) = inputs(&fixtures().join("tiny/bert"));
+    let mut model = load_case("bert", &dir, false);
+    model.load_adapter_fusion(&dir.join("fusion"), None).unwrap();
+    let setup = setup_of(&dir);
+    model.set_active_adapters(setup.clone()).unwrap();
+    let before = model.forward(&ids, &mask).unwrap();
+    // Saved here, loaded into a fresh model: same output, Python's tensor names.
+    let out = std::env::temp_dir().join(format!("adapters-fusion-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    model.save_adapter_fusion(&out, "a,b").unwrap();
+    let ours: std::collections::BTreeSet<String> = read(&out.join("model_adapter_fusion.safetensors")).into_keys().collect();
+    let python: std::collections::BTreeSet<String> = read(&dir.join("fusion/model_adapter_fusion.safetensors")).into_keys().collect();
+    assert_eq!(ours, python);
+    let mut fresh = load_case("bert", &dir, false);
+    fresh.load_adapter_fusion(&out, None).unwrap();
+    fresh.set_active_adapters(setup.clone()).unwrap();
+    assert!(max_abs_diff(&fresh.forward(&ids, &mask).unwrap(), &before) <= TOLERANCE);
+    // train_adapter_fusion hands back exactly the fusion layers' variables (no head here).
+    let vars = model.train_adapter_fusion(setup.clone(), false).unwrap();
+    let fusion_count: usize = ours.iter().map(|_| 1).sum();
+    assert_eq!(vars.len(), fusion_count);
+    // The regularisation loss pulls the value matrices towards the identity.
+    let reg = model.fusion_regularization_loss().unwrap().unwrap().to_scalar::<f32>().unwrap();
+    assert!(reg > 0.0, "perturbed value matrices are not the identity");
+    // A Fuse block without its fusion layer names what is missing.
+    model.delete_adapter_fusion("a,b").unwrap();
+    let err = model.set_active_adapters(setup).unwrap_err().to_string();
+    assert!(err.contains("no fusion layer named `a,b`"), "{err}");
+    let _ = std::fs::remove_dir_all(&out);
 }
 
 #[test]

@@ -3,11 +3,13 @@
 
 mod bottleneck;
 mod file;
+mod fusion;
 mod lora;
 mod shorthand;
 
 pub use bottleneck::{BnConfig, ReductionFactor, ResidualBeforeLn, Scaling};
 pub use file::{AdapterFile, CONFIG_NAME};
+pub use fusion::FusionConfig;
 pub use lora::{LoRAConfig, LoraKind};
 
 use serde_json::Value;

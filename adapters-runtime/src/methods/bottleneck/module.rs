@@ -144,8 +144,22 @@ impl BottleneckAdapter {
         Ok((hidden, residual))
     }
 
+    /// `pre_forward` for AdapterFusion: also the fusion query, the sublayer output before
+    /// (`query_before_ln`) or after the original residual and LayerNorm.
+    pub fn pre_forward_with_query(&self, hidden: &Tensor, input_tensor: &Tensor, layer_norm: &LayerNorm, query_before_ln: bool) -> CResult<(Tensor, Tensor, Tensor)> {
+        let (out, residual) = self.pre_forward(hidden, input_tensor, layer_norm)?;
+        let query = if query_before_ln { hidden.clone() } else { out.clone() };
+        Ok((out, query, residual))
+    }
+
     /// The adapter itself: bottleneck, scaling, gate, optional LayerNorm and residual.
     pub fn forward(&self, x: &Tensor, residual: &Tensor, ctx: &crate::context::ForwardContext) -> CResult<Tensor> {
+        Ok(self.forward_with_up(x, residual, ctx)?.0)
+    }
+
+    /// [`BottleneckAdapter::forward`] and the scaled up-projection (before dropout and gate),
+    /// which AdapterFusion attends over.
+    pub fn forward_with_up(&self, x: &Tensor, residual: &Tensor, ctx: &crate::context::ForwardContext) -> CResult<(Tensor, Tensor)> {
         let down_in = match &self.norm_before {
             Some(norm) => norm.layer_norm(x)?,
             None => x.clone(),
@@ -166,7 +180,7 @@ impl BottleneckAdapter {
             if let Some(norm) = &self.norm_after {
                 output = norm.layer_norm(&output)?;
             }
-            return Ok(output);
+            return Ok((output, up));
         }
         if self.adapter_residual_before_ln {
             output = (output + residual)?;
@@ -177,7 +191,7 @@ impl BottleneckAdapter {
         if !self.adapter_residual_before_ln {
             output = (output + residual)?;
         }
-        Ok(output)
+        Ok((output, up))
     }
 
     /// `post_forward`: the original residual and LayerNorm after the adapter(s).

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 
 use candle_core::{Result, Tensor};
 
-use super::BottleneckAdapter;
+use super::{BottleneckAdapter, FusionLayer};
 use crate::composition;
-use crate::context::ForwardContext;
+use crate::context::{ForwardContext, FusionAttention};
 use crate::setup::AdapterSetup;
 use crate::methods::LayerNorm;
 
@@ -18,13 +18,15 @@ pub struct BottleneckSlot {
     /// `...output_adapters` for DistilBERT).
     path: String,
     pub(crate) adapters: BTreeMap<String, BottleneckAdapter>,
+    /// AdapterFusion layers by fusion name (`a,b`).
+    pub(crate) fusions: BTreeMap<String, FusionLayer>,
 }
 
 impl BottleneckSlot {
     /// Wraps the pretrained LayerNorm of a sublayer. `adapter_path` is the module path the
     /// Python library registers the adapters under (use `vb.prefix()`).
     pub fn new(layer_norm: LayerNorm, adapter_path: impl Into<String>) -> Self {
-        BottleneckSlot { layer_norm, path: adapter_path.into(), adapters: BTreeMap::new() }
+        BottleneckSlot { layer_norm, path: adapter_path.into(), adapters: BTreeMap::new(), fusions: BTreeMap::new() }
     }
 
     /// Loads the pretrained LayerNorm from `ln_vb`; adapters are named under `adapter_vb`'s path.
@@ -51,7 +53,7 @@ impl BottleneckSlot {
         let Some(setup) = ctx.setup().filter(|s| s.flatten().iter().any(|n| self.adapters.contains_key(*n))) else {
             return self.layer_norm.forward(&(hidden + residual)?);
         };
-        let state = BnState { hidden: hidden.clone(), input: residual.clone(), residual: residual.clone(), last: None };
+        let state = BnState { hidden: hidden.clone(), input: residual.clone(), residual: residual.clone(), up: None, last: None };
         // A bare name is a one-adapter Stack, as Python parses it.
         let state = match setup {
             AdapterSetup::Single(_) => self.compose_stack(std::slice::from_ref(setup), state, ctx)?,
@@ -74,8 +76,8 @@ impl BottleneckSlot {
     fn compose_single(&self, name: &str, state: BnState, ctx: &ForwardContext) -> Result<BnState> {
         match self.adapters.get(name) {
             Some(adapter) => {
-                let hidden = adapter.forward(&state.hidden, &state.residual, ctx)?;
-                Ok(BnState { hidden, last: Some(name.to_string()), ..state })
+                let (hidden, up) = adapter.forward_with_up(&state.hidden, &state.residual, ctx)?;
+                Ok(BnState { hidden, up: Some(up), last: Some(name.to_string()), ..state })
             }
             None => Ok(state),
         }
@@ -139,20 +141,49 @@ impl BottleneckSlot {
                 }
                 Ok(BnState { hidden: Tensor::cat(&hiddens, 1)?, last, ..state })
             }
-            AdapterSetup::Fuse { .. } => Err(candle_core::Error::Msg(format!(
-                "{setup}: AdapterFusion is not supported by this version yet"
-            ))),
+            AdapterSetup::Fuse { children, .. } => self.compose_fuse(setup, children, state, ctx),
         }
     }
 }
 
+impl BottleneckSlot {
+    /// Python's `compose_fuse`: the last adapter's `pre_forward` gives the query, each child
+    /// runs on the same input, and the fusion layer attends over their up-projections.
+    fn compose_fuse(&self, setup: &AdapterSetup, children: &[AdapterSetup], state: BnState, ctx: &ForwardContext) -> Result<BnState> {
+        let name = setup.fusion_name().unwrap_or_default();
+        let fusion = self.fusions.get(&name).ok_or_else(|| {
+            candle_core::Error::Msg(format!("{setup}: no fusion layer `{name}` at `{}`; add it with add_adapter_fusion", self.path))
+        })?;
+        let last = setup.last().unwrap_or_default().to_string();
+        let last_adapter = self.adapters.get(&last).ok_or_else(|| candle_core::Error::Msg(format!("{setup}: adapter `{last}` has no module at `{}`", self.path)))?;
+        let (hidden, query, residual) = last_adapter.pre_forward_with_query(&state.hidden, &state.input, &self.layer_norm, fusion.config().query_before_ln)?;
+        let state = BnState { hidden, residual, ..state };
+        let mut ups = Vec::with_capacity(children.len());
+        for child in children {
+            let out = self.compose_child(child, state.clone(), ctx)?;
+            if let (Some(up), Some(_)) = (out.up, out.last) {
+                ups.push(up);
+            }
+        }
+        if ups.is_empty() {
+            return Ok(BnState { last: Some(last), ..state });
+        }
+        let ups = Tensor::stack(&ups, 2)?;
+        let (hidden, probs) = fusion.forward(&query, &ups, &state.residual, ctx)?;
+        ctx.record_fusion_attention(FusionAttention { fusion: name, slot: self.path.clone(), layer: 0, location: "", probs });
+        Ok(BnState { hidden, last: Some(last), ..state })
+    }
+}
+
 /// Python's `BottleneckState`: the running hidden states, the sublayer input (`input_tensor`),
-/// the adapter residual, and the last adapter that ran.
+/// the adapter residual, the last adapter's up-projection (for fusion), and the last adapter
+/// that ran.
 #[derive(Clone)]
 struct BnState {
     hidden: Tensor,
     input: Tensor,
     residual: Tensor,
+    up: Option<Tensor>,
     last: Option<String>,
 }
 
@@ -162,6 +193,7 @@ impl BnState {
             hidden: self.hidden.narrow(dim, start, len)?,
             input: self.input.narrow(dim, start, len)?,
             residual: self.residual.narrow(dim, start, len)?,
+            up: self.up.as_ref().map(|u| u.narrow(dim, start, len)).transpose()?,
             last: self.last.clone(),
         })
     }
@@ -172,6 +204,8 @@ impl BnState {
             hidden: join(|s| &s.hidden)?,
             input: join(|s| &s.input)?,
             residual: join(|s| &s.residual)?,
+            // Only a fusion reads `up`; children that ran no adapter here have none.
+            up: states.iter().map(|s| s.up.clone()).collect::<Option<Vec<_>>>().map(|ups| Tensor::cat(&ups, dim)).transpose()?,
             last: states.last().and_then(|s| s.last.clone()),
         })
     }
