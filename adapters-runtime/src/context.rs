@@ -14,6 +14,8 @@ pub struct ForwardContext {
     train: bool,
     dropout_rng: Option<Arc<Mutex<Rng>>>,
     fusion_attentions: Option<Arc<Mutex<Vec<FusionAttention>>>>,
+    /// AdapterDrop: layers where no adapter runs.
+    skip_layers: Option<Arc<[usize]>>,
 }
 
 /// The attention of one AdapterFusion layer over its adapters in one forward.
@@ -39,7 +41,7 @@ impl ForwardContext {
 
     /// The active setup, composed at every slot that holds one of its adapters.
     pub fn with_setup(setup: Option<Arc<AdapterSetup>>, train: bool) -> Self {
-        ForwardContext { setup, train, dropout_rng: None, fusion_attentions: None }
+        ForwardContext { setup, train, dropout_rng: None, fusion_attentions: None, skip_layers: None }
     }
 
     /// Dropout masks come from `rng` (shared, so consecutive forwards continue one stream).
@@ -63,8 +65,22 @@ impl ForwardContext {
         }
     }
 
+    /// AdapterDrop: no adapter runs in these layers.
+    pub fn with_skip_layers(mut self, layers: Option<Arc<[usize]>>) -> Self {
+        self.skip_layers = layers;
+        self
+    }
+
     pub fn setup(&self) -> Option<&AdapterSetup> {
         self.setup.as_deref()
+    }
+
+    /// The setup a slot in layer `layer` runs: none where AdapterDrop skips the layer.
+    pub fn setup_at(&self, layer: usize) -> Option<&AdapterSetup> {
+        match &self.skip_layers {
+            Some(skip) if skip.contains(&layer) => None,
+            _ => self.setup(),
+        }
     }
 
     /// Training mode: dropout on.

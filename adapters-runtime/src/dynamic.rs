@@ -9,7 +9,7 @@ use crate::config::{AdapterConfig, FusionConfig};
 use crate::context::FusionAttention;
 use crate::error::Result;
 use crate::heads::{HeadConfig, HeadSetup, PredictionHead};
-use crate::model::ModelOutput;
+use crate::model::{CombineStrategy, ModelOutput};
 use crate::mixin::{AdaptableModel, EncoderForward, ModelMapping};
 use crate::model::{AdaptedModel, AdapterSummary};
 use crate::setup::AdapterSetup;
@@ -20,6 +20,9 @@ pub trait DynAdaptedModel {
     fn add_adapter(&mut self, name: &str, config: AdapterConfig) -> Result<()>;
     fn delete_adapter(&mut self, name: &str) -> Result<()>;
     fn set_active_adapters(&mut self, setup: AdapterSetup) -> Result<()>;
+    fn set_active_adapters_skipping(&mut self, setup: AdapterSetup, skip_layers: Option<Vec<usize>>) -> Result<()>;
+    fn save_adapter_setup(&self, dir: &Path) -> Result<()>;
+    fn average_adapter(&mut self, name: &str, sources: &[&str], weights: Option<&[f64]>, normalize: bool, strategy: CombineStrategy) -> Result<()>;
     fn deactivate_adapters(&mut self);
     fn active_adapters(&self) -> Option<AdapterSetup>;
     fn train_adapter(&mut self, setup: AdapterSetup) -> Result<Vec<Var>>;
@@ -70,6 +73,15 @@ impl<M: AdaptableModel + EncoderForward> DynAdaptedModel for AdaptedModel<M> {
     }
     fn set_active_adapters(&mut self, setup: AdapterSetup) -> Result<()> {
         AdaptedModel::set_active_adapters(self, setup)
+    }
+    fn set_active_adapters_skipping(&mut self, setup: AdapterSetup, skip_layers: Option<Vec<usize>>) -> Result<()> {
+        AdaptedModel::set_active_adapters_skipping(self, setup, skip_layers)
+    }
+    fn save_adapter_setup(&self, dir: &Path) -> Result<()> {
+        AdaptedModel::save_adapter_setup(self, dir)
+    }
+    fn average_adapter(&mut self, name: &str, sources: &[&str], weights: Option<&[f64]>, normalize: bool, strategy: CombineStrategy) -> Result<()> {
+        AdaptedModel::average_adapter(self, name, sources, weights, normalize, strategy)
     }
     fn deactivate_adapters(&mut self) {
         AdaptedModel::deactivate_adapters(self)

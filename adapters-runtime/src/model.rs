@@ -1,9 +1,11 @@
 //! The model API, written once for every model: add, delete, activate, train, merge, save, load
 //! and summarise adapters by walking the slots that the macros generated.
 
+mod averaging;
 mod fusion;
 mod heads;
 
+pub use averaging::CombineStrategy;
 pub use fusion::{FUSION_CONFIG_NAME, FUSION_WEIGHTS_PICKLE, FUSION_WEIGHTS_SAFE};
 pub use heads::{HeadResult, ModelOutput};
 
@@ -30,6 +32,8 @@ pub const ADAPTER_WEIGHTS_SAFE: &str = "adapter.safetensors";
 pub const ADAPTER_WEIGHTS_PICKLE: &str = "pytorch_adapter.bin";
 /// The `adapters` version whose behaviour and files this runtime follows.
 pub const PYTHON_ADAPTERS_VERSION: &str = "1.3.0";
+/// The file `save_adapter_setup` writes.
+pub const ADAPTER_SETUP_NAME: &str = "adapter_setup.json";
 /// The dropout seed of a new model (`set_seed` changes it).
 pub const DEFAULT_SEED: u64 = 42;
 
@@ -52,6 +56,8 @@ pub struct AdaptedModel<M> {
     /// Base weights as variables, when the model was loaded for full fine-tuning.
     base_vars: Vec<(String, Var)>,
     dropout_rng: Arc<Mutex<Rng>>,
+    /// AdapterDrop: layers where the active adapters do not run.
+    skip_layers: Option<Arc<[usize]>>,
 }
 
 /// One row of [`AdaptedModel::adapter_summary`].
@@ -87,7 +93,7 @@ impl<M: AdaptableModel> AdaptedModel<M> {
     /// `root_prefix` is the prefix its weights were loaded under (`""` or `"bert"`), which adapter
     /// file names do not carry.
     pub fn new(model: M, base_params: usize, root_prefix: impl Into<String>) -> Self {
-        AdaptedModel {
+        let mut adapted = AdaptedModel {
             model,
             configs: BTreeMap::new(),
             active: None,
@@ -100,7 +106,14 @@ impl<M: AdaptableModel> AdaptedModel<M> {
             fusions: BTreeMap::new(),
             base_vars: Vec::new(),
             dropout_rng: Arc::new(Mutex::new(Rng::new(DEFAULT_SEED))),
-        }
+            skip_layers: None,
+        };
+        // Slots learn their layer index once, for AdapterDrop.
+        adapted.each_slot_mut(&mut |layer, slot| match slot {
+            SlotMut::Bottleneck(_, s) => s.layer = layer,
+            SlotMut::Lora(_, s) => s.layer = layer,
+        });
+        adapted
     }
 
     /// Records the base weights as variables (a model loaded for full fine-tuning); see
@@ -286,7 +299,18 @@ impl<M: AdaptableModel> AdaptedModel<M> {
     /// # Ok(()) }
     /// ```
     pub fn set_active_adapters(&mut self, setup: impl Into<AdapterSetup>) -> Result<()> {
+        self.set_active_adapters_skipping(setup, None)
+    }
+
+    /// [`AdaptedModel::set_active_adapters`] with AdapterDrop: no adapter runs in the layers
+    /// `skip_layers` (Python's `set_active_adapters(setup, skip_layers=[...])`; each call sets
+    /// them anew).
+    pub fn set_active_adapters_skipping(&mut self, setup: impl Into<AdapterSetup>, skip_layers: Option<Vec<usize>>) -> Result<()> {
         let setup = setup.into();
+        let layers = self.model.dims().num_hidden_layers;
+        if let Some(bad) = skip_layers.iter().flatten().find(|l| **l >= layers) {
+            return Err(AdapterError::Setup { setup: setup.to_string(), reason: format!("skip_layers names layer {bad}; this model has layers 0..{layers}") });
+        }
         for name in setup.flatten() {
             if !self.configs.contains_key(name) {
                 return Err(AdapterError::Setup { setup: setup.to_string(), reason: format!("no adapter named `{name}` in this model") });
@@ -300,6 +324,7 @@ impl<M: AdaptableModel> AdaptedModel<M> {
         }
         self.active_shared = Some(Arc::new(setup.clone()));
         self.active = Some(setup);
+        self.skip_layers = skip_layers.map(Arc::from);
         Ok(())
     }
 
@@ -342,6 +367,21 @@ impl<M: AdaptableModel> AdaptedModel<M> {
     pub fn deactivate_adapters(&mut self) {
         self.active = None;
         self.active_shared = None;
+    }
+
+    /// Writes the active setup and heads as Python's `save_adapter_setup` does
+    /// (`DIR/adapter_setup.json`: `adapter_setup`, `head_setup`, `version`).
+    pub fn save_adapter_setup(&self, dir: impl AsRef<Path>) -> Result<()> {
+        let dir = dir.as_ref();
+        let setup = self.active.as_ref().ok_or_else(|| AdapterError::InvalidConfig("no adapter setup is active".into()))?;
+        std::fs::create_dir_all(dir).map_err(|e| AdapterError::io(dir, e))?;
+        let file = serde_json::json!({
+            "adapter_setup": setup.to_json(),
+            "head_setup": self.active_head.as_ref().map(HeadSetup::to_json),
+            "version": format!("adapters.{PYTHON_ADAPTERS_VERSION}"),
+        });
+        let text = serde_json::to_string_pretty(&file).expect("JSON values always serialise");
+        crate::io::write_atomic(&dir.join(ADAPTER_SETUP_NAME), text.as_bytes())
     }
 
     pub fn active_adapters(&self) -> Option<&AdapterSetup> {
@@ -624,7 +664,9 @@ impl<M: AdaptableModel> AdaptedModel<M> {
     }
 
     fn context(&self) -> ForwardContext {
-        ForwardContext::with_setup(self.active_shared.clone(), self.training).with_dropout_rng(self.dropout_rng.clone())
+        ForwardContext::with_setup(self.active_shared.clone(), self.training)
+            .with_dropout_rng(self.dropout_rng.clone())
+            .with_skip_layers(self.skip_layers.clone())
     }
 }
 

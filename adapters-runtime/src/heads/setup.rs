@@ -35,6 +35,19 @@ impl HeadSetup {
         }
     }
 
+    /// The `head_setup` of Python's `adapter_setup.json`: a name, a list, or a BatchSplit dict.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            HeadSetup::Single(name) => serde_json::json!(name),
+            HeadSetup::Parallel(heads) => serde_json::json!(heads),
+            HeadSetup::BatchSplit { heads, batch_sizes } => AdapterSetup::BatchSplit {
+                children: heads.iter().map(|h| AdapterSetup::Single(h.clone())).collect(),
+                batch_sizes: batch_sizes.clone(),
+            }
+            .to_json(),
+        }
+    }
+
     pub fn names(&self) -> Vec<&str> {
         match self {
             HeadSetup::Single(name) => vec![name.as_str()],

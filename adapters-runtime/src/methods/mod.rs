@@ -6,6 +6,7 @@ pub mod fused;
 pub mod init;
 pub mod lora;
 mod norm;
+pub mod svd;
 
 pub use norm::LayerNorm;
 

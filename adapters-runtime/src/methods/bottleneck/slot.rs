@@ -20,13 +20,15 @@ pub struct BottleneckSlot {
     pub(crate) adapters: BTreeMap<String, BottleneckAdapter>,
     /// AdapterFusion layers by fusion name (`a,b`).
     pub(crate) fusions: BTreeMap<String, FusionLayer>,
+    /// The index of the layer this slot sits in (set when the model is wrapped; AdapterDrop).
+    pub(crate) layer: usize,
 }
 
 impl BottleneckSlot {
     /// Wraps the pretrained LayerNorm of a sublayer. `adapter_path` is the module path the
     /// Python library registers the adapters under (use `vb.prefix()`).
     pub fn new(layer_norm: LayerNorm, adapter_path: impl Into<String>) -> Self {
-        BottleneckSlot { layer_norm, path: adapter_path.into(), adapters: BTreeMap::new(), fusions: BTreeMap::new() }
+        BottleneckSlot { layer_norm, path: adapter_path.into(), adapters: BTreeMap::new(), fusions: BTreeMap::new(), layer: 0 }
     }
 
     /// Loads the pretrained LayerNorm from `ln_vb`; adapters are named under `adapter_vb`'s path.
@@ -50,7 +52,7 @@ impl BottleneckSlot {
     /// `bottleneck_layer_forward`). With none of the setup's adapters here this is exactly the
     /// original computation.
     pub fn forward(&self, hidden: &Tensor, residual: &Tensor, ctx: &ForwardContext) -> Result<Tensor> {
-        let Some(setup) = ctx.setup().filter(|s| s.flatten().iter().any(|n| self.adapters.contains_key(*n))) else {
+        let Some(setup) = ctx.setup_at(self.layer).filter(|s| s.flatten().iter().any(|n| self.adapters.contains_key(*n))) else {
             return self.layer_norm.forward(&(hidden + residual)?);
         };
         let state = BnState { hidden: hidden.clone(), input: residual.clone(), residual: residual.clone(), up: None, last: None };

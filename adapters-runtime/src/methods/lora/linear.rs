@@ -17,11 +17,13 @@ pub struct LoRALinear {
     pub(crate) loras: BTreeMap<String, LoraModule>,
     /// The merged module's name and the weight before merging (restored exactly on reset).
     merged: Option<(String, Tensor)>,
+    /// The index of the layer this slot sits in (set when the model is wrapped; AdapterDrop).
+    pub(crate) layer: usize,
 }
 
 impl LoRALinear {
     pub fn new(weight: Tensor, bias: Option<Tensor>, path: impl Into<String>) -> Self {
-        LoRALinear { weight, bias, path: path.into(), loras: BTreeMap::new(), merged: None }
+        LoRALinear { weight, bias, path: path.into(), loras: BTreeMap::new(), merged: None, layer: 0 }
     }
 
     /// Loads `weight` (out, in) and `bias` from `vb`, as `candle_nn::linear` does, and records
@@ -62,7 +64,7 @@ impl LoRALinear {
         if self.merged.is_some() {
             return Ok(layer_output);
         }
-        let Some(setup) = ctx.setup().filter(|s| s.flatten().iter().any(|n| self.loras.contains_key(*n))) else {
+        let Some(setup) = ctx.setup_at(self.layer).filter(|s| s.flatten().iter().any(|n| self.loras.contains_key(*n))) else {
             return Ok(layer_output);
         };
         let state = LoraState { input: x.clone(), hidden: None, output: layer_output, last: None };
