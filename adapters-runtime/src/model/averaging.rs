@@ -87,6 +87,11 @@ impl<M: AdaptableModel> AdaptedModel<M> {
             }
             Some(w) => {
                 let sum: f64 = if normalize { w.iter().sum() } else { 1.0 };
+                if sum == 0.0 {
+                    return Err(AdapterError::InvalidConfig(format!(
+                        "the weights {w:?} sum to 0 and cannot be normalised; pass normalize = false to use them as given"
+                    )));
+                }
                 w.iter().map(|x| x / sum).collect()
             }
         };
