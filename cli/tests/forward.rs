@@ -90,11 +90,11 @@ fn errors_are_one_line_and_name_the_problem() {
         (vec!["--model", s(&model), "--inputs", s(&config), "--out", s(&out)], "--inputs"),
         (vec!["--model", s(&model), "--inputs", s(&base), "--out", s(&out)], "`input_ids` is missing"),
         (vec!["--model", s(&model), "--inputs", s(&inputs), "--out", s(&out), "--adapter", &a, "--adapter", &b], "--setup"),
-        (vec!["--model", s(&model), "--inputs", s(&inputs), "--out", s(&out), "--adapter", &a, "--adapter", &b, "--setup", "Fuse[a, b]"], "Fuse (AdapterFusion) is not supported by this version yet"),
+        (vec!["--model", s(&model), "--inputs", s(&inputs), "--out", s(&out), "--adapter", &a, "--adapter", &b, "--setup", "Fuse[a, b]"], "no fusion layer named `a,b`"),
         (vec!["--model", s(&model), "--inputs", s(&inputs), "--out", s(&out), "--adapter", &a, "--setup", "Stack[a, zz]"], "no adapter named `zz`"),
         (vec!["--model", s(&model), "--inputs", s(&inputs), "--out", s(&out), "--adapter", &a, "--merge", "a"], "cannot be merged"),
         (vec!["--model", s(&model), "--inputs", s(&inputs), "--out", s(&out), "--adapter", s(&foreign)], "does not belong to adapter"),
-        (vec!["--model", s(&model), "--inputs", s(&inputs), "--out", s(&out), "--fusion", s(&bert)], "AdapterFusion"),
+        (vec!["--model", s(&model), "--inputs", s(&inputs), "--out", s(&out), "--fusion", s(&bert)], "adapter_fusion_config.json"),
     ];
     for (args, needle) in cases {
         let (ok, stderr) = run(&args);
@@ -121,4 +121,33 @@ fn adapter_with_head_adds_logits_matching_python() {
             assert!(diff <= TOLERANCE, "{case}/{key}: max |diff| {diff:e}");
         }
     }
+}
+
+#[test]
+fn composition_blocks_heads_and_fusion_from_the_command_line() {
+    // Parallel with a head per channel: `logits.<head>` per head, rows grouped by channel.
+    let case = fixtures().join("composition/bert/heads_parallel");
+    let model_dir = adapters_tests::checkpoint_with("cli-heads", &tiny("bert").join("model"), Some(&fixtures().join("heads/bert/pooler.safetensors")), &[]);
+    let inputs = tiny("bert").join("inputs.safetensors");
+    let out = out_file("parallel_heads.safetensors");
+    let (a, b) = (format!("a={}", s(&case.join("a"))), format!("b={}", s(&case.join("b"))));
+    let (ok, stderr) = run(&["--model", s(&model_dir), "--inputs", s(&inputs), "--out", s(&out), "--adapter", &a, "--adapter", &b, "--setup", s(&case.join("adapter_setup.json"))]);
+    assert!(ok, "{stderr}");
+    let got = adapters_tests::read(&out);
+    let want = adapters_tests::read(&case.join("output.safetensors"));
+    for key in ["last_hidden_state", "logits.a", "logits.b"] {
+        let diff = max_abs_diff(&got[key], &want[key]);
+        assert!(diff <= TOLERANCE, "{key}: {diff:e}");
+    }
+    // Fuse with a fusion folder written by Python.
+    let case = fixtures().join("composition/roberta/fuse_static");
+    let out = out_file("fuse.safetensors");
+    let (a, b) = (format!("a={}", s(&case.join("a"))), format!("b={}", s(&case.join("b"))));
+    let (ok, stderr) = run(&[
+        "--model", s(&tiny("roberta").join("model")), "--inputs", s(&tiny("roberta").join("inputs.safetensors")), "--out", s(&out),
+        "--adapter", &a, "--adapter", &b, "--fusion", s(&case.join("fusion")), "--setup", "Fuse[a, b]",
+    ]);
+    assert!(ok, "{stderr}");
+    let diff = max_abs_diff(&expected(&out), &expected(&case.join("output.safetensors")));
+    assert!(diff <= TOLERANCE, "fuse: {diff:e}");
 }
