@@ -5,6 +5,7 @@
 # adapters trained in Python (committed fixtures), as the foundation job did.
 #
 #   EPOCHS=3 scripts/run.sh   # the full protocol of docs/results.md (default 1 epoch)
+#   LIMIT=64 scripts/run.sh   # a smoke run on the first 64 training sentences
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model="$(scripts/fetch_minilm.sh)"
@@ -16,7 +17,7 @@ export MALLOC_MMAP_THRESHOLD_=1000000000 MALLOC_TRIM_THRESHOLD_=1000000000
 mkdir -p out
 "$bin" train --model "$model" --train data/mr/train.tsv --dev data/mr/dev.tsv --test data/mr/test.tsv \
   --method seq_bn --lr 1e-4 --epochs "${EPOCHS:-1}" --batch-size 32 --max-length 64 --seed 42 \
-  --name mr --out out/mr_seq_bn
+  --name mr --out out/mr_seq_bn ${LIMIT:+--limit "$LIMIT"}
 "$bin" predict --model "$model" --adapter out/mr_seq_bn \
   "a gorgeous, witty, seductive movie." \
   "the plot is nothing but boilerplate clichés from start to finish."

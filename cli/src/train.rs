@@ -177,7 +177,8 @@ pub fn train(args: TrainArgs) -> Result<(), String> {
         vars.iter().map(|v| v.elem_count()).sum::<usize>()
     );
     let report = train_classifier(model.as_mut(), vars, &encoder, &train_set, dev_set.as_ref(), &cfg).map_err(|e| e.to_string())?;
-    for e in &report.epochs {
+    // Without --quiet the trainer already printed each epoch as it ended.
+    for e in report.epochs.iter().filter(|_| args.quiet) {
         println!(
             "epoch {}: train loss {:.4}, {:.1} s, {:.1} examples/s{}",
             e.epoch,

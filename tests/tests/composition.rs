@@ -154,9 +154,14 @@ fn fusion_files_round_trip_and_train() {
     let vars = model.train_adapter_fusion(setup.clone(), false).unwrap();
     let fusion_count: usize = ours.iter().map(|_| 1).sum();
     assert_eq!(vars.len(), fusion_count);
-    // The regularisation loss pulls the value matrices towards the identity.
-    let reg = model.fusion_regularization_loss().unwrap().unwrap().to_scalar::<f32>().unwrap();
-    assert!(reg > 0.0, "perturbed value matrices are not the identity");
+    // The regularisation loss pulls the value matrices towards the identity, and every fusion
+    // variable gets a gradient through the fused forward.
+    let reg = model.fusion_regularization_loss().unwrap().unwrap();
+    assert!(reg.to_scalar::<f32>().unwrap() > 0.0, "perturbed value matrices are not the identity");
+    model.set_training(false);
+    let loss = (model.forward(&ids, &mask).unwrap().sqr().unwrap().mean_all().unwrap() + reg).unwrap();
+    let grads = loss.backward().unwrap();
+    assert!(vars.iter().all(|v| grads.get(v.as_tensor()).is_some()), "every fusion variable is trained");
     // A Fuse block without its fusion layer names what is missing.
     model.delete_adapter_fusion("a,b").unwrap();
     let err = model.set_active_adapters(setup).unwrap_err().to_string();
