@@ -30,15 +30,7 @@ pub(crate) fn row_ranges(setup: &AdapterSetup, rows: usize) -> Result<Vec<(usize
                     "{setup}: the batch has {rows} rows, which is not the sum of batch_sizes {batch_sizes:?} ({total})"
                 )));
             }
-            let mut start = 0;
-            Ok(batch_sizes
-                .iter()
-                .map(|&len| {
-                    let range = (start, len);
-                    start += len;
-                    range
-                })
-                .collect())
+            Ok(consecutive(batch_sizes))
         }
         other => Err(Error::Msg(format!("{other} does not split the batch"))),
     }
@@ -52,15 +44,19 @@ pub(crate) fn split_ranges(splits: &[usize], positions: usize, setup: &AdapterSe
             "{setup}: the input has sequence length {positions}, which is not the sum of splits {splits:?} ({total})"
         )));
     }
+    Ok(consecutive(splits))
+}
+
+/// `(start, len)` of consecutive parts of the given lengths.
+pub(crate) fn consecutive(lengths: &[usize]) -> Vec<(usize, usize)> {
     let mut start = 0;
-    Ok(splits
+    lengths
         .iter()
         .map(|&len| {
-            let range = (start, len);
             start += len;
-            range
+            (start - len, len)
         })
-        .collect())
+        .collect()
 }
 
 /// `sum_i w_i x_i / N`: Python's `torch.mean(stack(x) * weights, 0)`, which divides by the

@@ -155,6 +155,11 @@ pub trait EncoderForward {
         None
     }
 
+    /// Whether `pooled_output` gives an output (checked when a `use_pooler` head is added).
+    fn has_pooler(&self) -> bool {
+        false
+    }
+
     /// The input embedding matrix `[vocab, hidden]`, which masked LM heads tie their decoder to.
     fn input_embeddings(&self) -> Option<&candle_core::Tensor> {
         None

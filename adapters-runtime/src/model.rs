@@ -43,9 +43,8 @@ pub const DEFAULT_SEED: u64 = 42;
 pub struct AdaptedModel<M> {
     model: M,
     configs: BTreeMap<String, AdapterConfig>,
-    active: Option<AdapterSetup>,
-    /// The active setup as forwards see it (shared with every forward's context).
-    active_shared: Option<Arc<AdapterSetup>>,
+    /// The active setup, shared with every forward's context.
+    active: Option<Arc<AdapterSetup>>,
     training: bool,
     base_params: usize,
     root_prefix: String,
@@ -97,7 +96,6 @@ impl<M: AdaptableModel> AdaptedModel<M> {
             model,
             configs: BTreeMap::new(),
             active: None,
-            active_shared: None,
             training: false,
             base_params,
             root_prefix: root_prefix.into(),
@@ -141,8 +139,14 @@ impl<M: AdaptableModel> AdaptedModel<M> {
         self.deactivate_adapters();
         self.training = true;
         let mut vars: Vec<Var> = self.base_vars.iter().map(|(_, v)| v.clone()).collect();
-        vars.extend(self.heads.values().flat_map(|h| h.params().iter().map(|p| p.var.clone())));
+        vars.extend(self.head_vars());
         Ok(vars)
+    }
+
+    /// Every head's variables: trainable alongside adapters, fusion layers or the full model
+    /// (Python freezes only the base model).
+    fn head_vars(&self) -> impl Iterator<Item = Var> + '_ {
+        self.heads.values().flat_map(|h| h.params().iter().map(|p| p.var.clone()))
     }
 
     /// Base weights by their checkpoint names (empty unless loaded as trainable).
@@ -322,8 +326,7 @@ impl<M: AdaptableModel> AdaptedModel<M> {
         if let Some(heads) = HeadSetup::from_setup(&setup).filter(|h| h.names().iter().all(|n| self.heads.contains_key(*n))) {
             self.active_head = Some(heads);
         }
-        self.active_shared = Some(Arc::new(setup.clone()));
-        self.active = Some(setup);
+        self.active = Some(Arc::new(setup));
         self.skip_layers = skip_layers.map(Arc::from);
         Ok(())
     }
@@ -366,7 +369,6 @@ impl<M: AdaptableModel> AdaptedModel<M> {
     /// Deactivates all adapters: the model computes its original function.
     pub fn deactivate_adapters(&mut self) {
         self.active = None;
-        self.active_shared = None;
     }
 
     /// Writes the active setup and heads as Python's `save_adapter_setup` does
@@ -385,7 +387,7 @@ impl<M: AdaptableModel> AdaptedModel<M> {
     }
 
     pub fn active_adapters(&self) -> Option<&AdapterSetup> {
-        self.active.as_ref()
+        self.active.as_deref()
     }
 
     /// Activates `setup`, switches to training mode, and returns exactly the trainable variables:
@@ -400,7 +402,7 @@ impl<M: AdaptableModel> AdaptedModel<M> {
         for name in &names {
             vars.extend(self.named_params(name)?.into_iter().map(|(_, v)| v));
         }
-        vars.extend(self.heads.values().flat_map(|h| h.params().iter().map(|p| p.var.clone())));
+        vars.extend(self.head_vars());
         Ok(vars)
     }
 
@@ -664,7 +666,7 @@ impl<M: AdaptableModel> AdaptedModel<M> {
     }
 
     fn context(&self) -> ForwardContext {
-        ForwardContext::with_setup(self.active_shared.clone(), self.training)
+        ForwardContext::with_setup(self.active.clone(), self.training)
             .with_dropout_rng(self.dropout_rng.clone())
             .with_skip_layers(self.skip_layers.clone())
     }
@@ -681,7 +683,7 @@ impl<M: AdaptableModel + EncoderForward> AdaptedModel<M> {
 
     /// A Parallel setup runs every channel on its own copy of the batch.
     pub(crate) fn replicate_for_parallel(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<(Tensor, Tensor)> {
-        let channels = self.active.as_ref().map_or(1, AdapterSetup::parallel_channels);
+        let channels = self.active.as_deref().map_or(1, AdapterSetup::parallel_channels);
         if channels <= 1 {
             return Ok((input_ids.clone(), attention_mask.clone()));
         }

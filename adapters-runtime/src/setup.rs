@@ -270,6 +270,15 @@ impl AdapterSetup {
         }
     }
 
+    /// Whether any adapter of the setup satisfies `f` (no allocation: slots ask this on every
+    /// forward).
+    pub fn any_adapter(&self, f: &impl Fn(&str) -> bool) -> bool {
+        match self {
+            AdapterSetup::Single(name) => f(name),
+            other => other.children().iter().any(|c| c.any_adapter(f)),
+        }
+    }
+
     /// The first adapter (Python's `first()`): its `pre_forward` opens a block.
     pub fn first(&self) -> Option<&str> {
         match self {
@@ -491,7 +500,8 @@ mod tests {
     #[test]
     fn nesting_rules_follow_python() {
         for ok in ["a", "Stack[a, Parallel[b, c]]", "Parallel[Stack[a, b], c]", "BatchSplit[Stack[a, b], c, batch_sizes=[1, 1]]", "Fuse[a, Stack[b, c]]"] {
-            AdapterSetup::parse(ok).unwrap().validate().unwrap_or_else(|e| panic!("{ok}: {e}"));
+            let checked = AdapterSetup::parse(ok).and_then(|s| s.validate());
+            assert!(checked.is_ok(), "{ok}: {checked:?}");
         }
         let err = AdapterSetup::parse("Stack[a, Stack[b, c]]").unwrap().validate().unwrap_err().to_string();
         assert!(err.contains("cannot nest Stack inside Stack"), "{err}");

@@ -271,6 +271,10 @@ impl EncoderForward for BertModel {
         self.encoder.forward(&embeddings, attention_mask, ctx)
     }
 
+    fn has_pooler(&self) -> bool {
+        self.pooler.is_some()
+    }
+
     fn pooled_output(&self, last_hidden_state: &Tensor) -> Option<Result<Tensor>> {
         self.pooler.as_ref().map(|p| p.forward(last_hidden_state))
     }

@@ -57,6 +57,10 @@ impl EncoderForward for RobertaModel {
         self.encoder.forward(&embeddings, attention_mask, ctx)
     }
 
+    fn has_pooler(&self) -> bool {
+        self.pooler.is_some()
+    }
+
     fn pooled_output(&self, last_hidden_state: &Tensor) -> Option<Result<Tensor>> {
         self.pooler.as_ref().map(|p| p.forward(last_hidden_state))
     }

@@ -94,7 +94,7 @@ impl HeadConfig {
             "bias": true,
             "dropout_prob": null,
         });
-        Self::from_value(raw).expect("built-in head config is valid")
+        Self::built(head_type, raw)
     }
 
     /// `add_tagging_head` (`tagging`) or `add_qa_head` (`question_answering`, two labels: start, end).
@@ -107,7 +107,7 @@ impl HeadConfig {
             "label2id": labels_map(id2label, num_labels),
             "dropout_prob": null,
         });
-        Self::from_value(raw).expect("built-in head config is valid")
+        Self::built(head_type, raw)
     }
 
     /// `add_multiple_choice_head(num_choices, layers, activation_function)`.
@@ -121,7 +121,7 @@ impl HeadConfig {
             "use_pooler": false,
             "dropout_prob": null,
         });
-        Self::from_value(raw).expect("built-in head config is valid")
+        Self::built(HeadType::MultipleChoice, raw)
     }
 
     /// `add_masked_lm_head`: dense, activation, LayerNorm, then a decoder tied to the input
@@ -138,7 +138,17 @@ impl HeadConfig {
             "shift_labels": false,
             "label2id": null,
         });
-        Self::from_value(raw).expect("built-in head config is valid")
+        Self::built(HeadType::MaskedLm, raw)
+    }
+
+    /// A config the constructors build: the keys are right by construction; the activation name
+    /// is checked when the head is built.
+    fn built(head_type: HeadType, raw: Value) -> Self {
+        let raw = match raw {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        };
+        HeadConfig { head_type, raw }
     }
 
     /// Reads a config object (`head_config.json`'s `config`), checking the keys its type needs.

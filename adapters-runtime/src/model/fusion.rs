@@ -165,7 +165,7 @@ impl<M: AdaptableModel> AdaptedModel<M> {
                 vars.extend(self.named_params(name)?.into_iter().map(|(_, v)| v));
             }
         }
-        vars.extend(self.heads.values().flat_map(|h| h.params().iter().map(|p| p.var.clone())));
+        vars.extend(self.head_vars());
         Ok(vars)
     }
 

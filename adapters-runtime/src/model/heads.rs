@@ -105,7 +105,7 @@ impl<M: AdaptableModel + EncoderForward> AdaptedModel<M> {
         if name.is_empty() || name.contains('.') {
             return Err(AdapterError::InvalidConfig(format!("head name `{name}` may not be empty or contain `.`")));
         }
-        if config.use_pooler() && self.model.pooled_output(&Tensor::zeros((1, 1, self.model.dims().hidden_size), candle_core::DType::F32, &candle_core::Device::Cpu)?).is_none() {
+        if config.use_pooler() && !self.model.has_pooler() {
             return Err(AdapterError::InvalidConfig(format!(
                 "head `{name}` sets use_pooler, but this {} model has no pooler; use the first token instead (use_pooler = false)",
                 M::MAPPING.model_type
@@ -183,7 +183,7 @@ impl<M: AdaptableModel + EncoderForward> AdaptedModel<M> {
             let ranges: Vec<(usize, usize)> = match setup {
                 HeadSetup::Single(_) => vec![(0, rows)],
                 HeadSetup::Parallel(heads) => {
-                    let channels = self.active.as_ref().map_or(1, AdapterSetup::parallel_channels);
+                    let channels = self.active.as_deref().map_or(1, AdapterSetup::parallel_channels);
                     if heads.len() != channels {
                         return Err(AdapterError::Setup {
                             setup: format!("heads {heads:?}"),
@@ -199,11 +199,7 @@ impl<M: AdaptableModel + EncoderForward> AdaptedModel<M> {
                             reason: format!("batch_sizes {batch_sizes:?} do not add up to the batch of {rows} rows"),
                         });
                     }
-                    let mut start = 0;
-                    batch_sizes.iter().map(|&n| {
-                        start += n;
-                        (start - n, n)
-                    }).collect()
+                    crate::composition::consecutive(batch_sizes)
                 }
             };
             for (name, (start, len)) in names.into_iter().zip(ranges) {

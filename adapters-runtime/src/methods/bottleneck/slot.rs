@@ -52,7 +52,7 @@ impl BottleneckSlot {
     /// `bottleneck_layer_forward`). With none of the setup's adapters here this is exactly the
     /// original computation.
     pub fn forward(&self, hidden: &Tensor, residual: &Tensor, ctx: &ForwardContext) -> Result<Tensor> {
-        let Some(setup) = ctx.setup_at(self.layer).filter(|s| s.flatten().iter().any(|n| self.adapters.contains_key(*n))) else {
+        let Some(setup) = ctx.setup_at(self.layer).filter(|s| s.any_adapter(&|n| self.adapters.contains_key(n))) else {
             return self.layer_norm.forward(&(hidden + residual)?);
         };
         let state = BnState { hidden: hidden.clone(), input: residual.clone(), residual: residual.clone(), up: None, last: None };

@@ -64,7 +64,7 @@ impl LoRALinear {
         if self.merged.is_some() {
             return Ok(layer_output);
         }
-        let Some(setup) = ctx.setup_at(self.layer).filter(|s| s.flatten().iter().any(|n| self.loras.contains_key(*n))) else {
+        let Some(setup) = ctx.setup_at(self.layer).filter(|s| s.any_adapter(&|n| self.loras.contains_key(n))) else {
             return Ok(layer_output);
         };
         let state = LoraState { input: x.clone(), hidden: None, output: layer_output, last: None };
@@ -110,7 +110,7 @@ impl LoRALinear {
                 Ok(LoraState { hidden, last, ..state })
             }
             AdapterSetup::Fuse { .. } | AdapterSetup::Split { .. } => {
-                if setup.flatten().iter().any(|n| self.loras.contains_key(*n)) {
+                if setup.any_adapter(&|n| self.loras.contains_key(n)) {
                     return Err(candle_core::Error::Msg(format!(
                         "{setup}: LoRA-family adapters compose with Stack, Parallel, BatchSplit and Average only"
                     )));
