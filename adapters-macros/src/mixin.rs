@@ -10,8 +10,10 @@ use crate::ast::{self, FieldPath, Value};
 use crate::expand::Errors;
 use crate::suggest::hint;
 
-const GROUPS: &[&str] = &["lora", "bottleneck"];
-const LATER_GROUPS: &[&str] = &["prefix", "prompt", "reft", "invertible", "embedding"];
+const GROUPS: &[&str] = &["lora", "bottleneck", "prefix", "reft"];
+const LATER_GROUPS: &[&str] = &["invertible"];
+/// Where prompt tuning goes instead: a model-level mark.
+const MODEL_LEVEL_GROUPS: &[&str] = &["prompt", "embedding", "embeddings"];
 const LORA_KEYS: &[(&str, &str)] = &[
     ("q", "Query"),
     ("k", "Key"),
@@ -20,15 +22,18 @@ const LORA_KEYS: &[(&str, &str)] = &[
     ("output", "Output"),
 ];
 const BOTTLENECK_KEYS: &[(&str, &str)] = &[("mh_adapter", "MhAdapter"), ("output_adapter", "OutputAdapter")];
+const REFT_KEYS: &[(&str, &str)] = &[("output", "Output")];
 
 enum Family {
     Lora,
     Bottleneck,
+    Prefix,
+    Reft,
 }
 
 struct Mark {
     family: Family,
-    location: &'static str,
+    location: String,
     variant: &'static str,
     path: FieldPath,
 }
@@ -54,6 +59,16 @@ fn parse_marks(args: TokenStream, strukt: &syn::ItemStruct) -> syn::Result<Vec<M
         let (family, keys) = match name.as_str() {
             "lora" => (Family::Lora, LORA_KEYS),
             "bottleneck" => (Family::Bottleneck, BOTTLENECK_KEYS),
+            // Prefix location keys are the model's own (`self_prefix`, `cross_prefix`, `self`).
+            "prefix" => (Family::Prefix, &[][..]),
+            "reft" => (Family::Reft, REFT_KEYS),
+            other if MODEL_LEVEL_GROUPS.contains(&other) => {
+                errors.push(syn::Error::new(
+                    group.name.span(),
+                    format!("`{other}` is not a layer insertion point; mark the embeddings slot on the model instead: `#[with_adapters(..., embeddings = embeddings.adapters)]`"),
+                ));
+                continue;
+            }
             other if LATER_GROUPS.contains(&other) => {
                 errors.push(syn::Error::new(group.name.span(), format!("`{other}` insertion points are not supported by this version yet (allowed: {})", GROUPS.join(", "))));
                 continue;
@@ -66,7 +81,11 @@ fn parse_marks(args: TokenStream, strukt: &syn::ItemStruct) -> syn::Result<Vec<M
         let names: Vec<&str> = keys.iter().map(|(k, _)| *k).collect();
         for entry in &group.entries {
             let key = entry.key.to_string();
-            let Some((location, variant)) = keys.iter().find(|(k, _)| *k == key) else {
+            let found = match family {
+                Family::Prefix => Some((key.clone(), "")),
+                _ => keys.iter().find(|(k, _)| *k == key).map(|(k, v)| (k.to_string(), *v)),
+            };
+            let Some((location, variant)) = found else {
                 errors.push(syn::Error::new(entry.key.span(), format!("unknown {name} location `{key}`{}", hint(&key, &names))));
                 continue;
             };
@@ -94,6 +113,8 @@ fn parse_marks(args: TokenStream, strukt: &syn::ItemStruct) -> syn::Result<Vec<M
             let family = match family {
                 Family::Lora => Family::Lora,
                 Family::Bottleneck => Family::Bottleneck,
+                Family::Prefix => Family::Prefix,
+                Family::Reft => Family::Reft,
             };
             marks.push(Mark { family, location, variant, path: path.clone() });
         }
@@ -112,21 +133,35 @@ pub(crate) fn expand(args: TokenStream, strukt: &syn::ItemStruct) -> syn::Result
         let family = match m.family {
             Family::Lora => quote!(#rt::SlotFamily::Lora),
             Family::Bottleneck => quote!(#rt::SlotFamily::Bottleneck),
+            Family::Prefix => quote!(#rt::SlotFamily::Prefix),
+            Family::Reft => quote!(#rt::SlotFamily::Reft),
         };
-        let (location, field) = (m.location, m.path.dotted());
+        let (location, field) = (m.location.as_str(), m.path.dotted());
         quote!(#rt::SlotSpec { family: #family, location: #location, field: #field })
     });
     let mut visit = Vec::new();
     let mut visit_mut = Vec::new();
     for m in &marks {
         let path = &m.path;
-        let variant = syn::Ident::new(m.variant, proc_macro2::Span::call_site());
         let span = m.path.span();
+        if let Family::Prefix = m.family {
+            let location = m.location.as_str();
+            visit.push(quote_spanned!(span=> f(#rt::SlotRef::Prefix(#location, #rt::assert::prefix(&self.#path)));));
+            visit_mut.push(quote_spanned!(span=> f(#rt::SlotMut::Prefix(#location, #rt::assert::prefix_mut(&mut self.#path)));));
+            continue;
+        }
+        if let Family::Reft = m.family {
+            visit.push(quote_spanned!(span=> f(#rt::SlotRef::Reft(#rt::assert::reft(&self.#path)));));
+            visit_mut.push(quote_spanned!(span=> f(#rt::SlotMut::Reft(#rt::assert::reft_mut(&mut self.#path)));));
+            continue;
+        }
+        let variant = syn::Ident::new(m.variant, proc_macro2::Span::call_site());
         match m.family {
             Family::Lora => {
                 visit.push(quote_spanned!(span=> f(#rt::SlotRef::Lora(#rt::LoraLocation::#variant, #rt::assert::lora(&self.#path)));));
                 visit_mut.push(quote_spanned!(span=> f(#rt::SlotMut::Lora(#rt::LoraLocation::#variant, #rt::assert::lora_mut(&mut self.#path)));));
             }
+            Family::Prefix | Family::Reft => {}
             Family::Bottleneck => {
                 visit.push(quote_spanned!(span=> f(#rt::SlotRef::Bottleneck(#rt::BottleneckLocation::#variant, #rt::assert::bottleneck(&self.#path)));));
                 visit_mut.push(quote_spanned!(span=> f(#rt::SlotMut::Bottleneck(#rt::BottleneckLocation::#variant, #rt::assert::bottleneck_mut(&mut self.#path)));));

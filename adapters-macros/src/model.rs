@@ -8,12 +8,12 @@ use crate::ast::{self, FieldPath, Value};
 use crate::expand::Errors;
 use crate::suggest::hint;
 
-const KEYS: &[&str] = &["model_type", "layers", "layer_mixin", "config", "layer_type"];
+const KEYS: &[&str] = &["model_type", "layers", "layer_mixin", "config", "layer_type", "embeddings"];
 
 pub(crate) fn expand(args: TokenStream, strukt: &syn::ItemStruct) -> syn::Result<TokenStream> {
     let entries = ast::parse_key_values(args)?;
     let mut errors = Errors::default();
-    let (mut model_type, mut layers, mut layer_mixin, mut config, mut layer_type) = (None, None, None, None, None);
+    let (mut model_type, mut layers, mut layer_mixin, mut config, mut layer_type, mut embeddings) = (None, None, None, None, None, None);
     for entry in &entries {
         let key = entry.key.to_string();
         let slot = match key.as_str() {
@@ -22,6 +22,7 @@ pub(crate) fn expand(args: TokenStream, strukt: &syn::ItemStruct) -> syn::Result
             "layer_mixin" => &mut layer_mixin,
             "config" => &mut config,
             "layer_type" => &mut layer_type,
+            "embeddings" => &mut embeddings,
             other => {
                 errors.push(syn::Error::new(entry.key.span(), format!("unknown `with_adapters` argument `{other}`{}", hint(other, KEYS))));
                 continue;
@@ -73,6 +74,11 @@ pub(crate) fn expand(args: TokenStream, strukt: &syn::ItemStruct) -> syn::Result
         }
         None => None,
     };
+    // Optional: the `EmbeddingSlot` after the embeddings (prompt tuning).
+    let embeddings = match embeddings {
+        None => None,
+        some => path_arg(&mut errors, strukt, some, "embeddings", || syn::Error::new(ident.span(), "`embeddings` needs a field path")),
+    };
     if let Some(config) = &config {
         if config.segments.len() != 1 {
             errors.push(syn::Error::new(config.span(), "`config` names a field of this struct directly, e.g. `config = config`"));
@@ -112,6 +118,21 @@ pub(crate) fn expand(args: TokenStream, strukt: &syn::ItemStruct) -> syn::Result
     let layers_span = layers.span();
     let layers_ref = quote_spanned!(layers_span=> ::std::iter::IntoIterator::into_iter(&self.#layers).collect());
     let layers_mut = quote_spanned!(layers_span=> ::std::iter::IntoIterator::into_iter(&mut self.#layers).collect());
+    let has_embedding_slot = embeddings.is_some();
+    let embedding_fns = match &embeddings {
+        Some(path) => {
+            let span = path.span();
+            quote_spanned! {span=>
+                fn embedding_slot(&self) -> ::std::option::Option<&::adapters_runtime::EmbeddingSlot> {
+                    ::std::option::Option::Some(#rt::assert::embedding(&self.#path))
+                }
+                fn embedding_slot_mut(&mut self) -> ::std::option::Option<&mut ::adapters_runtime::EmbeddingSlot> {
+                    ::std::option::Option::Some(#rt::assert::embedding_mut(&mut self.#path))
+                }
+            }
+        }
+        None => quote!(),
+    };
     Ok(quote! {
         impl #impl_generics #rt::AdaptableModel for #ident #ty_generics #where_clause {
             type Layer = #mixin_ty;
@@ -122,6 +143,7 @@ pub(crate) fn expand(args: TokenStream, strukt: &syn::ItemStruct) -> syn::Result
                 layer_type: #layer_type,
                 layer_mixin: <#mixin_ty as #rt::AdapterMixin>::MIXIN,
                 config_keys: <#config_ty as #rt::AdapterModelConfig>::KEY_MAPPING,
+                has_embedding_slot: #has_embedding_slot,
             };
             fn dims(&self) -> #rt::ModelDims {
                 #rt::AdapterModelConfig::dims(&self.#config_field)
@@ -132,6 +154,7 @@ pub(crate) fn expand(args: TokenStream, strukt: &syn::ItemStruct) -> syn::Result
             fn layers_mut(&mut self) -> ::std::vec::Vec<&mut #mixin_ty> {
                 #layers_mut
             }
+            #embedding_fns
         }
         #alias_item
     })

@@ -16,6 +16,10 @@ pub struct ForwardContext {
     fusion_attentions: Option<Arc<Mutex<Vec<FusionAttention>>>>,
     /// AdapterDrop: layers where no adapter runs.
     skip_layers: Option<Arc<[usize]>>,
+    /// The prefixes of the active prefix-tuning adapters, computed once per forward.
+    prefix_states: Option<Arc<crate::methods::prefix::PrefixStates>>,
+    /// `(offset of the first real token, number of real tokens)` per batch row (ReFT positions).
+    sequence_rows: Option<Arc<[(usize, usize)]>>,
 }
 
 /// The attention of one AdapterFusion layer over its adapters in one forward.
@@ -41,7 +45,7 @@ impl ForwardContext {
 
     /// The active setup, composed at every slot that holds one of its adapters.
     pub fn with_setup(setup: Option<Arc<AdapterSetup>>, train: bool) -> Self {
-        ForwardContext { setup, train, dropout_rng: None, fusion_attentions: None, skip_layers: None }
+        ForwardContext { setup, train, ..Default::default() }
     }
 
     /// Dropout masks come from `rng` (shared, so consecutive forwards continue one stream).
@@ -69,6 +73,28 @@ impl ForwardContext {
     pub fn with_skip_layers(mut self, layers: Option<Arc<[usize]>>) -> Self {
         self.skip_layers = layers;
         self
+    }
+
+    /// The prefix states of this forward (adapter -> location key -> prefixes).
+    pub fn with_prefix_states(mut self, states: Option<Arc<crate::methods::prefix::PrefixStates>>) -> Self {
+        self.prefix_states = states;
+        self
+    }
+
+    /// `[n_layers * 2, batch, heads, prefix_length, head_dim]` of one adapter at one location.
+    pub fn prefix_states(&self, adapter: &str, location: &str) -> Option<&candle_core::Tensor> {
+        self.prefix_states.as_ref()?.get(adapter)?.get(location)
+    }
+
+    /// Where each row's real tokens are, read from the attention mask.
+    pub fn with_sequence_rows(mut self, rows: Option<Arc<[(usize, usize)]>>) -> Self {
+        self.sequence_rows = rows;
+        self
+    }
+
+    /// `(offset, length)` of the real tokens of each row, when the forward recorded them.
+    pub fn sequence_rows(&self) -> Option<&[(usize, usize)]> {
+        self.sequence_rows.as_deref()
     }
 
     pub fn setup(&self) -> Option<&AdapterSetup> {

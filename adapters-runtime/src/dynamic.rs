@@ -18,6 +18,9 @@ use crate::setup::AdapterSetup;
 pub trait DynAdaptedModel {
     fn mapping(&self) -> ModelMapping;
     fn add_adapter(&mut self, name: &str, config: AdapterConfig) -> Result<()>;
+    fn add_prompt_adapter_from_ids(&mut self, name: &str, config: AdapterConfig, prompt_ids: &[u32]) -> Result<()>;
+    fn eject_prefix_tuning(&mut self, name: &str) -> Result<()>;
+    fn adapter_config(&self, name: &str) -> Option<AdapterConfig>;
     fn delete_adapter(&mut self, name: &str) -> Result<()>;
     fn set_active_adapters(&mut self, setup: AdapterSetup) -> Result<()>;
     fn set_active_adapters_skipping(&mut self, setup: AdapterSetup, skip_layers: Option<Vec<usize>>) -> Result<()>;
@@ -70,6 +73,15 @@ impl<M: AdaptableModel + EncoderForward> DynAdaptedModel for AdaptedModel<M> {
     }
     fn delete_adapter(&mut self, name: &str) -> Result<()> {
         AdaptedModel::delete_adapter(self, name)
+    }
+    fn add_prompt_adapter_from_ids(&mut self, name: &str, config: AdapterConfig, prompt_ids: &[u32]) -> Result<()> {
+        AdaptedModel::add_prompt_adapter_from_ids(self, name, config, prompt_ids)
+    }
+    fn eject_prefix_tuning(&mut self, name: &str) -> Result<()> {
+        AdaptedModel::eject_prefix_tuning(self, name)
+    }
+    fn adapter_config(&self, name: &str) -> Option<AdapterConfig> {
+        AdaptedModel::adapter_config(self, name).cloned()
     }
     fn set_active_adapters(&mut self, setup: AdapterSetup) -> Result<()> {
         AdaptedModel::set_active_adapters(self, setup)

@@ -26,12 +26,15 @@ pub mod setup;
 pub mod training;
 
 pub use adapters_macros::{adapter_config, adapter_mixin, with_adapters};
-pub use config::{AdapterConfig, AdapterFile, BnConfig, LoRAConfig};
+pub use config::{AdapterConfig, AdapterFile, BnConfig, LoRAConfig, PrefixTuningConfig, PromptTuningConfig};
 pub use context::{ForwardContext, FusionAttention};
 pub use dynamic::DynAdaptedModel;
 pub use error::{AdapterError, Result};
 pub use methods::bottleneck::BottleneckSlot;
 pub use methods::lora::LoRALinear;
+pub use methods::prefix::{PrefixPadding, PrefixSlot};
+pub use methods::prompt::EmbeddingSlot;
+pub use methods::reft::ReftSlot;
 pub use methods::LayerNorm;
 pub use mixin::{AdaptableModel, AdapterMixin, AdapterModelConfig, EncoderForward, ModelDims, ModelMapping};
 pub use heads::{HeadConfig, HeadOutput, HeadSetup, HeadType};

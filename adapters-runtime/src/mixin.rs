@@ -4,6 +4,8 @@
 
 use crate::methods::bottleneck::BottleneckSlot;
 use crate::methods::lora::LoRALinear;
+use crate::methods::prefix::PrefixSlot;
+use crate::methods::reft::ReftSlot;
 
 /// Which linear of a layer a LoRA-family slot wraps (the Python location keys).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -28,12 +30,18 @@ pub enum BottleneckLocation {
 pub enum SlotMut<'a> {
     Lora(LoraLocation, &'a mut LoRALinear),
     Bottleneck(BottleneckLocation, &'a mut BottleneckSlot),
+    /// A prefix slot with its location key (`self_prefix`), as Python keys its prefix modules.
+    Prefix(&'static str, &'a mut PrefixSlot),
+    /// The layer output, where ReFT intervenes.
+    Reft(&'a mut ReftSlot),
 }
 
 /// A slot, borrowed, with its location.
 pub enum SlotRef<'a> {
     Lora(LoraLocation, &'a LoRALinear),
     Bottleneck(BottleneckLocation, &'a BottleneckSlot),
+    Prefix(&'static str, &'a PrefixSlot),
+    Reft(&'a ReftSlot),
 }
 
 /// The method family an insertion point serves.
@@ -41,6 +49,8 @@ pub enum SlotRef<'a> {
 pub enum SlotFamily {
     Lora,
     Bottleneck,
+    Prefix,
+    Reft,
 }
 
 /// One marked insertion point of a mixin, as written in `#[adapter_mixin(...)]`.
@@ -114,6 +124,8 @@ pub struct ModelMapping {
     pub layer_mixin: MixinInfo,
     /// The Python names of the config keys and the fields they come from.
     pub config_keys: &'static [(&'static str, &'static str)],
+    /// Whether the model marks an `EmbeddingSlot` (prompt tuning, invertible adapters).
+    pub has_embedding_slot: bool,
 }
 
 impl ModelMapping {
@@ -126,6 +138,21 @@ impl ModelMapping {
         if self.layer_mixin.has(SlotFamily::Lora) {
             methods.extend(["lora", "ia3", "dora"]);
         }
+        if self.layer_mixin.has(SlotFamily::Prefix) {
+            methods.extend(["prefix_tuning", "prefix_tuning_flat"]);
+        }
+        if self.has_embedding_slot {
+            methods.push("prompt_tuning");
+        }
+        if self.layer_mixin.has(SlotFamily::Reft) {
+            methods.extend(["loreft", "noreft", "direft"]);
+        }
+        if self.layer_mixin.has(SlotFamily::Prefix) && self.layer_mixin.has(SlotFamily::Bottleneck) {
+            methods.push("mam");
+            if self.layer_mixin.has(SlotFamily::Lora) {
+                methods.push("unipelt");
+            }
+        }
         methods
     }
 }
@@ -137,6 +164,13 @@ pub trait AdaptableModel {
     fn dims(&self) -> ModelDims;
     fn layers(&self) -> Vec<&Self::Layer>;
     fn layers_mut(&mut self) -> Vec<&mut Self::Layer>;
+    /// The slot after the embeddings (prompt tuning), when the model marks one.
+    fn embedding_slot(&self) -> Option<&crate::methods::prompt::EmbeddingSlot> {
+        None
+    }
+    fn embedding_slot_mut(&mut self) -> Option<&mut crate::methods::prompt::EmbeddingSlot> {
+        None
+    }
 }
 
 /// The forward pass of an encoder, written once by the model author with the context threaded
@@ -218,6 +252,79 @@ pub mod assert {
         }
     }
 
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot carry prefix tuning: a `prefix(...)` mark must name a `PrefixSlot` field",
+        label = "this field is not a `PrefixSlot`",
+        note = "add a field `prefix: adapters_runtime::PrefixSlot` to the attention module, build it with `PrefixSlot::new(&vb, hidden, heads, pad_token_id, PrefixPadding::InvertedMask)`, and call `let (k, v, mask) = self.prefix.forward(&k, &v, &mask, &hidden_states, ctx)?` before the attention scores"
+    )]
+    pub trait PrefixTarget {
+        fn as_prefix(&self) -> &PrefixSlot;
+        fn as_prefix_mut(&mut self) -> &mut PrefixSlot;
+    }
+    impl PrefixTarget for PrefixSlot {
+        fn as_prefix(&self) -> &PrefixSlot {
+            self
+        }
+        fn as_prefix_mut(&mut self) -> &mut PrefixSlot {
+            self
+        }
+    }
+
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot carry prompt tuning: `embeddings = ...` must name an `EmbeddingSlot` field",
+        label = "this field is not an `EmbeddingSlot`",
+        note = "add a field `adapters: adapters_runtime::EmbeddingSlot` to the embeddings module and call `let (hidden, mask) = self.adapters.forward(&hidden, &attention_mask, ctx)?` on the embeddings output"
+    )]
+    pub trait EmbeddingTarget {
+        fn as_embedding(&self) -> &crate::methods::prompt::EmbeddingSlot;
+        fn as_embedding_mut(&mut self) -> &mut crate::methods::prompt::EmbeddingSlot;
+    }
+    impl EmbeddingTarget for crate::methods::prompt::EmbeddingSlot {
+        fn as_embedding(&self) -> &crate::methods::prompt::EmbeddingSlot {
+            self
+        }
+        fn as_embedding_mut(&mut self) -> &mut crate::methods::prompt::EmbeddingSlot {
+            self
+        }
+    }
+
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot carry ReFT: a `reft(...)` mark must name a `ReftSlot` field",
+        label = "this field is not a `ReftSlot`",
+        note = "add a field `reft: adapters_runtime::ReftSlot` to the layer, build it with `ReftSlot::new(&vb, hidden)`, and return `self.reft.forward(&output, ctx)` at the end of the layer's forward"
+    )]
+    pub trait ReftTarget {
+        fn as_reft(&self) -> &ReftSlot;
+        fn as_reft_mut(&mut self) -> &mut ReftSlot;
+    }
+    impl ReftTarget for ReftSlot {
+        fn as_reft(&self) -> &ReftSlot {
+            self
+        }
+        fn as_reft_mut(&mut self) -> &mut ReftSlot {
+            self
+        }
+    }
+
+    pub fn reft<T: ReftTarget + ?Sized>(t: &T) -> &ReftSlot {
+        t.as_reft()
+    }
+    pub fn reft_mut<T: ReftTarget + ?Sized>(t: &mut T) -> &mut ReftSlot {
+        t.as_reft_mut()
+    }
+
+    pub fn prefix<T: PrefixTarget + ?Sized>(t: &T) -> &PrefixSlot {
+        t.as_prefix()
+    }
+    pub fn prefix_mut<T: PrefixTarget + ?Sized>(t: &mut T) -> &mut PrefixSlot {
+        t.as_prefix_mut()
+    }
+    pub fn embedding<T: EmbeddingTarget + ?Sized>(t: &T) -> &crate::methods::prompt::EmbeddingSlot {
+        t.as_embedding()
+    }
+    pub fn embedding_mut<T: EmbeddingTarget + ?Sized>(t: &mut T) -> &mut crate::methods::prompt::EmbeddingSlot {
+        t.as_embedding_mut()
+    }
 
     pub fn lora<T: LoraTarget + ?Sized>(t: &T) -> &LoRALinear {
         t.as_lora()

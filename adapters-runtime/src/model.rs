@@ -4,6 +4,7 @@
 mod averaging;
 mod fusion;
 mod heads;
+mod prefix;
 
 pub use averaging::CombineStrategy;
 pub use fusion::{FUSION_CONFIG_NAME, FUSION_WEIGHTS_PICKLE, FUSION_WEIGHTS_SAFE};
@@ -23,6 +24,8 @@ use crate::heads::{HeadSetup, PredictionHead};
 use crate::methods::bottleneck::BottleneckAdapter;
 use crate::methods::init::Rng;
 use crate::methods::lora::LoraModule;
+use crate::methods::prefix::{PrefixGate, PrefixGroup};
+use crate::methods::reft::ReftModule;
 use crate::methods::NamedParam;
 use crate::mixin::{AdaptableModel, AdapterMixin, BottleneckLocation, EncoderForward, SlotMut, SlotRef};
 use crate::setup::AdapterSetup;
@@ -57,6 +60,9 @@ pub struct AdaptedModel<M> {
     dropout_rng: Arc<Mutex<Rng>>,
     /// AdapterDrop: layers where the active adapters do not run.
     skip_layers: Option<Arc<[usize]>>,
+    /// Prefix tuning modules by adapter (Python's `PrefixTuningPool`), named
+    /// `prefix_tuning.prefix_tunings.NAME.<location>.*`.
+    prefixes: BTreeMap<String, PrefixGroup>,
 }
 
 /// One row of [`AdaptedModel::adapter_summary`].
@@ -105,11 +111,17 @@ impl<M: AdaptableModel> AdaptedModel<M> {
             base_vars: Vec::new(),
             dropout_rng: Arc::new(Mutex::new(Rng::new(DEFAULT_SEED))),
             skip_layers: None,
+            prefixes: BTreeMap::new(),
         };
-        // Slots learn their layer index once, for AdapterDrop.
+        // Slots learn their layer index once, for AdapterDrop (prefix slots also their key).
         adapted.each_slot_mut(&mut |layer, slot| match slot {
             SlotMut::Bottleneck(_, s) => s.layer = layer,
             SlotMut::Lora(_, s) => s.layer = layer,
+            SlotMut::Prefix(location, s) => {
+                s.layer = layer;
+                s.location = location;
+            }
+            SlotMut::Reft(s) => s.layer = layer,
         });
         adapted
     }
@@ -221,6 +233,24 @@ impl<M: AdaptableModel> AdaptedModel<M> {
     /// # Ok(()) }
     /// ```
     pub fn add_adapter(&mut self, name: &str, config: AdapterConfig) -> Result<()> {
+        if config.prompt_tuning().is_some_and(|c| c.prompt_init == "from_string") {
+            return Err(AdapterError::InvalidConfig(format!(
+                "adapter `{name}`: prompt_init \"from_string\" needs the token ids of prompt_init_text; use add_prompt_adapter_from_ids (the CLI tokenizes the text for you)"
+            )));
+        }
+        self.add_adapter_with(name, config, None)
+    }
+
+    /// Adds an adapter whose prompt (prompt tuning with `prompt_init = "from_string"`) starts from
+    /// the input embeddings of `prompt_ids`, the tokenized `prompt_init_text`; the ids are
+    /// repeated or cut to the prompt length, as Python does.
+    pub fn add_prompt_adapter_from_ids(&mut self, name: &str, config: AdapterConfig, prompt_ids: &[u32]) -> Result<()> {
+        self.add_adapter_with(name, config, Some(prompt_ids))
+    }
+
+    /// `add_adapter`; `prompt_ids` initialise a `from_string` prompt (without them, as when
+    /// loading weights, it starts random).
+    fn add_adapter_with(&mut self, name: &str, config: AdapterConfig, prompt_ids: Option<&[u32]>) -> Result<()> {
         if self.configs.contains_key(name) {
             return Err(AdapterError::AdapterExists(name.into()));
         }
@@ -244,7 +274,9 @@ impl<M: AdaptableModel> AdaptedModel<M> {
         if let Some(e) = failure {
             return Err(e);
         }
-        if planned.iter().all(Option::is_none) {
+        let group = self.plan_prefix_group(&config, &planned, &mut rng)?;
+        let prompt = self.plan_prompt(name, &config, prompt_ids, &mut rng)?;
+        if planned.iter().all(Option::is_none) && group.is_none() && prompt.is_none() {
             return Err(AdapterError::NothingToAdd {
                 adapter: name.into(),
                 method: config.method_name().into(),
@@ -252,6 +284,7 @@ impl<M: AdaptableModel> AdaptedModel<M> {
             });
         }
         let mut planned = planned.into_iter();
+        let mut counts: BTreeMap<&'static str, usize> = BTreeMap::new();
         self.each_slot_mut(&mut |_, slot| match (planned.next().flatten(), slot) {
             (Some(Planned::Bottleneck(m)), SlotMut::Bottleneck(_, s)) => {
                 s.adapters.insert(name.to_string(), m);
@@ -259,8 +292,25 @@ impl<M: AdaptableModel> AdaptedModel<M> {
             (Some(Planned::Lora(m)), SlotMut::Lora(_, s)) => {
                 s.loras.insert(name.to_string(), m);
             }
+            (Some(Planned::Reft(m)), SlotMut::Reft(s)) => {
+                s.refts.insert(name.to_string(), m);
+            }
+            (Some(Planned::Prefix(gate)), SlotMut::Prefix(location, s)) => {
+                let index = counts.entry(location).or_insert(0);
+                s.prefixes.insert(name.to_string(), *index);
+                *index += 1;
+                if let Some(gate) = gate {
+                    s.gates.insert(name.to_string(), gate);
+                }
+            }
             _ => {}
         });
+        if let Some(group) = group {
+            self.prefixes.insert(name.to_string(), group);
+        }
+        if let (Some(prompt), Some(slot)) = (prompt, self.model.embedding_slot_mut()) {
+            slot.prompts.insert(name.to_string(), prompt);
+        }
         self.configs.insert(name.to_string(), config);
         Ok(())
     }
@@ -280,7 +330,18 @@ impl<M: AdaptableModel> AdaptedModel<M> {
                 }
                 s.loras.remove(name);
             }
+            SlotMut::Prefix(_, s) => {
+                s.prefixes.remove(name);
+                s.gates.remove(name);
+            }
+            SlotMut::Reft(s) => {
+                s.refts.remove(name);
+            }
         });
+        self.prefixes.remove(name);
+        if let Some(slot) = self.model.embedding_slot_mut() {
+            slot.prompts.remove(name);
+        }
         if self.active.as_ref().is_some_and(|a| a.flatten().contains(&name)) {
             self.deactivate_adapters();
         }
@@ -343,7 +404,7 @@ impl<M: AdaptableModel> AdaptedModel<M> {
                         reason: format!("no fusion layer named `{name}`; add it with add_adapter_fusion or load it with load_adapter_fusion"),
                     });
                 }
-                if let Some(lora) = children.iter().flat_map(|c| c.flatten()).find(|n| matches!(self.configs.get(*n), Some(AdapterConfig::LoRA(_)))) {
+                if let Some(lora) = children.iter().flat_map(|c| c.flatten()).find(|n| self.configs.get(*n).is_some_and(|c| c.lora().is_some())) {
                     return Err(AdapterError::Setup {
                         setup: whole.to_string(),
                         reason: format!("`{lora}` is a LoRA-family adapter; AdapterFusion fuses bottleneck adapters"),
@@ -351,7 +412,7 @@ impl<M: AdaptableModel> AdaptedModel<M> {
                 }
             }
             AdapterSetup::Split { .. } => {
-                if let Some(lora) = setup.flatten().into_iter().find(|n| matches!(self.configs.get(*n), Some(AdapterConfig::LoRA(_)))) {
+                if let Some(lora) = setup.flatten().into_iter().find(|n| self.configs.get(*n).is_some_and(|c| c.lora().is_some())) {
                     return Err(AdapterError::Setup {
                         setup: whole.to_string(),
                         reason: format!("`{lora}` is a LoRA-family adapter, which composes with Stack, Parallel, BatchSplit and Average, not Split"),
@@ -359,6 +420,14 @@ impl<M: AdaptableModel> AdaptedModel<M> {
                 }
             }
             _ => {}
+        }
+        if matches!(setup, AdapterSetup::Fuse { .. } | AdapterSetup::Split { .. } | AdapterSetup::Average { .. }) {
+            if let Some(prefix) = setup.flatten().into_iter().find(|n| self.prefixes.contains_key(*n)) {
+                return Err(AdapterError::Setup {
+                    setup: whole.to_string(),
+                    reason: format!("`{prefix}` has prefix tuning, which composes with Stack, Parallel and BatchSplit, not {}", setup.kind().name()),
+                });
+            }
         }
         for child in setup.children() {
             self.check_method_support(whole, child)?;
@@ -400,7 +469,8 @@ impl<M: AdaptableModel> AdaptedModel<M> {
         let names: Vec<String> = setup.flatten().into_iter().map(String::from).collect();
         let mut vars = Vec::new();
         for name in &names {
-            vars.extend(self.named_params(name)?.into_iter().map(|(_, v)| v));
+            let frozen = self.frozen_params(name);
+            vars.extend(self.named_params(name)?.into_iter().map(|(_, v)| v).filter(|v| !frozen.contains(&v.id())));
         }
         vars.extend(self.head_vars());
         Ok(vars)
@@ -505,6 +575,41 @@ impl<M: AdaptableModel> AdaptedModel<M> {
                     push(s.path(), "loras", m.params());
                 }
             }
+            SlotRef::Prefix(_, s) => {
+                if let Some(g) = s.gates.get(name) {
+                    push(&format!("{}.prefix_tuning", s.path()), "prefix_gates", &g.params);
+                }
+            }
+            SlotRef::Reft(s) => {
+                if let Some(m) = s.refts.get(name) {
+                    push(&format!("{}.reft_layer", s.path()), "refts", m.params());
+                }
+            }
+        });
+        if let Some(group) = self.prefixes.get(name) {
+            for (location, module) in &group.modules {
+                for p in module.params() {
+                    out.push((format!("prefix_tuning.prefix_tunings.{file_name}.{location}.{}", p.name), p.var.clone()));
+                }
+            }
+        }
+        if let Some(prompt) = self.model.embedding_slot().and_then(|s| s.prompts.get(name)) {
+            for p in prompt.params() {
+                out.push((format!("prompt_tuning.prompt_tunings.{file_name}.{}", p.name), p.var.clone()));
+            }
+        }
+        out
+    }
+
+    /// Buffers of an adapter (saved, never trained), by tensor id.
+    fn frozen_params(&self, name: &str) -> Vec<candle_core::TensorId> {
+        let mut out = Vec::new();
+        self.each_slot(&mut |_, slot| {
+            if let SlotRef::Reft(s) = slot {
+                if let Some(m) = s.refts.get(name) {
+                    out.extend(m.params().iter().filter(|p| p.frozen).map(|p| p.var.id()));
+                }
+            }
         });
         out
     }
@@ -512,13 +617,25 @@ impl<M: AdaptableModel> AdaptedModel<M> {
     /// (alias, parameter) full names of the parameters the Python module registers twice.
     fn aliases(&self, name: &str, file_name: &str) -> Vec<(String, String)> {
         let mut out = Vec::new();
-        self.each_slot(&mut |_, slot| {
-            if let SlotRef::Bottleneck(_, s) = slot {
+        let pool = self.prefixes.get(name);
+        self.each_slot(&mut |_, slot| match slot {
+            SlotRef::Bottleneck(_, s) => {
                 if let Some(a) = s.adapters.get(name) {
                     let base = format!("{}.adapters.{file_name}", self.strip_root(s.path()));
                     out.extend(a.aliases().iter().map(|(alias, p)| (format!("{base}.{alias}"), format!("{base}.{p}"))));
                 }
             }
+            // Every attention module holding a prefix also registers the whole pool (`.bin` files
+            // from Python carry these copies).
+            SlotRef::Prefix(_, s) => {
+                for (location, module) in pool.map(|g| &g.modules).into_iter().flatten() {
+                    for p in module.params() {
+                        let module = format!("prefix_tunings.{file_name}.{location}.{}", p.name);
+                        out.push((format!("{}.prefix_tuning.pool.{module}", self.strip_root(s.path())), format!("prefix_tuning.{module}")));
+                    }
+                }
+            }
+            _ => {}
         });
         out
     }
@@ -534,7 +651,8 @@ impl<M: AdaptableModel> AdaptedModel<M> {
             self.named_params(name)?.into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
         // Written under both names, as Python's state dict has them (separate copies, since
         // safetensors refuses shared storage).
-        for (alias, original) in self.aliases(name, name) {
+        // (Prefix pool copies are left out: Python's own safetensors file has only the pool.)
+        for (alias, original) in self.aliases(name, name).into_iter().filter(|(a, _)| !a.contains(".prefix_tuning.pool.")) {
             if let Some(t) = tensors.get(&original) {
                 let copy = t.copy()?;
                 tensors.insert(alias, copy);
@@ -583,7 +701,7 @@ impl<M: AdaptableModel> AdaptedModel<M> {
                 });
             }
         }
-        self.add_adapter(&name, config)?;
+        self.add_adapter_with(&name, config, None)?;
         match self.assign_weights(&name, &file.name, &weights, &weights_path) {
             Ok(()) => Ok(name),
             Err(e) => {
@@ -678,7 +796,8 @@ impl<M: AdaptableModel + EncoderForward> AdaptedModel<M> {
     /// Python returns them).
     pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
         let (ids, mask) = self.replicate_for_parallel(input_ids, attention_mask)?;
-        Ok(self.model.forward_with(&ids, &mask, &self.context())?)
+        let ctx = self.forward_context(&mask)?;
+        Ok(self.model.forward_with(&ids, &mask, &ctx)?)
     }
 
     /// A Parallel setup runs every channel on its own copy of the batch.
@@ -703,14 +822,56 @@ fn version_before(version: &str, (major, minor, patch): (u64, u64, u64)) -> bool
 enum Planned {
     Bottleneck(BottleneckAdapter),
     Lora(LoraModule),
+    /// A prefix at this slot, with its gate (UniPELT).
+    Prefix(Option<PrefixGate>),
+    Reft(ReftModule),
 }
 
-/// The module `config` puts on one slot, if any.
+/// The module `config` (or the member of a union for this slot's family) puts on one slot.
 fn plan_module(config: &AdapterConfig, layer: usize, slot: &SlotRef<'_>, rng: &mut Rng) -> Result<Option<Planned>> {
+    for member in config.members() {
+        if let Some(planned) = plan_member(member, layer, slot, rng)? {
+            return Ok(Some(planned));
+        }
+    }
+    Ok(None)
+}
+
+fn plan_member(config: &AdapterConfig, layer: usize, slot: &SlotRef<'_>, rng: &mut Rng) -> Result<Option<Planned>> {
     if config.leave_out().contains(&layer) {
         return Ok(None);
     }
     Ok(match (config, slot) {
+        (AdapterConfig::Reft(c), SlotRef::Reft(s)) => {
+            if !c.layers.contains(layer) {
+                return Ok(None);
+            }
+            Some(Planned::Reft(ReftModule::new(c, s.hidden_size(), rng)?))
+        }
+        (AdapterConfig::PrefixTuning(c), SlotRef::Prefix(location, s)) => {
+            // Python matches the `encoder`/`cross` flags only for keys named that way.
+            let wanted = if location.starts_with("encoder") {
+                c.encoder_prefix
+            } else if location.starts_with("cross") {
+                c.cross_prefix
+            } else {
+                true
+            };
+            if !wanted {
+                return Ok(None);
+            }
+            let gate = if c.use_gating {
+                let (hidden, _, _) = s.dims();
+                let outputs = if c.shared_gating { 1 } else { 2 };
+                let bound = 1.0 / (hidden as f32).sqrt();
+                let bias: Vec<f32> = (0..outputs).map(|_| (rng.uniform() * 2.0 - 1.0) * bound).collect();
+                let bias = Tensor::from_vec(bias, outputs, &candle_core::Device::Cpu)?;
+                Some(PrefixGate::new(crate::methods::init::normal(rng, &[outputs, hidden], 0.02)?, bias)?)
+            } else {
+                None
+            };
+            Some(Planned::Prefix(gate))
+        }
         (AdapterConfig::Bottleneck(c), SlotRef::Bottleneck(location, s)) => {
             let wanted = match location {
                 BottleneckLocation::MhAdapter => c.mh_adapter,

@@ -6,7 +6,7 @@ use adapters_runtime::methods::activation::Activation;
 use adapters_runtime::methods::dropout;
 use adapters_runtime::methods::fused::linear_module;
 use adapters_runtime::{adapter_config, adapter_mixin, with_adapters};
-use adapters_runtime::{BottleneckSlot, EncoderForward, ForwardContext, LayerNorm, LoRALinear};
+use adapters_runtime::{BottleneckSlot, EmbeddingSlot, EncoderForward, ForwardContext, LayerNorm, LoRALinear, PrefixPadding, PrefixSlot, ReftSlot};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder};
 use serde::Deserialize;
@@ -55,13 +55,17 @@ pub(crate) struct BertEmbeddings {
     token_type_embeddings: Embedding,
     layer_norm: LayerNorm,
     dropout: f64,
+    /// Prompt tuning inserts its prompt into the embeddings output here.
+    pub(crate) adapters: EmbeddingSlot,
 }
 
 impl BertEmbeddings {
     pub(crate) fn load(vb: VarBuilder, cfg: &BertConfig) -> Result<Self> {
         let h = cfg.hidden_size;
+        let word_embeddings = candle_nn::embedding(cfg.vocab_size, h, vb.pp("word_embeddings"))?;
         Ok(BertEmbeddings {
-            word_embeddings: candle_nn::embedding(cfg.vocab_size, h, vb.pp("word_embeddings"))?,
+            adapters: EmbeddingSlot::new(word_embeddings.embeddings(), cfg.max_position_embeddings),
+            word_embeddings,
             position_embeddings: candle_nn::embedding(cfg.max_position_embeddings, h, vb.pp("position_embeddings"))?,
             token_type_embeddings: candle_nn::embedding(cfg.type_vocab_size, h, vb.pp("token_type_embeddings"))?,
             layer_norm: LayerNorm::load(h, cfg.layer_norm_eps, vb.pp("LayerNorm"))?,
@@ -88,6 +92,8 @@ pub(crate) struct BertSelfAttention {
     query: LoRALinear,
     key: LoRALinear,
     value: LoRALinear,
+    /// Prefix tuning prepends its keys and values here.
+    prefix: PrefixSlot,
     heads: usize,
     dropout: f64,
 }
@@ -99,6 +105,7 @@ impl BertSelfAttention {
             query: LoRALinear::load(h, h, vb.pp("query"))?,
             key: LoRALinear::load(h, h, vb.pp("key"))?,
             value: LoRALinear::load(h, h, vb.pp("value"))?,
+            prefix: PrefixSlot::new(&vb, h, cfg.num_attention_heads, cfg.pad_token_id, PrefixPadding::InvertedMask),
             heads: cfg.num_attention_heads,
             dropout: cfg.attention_probs_dropout_prob,
         })
@@ -108,8 +115,9 @@ impl BertSelfAttention {
         let q = split_heads(&self.query.forward(x, ctx)?, self.heads)?;
         let k = split_heads(&self.key.forward(x, ctx)?, self.heads)?;
         let v = split_heads(&self.value.forward(x, ctx)?, self.heads)?;
+        let (k, v, mask) = self.prefix.forward(&k, &v, mask, x, ctx)?;
         let scale = 1.0 / (q.dim(3)? as f64).sqrt();
-        attend(&q, &k, &v, mask, scale, self.dropout, ctx)
+        attend(&q, &k, &v, &mask, scale, self.dropout, ctx)
     }
 }
 
@@ -163,11 +171,15 @@ pub(crate) struct BertOutput {
         output = output.dense,
     ),
     bottleneck(mh_adapter = attention.output.layer_norm, output_adapter = output.layer_norm),
+    prefix(self_prefix = attention.self_attention.prefix),
+    reft(output = reft),
 )]
 pub struct BertLayer {
     attention: BertAttention,
     intermediate: BertIntermediate,
     output: BertOutput,
+    /// ReFT intervenes on the layer's output here.
+    reft: ReftSlot,
 }
 
 impl BertLayer {
@@ -186,6 +198,7 @@ impl BertLayer {
                 layer_norm: BottleneckSlot::load(h, cfg.layer_norm_eps, out_vb.pp("LayerNorm"), &out_vb)?,
                 dropout: cfg.hidden_dropout_prob,
             },
+            reft: ReftSlot::new(&vb, h),
         })
     }
 
@@ -194,7 +207,7 @@ impl BertLayer {
         let attention_out = self.attention.output.forward(&attended, x, ctx)?;
         let intermediate = self.intermediate.activation.forward(&self.intermediate.dense.forward(&attention_out, ctx)?)?;
         let out = dropout(&self.output.dense.forward(&intermediate, ctx)?, self.output.dropout, ctx)?;
-        self.output.layer_norm.forward(&out, &attention_out, ctx)
+        self.reft.forward(&self.output.layer_norm.forward(&out, &attention_out, ctx)?, ctx)
     }
 }
 
@@ -239,7 +252,7 @@ impl BertEncoder {
 }
 
 /// The BERT encoder: `last_hidden_state`, and the pooler output when the checkpoint has a pooler.
-#[with_adapters(model_type = "bert", layers = encoder.layers, layer_mixin = BertLayer, config = config)]
+#[with_adapters(model_type = "bert", layers = encoder.layers, layer_mixin = BertLayer, config = config, embeddings = embeddings.adapters)]
 pub struct BertModel {
     embeddings: BertEmbeddings,
     encoder: BertEncoder,
@@ -268,7 +281,8 @@ impl EncoderForward for BertModel {
         let (_, seq) = input_ids.dims2()?;
         let positions = Tensor::arange(0u32, seq as u32, input_ids.device())?.unsqueeze(0)?;
         let embeddings = self.embeddings.forward(input_ids, &positions, ctx)?;
-        self.encoder.forward(&embeddings, attention_mask, ctx)
+        let (embeddings, attention_mask) = self.embeddings.adapters.forward(&embeddings, attention_mask, ctx)?;
+        self.encoder.forward(&embeddings, &attention_mask, ctx)
     }
 
     fn has_pooler(&self) -> bool {

@@ -5,7 +5,7 @@
 use adapters_runtime::methods::activation::Activation;
 use adapters_runtime::methods::dropout;
 use adapters_runtime::{adapter_config, adapter_mixin, with_adapters};
-use adapters_runtime::{BottleneckSlot, EncoderForward, ForwardContext, LayerNorm, LoRALinear};
+use adapters_runtime::{BottleneckSlot, EmbeddingSlot, EncoderForward, ForwardContext, LayerNorm, LoRALinear, PrefixPadding, PrefixSlot, ReftSlot};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder};
 use serde::Deserialize;
@@ -57,6 +57,8 @@ struct Embeddings {
     position_embeddings: Embedding,
     layer_norm: LayerNorm,
     dropout: f64,
+    /// Prompt tuning inserts its prompt into the embeddings output here.
+    adapters: EmbeddingSlot,
 }
 
 struct MultiHeadSelfAttention {
@@ -64,6 +66,8 @@ struct MultiHeadSelfAttention {
     k_lin: LoRALinear,
     v_lin: LoRALinear,
     out_lin: Linear,
+    /// Prefix tuning prepends its keys and values here.
+    prefix: PrefixSlot,
     heads: usize,
     dropout: f64,
 }
@@ -79,12 +83,16 @@ struct FeedForward {
 #[adapter_mixin(
     lora(q = attention.q_lin, k = attention.k_lin, v = attention.v_lin, intermediate = ffn.lin1, output = ffn.lin2),
     bottleneck(mh_adapter = sa_layer_norm, output_adapter = output_layer_norm),
+    prefix(self = attention.prefix),
+    reft(output = reft),
 )]
 pub struct TransformerBlock {
     attention: MultiHeadSelfAttention,
     sa_layer_norm: BottleneckSlot,
     ffn: FeedForward,
     output_layer_norm: BottleneckSlot,
+    /// ReFT intervenes on the block's output here.
+    reft: ReftSlot,
 }
 
 impl TransformerBlock {
@@ -97,6 +105,7 @@ impl TransformerBlock {
                 k_lin: LoRALinear::load(h, h, att.pp("k_lin"))?,
                 v_lin: LoRALinear::load(h, h, att.pp("v_lin"))?,
                 out_lin: candle_nn::linear(h, h, att.pp("out_lin"))?,
+                prefix: PrefixSlot::new(&att, h, cfg.n_heads, cfg.pad_token_id, PrefixPadding::PlainMask),
                 heads: cfg.n_heads,
                 dropout: cfg.attention_dropout,
             },
@@ -108,6 +117,7 @@ impl TransformerBlock {
                 dropout: cfg.dropout,
             },
             output_layer_norm: BottleneckSlot::load(h, LN_EPS, vb.pp("output_layer_norm"), &vb.pp("output_adapters"))?,
+            reft: ReftSlot::new(&vb, h),
         })
     }
 
@@ -116,14 +126,15 @@ impl TransformerBlock {
         let q = split_heads(&a.q_lin.forward(x, ctx)?, a.heads)?;
         let k = split_heads(&a.k_lin.forward(x, ctx)?, a.heads)?;
         let v = split_heads(&a.v_lin.forward(x, ctx)?, a.heads)?;
+        let (k, v, mask) = a.prefix.forward(&k, &v, mask, x, ctx)?;
         let scale = 1.0 / (q.dim(3)? as f64).sqrt();
-        let context = attend(&q, &k, &v, mask, scale, a.dropout, ctx)?;
+        let context = attend(&q, &k, &v, &mask, scale, a.dropout, ctx)?;
         let sa_output = adapters_runtime::methods::fused::linear_module(&context, &a.out_lin)?;
         let sa_output = self.sa_layer_norm.forward(&sa_output, x, ctx)?;
         let f = &self.ffn;
         let hidden = f.activation.forward(&f.lin1.forward(&sa_output, ctx)?)?;
         let ffn_output = dropout(&f.lin2.forward(&hidden, ctx)?, f.dropout, ctx)?;
-        self.output_layer_norm.forward(&ffn_output, &sa_output, ctx)
+        self.reft.forward(&self.output_layer_norm.forward(&ffn_output, &sa_output, ctx)?, ctx)
     }
 }
 
@@ -132,7 +143,7 @@ struct Transformer {
 }
 
 /// The bare DistilBERT encoder: `last_hidden_state`.
-#[with_adapters(model_type = "distilbert", layers = transformer.layers, layer_mixin = TransformerBlock, config = config)]
+#[with_adapters(model_type = "distilbert", layers = transformer.layers, layer_mixin = TransformerBlock, config = config, embeddings = embeddings.adapters)]
 pub struct DistilBertModel {
     embeddings: Embeddings,
     transformer: Transformer,
@@ -146,9 +157,11 @@ impl DistilBertModel {
         let layers = (0..config.n_layers)
             .map(|i| TransformerBlock::load(vb.pp("transformer").pp("layer").pp(i), config))
             .collect::<Result<_>>()?;
+        let word_embeddings = candle_nn::embedding(config.vocab_size, h, e.pp("word_embeddings"))?;
         Ok(DistilBertModel {
             embeddings: Embeddings {
-                word_embeddings: candle_nn::embedding(config.vocab_size, h, e.pp("word_embeddings"))?,
+                adapters: EmbeddingSlot::new(word_embeddings.embeddings(), config.max_position_embeddings),
+                word_embeddings,
                 position_embeddings: candle_nn::embedding(config.max_position_embeddings, h, e.pp("position_embeddings"))?,
                 layer_norm: LayerNorm::load(h, LN_EPS, e.pp("LayerNorm"))?,
                 dropout: config.dropout,
@@ -165,8 +178,9 @@ impl EncoderForward for DistilBertModel {
         let positions = Tensor::arange(0u32, seq as u32, input_ids.device())?.unsqueeze(0)?;
         let e = &self.embeddings;
         let sum = e.word_embeddings.forward(input_ids)?.broadcast_add(&e.position_embeddings.forward(&positions)?)?;
-        let mut hidden = dropout(&e.layer_norm.forward(&sum)?, e.dropout, ctx)?;
-        let mask = additive_mask(attention_mask)?;
+        let hidden = dropout(&e.layer_norm.forward(&sum)?, e.dropout, ctx)?;
+        let (mut hidden, attention_mask) = e.adapters.forward(&hidden, attention_mask, ctx)?;
+        let mask = additive_mask(&attention_mask)?;
         for layer in &self.transformer.layers {
             hidden = layer.forward(&hidden, &mask, ctx)?;
         }

@@ -11,7 +11,7 @@ use crate::bert::{BertConfig, BertEmbeddings, BertEncoder, BertLayer, BertPooler
 pub type RobertaConfig = BertConfig;
 
 /// The RoBERTa encoder: `last_hidden_state`, and the pooler output when the checkpoint has one.
-#[with_adapters(model_type = "roberta", layers = encoder.layers, layer_mixin = BertLayer, layer_type = "RobertaLayer", config = config)]
+#[with_adapters(model_type = "roberta", layers = encoder.layers, layer_mixin = BertLayer, layer_type = "RobertaLayer", config = config, embeddings = embeddings.adapters)]
 pub struct RobertaModel {
     embeddings: BertEmbeddings,
     encoder: BertEncoder,
@@ -54,7 +54,8 @@ impl EncoderForward for RobertaModel {
     fn forward_with(&self, input_ids: &Tensor, attention_mask: &Tensor, ctx: &ForwardContext) -> Result<Tensor> {
         let positions = position_ids(input_ids, self.config.pad_token_id)?;
         let embeddings = self.embeddings.forward(input_ids, &positions, ctx)?;
-        self.encoder.forward(&embeddings, attention_mask, ctx)
+        let (embeddings, attention_mask) = self.embeddings.adapters.forward(&embeddings, attention_mask, ctx)?;
+        self.encoder.forward(&embeddings, &attention_mask, ctx)
     }
 
     fn has_pooler(&self) -> bool {

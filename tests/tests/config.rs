@@ -31,9 +31,10 @@ fn overrides_apply_and_typos_are_named() {
     assert!(b.ln_before && b.original_ln_before);
     assert_eq!(b.reduction_factor.for_layer(0).unwrap(), 4.0);
     assert_eq!(b.reduction_factor.for_layer(3).unwrap(), 8.0);
-    assert!(AdapterConfig::parse("prefix_tuning").unwrap_err().to_string().contains("not supported by this version yet"));
+    assert!(AdapterConfig::parse("mtl_lora").unwrap_err().to_string().contains("not supported by this version yet"));
     assert!(AdapterConfig::parse("ia3[r=2]").is_err());
-    assert!(AdapterConfig::parse("seq_bn|lora").is_err());
+    assert_eq!(AdapterConfig::parse("seq_bn|lora").unwrap().members().len(), 2);
+    assert!(AdapterConfig::parse("seq_bn|").is_err());
 }
 
 #[test]

@@ -131,9 +131,6 @@ impl LoRAConfig {
         if self.vera_d.is_some() || self.vera_b.is_some() {
             return Err(AdapterError::InvalidConfig("VeRA (`vera_d`/`vera_b`) is not supported by this version yet".into()));
         }
-        if self.use_gating {
-            return Err(AdapterError::InvalidConfig("LoRA `use_gating` (UniPELT) is not supported by this version yet".into()));
-        }
         Ok(())
     }
 

@@ -5,12 +5,17 @@ mod bottleneck;
 mod file;
 mod fusion;
 mod lora;
+mod prefix;
+mod reft;
 mod shorthand;
+mod union;
 
 pub use bottleneck::{BnConfig, ReductionFactor, ResidualBeforeLn, Scaling};
 pub use file::{AdapterFile, CONFIG_NAME};
 pub use fusion::FusionConfig;
 pub use lora::{LoRAConfig, LoraKind};
+pub use prefix::{PrefixTuningConfig, PromptCombine, PromptTuningConfig};
+pub use reft::{ReftConfig, ReftLayers};
 
 use serde_json::Value;
 
@@ -21,6 +26,11 @@ use crate::error::{AdapterError, Result};
 pub enum AdapterConfig {
     Bottleneck(BnConfig),
     LoRA(LoRAConfig),
+    PrefixTuning(PrefixTuningConfig),
+    PromptTuning(PromptTuningConfig),
+    Reft(ReftConfig),
+    /// Several methods under one adapter name (`mam`, `unipelt`, `a|b`), Python's `ConfigUnion`.
+    Union(Vec<AdapterConfig>),
 }
 
 impl AdapterConfig {
@@ -53,11 +63,16 @@ impl AdapterConfig {
         let config = match architecture {
             None => AdapterConfig::Bottleneck(serde_json::from_value(value.clone()).map_err(wrap)?),
             Some("lora") => AdapterConfig::LoRA(serde_json::from_value(value.clone()).map_err(wrap)?),
+            Some("prefix_tuning") => AdapterConfig::PrefixTuning(serde_json::from_value(value.clone()).map_err(wrap)?),
+            Some("prompt_tuning") => AdapterConfig::PromptTuning(serde_json::from_value(value.clone()).map_err(wrap)?),
+            Some("reft") => AdapterConfig::Reft(serde_json::from_value(value.clone()).map_err(wrap)?),
+            Some("union") => union::from_json(object, origin)?,
+            Some("bottleneck") => AdapterConfig::Bottleneck(serde_json::from_value(value.clone()).map_err(wrap)?),
             Some(other) => {
                 return Err(AdapterError::ConfigKey {
                     file: origin.into(),
                     key: "config.architecture".into(),
-                    reason: format!("`{other}` adapters are not supported by this version yet (bottleneck and lora are)"),
+                    reason: format!("`{other}` adapters are not supported by this version yet (bottleneck, lora, prefix_tuning, prompt_tuning, reft and union are)"),
                 })
             }
         };
@@ -74,6 +89,12 @@ impl AdapterConfig {
         match self {
             AdapterConfig::Bottleneck(c) => serde_json::to_value(c),
             AdapterConfig::LoRA(c) => serde_json::to_value(c),
+            AdapterConfig::PrefixTuning(c) => serde_json::to_value(c),
+            AdapterConfig::PromptTuning(c) => serde_json::to_value(c),
+            AdapterConfig::Reft(c) => serde_json::to_value(c),
+            AdapterConfig::Union(configs) => {
+                Ok(serde_json::json!({"architecture": "union", "configs": configs.iter().map(AdapterConfig::to_json).collect::<Vec<_>>()}))
+            }
         }
         .expect("config structs always serialise")
     }
@@ -82,13 +103,75 @@ impl AdapterConfig {
         match self {
             AdapterConfig::Bottleneck(c) => c.validate(),
             AdapterConfig::LoRA(c) => c.validate(),
+            AdapterConfig::PrefixTuning(c) => c.validate(),
+            AdapterConfig::PromptTuning(c) => c.validate(),
+            AdapterConfig::Reft(c) => c.validate(),
+            AdapterConfig::Union(configs) => {
+                union::validate(configs)?;
+                configs.iter().try_for_each(AdapterConfig::validate)
+            }
         }
     }
 
-    /// A short method name for summaries: `bottleneck`, `lora`, `ia3` or `dora`.
+    /// The single-method configs: the members of a union, or the config itself.
+    pub fn members(&self) -> Vec<&AdapterConfig> {
+        match self {
+            AdapterConfig::Union(configs) => configs.iter().flat_map(AdapterConfig::members).collect(),
+            other => vec![other],
+        }
+    }
+
+    /// The LoRA-family member, if any.
+    pub fn lora(&self) -> Option<&LoRAConfig> {
+        self.members().into_iter().find_map(|c| match c {
+            AdapterConfig::LoRA(c) => Some(c),
+            _ => None,
+        })
+    }
+
+    /// The bottleneck member, if any.
+    pub fn bottleneck(&self) -> Option<&BnConfig> {
+        self.members().into_iter().find_map(|c| match c {
+            AdapterConfig::Bottleneck(c) => Some(c),
+            _ => None,
+        })
+    }
+
+    /// The prefix tuning member, if any.
+    pub fn prefix_tuning(&self) -> Option<&PrefixTuningConfig> {
+        self.members().into_iter().find_map(|c| match c {
+            AdapterConfig::PrefixTuning(c) => Some(c),
+            _ => None,
+        })
+    }
+
+    /// The ReFT member, if any.
+    pub fn reft(&self) -> Option<&ReftConfig> {
+        self.members().into_iter().find_map(|c| match c {
+            AdapterConfig::Reft(c) => Some(c),
+            _ => None,
+        })
+    }
+
+    /// The prompt tuning member, if any.
+    pub fn prompt_tuning(&self) -> Option<&PromptTuningConfig> {
+        self.members().into_iter().find_map(|c| match c {
+            AdapterConfig::PromptTuning(c) => Some(c),
+            _ => None,
+        })
+    }
+
+    /// A short method name for summaries: `bottleneck`, `lora`, `ia3`, `dora`, `prefix_tuning`,
+    /// `prompt_tuning` or `union`.
     pub fn method_name(&self) -> &'static str {
         match self {
             AdapterConfig::Bottleneck(_) => "bottleneck",
+            AdapterConfig::PrefixTuning(_) => "prefix_tuning",
+            AdapterConfig::PromptTuning(_) => "prompt_tuning",
+            AdapterConfig::Reft(c) if c.orthogonality => "loreft",
+            AdapterConfig::Reft(c) if c.subtract_projection => "noreft",
+            AdapterConfig::Reft(_) => "direft",
+            AdapterConfig::Union(_) => "union",
             AdapterConfig::LoRA(c) => match c.kind() {
                 LoraKind::LoRA => "lora",
                 LoraKind::DoRA => "dora",
@@ -97,11 +180,13 @@ impl AdapterConfig {
         }
     }
 
-    /// Layers the config leaves out.
+    /// Layers a single-method config leaves out (a union's members each have their own).
     pub fn leave_out(&self) -> &[usize] {
         match self {
             AdapterConfig::Bottleneck(c) => &c.leave_out,
             AdapterConfig::LoRA(c) => &c.leave_out,
+            AdapterConfig::PrefixTuning(c) => &c.leave_out,
+            AdapterConfig::PromptTuning(_) | AdapterConfig::Reft(_) | AdapterConfig::Union(_) => &[],
         }
     }
 }

@@ -8,12 +8,12 @@ use crate::error::{AdapterError, Result};
 /// Names the Python library knows, with the ones this version builds first.
 const SUPPORTED: &[&str] = &[
     "seq_bn", "pfeiffer", "double_seq_bn", "houlsby", "par_bn", "parallel", "scaled_par_bn",
-    "scaled_parallel", "lora", "ia3", "dora",
+    "scaled_parallel", "lora", "ia3", "dora", "prefix_tuning", "prefix_tuning_flat",
+    "prompt_tuning", "mam", "unipelt", "loreft", "noreft", "direft",
 ];
 const LATER: &[&str] = &[
     "seq_bn_inv", "double_seq_bn_inv", "pfeiffer+inv", "houlsby+inv", "compacter", "compacter++",
-    "prefix_tuning", "prefix_tuning_flat", "prompt_tuning", "vera", "dvora", "mtl_lora", "loreft",
-    "noreft", "direft", "mam", "unipelt",
+    "vera", "dvora", "mtl_lora",
 ];
 
 fn bn_base() -> Map<String, Value> {
@@ -42,6 +42,38 @@ fn lora_base() -> Map<String, Value> {
         "vera_b": null, "dtype": null
     });
     value.as_object().cloned().unwrap_or_default()
+}
+
+fn prefix_base() -> Map<String, Value> {
+    let value = json!({
+        "architecture": "prefix_tuning", "encoder_prefix": true, "cross_prefix": true,
+        "leave_out": [], "flat": false, "prefix_length": 30, "bottleneck_size": 512,
+        "non_linearity": "tanh", "dropout": 0.0, "use_gating": false, "shared_gating": true,
+        "init_weights_seed": null
+    });
+    value.as_object().cloned().unwrap_or_default()
+}
+
+fn prompt_base() -> Map<String, Value> {
+    let value = json!({
+        "architecture": "prompt_tuning", "prompt_length": 10, "prompt_init": "random_uniform",
+        "prompt_init_text": null, "combine": "prefix", "init_weights_seed": null
+    });
+    value.as_object().cloned().unwrap_or_default()
+}
+
+/// The member dicts of the union presets (`mam`, `unipelt`).
+fn union_preset(name: &str) -> Option<Vec<Map<String, Value>>> {
+    let gated = json!({"use_gating": true});
+    Some(match name {
+        "mam" => vec![with(prefix_base(), json!({"bottleneck_size": 800})), preset("par_bn")?],
+        "unipelt" => vec![
+            with(with(prefix_base(), json!({"prefix_length": 10})), gated.clone()),
+            with(preset("seq_bn")?, gated.clone()),
+            with(with(lora_base(), json!({"r": 8, "alpha": 2})), gated),
+        ],
+        _ => return None,
+    })
 }
 
 fn with(mut base: Map<String, Value>, changes: Value) -> Map<String, Value> {
@@ -73,16 +105,45 @@ fn preset(name: &str) -> Option<Map<String, Value>> {
                    "composition_mode": "scale", "init_weights": "ia3"}),
         ),
         "dora" => with(lora_base(), json!({"use_dora": true})),
+        "prefix_tuning" => prefix_base(),
+        "prefix_tuning_flat" => with(prefix_base(), json!({"flat": true})),
+        "prompt_tuning" => prompt_base(),
+        "loreft" | "noreft" | "direft" => with(
+            json!({
+                "architecture": "reft", "layers": "all", "prefix_positions": 3, "suffix_positions": 0,
+                "r": 1, "tied_weights": false, "dropout": 0.05, "non_linearity": null, "dtype": null,
+                "output_reft": true, "init_weights_seed": null
+            })
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
+            json!({"orthogonality": name == "loreft"}),
+        ),
         _ => return None,
     })
 }
 
+/// `a|b|c`: each part a preset with overrides; more than one part makes a union.
 pub(super) fn parse(input: &str) -> Result<AdapterConfig> {
-    let err = |reason: String| AdapterError::ConfigString { input: input.into(), reason };
-    let text = input.trim();
-    if text.contains('|') {
-        return Err(err("config unions (`a|b`) are not supported by this version yet".into()));
+    let parts = split_top_level(input, '|');
+    if parts.len() == 1 {
+        return parse_one(input, input);
     }
+    let mut members = Vec::new();
+    for part in parts {
+        if part.trim().is_empty() {
+            return Err(AdapterError::ConfigString { input: input.into(), reason: "empty part in a `|` union".into() });
+        }
+        members.extend(parse_one(part, input)?.members().into_iter().cloned());
+    }
+    let union = AdapterConfig::Union(members);
+    union.validate().map_err(|e| AdapterError::ConfigString { input: input.into(), reason: e.to_string() })?;
+    Ok(union)
+}
+
+fn parse_one(text: &str, input: &str) -> Result<AdapterConfig> {
+    let err = |reason: String| AdapterError::ConfigString { input: input.into(), reason };
+    let text = text.trim();
     let (name, overrides) = match text.find('[') {
         Some(open) => {
             let close = text.rfind(']').filter(|&c| c == text.len() - 1).ok_or_else(|| {
@@ -92,12 +153,13 @@ pub(super) fn parse(input: &str) -> Result<AdapterConfig> {
         }
         None => (text, None),
     };
-    let mut dict = match preset(name) {
-        Some(dict) => dict,
-        None if LATER.contains(&name) => {
+    let mut dicts = match (preset(name), union_preset(name)) {
+        (Some(dict), _) => vec![dict],
+        (None, Some(dicts)) => dicts,
+        (None, None) if LATER.contains(&name) => {
             return Err(err(format!("`{name}` is not supported by this version yet")));
         }
-        None => {
+        (None, None) => {
             let hint = nearest(name, SUPPORTED).map(|n| format!("; did you mean `{n}`?")).unwrap_or_default();
             return Err(AdapterError::UnknownMethod {
                 name: format!("{name}{hint}"),
@@ -106,7 +168,7 @@ pub(super) fn parse(input: &str) -> Result<AdapterConfig> {
         }
     };
     if let Some(overrides) = overrides {
-        for item in split_top_level(overrides) {
+        for item in split_top_level(overrides, ',') {
             let item = item.trim();
             if item.is_empty() {
                 continue;
@@ -115,20 +177,37 @@ pub(super) fn parse(input: &str) -> Result<AdapterConfig> {
                 .split_once('=')
                 .ok_or_else(|| err(format!("`{item}` is not of the form key=value")))?;
             let key = key.trim();
-            if !dict.contains_key(key) {
+            // A union preset takes only options every member has (Python replaces them in each).
+            if let Some(dict) = dicts.iter().find(|d| !d.contains_key(key)) {
                 let keys: Vec<&str> = dict.keys().map(String::as_str).collect();
                 let hint = nearest(key, &keys).map(|n| format!("; did you mean `{n}`?")).unwrap_or_default();
-                return Err(err(format!("`{name}` has no option `{key}`{hint}")));
+                let whose = if dicts.len() > 1 { "every member of " } else { "" };
+                return Err(err(format!("{whose}`{name}` has no option `{key}`{hint}")));
             }
             let value = python_literal(value.trim()).map_err(|reason| err(format!("value of `{key}`: {reason}")))?;
-            dict.insert(key.to_string(), value);
+            for dict in &mut dicts {
+                dict.insert(key.to_string(), value.clone());
+            }
         }
     }
-    AdapterConfig::from_json(&Value::Object(dict), &format!("config string `{input}`"))
+    let origin = format!("config string `{input}`");
+    let mut configs = dicts.into_iter().map(|d| AdapterConfig::from_json(&Value::Object(d), &origin)).collect::<Result<Vec<_>>>()?;
+    // DiReft differs from NoReft only by a class attribute that no file carries.
+    if name == "direft" {
+        if let Some(AdapterConfig::Reft(c)) = configs.first_mut() {
+            c.subtract_projection = false;
+        }
+    }
+    if configs.len() == 1 {
+        return Ok(configs.remove(0));
+    }
+    let union = AdapterConfig::Union(configs);
+    union.validate().map_err(|e| err(e.to_string()))?;
+    Ok(union)
 }
 
-/// Splits on commas that are not inside brackets, braces or quotes.
-fn split_top_level(text: &str) -> Vec<&str> {
+/// Splits on `separator` where it is not inside brackets, braces or quotes.
+fn split_top_level(text: &str, separator: char) -> Vec<&str> {
     let (mut depth, mut quote, mut start, mut parts) = (0i32, None, 0, Vec::new());
     for (i, c) in text.char_indices() {
         match (quote, c) {
@@ -137,7 +216,7 @@ fn split_top_level(text: &str) -> Vec<&str> {
             (None, '\'' | '"') => quote = Some(c),
             (None, '[' | '{' | '(') => depth += 1,
             (None, ']' | '}' | ')') => depth -= 1,
-            (None, ',') if depth == 0 => {
+            (None, c) if c == separator && depth == 0 => {
                 parts.push(&text[start..i]);
                 start = i + 1;
             }

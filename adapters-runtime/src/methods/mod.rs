@@ -5,6 +5,9 @@ pub mod bottleneck;
 pub mod fused;
 pub mod init;
 pub mod lora;
+pub mod prefix;
+pub mod prompt;
+pub mod reft;
 mod norm;
 pub mod svd;
 
@@ -19,11 +22,18 @@ use crate::context::ForwardContext;
 pub struct NamedParam {
     pub name: String,
     pub var: Var,
+    /// A buffer: saved and loaded with the adapter, never trained (ReFT's orthogonal `base`).
+    pub frozen: bool,
 }
 
 impl NamedParam {
     pub fn new(name: impl Into<String>, tensor: Tensor) -> candle_core::Result<Self> {
-        Ok(NamedParam { name: name.into(), var: Var::from_tensor(&tensor)? })
+        Ok(NamedParam { name: name.into(), var: Var::from_tensor(&tensor)?, frozen: false })
+    }
+
+    /// A saved tensor that training leaves alone.
+    pub fn buffer(name: impl Into<String>, tensor: Tensor) -> candle_core::Result<Self> {
+        Ok(NamedParam { name: name.into(), var: Var::from_tensor(&tensor)?, frozen: true })
     }
 }
 

@@ -126,6 +126,14 @@ impl<M: AdaptableModel> AdaptedModel<M> {
                     Some(t) => (t.params(), sources.iter().map(|n| s.loras.get(*n).map(|m| m.params())).collect()),
                     None => return,
                 },
+                SlotRef::Reft(s) => match s.refts.get(name) {
+                    Some(t) => (t.params(), sources.iter().map(|n| s.refts.get(*n).map(|m| m.params())).collect()),
+                    None => return,
+                },
+                SlotRef::Prefix(_, s) => match s.gates.get(name) {
+                    Some(t) => (&t.params, sources.iter().map(|n| s.gates.get(*n).map(|g| &g.params[..])).collect()),
+                    None => return,
+                },
             };
             let Some(inputs) = inputs else {
                 failure = Some(AdapterError::InvalidConfig(format!("a source adapter has no module where `{name}` has one; cannot average")));
@@ -135,10 +143,21 @@ impl<M: AdaptableModel> AdaptedModel<M> {
                 failure = Some(e);
             }
         });
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(()),
+        if let Some(e) = failure {
+            return Err(e);
         }
+        // Prefix modules live at the model level (Python averages them in the pool, linearly).
+        if let Some(group) = self.prefixes.get(name) {
+            for (location, module) in &group.modules {
+                let inputs = sources
+                    .iter()
+                    .map(|n| self.prefixes.get(*n).and_then(|g| g.modules.get(location)).map(|m| m.params()))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| AdapterError::InvalidConfig(format!("a source adapter has no prefix at `{location}`; cannot average")))?;
+                average_params(module.params(), &inputs, weights, strategy)?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -290,8 +290,8 @@ impl<M: AdaptableModel + EncoderForward> AdaptedModel<M> {
     /// `output_adapter_fusion_attentions=True`.
     pub fn forward_with_fusion_attentions(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<(Tensor, Vec<FusionAttention>)> {
         let sink = Arc::new(Mutex::new(Vec::new()));
-        let ctx = self.context().with_fusion_attentions(sink.clone());
         let (ids, mask) = self.replicate_for_parallel(input_ids, attention_mask)?;
+        let ctx = self.forward_context(&mask)?.with_fusion_attentions(sink.clone());
         let hidden = self.model.forward_with(&ids, &mask, &ctx)?;
         let mut attentions = sink.lock().map(|v| v.clone()).unwrap_or_default();
         let mut places: HashMap<String, (usize, &'static str)> = HashMap::new();

@@ -173,8 +173,8 @@ impl<M: AdaptableModel + EncoderForward> AdaptedModel<M> {
     /// The base output and the active heads' outputs: one head over the batch, or one per
     /// Parallel channel or BatchSplit part over its rows (Python's `MultiHeadOutput`).
     pub fn forward_with_head(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<ModelOutput> {
-        let ctx = self.context();
         let (ids, mask) = self.replicate_for_parallel(input_ids, attention_mask)?;
+        let ctx = self.forward_context(&mask)?;
         let hidden = self.model.forward_with(&ids, &mask, &ctx)?;
         let rows = hidden.dim(0)?;
         let mut heads = Vec::new();

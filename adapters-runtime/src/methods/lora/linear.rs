@@ -121,6 +121,9 @@ impl LoRALinear {
     }
     pub(crate) fn merge(&mut self, name: &str) -> std::result::Result<bool, String> {
         let Some(module) = self.loras.get(name) else { return Ok(false) };
+        if module.is_gated() {
+            return Err("a gated LoRA module (UniPELT) cannot be merged: its gate depends on the input".into());
+        }
         match &self.merged {
             Some((merged, _)) if merged == name => return Ok(true),
             Some((merged, _)) => return Err(format!("`{merged}` is already merged here; reset it first")),

@@ -20,6 +20,8 @@ pub struct LoraModule {
     /// alpha / r for LoRA and DoRA; alpha for IA3.
     scaling: f64,
     dropout: f64,
+    /// UniPELT's gate `Linear(in, 1)`: `mean_seq(sigmoid(gate(x)))` replaces the scaling.
+    gate: Option<(Var, Var)>,
 }
 
 impl LoraModule {
@@ -56,14 +58,21 @@ impl LoraModule {
                 }
             }
         }
+        if config.use_gating {
+            let bound = 1.0 / (in_features as f32).sqrt();
+            let bias = Tensor::new(&[(rng.uniform() * 2.0 - 1.0) * bound], &Device::Cpu)?;
+            params.push(NamedParam::new("gate.weight", init::normal(rng, &[1, in_features], 0.02)?)?);
+            params.push(NamedParam::new("gate.bias", bias)?);
+        }
         let scaling = match kind {
             LoraKind::IA3 => config.alpha,
             _ => config.alpha / r as f64,
         };
         let handle = |name: &str| params.iter().find(|p| p.name == name).map(|p| p.var.clone());
         let (a, magnitude) = (handle("lora_A"), handle("m.weight"));
+        let gate = handle("gate.weight").zip(handle("gate.bias"));
         let b = handle("lora_B").ok_or_else(|| candle_core::Error::Msg("lora_B is always created".into()))?;
-        Ok(LoraModule { kind, a, b, magnitude, params, scaling, dropout: config.dropout })
+        Ok(LoraModule { kind, a, b, magnitude, params, scaling, dropout: config.dropout, gate })
     }
 
     pub fn params(&self) -> &[NamedParam] {
@@ -98,15 +107,31 @@ impl LoraModule {
                         vector.reshape((1, 1, ()))?.repeat((b, 1, 1))?
                     }
                 };
-                hidden * self.scaling
+                self.scale(&hidden, layer_input)
             }
             Some(a) => {
                 let x = dropout(hidden.unwrap_or(layer_input), self.dropout, ctx)?;
                 let low = linear(&x, a.as_tensor(), None)?;
                 let out = linear(&low, self.b(), None)?;
-                out * self.scaling
+                self.scale(&out, layer_input)
             }
         }
+    }
+
+    /// `x * scaling`, or `x * mean_seq(sigmoid(gate(layer_input)))` with a gate.
+    fn scale(&self, x: &Tensor, layer_input: &Tensor) -> Result<Tensor> {
+        match &self.gate {
+            None => x * self.scaling,
+            Some((w, b)) => {
+                let gate = candle_nn::ops::sigmoid(&linear(layer_input, w.as_tensor(), Some(b.as_tensor()))?)?.mean_keepdim(1)?;
+                x.broadcast_mul(&gate)
+            }
+        }
+    }
+
+    /// Whether a gate replaces the scaling (such modules cannot be merged).
+    pub fn is_gated(&self) -> bool {
+        self.gate.is_some()
     }
 
     /// Combines the base output with the composed module output, as the last module of a stack.

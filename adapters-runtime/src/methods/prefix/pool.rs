@@ -1,0 +1,140 @@
+//! The model-level prefix modules (Python's `PrefixTuningPool`): per adapter and location key, one
+//! module that produces the keys and values of every layer's prefix at once.
+
+use std::collections::BTreeMap;
+
+use candle_core::{Device, Result as CResult, Tensor, Var};
+
+use crate::config::PrefixTuningConfig;
+use crate::context::ForwardContext;
+use crate::methods::activation::Activation;
+use crate::methods::init::{self, Rng};
+use crate::methods::{dropout, linear, NamedParam};
+
+/// How many layers hold a prefix at one location key, and their attention shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrefixShape {
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub head_dim: usize,
+    pub hidden: usize,
+}
+
+/// One prefix module: an embedding of `prefix_length` positions through an MLP (`PrefixTuning`),
+/// or the flat vector of all key and value entries (`FlatPrefixTuning`).
+pub struct PrefixModule {
+    shape: PrefixShape,
+    prefix_length: usize,
+    dropout: f64,
+    kind: PrefixKind,
+    params: Vec<NamedParam>,
+}
+
+enum PrefixKind {
+    Mlp { wte: Var, w1: Var, b1: Var, activation: Activation, w2: Var, b2: Var },
+    Flat { control_trans: Var },
+}
+
+fn param(params: &mut Vec<NamedParam>, name: &str, tensor: Tensor) -> CResult<Var> {
+    let p = NamedParam::new(name, tensor)?;
+    let var = p.var.clone();
+    params.push(p);
+    Ok(var)
+}
+
+impl PrefixModule {
+    /// A freshly initialised module (PyTorch's defaults: N(0, 1) embedding and flat vector,
+    /// Kaiming-uniform linears).
+    pub fn new(config: &PrefixTuningConfig, shape: PrefixShape, rng: &mut Rng) -> CResult<Self> {
+        let mut params = Vec::new();
+        let p = &mut params;
+        let out = shape.n_layers * 2 * shape.n_heads * shape.head_dim;
+        let kind = if config.flat {
+            PrefixKind::Flat { control_trans: param(p, "control_trans", init::normal(rng, &[config.prefix_length * out], 1.0)?)? }
+        } else {
+            let (h, b) = (shape.hidden, config.bottleneck_size);
+            let bias = |rng: &mut Rng, n: usize, fan_in: usize| -> CResult<Tensor> {
+                let bound = 1.0 / (fan_in as f32).sqrt();
+                let data: Vec<f32> = (0..n).map(|_| (rng.uniform() * 2.0 - 1.0) * bound).collect();
+                Tensor::from_vec(data, n, &Device::Cpu)
+            };
+            PrefixKind::Mlp {
+                wte: param(p, "wte.weight", init::normal(rng, &[config.prefix_length, h], 1.0)?)?,
+                w1: param(p, "control_trans.0.weight", init::kaiming_uniform(rng, &[b, h])?)?,
+                b1: param(p, "control_trans.0.bias", bias(rng, b, h)?)?,
+                activation: Activation::parse(&config.non_linearity).map_err(candle_core::Error::wrap)?,
+                w2: param(p, "control_trans.2.weight", init::kaiming_uniform(rng, &[out, b])?)?,
+                b2: param(p, "control_trans.2.bias", bias(rng, out, b)?)?,
+            }
+        };
+        Ok(PrefixModule { shape, prefix_length: config.prefix_length, dropout: config.dropout, kind, params })
+    }
+
+    pub fn params(&self) -> &[NamedParam] {
+        &self.params
+    }
+
+    pub fn shape(&self) -> PrefixShape {
+        self.shape
+    }
+
+    /// The key/value entries of every layer for one batch row, `[prefix_length, n_layers * 2 *
+    /// heads * head_dim]` (before dropout).
+    fn entries(&self) -> CResult<Tensor> {
+        match &self.kind {
+            PrefixKind::Mlp { wte, w1, b1, activation, w2, b2 } => {
+                let hidden = activation.forward(&linear(wte.as_tensor(), w1.as_tensor(), Some(b1.as_tensor()))?)?;
+                linear(&hidden, w2.as_tensor(), Some(b2.as_tensor()))
+            }
+            PrefixKind::Flat { control_trans } => control_trans.as_tensor().reshape((self.prefix_length, ()))
+        }
+    }
+
+    /// `[n_layers * 2, batch, heads, prefix_length, head_dim]`: entry `2 i` holds the keys and
+    /// `2 i + 1` the values of the `i`-th layer with this prefix (Python's permute and split).
+    pub fn forward(&self, batch: usize, ctx: &ForwardContext) -> CResult<Tensor> {
+        let s = self.shape;
+        let entries = self.entries()?.reshape((1, self.prefix_length, s.n_layers * 2, s.n_heads, s.head_dim))?;
+        let entries = entries.broadcast_as((batch, self.prefix_length, s.n_layers * 2, s.n_heads, s.head_dim))?;
+        let entries = dropout(&entries.contiguous()?, self.dropout, ctx)?;
+        entries.permute((2, 0, 3, 1, 4))?.contiguous()
+    }
+
+    /// Python's `eject_prefix_tuning`: the MLP's output as a flat module (same prefixes).
+    pub fn ejected(&self) -> CResult<Option<PrefixModule>> {
+        if matches!(self.kind, PrefixKind::Flat { .. }) {
+            return Ok(None);
+        }
+        let flat = self.entries()?.flatten_all()?.detach();
+        let mut params = Vec::new();
+        let control_trans = param(&mut params, "control_trans", flat)?;
+        Ok(Some(PrefixModule {
+            shape: self.shape,
+            prefix_length: self.prefix_length,
+            dropout: self.dropout,
+            kind: PrefixKind::Flat { control_trans },
+            params,
+        }))
+    }
+
+    pub fn is_flat(&self) -> bool {
+        matches!(self.kind, PrefixKind::Flat { .. })
+    }
+}
+
+/// The prefix modules of one adapter, by location key (`self_prefix`, `self`, ...).
+#[derive(Default)]
+pub struct PrefixGroup {
+    pub modules: BTreeMap<String, PrefixModule>,
+}
+
+impl PrefixGroup {
+    /// Every location's prefixes for a batch.
+    pub fn forward(&self, batch: usize, ctx: &ForwardContext) -> CResult<BTreeMap<String, Tensor>> {
+        self.modules.iter().map(|(key, m)| Ok((key.clone(), m.forward(batch, ctx)?))).collect()
+    }
+}
+
+/// The prefix states of one forward: adapter -> location key -> `[n_layers * 2, batch, heads,
+/// prefix_length, head_dim]`.
+pub type PrefixStates = BTreeMap<String, BTreeMap<String, Tensor>>;
