@@ -21,7 +21,7 @@ use crate::config::{AdapterConfig, AdapterFile};
 use crate::context::ForwardContext;
 use crate::error::{AdapterError, Result};
 use crate::heads::{HeadSetup, PredictionHead};
-use crate::methods::bottleneck::BottleneckAdapter;
+use crate::methods::bottleneck::{BottleneckAdapter, SharedPhm};
 use crate::methods::init::Rng;
 use crate::methods::lora::LoraModule;
 use crate::methods::prefix::{PrefixGate, PrefixGroup};
@@ -63,6 +63,9 @@ pub struct AdaptedModel<M> {
     /// Prefix tuning modules by adapter (Python's `PrefixTuningPool`), named
     /// `prefix_tuning.prefix_tunings.NAME.<location>.*`.
     prefixes: BTreeMap<String, PrefixGroup>,
+    /// Parameters shared by every layer of an adapter (Compacter's PHM rule and W), named
+    /// `shared_parameters.NAME.*`.
+    shared: BTreeMap<String, Vec<NamedParam>>,
 }
 
 /// One row of [`AdaptedModel::adapter_summary`].
@@ -112,6 +115,7 @@ impl<M: AdaptableModel> AdaptedModel<M> {
             dropout_rng: Arc::new(Mutex::new(Rng::new(DEFAULT_SEED))),
             skip_layers: None,
             prefixes: BTreeMap::new(),
+            shared: BTreeMap::new(),
         };
         // Slots learn their layer index once, for AdapterDrop (prefix slots also their key).
         adapted.each_slot_mut(&mut |layer, slot| match slot {
@@ -260,13 +264,22 @@ impl<M: AdaptableModel> AdaptedModel<M> {
         config.validate()?;
         // Build every module first, then insert: a failure leaves the model untouched.
         let mut rng = Rng::from_name(name, 0);
+        let mut shared_params = Vec::new();
+        let shared = match config.bottleneck() {
+            Some(c) if c.phm_layer => {
+                let hidden = self.model.dims().hidden_size;
+                let down = ((hidden as f64 / c.reduction_factor.for_layer(0)?).floor() as usize).max(1);
+                SharedPhm::new(c, hidden, down, &mut shared_params, &mut rng)?
+            }
+            _ => SharedPhm::default(),
+        };
         let mut planned: Vec<Option<Planned>> = Vec::new();
         let mut failure = None;
         self.each_slot(&mut |layer, slot| {
             if failure.is_some() {
                 return;
             }
-            match plan_module(&config, layer, &slot, &mut rng) {
+            match plan_module(&config, layer, &slot, &shared, &mut rng) {
                 Ok(p) => planned.push(p),
                 Err(e) => failure = Some(e),
             }
@@ -308,6 +321,9 @@ impl<M: AdaptableModel> AdaptedModel<M> {
         if let Some(group) = group {
             self.prefixes.insert(name.to_string(), group);
         }
+        if !shared_params.is_empty() {
+            self.shared.insert(name.to_string(), shared_params);
+        }
         if let (Some(prompt), Some(slot)) = (prompt, self.model.embedding_slot_mut()) {
             slot.prompts.insert(name.to_string(), prompt);
         }
@@ -339,6 +355,7 @@ impl<M: AdaptableModel> AdaptedModel<M> {
             }
         });
         self.prefixes.remove(name);
+        self.shared.remove(name);
         if let Some(slot) = self.model.embedding_slot_mut() {
             slot.prompts.remove(name);
         }
@@ -593,6 +610,9 @@ impl<M: AdaptableModel> AdaptedModel<M> {
                 }
             }
         }
+        for p in self.shared.get(name).into_iter().flatten() {
+            out.push((format!("shared_parameters.{file_name}.{}", p.name), p.var.clone()));
+        }
         if let Some(prompt) = self.model.embedding_slot().and_then(|s| s.prompts.get(name)) {
             for p in prompt.params() {
                 out.push((format!("prompt_tuning.prompt_tunings.{file_name}.{}", p.name), p.var.clone()));
@@ -604,13 +624,23 @@ impl<M: AdaptableModel> AdaptedModel<M> {
     /// Buffers of an adapter (saved, never trained), by tensor id.
     fn frozen_params(&self, name: &str) -> Vec<candle_core::TensorId> {
         let mut out = Vec::new();
-        self.each_slot(&mut |_, slot| {
-            if let SlotRef::Reft(s) = slot {
+        let mut take = |params: &[NamedParam]| out.extend(params.iter().filter(|p| p.frozen).map(|p| p.var.id()));
+        self.each_slot(&mut |_, slot| match slot {
+            SlotRef::Reft(s) => {
                 if let Some(m) = s.refts.get(name) {
-                    out.extend(m.params().iter().filter(|p| p.frozen).map(|p| p.var.id()));
+                    take(m.params());
                 }
             }
+            SlotRef::Bottleneck(_, s) => {
+                if let Some(a) = s.adapters.get(name) {
+                    take(a.params());
+                }
+            }
+            _ => {}
         });
+        if let Some(shared) = self.shared.get(name) {
+            out.extend(shared.iter().filter(|p| p.frozen).map(|p| p.var.id()));
+        }
         out
     }
 
@@ -668,7 +698,7 @@ impl<M: AdaptableModel> AdaptedModel<M> {
             model_class: Some(mapping.model_class.into()),
             model_name: None,
             version: format!("adapters.{PYTHON_ADAPTERS_VERSION}"),
-            extra: Default::default(),
+            extra: direft_marker(config),
         }
         .write(dir)?;
         if self.heads.contains_key(name) {
@@ -686,6 +716,7 @@ impl<M: AdaptableModel> AdaptedModel<M> {
         let weights = crate::io::read_weights(&weights_path)?;
         let name = load_as.unwrap_or(&file.name).to_string();
         let mut config = file.config.clone();
+        apply_direft_marker(&mut config, &file.extra);
         // Files from versions before 1.1.0 ignored alpha; the Python library loads them with alpha = r.
         if let AdapterConfig::LoRA(c) = &mut config {
             if version_before(&file.version, (1, 1, 0)) {
@@ -748,6 +779,19 @@ impl<M: AdaptableModel> AdaptedModel<M> {
         let mut missing: Vec<&String> = expected.keys().filter(|k| !seen.contains(*k)).collect();
         missing.sort();
         if let Some(tensor) = missing.first() {
+            if tensor.starts_with("shared_parameters.") {
+                // adapters 1.3.0 leaves these out when it saves from a bare model (its filter
+                // wants a `.` before `shared_parameters`); loading them fresh would silently
+                // change the adapter, so this is an error that says where they went.
+                return Err(AdapterError::file(
+                    &origin,
+                    format!(
+                        "tensor `{tensor}` is missing: the parameters shared by all layers (Compacter's PHM rule, VeRA's A and B) are not in this file. \
+                         The Python library does not save them from a bare model (BertModel); save the adapter from an AdapterModel class \
+                         (BertAdapterModel), or add the `shared_parameters.*` tensors to the file"
+                    ),
+                ));
+            }
             return Err(AdapterError::MissingTensor { file: origin, tensor: (*tensor).clone() });
         }
         for (var, tensor) in staged {
@@ -763,7 +807,8 @@ impl<M: AdaptableModel> AdaptedModel<M> {
             .configs
             .iter()
             .map(|(name, config)| {
-                let parameters: usize = self.params_named_as(name, name).iter().map(|(_, v)| v.elem_count()).sum();
+                let frozen = self.frozen_params(name);
+                let parameters: usize = self.params_named_as(name, name).iter().filter(|(_, v)| !frozen.contains(&v.id())).map(|(_, v)| v.elem_count()).sum();
                 let is_active = active.contains(&name.as_str());
                 AdapterSummaryRow {
                     name: name.clone(),
@@ -810,6 +855,27 @@ impl<M: AdaptableModel + EncoderForward> AdaptedModel<M> {
     }
 }
 
+/// DiReft differs from NoReft by a Python class attribute that `adapter_config.json` cannot hold
+/// (Python reloads a saved DiReft as NoReft). This library writes a top-level marker, which
+/// Python ignores, so that its own files reload as what was saved.
+const DIREFT_MARKER: &str = "reft_subtract_projection";
+
+fn direft_marker(config: &AdapterConfig) -> serde_json::Map<String, serde_json::Value> {
+    let mut extra = serde_json::Map::new();
+    if config.reft().is_some_and(|c| !c.subtract_projection) {
+        extra.insert(DIREFT_MARKER.into(), serde_json::Value::Bool(false));
+    }
+    extra
+}
+
+fn apply_direft_marker(config: &mut AdapterConfig, extra: &serde_json::Map<String, serde_json::Value>) {
+    if extra.get(DIREFT_MARKER) == Some(&serde_json::Value::Bool(false)) {
+        if let AdapterConfig::Reft(c) = config {
+            c.subtract_projection = false;
+        }
+    }
+}
+
 fn version_before(version: &str, (major, minor, patch): (u64, u64, u64)) -> bool {
     let mut parts = version.split(|c: char| !c.is_ascii_digit()).filter(|p| !p.is_empty()).map(|p| p.parse::<u64>().unwrap_or(0));
     let v = (parts.next(), parts.next().unwrap_or(0), parts.next().unwrap_or(0));
@@ -828,16 +894,16 @@ enum Planned {
 }
 
 /// The module `config` (or the member of a union for this slot's family) puts on one slot.
-fn plan_module(config: &AdapterConfig, layer: usize, slot: &SlotRef<'_>, rng: &mut Rng) -> Result<Option<Planned>> {
+fn plan_module(config: &AdapterConfig, layer: usize, slot: &SlotRef<'_>, shared: &SharedPhm, rng: &mut Rng) -> Result<Option<Planned>> {
     for member in config.members() {
-        if let Some(planned) = plan_member(member, layer, slot, rng)? {
+        if let Some(planned) = plan_member(member, layer, slot, shared, rng)? {
             return Ok(Some(planned));
         }
     }
     Ok(None)
 }
 
-fn plan_member(config: &AdapterConfig, layer: usize, slot: &SlotRef<'_>, rng: &mut Rng) -> Result<Option<Planned>> {
+fn plan_member(config: &AdapterConfig, layer: usize, slot: &SlotRef<'_>, shared: &SharedPhm, rng: &mut Rng) -> Result<Option<Planned>> {
     if config.leave_out().contains(&layer) {
         return Ok(None);
     }
@@ -883,7 +949,7 @@ fn plan_member(config: &AdapterConfig, layer: usize, slot: &SlotRef<'_>, rng: &m
             let hidden = s.hidden_size();
             // Python: int(hidden_size // reduction_factor), at least 1.
             let down = ((hidden as f64 / c.reduction_factor.for_layer(layer)?).floor() as usize).max(1);
-            Some(Planned::Bottleneck(BottleneckAdapter::new(c, hidden, down, rng)?))
+            Some(Planned::Bottleneck(BottleneckAdapter::new(c, hidden, down, shared, rng)?))
         }
         (AdapterConfig::LoRA(c), SlotRef::Lora(location, s)) => {
             if !c.targets(*location) {

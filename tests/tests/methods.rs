@@ -234,3 +234,91 @@ fn reft_positions_out_of_range_are_refused() {
     let err = run("bert", &[dir], "loreft_suffix20").unwrap_err();
     assert!(err.contains("suffix_positions 20") && err.contains("row 1") && err.contains("6 tokens"), "{err}");
 }
+
+/// A copy of an adapter folder whose safetensors file also holds the tensors of `extra` (the
+/// shared parameters Python leaves out when it saves from a bare model).
+fn with_shared(label: &str, dir: &Path, extra: &Path) -> PathBuf {
+    let out = std::env::temp_dir().join(format!("adapters-shared-{}-{}", std::process::id(), label.replace('/', "-")));
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::copy(dir.join("adapter_config.json"), out.join("adapter_config.json")).unwrap();
+    let mut tensors = read(&dir.join("adapter.safetensors"));
+    tensors.extend(read(extra));
+    candle_core::safetensors::save(&tensors, out.join("adapter.safetensors")).unwrap();
+    out
+}
+
+#[test]
+fn compacter_cases_match_python() {
+    let m = manifest("reft_compacter_manifest.json");
+    let mut report = Vec::new();
+    for (arch, cases) in m["archs"].as_object().unwrap() {
+        for (case, info) in cases.as_object().unwrap() {
+            if !case.starts_with("compacter") {
+                continue;
+            }
+            let label = format!("{arch}/{case}");
+            if let Some(error) = info["python_error"].as_str() {
+                // Python refuses these when it builds them; so does this library, with the reason.
+                let config = match info["config"].as_str().unwrap() {
+                    "CompacterConfig()" => "compacter".to_string(),
+                    "CompacterPlusPlusConfig()" => "compacter++".to_string(),
+                    other => {
+                        assert!(other.contains("shared_W_phm=True, factorized_phm_W=False"), "{label}: {other}");
+                        "compacter++[reduction_factor=4, shared_W_phm=True, factorized_phm_W=False]".to_string()
+                    }
+                };
+                let mut model = load_model(&model_dir(arch)).unwrap();
+                let err = AdapterConfig::parse(&config).and_then(|c| model.add_adapter(case, c)).unwrap_err().to_string();
+                let want = if error.contains("UnboundLocalError") { "factorized_phm_W" } else { "divisible by phm_dim" };
+                assert!(err.contains(want), "{label}: {err}");
+                assert!(model.adapter_names().is_empty(), "{label}: nothing added");
+                report.push(format!("{label}: refused as in Python"));
+                continue;
+            }
+            let (dir, bin) = case_folders(info);
+            let expected = fixtures().join(info["output"].as_str().unwrap());
+            let folders: Vec<PathBuf> = match info["shared"].as_str() {
+                Some(shared) => {
+                    // Python's own files lack the shared parameters: a clear error, then the
+                    // fixture's copy of them completes the file.
+                    let err = run(arch, std::slice::from_ref(&dir), case).unwrap_err();
+                    assert!(err.contains("shared_parameters") && err.contains("AdapterModel"), "{label}: {err}");
+                    vec![with_shared(&label, &dir, &fixtures().join(shared))]
+                }
+                None => vec![dir.clone()],
+            };
+            let out = run(arch, &folders, case).unwrap_or_else(|e| panic!("{label}: {e}"));
+            let diff = compare(&label, &out, &expected);
+            if let (Some(bin), true) = (bin, info["shared"].is_null()) {
+                compare(&format!("{label} (.bin)"), &run(arch, &[bin], case).unwrap(), &expected);
+            }
+            round_trip(&label, arch, &folders, case, &expected);
+            report.push(format!("{label}: {diff:.2e}"));
+        }
+    }
+    println!("{}", report.join("\n"));
+    assert_eq!(report.len(), 20, "cases run: {report:?}");
+}
+
+#[test]
+fn adapterplus_matches_python() {
+    let m = manifest("inv_vera_manifest.json");
+    let mut checked = 0;
+    for (arch, cases) in m["archs"].as_object().unwrap() {
+        // The full config (stochastic depth 0.1) is ours by name: the same dict as Python's class.
+        let ours = AdapterConfig::parse("adapterplus").unwrap().to_json();
+        assert_eq!(ours, cases["adapterplus"]["config_json"], "{arch}: adapterplus preset");
+        // Python builds stochastic depth with torchvision (absent in the reference run), so its
+        // outputs come from stochastic_depth = 0, which is the same function in evaluation.
+        let info = &cases["adapterplus_sd0"];
+        let (dir, bin) = case_folders(info);
+        let expected = fixtures().join(info["output"].as_str().unwrap());
+        compare(&format!("{arch}/adapterplus_sd0"), &run(arch, std::slice::from_ref(&dir), "adapterplus_sd0").unwrap(), &expected);
+        if let Some(bin) = bin {
+            compare(&format!("{arch}/adapterplus_sd0 (.bin)"), &run(arch, &[bin], "adapterplus_sd0").unwrap(), &expected);
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, 4);
+}

@@ -184,9 +184,15 @@ impl BnConfig {
         }
         crate::methods::activation::Activation::parse(&self.non_linearity)?;
         if self.phm_layer {
-            return Err(AdapterError::InvalidConfig(
-                "`phm_layer: true` (Compacter) is not supported by this version yet".into(),
-            ));
+            if self.phm_dim == 0 {
+                return bad("phm_dim", "must be at least 1".into());
+            }
+            if self.shared_W_phm == Some(true) && self.factorized_phm_W == Some(false) {
+                return bad("shared_W_phm", "a shared W must be factorized (factorized_phm_W = true); the Python library fails on this combination too".into());
+            }
+            if self.shared_W_phm == Some(true) && !matches!(self.reduction_factor, ReductionFactor::Scalar(_)) {
+                return bad("shared_W_phm", "a shared W needs one reduction_factor for every layer, not a mapping".into());
+            }
         }
         if self.inv_adapter.is_some() {
             return Err(AdapterError::InvalidConfig(

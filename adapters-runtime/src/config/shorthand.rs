@@ -9,11 +9,11 @@ use crate::error::{AdapterError, Result};
 const SUPPORTED: &[&str] = &[
     "seq_bn", "pfeiffer", "double_seq_bn", "houlsby", "par_bn", "parallel", "scaled_par_bn",
     "scaled_parallel", "lora", "ia3", "dora", "prefix_tuning", "prefix_tuning_flat",
-    "prompt_tuning", "mam", "unipelt", "loreft", "noreft", "direft",
+    "prompt_tuning", "mam", "unipelt", "loreft", "noreft", "direft", "compacter", "compacter++",
+    "adapterplus",
 ];
 const LATER: &[&str] = &[
-    "seq_bn_inv", "double_seq_bn_inv", "pfeiffer+inv", "houlsby+inv", "compacter", "compacter++",
-    "vera", "dvora", "mtl_lora",
+    "seq_bn_inv", "double_seq_bn_inv", "pfeiffer+inv", "houlsby+inv", "vera", "dvora", "mtl_lora",
 ];
 
 fn bn_base() -> Map<String, Value> {
@@ -105,6 +105,15 @@ fn preset(name: &str) -> Option<Map<String, Value>> {
                    "composition_mode": "scale", "init_weights": "ia3"}),
         ),
         "dora" => with(lora_base(), json!({"use_dora": true})),
+        "compacter++" => with(preset("seq_bn")?, json!({"phm_layer": true, "reduction_factor": 32, "non_linearity": "gelu"})),
+        "compacter" => with(preset("double_seq_bn")?, json!({"phm_layer": true, "reduction_factor": 32, "non_linearity": "gelu"})),
+        // Python has the class AdapterPlusConfig but no string for it; this name is ours.
+        "adapterplus" => with(
+            bn_base(),
+            json!({"original_ln_after": false, "original_ln_before": true, "residual_before_ln": false,
+                   "stochastic_depth": 0.1, "init_weights": "houlsby", "scaling": "channel",
+                   "reduction_factor": 96, "non_linearity": "gelu"}),
+        ),
         "prefix_tuning" => prefix_base(),
         "prefix_tuning_flat" => with(prefix_base(), json!({"flat": true})),
         "prompt_tuning" => prompt_base(),
@@ -181,8 +190,12 @@ fn parse_one(text: &str, input: &str) -> Result<AdapterConfig> {
             if let Some(dict) = dicts.iter().find(|d| !d.contains_key(key)) {
                 let keys: Vec<&str> = dict.keys().map(String::as_str).collect();
                 let hint = nearest(key, &keys).map(|n| format!("; did you mean `{n}`?")).unwrap_or_default();
-                let whose = if dicts.len() > 1 { "every member of " } else { "" };
-                return Err(err(format!("{whose}`{name}` has no option `{key}`{hint}")));
+                if dicts.len() > 1 {
+                    return Err(err(format!(
+                        "not every member of the union `{name}` has the option `{key}`; a union preset takes only options all its members have (as in Python). Write the members with `|` instead, e.g. `prefix_tuning[{key}=...]|par_bn`"
+                    )));
+                }
+                return Err(err(format!("`{name}` has no option `{key}`{hint}")));
             }
             let value = python_literal(value.trim()).map_err(|reason| err(format!("value of `{key}`: {reason}")))?;
             for dict in &mut dicts {

@@ -2,8 +2,10 @@
 
 mod fusion;
 mod module;
+mod phm;
 mod slot;
 
 pub use fusion::FusionLayer;
 pub use module::BottleneckAdapter;
+pub use phm::SharedPhm;
 pub use slot::BottleneckSlot;

@@ -8,6 +8,8 @@ use crate::methods::activation::Activation;
 use crate::methods::init::{self, Rng};
 use crate::methods::{dropout, linear, LayerNorm, NamedParam};
 
+use super::phm::{PhmLayer, SharedPhm};
+
 /// Adapter LayerNorms use PyTorch's default eps.
 const ADAPTER_LN_EPS: f64 = 1e-5;
 
@@ -39,10 +41,25 @@ fn affine(params: &mut Vec<NamedParam>, prefix: &str, weight: Tensor, bias: Tens
     Ok(Affine { weight: param(params, format!("{prefix}.weight"), weight)?, bias: param(params, format!("{prefix}.bias"), bias)? })
 }
 
+/// A down or up projection: a Linear, or a PHM layer (Compacter).
+enum Projection {
+    Linear(Affine),
+    Phm(PhmLayer),
+}
+
+impl Projection {
+    fn forward(&self, x: &Tensor) -> CResult<Tensor> {
+        match self {
+            Projection::Linear(a) => a.linear(x),
+            Projection::Phm(p) => p.forward(x),
+        }
+    }
+}
+
 pub struct BottleneckAdapter {
     norm_before: Option<Affine>,
-    down: Affine,
-    up: Affine,
+    down: Projection,
+    up: Projection,
     /// `None`: the fixed `fixed_scaling`; `Some`: learned (one value or one per channel).
     learned_scaling: Option<Var>,
     fixed_scaling: f64,
@@ -57,11 +74,14 @@ pub struct BottleneckAdapter {
     original_ln_before: bool,
     original_ln_after: bool,
     dropout: f64,
+    /// AdapterPlus: in training, drop the whole up-projection of a row with this probability.
+    stochastic_depth: f64,
 }
 
 impl BottleneckAdapter {
     /// Builds a freshly initialised adapter for a hidden size and a bottleneck size.
-    pub fn new(config: &BnConfig, hidden: usize, down: usize, rng: &mut Rng) -> CResult<Self> {
+    /// `shared` holds the Compacter parameters shared by every layer (empty otherwise).
+    pub fn new(config: &BnConfig, hidden: usize, down: usize, shared: &SharedPhm, rng: &mut Rng) -> CResult<Self> {
         let ones = |n: usize| Tensor::ones(n, DType::F32, &Device::Cpu);
         let zeros = |n: usize| Tensor::zeros(n, DType::F32, &Device::Cpu);
         let mut params = Vec::new();
@@ -72,8 +92,15 @@ impl BottleneckAdapter {
             "houlsby" => (init::truncated_normal(rng, &[down, hidden], 1e-2)?, init::truncated_normal(rng, &[hidden, down], 1e-2)?),
             _ => (init::normal(rng, &[down, hidden], 0.02)?, init::normal(rng, &[hidden, down], 0.02)?),
         };
-        let down_layer = affine(p, &format!("adapter_down.{}", usize::from(config.ln_before)), down_w, zeros(down)?)?;
-        let up = affine(p, "adapter_up", up_w, zeros(hidden)?)?;
+        let down_prefix = format!("adapter_down.{}", usize::from(config.ln_before));
+        let (down_layer, up) = if config.phm_layer {
+            (
+                Projection::Phm(PhmLayer::new(config, (hidden, down), false, &format!("{down_prefix}."), shared, p, rng)?),
+                Projection::Phm(PhmLayer::new(config, (down, hidden), true, "adapter_up.", shared, p, rng)?),
+            )
+        } else {
+            (Projection::Linear(affine(p, &down_prefix, down_w, zeros(down)?)?), Projection::Linear(affine(p, "adapter_up", up_w, zeros(hidden)?)?))
+        };
         let (fixed_scaling, learned_scaling) = match &config.scaling {
             Scaling::Fixed(s) => (*s, None),
             Scaling::Mode(mode) => {
@@ -99,6 +126,7 @@ impl BottleneckAdapter {
             original_ln_before: config.original_ln_before,
             original_ln_after: config.original_ln_after,
             dropout: config.dropout,
+            stochastic_depth: config.stochastic_depth.unwrap_or(0.0),
         })
     }
 
@@ -164,8 +192,8 @@ impl BottleneckAdapter {
             Some(norm) => norm.layer_norm(x)?,
             None => x.clone(),
         };
-        let down = self.activation.forward(&self.down.linear(&down_in)?)?;
-        let up = self.up.linear(&down)?;
+        let down = self.activation.forward(&self.down.forward(&down_in)?)?;
+        let up = drop_rows(&self.up.forward(&down)?, self.stochastic_depth, ctx)?;
         let up = match &self.learned_scaling {
             Some(scaling) => up.broadcast_mul(scaling.as_tensor())?,
             None => (up * self.fixed_scaling)?,
@@ -203,4 +231,24 @@ impl BottleneckAdapter {
             Ok(hidden)
         }
     }
+}
+
+/// Stochastic depth in `"row"` mode (torchvision's `StochasticDepth`): in training, each batch
+/// row is zeroed with probability `p` and the kept rows scaled by `1 / (1 - p)`.
+fn drop_rows(x: &Tensor, p: f64, ctx: &crate::context::ForwardContext) -> CResult<Tensor> {
+    if !ctx.train() || p <= 0.0 {
+        return Ok(x.clone());
+    }
+    let rows = x.dim(0)?;
+    let keep = 1.0 - p;
+    let draws: Vec<f32> = match ctx.dropout_rng() {
+        Some(rng) => {
+            let mut rng = rng.lock().map_err(|_| candle_core::Error::Msg("dropout generator poisoned".into()))?;
+            (0..rows).map(|_| if f64::from(rng.uniform()) < keep { (1.0 / keep) as f32 } else { 0.0 }).collect()
+        }
+        None => vec![1.0; rows],
+    };
+    let mut shape = vec![1; x.rank()];
+    shape[0] = rows;
+    x.broadcast_mul(&Tensor::from_vec(draws, shape, x.device())?.to_dtype(x.dtype())?)
 }
