@@ -13,9 +13,9 @@ cargo build --release -p adapters-cli
 bin=target/release/adapters
 export MALLOC_MMAP_THRESHOLD_=1000000000 MALLOC_TRIM_THRESHOLD_=1000000000
 # method -> learning rate (the reference runs' rates; bottleneck variants share seq_bn's)
-declare -A lr=([seq_bn]=1e-4 [double_seq_bn]=1e-4 [par_bn]=1e-4 [lora]=5e-4 [ia3]=1e-3 [full]=2e-5)
+declare -A lr=([seq_bn]=1e-4 [double_seq_bn]=1e-4 [par_bn]=1e-4 [lora]=5e-4 [ia3]=1e-3 [prefix_tuning]=1e-4 [prompt_tuning]=1e-2 [full]=2e-5)
 mkdir -p out/results
-for method in ${METHODS:-seq_bn double_seq_bn par_bn lora ia3 full}; do
+for method in ${METHODS:-seq_bn double_seq_bn par_bn lora ia3 prefix_tuning prompt_tuning full}; do
   echo "== $method (lr ${lr[$method]})"
   "$bin" train --model "$model" --train data/mr/train.tsv --dev data/mr/dev.tsv --test data/mr/test.tsv \
     --method "$method" --lr "${lr[$method]}" --epochs "${EPOCHS:-3}" --batch-size 32 --max-length 64 \

@@ -11,9 +11,8 @@ use crate::expand::Errors;
 use crate::suggest::hint;
 
 const GROUPS: &[&str] = &["lora", "bottleneck", "prefix", "reft"];
-const LATER_GROUPS: &[&str] = &["invertible"];
-/// Where prompt tuning goes instead: a model-level mark.
-const MODEL_LEVEL_GROUPS: &[&str] = &["prompt", "embedding", "embeddings"];
+/// Methods that attach after the embeddings (prompt tuning, invertible adapters): a model-level mark.
+const MODEL_LEVEL_GROUPS: &[&str] = &["prompt", "embedding", "embeddings", "invertible"];
 const LORA_KEYS: &[(&str, &str)] = &[
     ("q", "Query"),
     ("k", "Key"),
@@ -67,10 +66,6 @@ fn parse_marks(args: TokenStream, strukt: &syn::ItemStruct) -> syn::Result<Vec<M
                     group.name.span(),
                     format!("`{other}` is not a layer insertion point; mark the embeddings slot on the model instead: `#[with_adapters(..., embeddings = embeddings.adapters)]`"),
                 ));
-                continue;
-            }
-            other if LATER_GROUPS.contains(&other) => {
-                errors.push(syn::Error::new(group.name.span(), format!("`{other}` insertion points are not supported by this version yet (allowed: {})", GROUPS.join(", "))));
                 continue;
             }
             other => {

@@ -23,7 +23,7 @@ use crate::error::{AdapterError, Result};
 use crate::heads::{HeadSetup, PredictionHead};
 use crate::methods::bottleneck::{BottleneckAdapter, SharedPhm};
 use crate::methods::init::Rng;
-use crate::methods::lora::LoraModule;
+use crate::methods::lora::{LoraModule, SharedVera};
 use crate::methods::prefix::{PrefixGate, PrefixGroup};
 use crate::methods::reft::ReftModule;
 use crate::methods::NamedParam;
@@ -265,7 +265,7 @@ impl<M: AdaptableModel> AdaptedModel<M> {
         // Build every module first, then insert: a failure leaves the model untouched.
         let mut rng = Rng::from_name(name, 0);
         let mut shared_params = Vec::new();
-        let shared = match config.bottleneck() {
+        let phm = match config.bottleneck() {
             Some(c) if c.phm_layer => {
                 let hidden = self.model.dims().hidden_size;
                 let down = ((hidden as f64 / c.reduction_factor.for_layer(0)?).floor() as usize).max(1);
@@ -273,6 +273,8 @@ impl<M: AdaptableModel> AdaptedModel<M> {
             }
             _ => SharedPhm::default(),
         };
+        let vera = self.shared_vera(&config, &mut shared_params, &mut rng)?;
+        let shared = SharedModules { phm, vera };
         let mut planned: Vec<Option<Planned>> = Vec::new();
         let mut failure = None;
         self.each_slot(&mut |layer, slot| {
@@ -289,7 +291,8 @@ impl<M: AdaptableModel> AdaptedModel<M> {
         }
         let group = self.plan_prefix_group(&config, &planned, &mut rng)?;
         let prompt = self.plan_prompt(name, &config, prompt_ids, &mut rng)?;
-        if planned.iter().all(Option::is_none) && group.is_none() && prompt.is_none() {
+        let invertible = self.plan_invertible(name, &config, &mut rng)?;
+        if planned.iter().all(Option::is_none) && group.is_none() && prompt.is_none() && invertible.is_none() {
             return Err(AdapterError::NothingToAdd {
                 adapter: name.into(),
                 method: config.method_name().into(),
@@ -327,6 +330,9 @@ impl<M: AdaptableModel> AdaptedModel<M> {
         if let (Some(prompt), Some(slot)) = (prompt, self.model.embedding_slot_mut()) {
             slot.prompts.insert(name.to_string(), prompt);
         }
+        if let (Some(invertible), Some(slot)) = (invertible, self.model.embedding_slot_mut()) {
+            slot.invertibles.insert(name.to_string(), invertible);
+        }
         self.configs.insert(name.to_string(), config);
         Ok(())
     }
@@ -358,6 +364,7 @@ impl<M: AdaptableModel> AdaptedModel<M> {
         self.shared.remove(name);
         if let Some(slot) = self.model.embedding_slot_mut() {
             slot.prompts.remove(name);
+            slot.invertibles.remove(name);
         }
         if self.active.as_ref().is_some_and(|a| a.flatten().contains(&name)) {
             self.deactivate_adapters();
@@ -618,7 +625,38 @@ impl<M: AdaptableModel> AdaptedModel<M> {
                 out.push((format!("prompt_tuning.prompt_tunings.{file_name}.{}", p.name), p.var.clone()));
             }
         }
+        if let Some(invertible) = self.model.embedding_slot().and_then(|s| s.invertibles.get(name)) {
+            for p in invertible.params() {
+                out.push((format!("invertible_adapters.{file_name}.{}", p.name), p.var.clone()));
+            }
+        }
         out
+    }
+
+    /// VeRA's shared random pair, shaped after the first linear the config targets (as Python
+    /// does), appended to `params` as buffers `lora_A`, `lora_B`.
+    fn shared_vera(&self, config: &AdapterConfig, params: &mut Vec<NamedParam>, rng: &mut Rng) -> Result<Option<SharedVera>> {
+        let Some(c) = config.lora().filter(|c| c.is_vera()) else { return Ok(None) };
+        let mut dims = None;
+        self.each_slot(&mut |layer, slot| {
+            if let SlotRef::Lora(location, s) = slot {
+                if dims.is_none() && c.targets(location) && !c.leave_out.contains(&layer) {
+                    dims = Some(s.dims());
+                }
+            }
+        });
+        let Some((inp, out)) = dims else { return Ok(None) };
+        // kaiming_uniform_(a = 0): U(-sqrt(6 / fan_in), sqrt(6 / fan_in)).
+        let mut draw = |rows: usize, cols: usize| -> candle_core::Result<Tensor> {
+            let bound = (6.0 / cols as f32).sqrt();
+            Tensor::from_vec((0..rows * cols).map(|_| (rng.uniform() * 2.0 - 1.0) * bound).collect::<Vec<f32>>(), (rows, cols), &candle_core::Device::Cpu)
+        };
+        let a = NamedParam::buffer("lora_A", draw(c.r, inp)?)?;
+        let b = NamedParam::buffer("lora_B", draw(out, c.r)?)?;
+        let shared = SharedVera { a: a.var.clone(), b: b.var.clone() };
+        params.push(a);
+        params.push(b);
+        Ok(Some(shared))
     }
 
     /// Buffers of an adapter (saved, never trained), by tensor id.
@@ -634,6 +672,11 @@ impl<M: AdaptableModel> AdaptedModel<M> {
             SlotRef::Bottleneck(_, s) => {
                 if let Some(a) = s.adapters.get(name) {
                     take(a.params());
+                }
+            }
+            SlotRef::Lora(_, s) => {
+                if let Some(m) = s.loras.get(name) {
+                    take(m.params());
                 }
             }
             _ => {}
@@ -885,6 +928,12 @@ fn version_before(version: &str, (major, minor, patch): (u64, u64, u64)) -> bool
     }
 }
 
+/// Parameters one adapter shares across its layers, created before its modules.
+struct SharedModules {
+    phm: SharedPhm,
+    vera: Option<SharedVera>,
+}
+
 enum Planned {
     Bottleneck(BottleneckAdapter),
     Lora(LoraModule),
@@ -894,7 +943,7 @@ enum Planned {
 }
 
 /// The module `config` (or the member of a union for this slot's family) puts on one slot.
-fn plan_module(config: &AdapterConfig, layer: usize, slot: &SlotRef<'_>, shared: &SharedPhm, rng: &mut Rng) -> Result<Option<Planned>> {
+fn plan_module(config: &AdapterConfig, layer: usize, slot: &SlotRef<'_>, shared: &SharedModules, rng: &mut Rng) -> Result<Option<Planned>> {
     for member in config.members() {
         if let Some(planned) = plan_member(member, layer, slot, shared, rng)? {
             return Ok(Some(planned));
@@ -903,7 +952,7 @@ fn plan_module(config: &AdapterConfig, layer: usize, slot: &SlotRef<'_>, shared:
     Ok(None)
 }
 
-fn plan_member(config: &AdapterConfig, layer: usize, slot: &SlotRef<'_>, shared: &SharedPhm, rng: &mut Rng) -> Result<Option<Planned>> {
+fn plan_member(config: &AdapterConfig, layer: usize, slot: &SlotRef<'_>, shared: &SharedModules, rng: &mut Rng) -> Result<Option<Planned>> {
     if config.leave_out().contains(&layer) {
         return Ok(None);
     }
@@ -949,14 +998,14 @@ fn plan_member(config: &AdapterConfig, layer: usize, slot: &SlotRef<'_>, shared:
             let hidden = s.hidden_size();
             // Python: int(hidden_size // reduction_factor), at least 1.
             let down = ((hidden as f64 / c.reduction_factor.for_layer(layer)?).floor() as usize).max(1);
-            Some(Planned::Bottleneck(BottleneckAdapter::new(c, hidden, down, shared, rng)?))
+            Some(Planned::Bottleneck(BottleneckAdapter::new(c, hidden, down, &shared.phm, rng)?))
         }
         (AdapterConfig::LoRA(c), SlotRef::Lora(location, s)) => {
             if !c.targets(*location) {
                 return Ok(None);
             }
             let (inp, out) = s.dims();
-            Some(Planned::Lora(LoraModule::new(c, inp, out, s.weight(), rng)?))
+            Some(Planned::Lora(LoraModule::new(c, inp, out, s.weight(), shared.vera.as_ref(), rng)?))
         }
         _ => None,
     })

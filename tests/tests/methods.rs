@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use adapters_models::load_model;
-use adapters_runtime::{AdapterConfig, AdapterSetup, DynAdaptedModel};
+use adapters_runtime::{AdapterConfig, AdapterSetup};
 use adapters_tests::*;
 use serde_json::Value;
 
@@ -321,4 +321,95 @@ fn adapterplus_matches_python() {
         checked += 1;
     }
     assert_eq!(checked, 4);
+}
+
+#[test]
+fn vera_and_dvora_match_python() {
+    let m = manifest("inv_vera_manifest.json");
+    let mut report = Vec::new();
+    for (arch, cases) in m["archs"].as_object().unwrap() {
+        for (case, info) in cases.as_object().unwrap() {
+            if !matches!(case.as_str(), "vera" | "vera_adapter_model" | "dvora") {
+                continue;
+            }
+            let label = format!("{arch}/{case}");
+            let (dir, _) = case_folders(info);
+            let expected = fixtures().join(info["output"].as_str().unwrap());
+            let folder = if info["shared_saved_in_adapter_file"] == Value::Bool(true) {
+                dir.clone() // saved from an AdapterModel: the shared pair is in the file
+            } else {
+                let err = run(arch, std::slice::from_ref(&dir), case).unwrap_err();
+                assert!(err.contains("shared_parameters"), "{label}: {err}");
+                with_shared(&label, &dir, &fixtures().join(info["shared"].as_str().unwrap()))
+            };
+            let diff = compare(&label, &run(arch, std::slice::from_ref(&folder), case).unwrap(), &expected);
+            round_trip(&label, arch, std::slice::from_ref(&folder), case, &expected);
+            if let Some(merged) = info["output_merged"].as_str() {
+                let mut model = load_model(&model_dir(arch)).unwrap();
+                model.load_adapter(&folder, None).unwrap();
+                model.set_active_adapters(AdapterSetup::from(case.as_str())).unwrap();
+                model.merge_adapter(case).unwrap();
+                let (ids, mask) = arch_inputs(arch);
+                compare(&format!("{label} merged"), &model.forward(&ids, &mask).unwrap(), &fixtures().join(merged));
+            }
+            report.push(format!("{label}: {diff:.2e}"));
+        }
+    }
+    println!("{}", report.join("\n"));
+    assert_eq!(report.len(), 6, "cases run: {report:?}");
+    // The presets write the dicts Python's VeraConfig and DvoRAConfig write.
+    for (preset, case) in [("vera", "vera"), ("dvora", "dvora")] {
+        let python = &m["archs"]["bert"][case]["config_json"];
+        let ours = AdapterConfig::parse(preset).unwrap().to_json();
+        for (key, value) in python.as_object().unwrap() {
+            if !["r", "alpha", "attn_matrices", "leave_out"].contains(&key.as_str()) || case == "dvora" {
+                assert_eq!(&ours[key], value, "{preset}: `{key}`");
+            }
+        }
+    }
+}
+
+#[test]
+fn invertible_adapters_match_python() {
+    let m = manifest("inv_vera_manifest.json");
+    let mut report = Vec::new();
+    for (arch, cases) in m["archs"].as_object().unwrap() {
+        for (case, info) in cases.as_object().unwrap() {
+            if !case.contains("inv") {
+                continue;
+            }
+            let label = format!("{arch}/{case}");
+            let (dir, bin) = case_folders(info);
+            if case.ends_with("glow") {
+                // Python's GLOW block fails on every sequence input; loading it says so.
+                let err = run(arch, &[dir], case).unwrap_err();
+                assert!(err.contains("glow") && err.contains("nice"), "{label}: {err}");
+                report.push(format!("{label}: refused"));
+                continue;
+            }
+            let expected_path = fixtures().join(info["output"].as_str().unwrap());
+            let expected = read(&expected_path);
+            for folder in std::iter::once(dir.clone()).chain(bin) {
+                let mut model = load_model(&model_dir(arch)).unwrap();
+                model.load_adapter(&folder, None).unwrap_or_else(|e| panic!("{label}: {e}"));
+                model.set_active_adapters(AdapterSetup::from(case.as_str())).unwrap();
+                let (ids, mask) = arch_inputs(arch);
+                let out = model.forward_with_head(&ids, &mask).unwrap();
+                let diff = max_abs_diff(&out.last_hidden_state, &expected["last_hidden_state"]);
+                assert!(diff <= TOLERANCE, "{label} {}: last_hidden_state {diff}", folder.display());
+                if let Some(want) = expected.get("logits") {
+                    // The masked LM head runs the invertible adapter in reverse before its decoder.
+                    let logits = out.head.as_ref().unwrap_or_else(|| panic!("{label}: no head output")).logits();
+                    let d = max_abs_diff(logits, want);
+                    assert!(d <= TOLERANCE, "{label}: logits {d}");
+                }
+                report.push(format!("{label} ({}): {diff:.2e}", folder.file_name().unwrap().to_string_lossy()));
+            }
+            if !expected.contains_key("logits") {
+                round_trip(&label, arch, &[dir], case, &expected_path);
+            }
+        }
+    }
+    println!("{}", report.join("\n"));
+    assert!(report.len() >= 20, "cases run: {report:?}");
 }

@@ -10,7 +10,7 @@ use adapters_tests::*;
 use candle_core::Tensor;
 
 const ARCHS: [&str; 3] = ["bert", "roberta", "distilbert"];
-const METHODS: [&str; 18] = [
+const METHODS: [&str; 21] = [
     "seq_bn",
     "double_seq_bn",
     "par_bn",
@@ -29,6 +29,9 @@ const METHODS: [&str; 18] = [
     "adapterplus[reduction_factor=8]",
     "prefix_tuning[prefix_length=4, bottleneck_size=16]|par_bn",
     "unipelt[leave_out=[2]]",
+    "seq_bn_inv",
+    "vera[r=4]",
+    "dvora",
 ];
 
 /// Whether two outputs differ (prompt tuning also changes the sequence length).
@@ -91,7 +94,7 @@ fn every_method_on_every_model_behaves() {
 #[test]
 fn training_changes_only_the_adapter() {
     for arch in ARCHS {
-        for method in ["seq_bn", "lora", "prefix_tuning[prefix_length=4, bottleneck_size=16]", "prompt_tuning[prompt_length=3]", "loreft[suffix_positions=1]", "compacter[reduction_factor=4]", "unipelt[leave_out=[0]]"] {
+        for method in ["seq_bn", "lora", "prefix_tuning[prefix_length=4, bottleneck_size=16]", "prompt_tuning[prompt_length=3]", "loreft[suffix_positions=1]", "compacter[reduction_factor=4]", "unipelt[leave_out=[0]]", "vera", "double_seq_bn_inv"] {
             let (mut m, ids, mask, base) = model(arch);
             m.add_adapter("x", AdapterConfig::parse(method).unwrap()).unwrap();
             let vars = m.train_adapter(AdapterSetup::from("x")).unwrap();

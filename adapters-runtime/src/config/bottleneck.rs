@@ -194,10 +194,15 @@ impl BnConfig {
                 return bad("shared_W_phm", "a shared W needs one reduction_factor for every layer, not a mapping".into());
             }
         }
-        if self.inv_adapter.is_some() {
-            return Err(AdapterError::InvalidConfig(
-                "`inv_adapter` (invertible adapters) is not supported by this version yet".into(),
-            ));
+        match self.inv_adapter.as_deref() {
+            None | Some("nice") => {}
+            Some("glow") => {
+                return bad(
+                    "inv_adapter",
+                    "\"glow\" is not supported: the Python library's GLOW block splits the sequence axis and fails on every [batch, seq, hidden] input, so there is no behaviour to match; use \"nice\"".into(),
+                )
+            }
+            Some(other) => return bad("inv_adapter", format!("`{other}` is not \"nice\" or \"glow\"")),
         }
         Ok(())
     }

@@ -128,10 +128,15 @@ impl LoRAConfig {
         if !["lora", "bert", "ia3", "vera"].contains(&self.init_weights.as_str()) {
             return bad("init_weights", format!("`{}` is not lora, bert, ia3 or vera", self.init_weights));
         }
-        if self.vera_d.is_some() || self.vera_b.is_some() {
-            return Err(AdapterError::InvalidConfig("VeRA (`vera_d`/`vera_b`) is not supported by this version yet".into()));
+        if self.is_vera() && self.composition_mode != "add" {
+            return bad("composition_mode", "VeRA only supports composition_mode \"add\"".into());
         }
         Ok(())
+    }
+
+    /// VeRA (and DVoRA with `use_dora`): `vera_d` or `vera_b` is set.
+    pub fn is_vera(&self) -> bool {
+        self.vera_d.is_some() || self.vera_b.is_some()
     }
 
     /// Whether this config places a module on a linear with the given location.

@@ -10,11 +10,9 @@ const SUPPORTED: &[&str] = &[
     "seq_bn", "pfeiffer", "double_seq_bn", "houlsby", "par_bn", "parallel", "scaled_par_bn",
     "scaled_parallel", "lora", "ia3", "dora", "prefix_tuning", "prefix_tuning_flat",
     "prompt_tuning", "mam", "unipelt", "loreft", "noreft", "direft", "compacter", "compacter++",
-    "adapterplus",
+    "adapterplus", "vera", "dvora", "seq_bn_inv", "double_seq_bn_inv", "pfeiffer+inv", "houlsby+inv",
 ];
-const LATER: &[&str] = &[
-    "seq_bn_inv", "double_seq_bn_inv", "pfeiffer+inv", "houlsby+inv", "vera", "dvora", "mtl_lora",
-];
+const LATER: &[&str] = &["mtl_lora"];
 
 fn bn_base() -> Map<String, Value> {
     let value = json!({
@@ -105,6 +103,10 @@ fn preset(name: &str) -> Option<Map<String, Value>> {
                    "composition_mode": "scale", "init_weights": "ia3"}),
         ),
         "dora" => with(lora_base(), json!({"use_dora": true})),
+        "vera" => with(lora_base(), json!({"vera_d": 0.1, "vera_b": 0.0, "init_weights": "vera"})),
+        "dvora" => with(lora_base(), json!({"vera_d": 0.1, "vera_b": 0.0, "init_weights": "vera", "use_dora": true})),
+        "seq_bn_inv" | "pfeiffer+inv" => with(preset("seq_bn")?, json!({"inv_adapter": "nice", "inv_adapter_reduction_factor": 2})),
+        "double_seq_bn_inv" | "houlsby+inv" => with(preset("double_seq_bn")?, json!({"inv_adapter": "nice", "inv_adapter_reduction_factor": 2})),
         "compacter++" => with(preset("seq_bn")?, json!({"phm_layer": true, "reduction_factor": 32, "non_linearity": "gelu"})),
         "compacter" => with(preset("double_seq_bn")?, json!({"phm_layer": true, "reduction_factor": 32, "non_linearity": "gelu"})),
         // Python has the class AdapterPlusConfig but no string for it; this name is ours.

@@ -145,7 +145,9 @@ impl PredictionHead {
     /// Runs the head. `hidden`: `last_hidden_state` `[batch, seq, hidden]`; `pooled`: the
     /// model's pooler output, required when the config says `use_pooler`; `embeddings`: the
     /// input embedding matrix, required by tied heads.
-    pub fn forward(&self, hidden: &Tensor, pooled: Option<&Tensor>, embeddings: Option<&Tensor>, ctx: &ForwardContext) -> CResult<HeadOutput> {
+    /// `inverse`: an invertible adapter, run in reverse before the decoder of a language-modeling
+    /// head (as Python's LM heads do).
+    pub fn forward(&self, hidden: &Tensor, pooled: Option<&Tensor>, embeddings: Option<&Tensor>, inverse: Option<&crate::methods::invertible::InvertibleAdapter>, ctx: &ForwardContext) -> CResult<HeadOutput> {
         let head_type = self.config.head_type();
         let mut x = if head_type.is_sequence_level() {
             if self.config.use_pooler() {
@@ -156,7 +158,13 @@ impl PredictionHead {
         } else {
             hidden.clone()
         };
-        for layer in &self.layers {
+        let last = self.layers.len().saturating_sub(1);
+        for (index, layer) in self.layers.iter().enumerate() {
+            if index == last && self.is_tied() {
+                if let Some(inverse) = inverse {
+                    x = inverse.reverse(&x)?;
+                }
+            }
             x = match layer {
                 HeadLayer::Dropout(p) => dropout(&x, *p, ctx)?,
                 HeadLayer::Activation(a) => a.forward(&x)?,

@@ -4,6 +4,7 @@ pub mod activation;
 pub mod bottleneck;
 pub mod fused;
 pub mod init;
+pub mod invertible;
 pub mod lora;
 pub mod prefix;
 pub mod prompt;

@@ -207,7 +207,12 @@ impl<M: AdaptableModel + EncoderForward> AdaptedModel<M> {
                 let part = if len == rows { hidden.clone() } else { hidden.narrow(0, start, len)? };
                 let pooled = if head.config().use_pooler() { self.model.pooled_output(&part).transpose()? } else { None };
                 let embeddings = if head.is_tied() { self.model.input_embeddings() } else { None };
-                let output = head.forward(&part, pooled.as_ref(), embeddings, &ctx)?;
+                // Python reverses the invertible adapter of the setup's first adapter.
+                let inverse = match (head.is_tied(), self.active.as_deref().and_then(AdapterSetup::first)) {
+                    (true, Some(first)) => self.model.embedding_slot().and_then(|s| s.invertible(first)),
+                    _ => None,
+                };
+                let output = head.forward(&part, pooled.as_ref(), embeddings, inverse, &ctx)?;
                 heads.push(HeadResult { name: name.to_string(), rows: (start, len), output });
             }
         }

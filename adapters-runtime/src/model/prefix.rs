@@ -12,6 +12,7 @@ use crate::config::AdapterConfig;
 use crate::context::ForwardContext;
 use crate::error::{AdapterError, Result};
 use crate::methods::init::Rng;
+use crate::methods::invertible::InvertibleAdapter;
 use crate::methods::prefix::{PrefixGroup, PrefixModule, PrefixShape, PrefixStates};
 use crate::methods::prompt::PromptTuning;
 use crate::mixin::{AdaptableModel, SlotRef};
@@ -78,6 +79,21 @@ impl<M: AdaptableModel> AdaptedModel<M> {
             }
         };
         Ok(Some(PromptTuning::new(prompt_config, initial)?))
+    }
+
+    /// The invertible adapter of a new adapter whose bottleneck config names `inv_adapter`.
+    pub(super) fn plan_invertible(&self, name: &str, config: &AdapterConfig, rng: &mut Rng) -> Result<Option<InvertibleAdapter>> {
+        let Some(c) = config.bottleneck().filter(|c| c.inv_adapter.is_some()) else { return Ok(None) };
+        let Some(slot) = self.model.embedding_slot() else {
+            return Err(AdapterError::NothingToAdd {
+                adapter: name.into(),
+                method: "invertible adapter".into(),
+                reason: format!("{} marks no embedding slot (`#[with_adapters(..., embeddings = ...)]`)", M::MAPPING.model_class),
+            });
+        };
+        let reduction = c.inv_adapter_reduction_factor.as_ref().and_then(serde_json::Number::as_f64).unwrap_or(2.0);
+        let activation = crate::methods::activation::Activation::parse(&c.non_linearity)?;
+        Ok(Some(InvertibleAdapter::nice(slot.hidden_size(), reduction, activation, rng)?))
     }
 
     /// The context of one forward over `batch` rows: the active setup, and the prefixes of its

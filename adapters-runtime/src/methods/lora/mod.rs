@@ -4,4 +4,4 @@ mod linear;
 mod module;
 
 pub use linear::LoRALinear;
-pub use module::LoraModule;
+pub use module::{LoraModule, SharedVera};

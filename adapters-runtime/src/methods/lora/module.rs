@@ -7,8 +7,18 @@ use crate::config::{LoRAConfig, LoraKind};
 use crate::methods::init::{self, Rng};
 use crate::methods::{dropout, linear, NamedParam};
 
+/// VeRA's shared frozen random matrices (`shared_parameters.NAME.lora_A` `[r, in]` and
+/// `lora_B` `[out, r]`), one pair for every layer of an adapter.
+#[derive(Clone)]
+pub struct SharedVera {
+    pub a: Var,
+    pub b: Var,
+}
+
 pub struct LoraModule {
     pub(crate) kind: LoraKind,
+    /// VeRA: the shared matrices and the trainable `vera_D` `[r, r]` and `vera_B` `[out, out]`.
+    vera: Option<(SharedVera, Var, Var)>,
     /// `lora_A` (r, in); absent for IA3.
     a: Option<Var>,
     /// `lora_B` (out, r), or the IA3 vector (out, 1).
@@ -27,14 +37,36 @@ pub struct LoraModule {
 impl LoraModule {
     /// A fresh module for a linear with `in_features -> out_features`. DoRA needs the base weight
     /// to initialise its magnitude from the row norms.
-    pub fn new(config: &LoRAConfig, in_features: usize, out_features: usize, base_weight: &Tensor, rng: &mut Rng) -> Result<Self> {
+    /// `shared` is VeRA's shared pair (required when the config is VeRA).
+    pub fn new(config: &LoRAConfig, in_features: usize, out_features: usize, base_weight: &Tensor, shared: Option<&SharedVera>, rng: &mut Rng) -> Result<Self> {
         let kind = config.kind();
         let r = config.r;
         let mut params = Vec::new();
         let (a_shape, b_shape) = ([r, in_features], [out_features, r]);
         let ones = |shape: &[usize]| Tensor::ones(shape, DType::F32, &Device::Cpu);
         let zeros = |shape: &[usize]| Tensor::zeros(shape, DType::F32, &Device::Cpu);
+        let mut vera = None;
         match kind {
+            _ if config.is_vera() => {
+                let shared = shared.ok_or_else(|| candle_core::Error::Msg("VeRA module without its shared matrices".into()))?;
+                if shared.a.dims() != a_shape || shared.b.dims() != b_shape {
+                    return Err(candle_core::Error::Msg(format!(
+                        "VeRA shares one A {:?} and B {:?} across an adapter; this linear needs A {a_shape:?} and B {b_shape:?}: target linears of one shape only",
+                        shared.a.dims(),
+                        shared.b.dims()
+                    )));
+                }
+                let d = (Tensor::eye(r, DType::F32, &Device::Cpu)? * config.vera_d.unwrap_or(0.1))?;
+                let b = (Tensor::eye(out_features, DType::F32, &Device::Cpu)? * config.vera_b.unwrap_or(0.0))?;
+                let d = NamedParam::new("vera_D", d)?;
+                let b = NamedParam::new("vera_B", b)?;
+                vera = Some((shared.clone(), d.var.clone(), b.var.clone()));
+                params.push(d);
+                params.push(b);
+                if kind == LoraKind::DoRA {
+                    params.push(NamedParam::new("m.weight", base_weight.sqr()?.sum_keepdim(1)?.sqrt()?)?);
+                }
+            }
             LoraKind::IA3 => {
                 let b = match config.init_weights.as_str() {
                     "lora" => zeros(&b_shape)?,
@@ -71,8 +103,11 @@ impl LoraModule {
         let handle = |name: &str| params.iter().find(|p| p.name == name).map(|p| p.var.clone());
         let (a, magnitude) = (handle("lora_A"), handle("m.weight"));
         let gate = handle("gate.weight").zip(handle("gate.bias"));
-        let b = handle("lora_B").ok_or_else(|| candle_core::Error::Msg("lora_B is always created".into()))?;
-        Ok(LoraModule { kind, a, b, magnitude, params, scaling, dropout: config.dropout, gate })
+        let b = match &vera {
+            Some((_, _, vera_b)) => vera_b.clone(),
+            None => handle("lora_B").ok_or_else(|| candle_core::Error::Msg("lora_B is always created".into()))?,
+        };
+        Ok(LoraModule { kind, vera, a, b, magnitude, params, scaling, dropout: config.dropout, gate })
     }
 
     pub fn params(&self) -> &[NamedParam] {
@@ -85,6 +120,9 @@ impl LoraModule {
 
     /// `B A` (LoRA, DoRA; unscaled) or the IA3 vector `B` (out, 1).
     pub fn delta_w(&self) -> Result<Tensor> {
+        if let Some((shared, d, b)) = &self.vera {
+            return b.as_tensor().matmul(shared.b.as_tensor())?.matmul(d.as_tensor())?.matmul(shared.a.as_tensor());
+        }
         match &self.a {
             Some(a) => self.b().matmul(a.as_tensor()),
             None => Ok(self.b().clone()),
@@ -97,6 +135,10 @@ impl LoraModule {
 
     /// The composed module output given the previous module's output in a stack (`None` first).
     pub fn forward(&self, hidden: Option<&Tensor>, layer_input: &Tensor, ctx: &crate::context::ForwardContext) -> Result<Tensor> {
+        if self.vera.is_some() {
+            let x = dropout(hidden.unwrap_or(layer_input), self.dropout, ctx)?;
+            return self.scale(&linear(&x, &self.delta_w()?, None)?, layer_input);
+        }
         match &self.a {
             None => {
                 let vector = self.b().flatten_all()?;

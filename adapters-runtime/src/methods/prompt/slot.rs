@@ -8,11 +8,14 @@ use candle_core::{Result, Tensor};
 
 use super::PromptTuning;
 use crate::context::ForwardContext;
+use crate::methods::invertible::InvertibleAdapter;
 
 pub struct EmbeddingSlot {
     word_embeddings: Tensor,
     max_positions: usize,
     pub(crate) prompts: BTreeMap<String, PromptTuning>,
+    /// Invertible adapters (`invertible_adapters.NAME.*`), run on the embeddings output.
+    pub(crate) invertibles: BTreeMap<String, InvertibleAdapter>,
 }
 
 impl EmbeddingSlot {
@@ -20,7 +23,7 @@ impl EmbeddingSlot {
     /// hidden]`; prompts initialised from text copy rows of it) and whose position table has
     /// `max_positions` rows.
     pub fn new(word_embeddings: &Tensor, max_positions: usize) -> Self {
-        EmbeddingSlot { word_embeddings: word_embeddings.clone(), max_positions, prompts: BTreeMap::new() }
+        EmbeddingSlot { word_embeddings: word_embeddings.clone(), max_positions, prompts: BTreeMap::new(), invertibles: BTreeMap::new() }
     }
 
     pub fn hidden_size(&self) -> usize {
@@ -40,13 +43,25 @@ impl EmbeddingSlot {
         "prompt_tuning"
     }
 
-    /// Inserts the prompt of the setup's first adapter (as Python does) into `hidden`
-    /// (`[batch, seq, hidden]`) and marks its positions as attended in `attention_mask`
-    /// (`[batch, seq]`, 1 = attend). Without a prompt, returns the inputs.
+    /// The invertible adapter of `name`, for the reverse pass before a language-modeling head.
+    pub fn invertible(&self, name: &str) -> Option<&InvertibleAdapter> {
+        self.invertibles.get(name)
+    }
+
+    /// Runs the invertible adapter of the setup's first adapter on `hidden` (`[batch, seq,
+    /// hidden]`), then inserts its prompt and marks the prompt positions as attended in
+    /// `attention_mask` (`[batch, seq]`, 1 = attend), in Python's order. Without either, returns
+    /// the inputs.
     pub fn forward(&self, hidden: &Tensor, attention_mask: &Tensor, ctx: &ForwardContext) -> Result<(Tensor, Tensor)> {
-        let Some(prompt) = ctx.setup().and_then(|s| s.first()).and_then(|first| self.prompts.get(first)) else {
-            return Ok((hidden.clone(), attention_mask.clone()));
+        let first = ctx.setup().and_then(|s| s.first());
+        let hidden = match first.and_then(|f| self.invertibles.get(f)) {
+            Some(inv) => inv.forward(hidden)?,
+            None => hidden.clone(),
         };
+        let Some(prompt) = first.and_then(|f| self.prompts.get(f)) else {
+            return Ok((hidden, attention_mask.clone()));
+        };
+        let hidden = &hidden;
         let batch = attention_mask.dim(0)?;
         let ones = Tensor::ones((batch, prompt.length()), attention_mask.dtype(), attention_mask.device())?;
         Ok((prompt.forward(hidden)?, Tensor::cat(&[&ones, attention_mask], 1)?))
