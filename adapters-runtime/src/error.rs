@@ -32,6 +32,9 @@ pub enum AdapterError {
     #[error("adapter setup `{setup}`: {reason}")]
     Setup { setup: String, reason: String },
 
+    #[error("input does not suit the active adapters: {0}")]
+    InvalidInput(String),
+
     #[error("{file}: tensor `{tensor}` is missing")]
     MissingTensor { file: String, tensor: String },
 

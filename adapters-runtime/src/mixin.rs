@@ -133,10 +133,13 @@ impl ModelMapping {
     pub fn supported_methods(&self) -> Vec<&'static str> {
         let mut methods = Vec::new();
         if self.layer_mixin.has(SlotFamily::Bottleneck) {
-            methods.extend(["seq_bn", "double_seq_bn", "par_bn", "scaled_par_bn"]);
+            methods.extend(["seq_bn", "double_seq_bn", "par_bn", "scaled_par_bn", "compacter", "compacter++", "adapterplus"]);
+            if self.has_embedding_slot {
+                methods.extend(["seq_bn_inv", "double_seq_bn_inv"]);
+            }
         }
         if self.layer_mixin.has(SlotFamily::Lora) {
-            methods.extend(["lora", "ia3", "dora"]);
+            methods.extend(["lora", "ia3", "dora", "vera", "dvora"]);
         }
         if self.layer_mixin.has(SlotFamily::Prefix) {
             methods.extend(["prefix_tuning", "prefix_tuning_flat"]);

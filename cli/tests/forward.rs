@@ -151,3 +151,38 @@ fn composition_blocks_heads_and_fusion_from_the_command_line() {
     let diff = max_abs_diff(&expected(&out), &expected(&case.join("output.safetensors")));
     assert!(diff <= TOLERANCE, "fuse: {diff:e}");
 }
+
+#[test]
+fn every_method_family_runs_from_the_command_line() {
+    let bert = tiny("bert");
+    let (model, inputs) = (bert.join("model"), bert.join("inputs.safetensors"));
+    let cases = fixtures();
+    // (adapter folders, setup, Python's output): prefix tuning, prompt tuning (a longer output),
+    // a union (mam) inside a Stack with a prefix, ReFT, Compacter (local rule), VeRA-free LoRA
+    // union, and an invertible adapter.
+    let runs: Vec<(Vec<String>, Option<&str>, PathBuf)> = vec![
+        (vec![s(&cases.join("prefix/bert/prefix_tuning/adapter")).into()], None, cases.join("prefix/bert/prefix_tuning/output.safetensors")),
+        (vec![s(&cases.join("prefix/bert/prompt_tuning/adapter")).into()], None, cases.join("prefix/bert/prompt_tuning/output.safetensors")),
+        (vec![s(&cases.join("prefix/bert/mam/adapter")).into()], Some("Stack[mam]"), cases.join("prefix/bert/mam/output.safetensors")),
+        (vec![s(&cases.join("prefix/bert/unipelt/adapter_bin")).into()], None, cases.join("prefix/bert/unipelt/output.safetensors")),
+        (
+            vec![format!("a={}", s(&cases.join("prefix/bert/prefix_stack/adapter/a"))), format!("b={}", s(&cases.join("prefix/bert/prefix_stack/adapter/b")))],
+            Some("Stack[a, b]"),
+            cases.join("prefix/bert/prefix_stack/output.safetensors"),
+        ),
+        (vec![s(&cases.join("reft_compacter/bert/loreft_positions/adapter")).into()], None, cases.join("reft_compacter/bert/loreft_positions/output.safetensors")),
+        (vec![s(&cases.join("reft_compacter/bert/compacter_local_rule/adapter")).into()], None, cases.join("reft_compacter/bert/compacter_local_rule/output.safetensors")),
+        (vec![s(&cases.join("inv_vera/bert/seq_bn_inv/adapter")).into()], None, cases.join("inv_vera/bert/seq_bn_inv/output.safetensors")),
+    ];
+    for (i, (adapters, setup, reference)) in runs.iter().enumerate() {
+        let out = out_file(&format!("method-{i}.safetensors"));
+        let mut args = vec!["--model", s(&model), "--inputs", s(&inputs), "--out", s(&out)];
+        for a in adapters {
+            args.extend(["--adapter", a.as_str()]);
+        }
+        if let Some(setup) = setup {
+            args.extend(["--setup", setup]);
+        }
+        forward_matches(&args, &out, reference);
+    }
+}
