@@ -52,8 +52,13 @@ pub struct TrainArgs {
     /// Use only the first N training examples (quick runs).
     #[arg(long)]
     limit: Option<usize>,
-    /// Output folder: the adapter with its head (or, for `full`, the whole checkpoint), and
-    /// `train_report.json`.
+    /// Train AdapterFusion (dynamic) over these adapter folders instead of a new adapter: the
+    /// fusion layer and a new head learn, the adapters stay fixed (repeat the option per adapter;
+    /// `--method` is then ignored).
+    #[arg(long)]
+    fuse: Vec<PathBuf>,
+    /// Output folder: the adapter with its head (or, for `full`, the whole checkpoint; with
+    /// `--fuse`, the fusion layer and the head), and `train_report.json`.
     #[arg(long)]
     out: PathBuf,
     /// No progress bar.
@@ -142,16 +147,30 @@ pub fn train(args: TrainArgs) -> Result<(), String> {
     let labels = train.labels();
     let dev = args.dev.as_deref().map(read_data).transpose()?;
     let test = args.test.as_deref().map(read_data).transpose()?;
-    let full = args.method == "full";
-    let config = if full { None } else { Some(AdapterConfig::parse(&args.method).map_err(|e| format!("--method: {e}"))?) };
+    let fusion = !args.fuse.is_empty();
+    let full = args.method == "full" && !fusion;
+    let config = if full || fusion { None } else { Some(AdapterConfig::parse(&args.method).map_err(|e| format!("--method: {e}"))?) };
     let base = if full { BaseWeights::Trainable } else { BaseWeights::Frozen };
     let mut model = load_model_with(&args.model, base).map_err(|e| e.to_string())?;
     let encoder = TextEncoder::from_model_dir(&args.model, args.max_length).map_err(|e| e.to_string())?;
     if let Some(config) = config.clone() {
         model.add_adapter(&args.name, config).map_err(|e| format!("--method {}: {e}", args.method))?;
     }
+    let fuse_setup = if fusion { Some(load_fused(model.as_mut(), &args.fuse)?) } else { None };
     model.add_head(&args.name, HeadConfig::classification(labels.len(), 2, "tanh", Some(&labels), false, false), false).map_err(|e| e.to_string())?;
-    let vars = if full { model.train_full() } else { model.train_adapter(args.name.as_str().into()) }.map_err(|e| e.to_string())?;
+    let vars = match &fuse_setup {
+        Some(setup) => model.train_adapter_fusion(setup.clone(), false),
+        None if full => model.train_full(),
+        None => model.train_adapter(args.name.as_str().into()),
+    }
+    .map_err(|e| e.to_string())?;
+    if fusion {
+        model.set_active_head(Some(&args.name)).map_err(|e| e.to_string())?;
+    }
+    let method = match &fuse_setup {
+        Some(setup) => format!("fusion {setup}"),
+        None => args.method.clone(),
+    };
     let train_set = labelled(&train, &labels, &args.train)?;
     let dev_set = match (&dev, &args.dev) {
         (Some(d), Some(p)) => Some(labelled(d, &labels, p)?),
@@ -170,7 +189,7 @@ pub fn train(args: TrainArgs) -> Result<(), String> {
     };
     println!(
         "training {} on {} ({} examples, labels {:?}): {} trainable parameters",
-        args.method,
+        method,
         args.train.display(),
         train.len(),
         labels,
@@ -191,18 +210,43 @@ pub fn train(args: TrainArgs) -> Result<(), String> {
     if let Some(best) = report.best_epoch {
         println!("kept epoch {best} (best dev accuracy)");
     }
-    let mut summary = serde_json::json!({ "method": args.method, "report": report });
+    let mut summary = serde_json::json!({ "method": method, "report": report });
     if let (Some(test), Some(path)) = (&test, &args.test) {
         let set = labelled(test, &labels, path)?;
         let e = evaluate(model.as_mut(), &encoder, &set, 64, !args.quiet).map_err(|e| e.to_string())?;
         println!("test accuracy {:.2} % ({} examples, {:.1} s)", 100.0 * e.accuracy, e.examples, e.seconds);
         summary["test"] = serde_json::to_value(&e).map_err(|e| e.to_string())?;
     }
-    save_trained(model.as_ref(), &args, full)?;
+    match &fuse_setup {
+        Some(setup) => {
+            let name = setup.fusion_name().unwrap_or_default();
+            model.save_adapter_fusion(&args.out, &name).and_then(|()| model.save_head(&args.out, &args.name)).map_err(|e| e.to_string())?;
+        }
+        None => save_trained(model.as_ref(), &args, full)?,
+    }
     let text = serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?;
     adapters_runtime::io::write_atomic(&args.out.join("train_report.json"), text.as_bytes()).map_err(|e| e.to_string())?;
     println!("saved to {}", args.out.display());
     Ok(())
+}
+
+/// Loads the adapters to fuse (dropping heads saved with them, which would otherwise train too)
+/// and adds a dynamic fusion layer over them; returns the `Fuse[...]` setup.
+fn load_fused(model: &mut dyn DynAdaptedModel, dirs: &[PathBuf]) -> Result<adapters_runtime::AdapterSetup, String> {
+    if dirs.len() < 2 {
+        return Err("--fuse needs at least two adapter folders".into());
+    }
+    let mut names = Vec::new();
+    for dir in dirs {
+        let name = model.load_adapter(dir, None).map_err(|e| format!("--fuse {}: {e}", dir.display()))?;
+        if model.head(&name).is_some() {
+            model.delete_head(&name).map_err(|e| e.to_string())?;
+        }
+        names.push(name);
+    }
+    let setup = adapters_runtime::AdapterSetup::Fuse { children: names.into_iter().map(adapters_runtime::AdapterSetup::Single).collect(), name: None };
+    model.add_adapter_fusion(setup.clone(), adapters_runtime::config::FusionConfig::dynamic()).map_err(|e| e.to_string())?;
+    Ok(setup)
 }
 
 /// Adapters: the adapter folder with its head. Full fine-tuning: a checkpoint folder (weights,

@@ -194,7 +194,12 @@ pub fn train_classifier(
             let enc = encoder.encode(&texts)?;
             let out = model.forward_with_head(&enc.input_ids, &enc.attention_mask)?;
             let loss = model.head_loss(&out, &labels_tensor(&labels)?, Some(&enc.attention_mask))?;
-            optimiser.step(&loss, schedule.rate(step), config.max_grad_norm)?;
+            // Training a dynamic fusion adds its regularisation, as Python's AdapterTrainer does.
+            let objective = match model.fusion_regularization_loss()? {
+                Some(reg) if model.active_adapters().is_some_and(|s| has_fuse(&s)) => (&loss + reg)?,
+                _ => loss.clone(),
+            };
+            optimiser.step(&objective, schedule.rate(step), config.max_grad_norm)?;
             step += 1;
             loss_sum += f64::from(loss.to_scalar::<f32>()?) * labels.len() as f64;
             seen += labels.len();
@@ -255,4 +260,8 @@ fn shuffle(order: &mut [usize], rng: &mut Rng) {
         let j = (rng.next_u64() % (i as u64 + 1)) as usize;
         order.swap(i, j);
     }
+}
+
+fn has_fuse(setup: &crate::setup::AdapterSetup) -> bool {
+    matches!(setup, crate::setup::AdapterSetup::Fuse { .. }) || setup.children().iter().any(has_fuse)
 }
