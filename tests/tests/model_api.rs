@@ -224,3 +224,22 @@ fn add_adapter_rejects_duplicates_and_bad_setups() {
     let summary = m.adapter_summary().to_string();
     assert!(summary.contains("bottleneck") && summary.contains("lora"), "{summary}");
 }
+
+#[test]
+fn token_level_losses_skip_the_prompt_positions() {
+    use adapters_runtime::{HeadConfig, HeadType};
+    let (mut m, ids, mask, _) = model("bert");
+    m.add_adapter("p", AdapterConfig::parse("prompt_tuning[prompt_length=3]").unwrap()).unwrap();
+    m.add_head("p", HeadConfig::token_level(HeadType::Tagging, 4, 1, "relu", None), false).unwrap();
+    m.set_active_adapters(AdapterSetup::from("p")).unwrap();
+    let labels = Tensor::from_vec((0..18).map(|i| i % 4).collect::<Vec<i64>>(), (2, 9), ids.device()).unwrap();
+    let out = m.forward_with_head(&ids, &mask).unwrap();
+    let logits = out.head.as_ref().unwrap().logits().clone();
+    assert_eq!(logits.dims(), &[2, 12, 4], "the prompt lengthens the output");
+    let loss = m.head_loss(&out, &labels, Some(&mask)).unwrap().to_scalar::<f32>().unwrap();
+    // The same loss by hand: cross-entropy over the attended input positions, prompt left out.
+    let tail = logits.narrow(1, 3, 9).unwrap();
+    let kept = Tensor::where_cond(&mask.ne(0i64).unwrap(), &labels, &Tensor::full(-100i64, (2, 9), ids.device()).unwrap()).unwrap();
+    let want = adapters_runtime::heads::cross_entropy(&tail.reshape((18, 4)).unwrap(), &kept.flatten_all().unwrap(), -100).unwrap().to_scalar::<f32>().unwrap();
+    assert!((loss - want).abs() < 1e-6, "{loss} vs {want}");
+}

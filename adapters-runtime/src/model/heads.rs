@@ -223,9 +223,16 @@ impl<M: AdaptableModel + EncoderForward> AdaptedModel<M> {
         Ok(ModelOutput { last_hidden_state: hidden, head, heads, head_setup: self.active_head.clone() })
     }
 
+    /// The prompt length of the active setup's first adapter (the one whose prompt runs).
+    fn prompt_length(&self) -> Option<usize> {
+        let first = self.active.as_deref()?.first()?;
+        self.model.embedding_slot()?.prompts.get(first).map(|p| p.length())
+    }
+
     /// The active heads' loss on `labels` (see [`head_loss`] for the label shapes). With one
     /// head per Parallel channel, each head's loss is taken on the same labels (of the original
     /// batch); with BatchSplit, each on its rows' labels; the losses are summed, as in Python.
+    /// Under prompt tuning, token-level labels get the prompt's positions as ignored labels.
     pub fn head_loss(&self, output: &ModelOutput, labels: &Tensor, attention_mask: Option<&Tensor>) -> Result<Tensor> {
         if output.heads.is_empty() {
             return Err(AdapterError::InvalidConfig("no head is active".into()));
@@ -237,6 +244,21 @@ impl<M: AdaptableModel + EncoderForward> AdaptedModel<M> {
             let (labels, mask) = match &output.head_setup {
                 Some(HeadSetup::BatchSplit { .. }) => (labels.narrow(0, start, len)?, attention_mask.map(|m| m.narrow(0, start, len)).transpose()?),
                 _ => (labels.clone(), attention_mask.cloned()),
+            };
+            // A prompt lengthens token-level outputs: its positions get ignored labels and count
+            // as attended, as in Python's heads.
+            let (labels, mask) = match self.prompt_length() {
+                Some(p) if !head.config().head_type().is_sequence_level() && labels.rank() == 2 => {
+                    let rows = labels.dim(0)?;
+                    let ignored = Tensor::full(crate::heads::IGNORE_INDEX, (rows, p), labels.device())?.to_dtype(labels.dtype())?;
+                    let labels = Tensor::cat(&[&ignored, &labels], 1)?;
+                    let mask = match mask {
+                        Some(m) => Some(Tensor::cat(&[&Tensor::ones((rows, p), m.dtype(), m.device())?, &m], 1)?),
+                        None => None,
+                    };
+                    (labels, mask)
+                }
+                _ => (labels, mask),
             };
             let loss = head_loss(head.config(), &result.output, &labels, mask.as_ref())?;
             total = Some(match total {
