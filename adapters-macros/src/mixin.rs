@@ -20,7 +20,10 @@ const LORA_KEYS: &[(&str, &str)] = &[
     ("intermediate", "Intermediate"),
     ("output", "Output"),
 ];
-const BOTTLENECK_KEYS: &[(&str, &str)] = &[("mh_adapter", "MhAdapter"), ("output_adapter", "OutputAdapter")];
+const BOTTLENECK_KEYS: &[(&str, &str)] = &[
+    ("mh_adapter", "MhAdapter"),
+    ("output_adapter", "OutputAdapter"),
+];
 const REFT_KEYS: &[(&str, &str)] = &[("output", "Output")];
 
 enum Family {
@@ -69,7 +72,13 @@ fn parse_marks(args: TokenStream, strukt: &syn::ItemStruct) -> syn::Result<Vec<M
                 continue;
             }
             other => {
-                errors.push(syn::Error::new(group.name.span(), format!("unknown adapter method group `{other}`{}", hint(other, GROUPS))));
+                errors.push(syn::Error::new(
+                    group.name.span(),
+                    format!(
+                        "unknown adapter method group `{other}`{}",
+                        hint(other, GROUPS)
+                    ),
+                ));
                 continue;
             }
         };
@@ -78,19 +87,33 @@ fn parse_marks(args: TokenStream, strukt: &syn::ItemStruct) -> syn::Result<Vec<M
             let key = entry.key.to_string();
             let found = match family {
                 Family::Prefix => Some((key.clone(), "")),
-                _ => keys.iter().find(|(k, _)| *k == key).map(|(k, v)| (k.to_string(), *v)),
+                _ => keys
+                    .iter()
+                    .find(|(k, _)| *k == key)
+                    .map(|(k, v)| (k.to_string(), *v)),
             };
             let Some((location, variant)) = found else {
-                errors.push(syn::Error::new(entry.key.span(), format!("unknown {name} location `{key}`{}", hint(&key, &names))));
+                errors.push(syn::Error::new(
+                    entry.key.span(),
+                    format!("unknown {name} location `{key}`{}", hint(&key, &names)),
+                ));
                 continue;
             };
             let Value::Path(path) = &entry.value else {
-                errors.push(syn::Error::new(entry.value.span(), format!("expected a field path, e.g. `{key} = attention.self_attention.query`")));
+                errors.push(syn::Error::new(
+                    entry.value.span(),
+                    format!("expected a field path, e.g. `{key} = attention.self_attention.query`"),
+                ));
                 continue;
             };
             let full_key = format!("{name}.{key}");
             if seen_keys.insert(full_key, entry.key.span()).is_some() {
-                errors.push(syn::Error::new(entry.key.span(), format!("`{key}` is marked twice in `{name}(...)`; each location takes one field")));
+                errors.push(syn::Error::new(
+                    entry.key.span(),
+                    format!(
+                        "`{key}` is marked twice in `{name}(...)`; each location takes one field"
+                    ),
+                ));
                 continue;
             }
             let dotted = path.dotted();
@@ -111,7 +134,12 @@ fn parse_marks(args: TokenStream, strukt: &syn::ItemStruct) -> syn::Result<Vec<M
                 Family::Prefix => Family::Prefix,
                 Family::Reft => Family::Reft,
             };
-            marks.push(Mark { family, location, variant, path: path.clone() });
+            marks.push(Mark {
+                family,
+                location,
+                variant,
+                path: path.clone(),
+            });
         }
     }
     errors.finish()?;
@@ -139,29 +167,36 @@ pub(crate) fn expand(args: TokenStream, strukt: &syn::ItemStruct) -> syn::Result
     for m in &marks {
         let path = &m.path;
         let span = m.path.span();
-        if let Family::Prefix = m.family {
-            let location = m.location.as_str();
-            visit.push(quote_spanned!(span=> f(#rt::SlotRef::Prefix(#location, #rt::assert::prefix(&self.#path)));));
-            visit_mut.push(quote_spanned!(span=> f(#rt::SlotMut::Prefix(#location, #rt::assert::prefix_mut(&mut self.#path)));));
-            continue;
-        }
-        if let Family::Reft = m.family {
-            visit.push(quote_spanned!(span=> f(#rt::SlotRef::Reft(#rt::assert::reft(&self.#path)));));
-            visit_mut.push(quote_spanned!(span=> f(#rt::SlotMut::Reft(#rt::assert::reft_mut(&mut self.#path)));));
-            continue;
-        }
-        let variant = syn::Ident::new(m.variant, proc_macro2::Span::call_site());
-        match m.family {
+        // The location enum variant (`Query`, `MhAdapter`) of the LoRA and bottleneck families.
+        let variant = || syn::Ident::new(m.variant, proc_macro2::Span::call_site());
+        let location = m.location.as_str();
+        let (slot, slot_mut) = match m.family {
             Family::Lora => {
-                visit.push(quote_spanned!(span=> f(#rt::SlotRef::Lora(#rt::LoraLocation::#variant, #rt::assert::lora(&self.#path)));));
-                visit_mut.push(quote_spanned!(span=> f(#rt::SlotMut::Lora(#rt::LoraLocation::#variant, #rt::assert::lora_mut(&mut self.#path)));));
+                let variant = variant();
+                (
+                    quote_spanned!(span=> #rt::SlotRef::Lora(#rt::LoraLocation::#variant, #rt::assert::lora(&self.#path))),
+                    quote_spanned!(span=> #rt::SlotMut::Lora(#rt::LoraLocation::#variant, #rt::assert::lora_mut(&mut self.#path))),
+                )
             }
-            Family::Prefix | Family::Reft => {}
             Family::Bottleneck => {
-                visit.push(quote_spanned!(span=> f(#rt::SlotRef::Bottleneck(#rt::BottleneckLocation::#variant, #rt::assert::bottleneck(&self.#path)));));
-                visit_mut.push(quote_spanned!(span=> f(#rt::SlotMut::Bottleneck(#rt::BottleneckLocation::#variant, #rt::assert::bottleneck_mut(&mut self.#path)));));
+                let variant = variant();
+                (
+                    quote_spanned!(span=> #rt::SlotRef::Bottleneck(#rt::BottleneckLocation::#variant, #rt::assert::bottleneck(&self.#path))),
+                    quote_spanned!(span=> #rt::SlotMut::Bottleneck(#rt::BottleneckLocation::#variant, #rt::assert::bottleneck_mut(&mut self.#path))),
+                )
             }
-        }
+            // Prefix slots carry the model's own location key; ReFT has one location.
+            Family::Prefix => (
+                quote_spanned!(span=> #rt::SlotRef::Prefix(#location, #rt::assert::prefix(&self.#path))),
+                quote_spanned!(span=> #rt::SlotMut::Prefix(#location, #rt::assert::prefix_mut(&mut self.#path))),
+            ),
+            Family::Reft => (
+                quote_spanned!(span=> #rt::SlotRef::Reft(#rt::assert::reft(&self.#path))),
+                quote_spanned!(span=> #rt::SlotMut::Reft(#rt::assert::reft_mut(&mut self.#path))),
+            ),
+        };
+        visit.push(quote_spanned!(span=> f(#slot);));
+        visit_mut.push(quote_spanned!(span=> f(#slot_mut);));
     }
     Ok(quote! {
         impl #impl_generics #rt::AdapterMixin for #ident #ty_generics #where_clause {

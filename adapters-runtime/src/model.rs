@@ -254,7 +254,7 @@ impl<M: AdaptableModel> AdaptedModel<M> {
 
     /// `add_adapter`; `prompt_ids` initialise a `from_string` prompt (without them, as when
     /// loading weights, it starts random).
-    fn add_adapter_with(&mut self, name: &str, config: AdapterConfig, prompt_ids: Option<&[u32]>) -> Result<()> {
+    pub(crate) fn add_adapter_with(&mut self, name: &str, config: AdapterConfig, prompt_ids: Option<&[u32]>) -> Result<()> {
         if self.configs.contains_key(name) {
             return Err(AdapterError::AdapterExists(name.into()));
         }
@@ -268,7 +268,8 @@ impl<M: AdaptableModel> AdaptedModel<M> {
         let phm = match config.bottleneck() {
             Some(c) if c.phm_layer => {
                 let hidden = self.model.dims().hidden_size;
-                let down = ((hidden as f64 / c.reduction_factor.for_layer(0)?).floor() as usize).max(1);
+                // Only a shared W needs the bottleneck size (validation requires one factor then).
+                let down = if c.shared_W_phm == Some(true) { bottleneck_size(hidden, c.reduction_factor.for_layer(0)?) } else { 0 };
                 SharedPhm::new(c, hidden, down, &mut shared_params, &mut rng)?
             }
             _ => SharedPhm::default(),
@@ -647,10 +648,7 @@ impl<M: AdaptableModel> AdaptedModel<M> {
         });
         let Some((inp, out)) = dims else { return Ok(None) };
         // kaiming_uniform_(a = 0): U(-sqrt(6 / fan_in), sqrt(6 / fan_in)).
-        let mut draw = |rows: usize, cols: usize| -> candle_core::Result<Tensor> {
-            let bound = (6.0 / cols as f32).sqrt();
-            Tensor::from_vec((0..rows * cols).map(|_| (rng.uniform() * 2.0 - 1.0) * bound).collect::<Vec<f32>>(), (rows, cols), &candle_core::Device::Cpu)
-        };
+        let mut draw = |rows: usize, cols: usize| crate::methods::init::uniform(rng, &[rows, cols], (6.0 / cols as f32).sqrt());
         let a = NamedParam::buffer("lora_A", draw(c.r, inp)?)?;
         let b = NamedParam::buffer("lora_B", draw(out, c.r)?)?;
         let shared = SharedVera { a: a.var.clone(), b: b.var.clone() };
@@ -898,6 +896,11 @@ impl<M: AdaptableModel + EncoderForward> AdaptedModel<M> {
     }
 }
 
+/// Python's `int(hidden_size // reduction_factor)`, at least 1.
+pub(crate) fn bottleneck_size(hidden: usize, reduction_factor: f64) -> usize {
+    ((hidden as f64 / reduction_factor).floor() as usize).max(1)
+}
+
 /// DiReft differs from NoReft by a Python class attribute that `adapter_config.json` cannot hold
 /// (Python reloads a saved DiReft as NoReft). This library writes a top-level marker, which
 /// Python ignores, so that its own files reload as what was saved.
@@ -913,8 +916,10 @@ fn direft_marker(config: &AdapterConfig) -> serde_json::Map<String, serde_json::
 
 fn apply_direft_marker(config: &mut AdapterConfig, extra: &serde_json::Map<String, serde_json::Value>) {
     if extra.get(DIREFT_MARKER) == Some(&serde_json::Value::Bool(false)) {
-        if let AdapterConfig::Reft(c) = config {
-            c.subtract_projection = false;
+        match config {
+            AdapterConfig::Reft(c) => c.subtract_projection = false,
+            AdapterConfig::Union(members) => members.iter_mut().for_each(|m| apply_direft_marker(m, extra)),
+            _ => {}
         }
     }
 }
@@ -978,9 +983,7 @@ fn plan_member(config: &AdapterConfig, layer: usize, slot: &SlotRef<'_>, shared:
             let gate = if c.use_gating {
                 let (hidden, _, _) = s.dims();
                 let outputs = if c.shared_gating { 1 } else { 2 };
-                let bound = 1.0 / (hidden as f32).sqrt();
-                let bias: Vec<f32> = (0..outputs).map(|_| (rng.uniform() * 2.0 - 1.0) * bound).collect();
-                let bias = Tensor::from_vec(bias, outputs, &candle_core::Device::Cpu)?;
+                let bias = crate::methods::init::uniform(rng, &[outputs], 1.0 / (hidden as f32).sqrt())?;
                 Some(PrefixGate::new(crate::methods::init::normal(rng, &[outputs, hidden], 0.02)?, bias)?)
             } else {
                 None
@@ -997,7 +1000,7 @@ fn plan_member(config: &AdapterConfig, layer: usize, slot: &SlotRef<'_>, shared:
             }
             let hidden = s.hidden_size();
             // Python: int(hidden_size // reduction_factor), at least 1.
-            let down = ((hidden as f64 / c.reduction_factor.for_layer(layer)?).floor() as usize).max(1);
+            let down = bottleneck_size(hidden, c.reduction_factor.for_layer(layer)?);
             Some(Planned::Bottleneck(BottleneckAdapter::new(c, hidden, down, &shared.phm, rng)?))
         }
         (AdapterConfig::LoRA(c), SlotRef::Lora(location, s)) => {

@@ -154,7 +154,18 @@ pub fn train(args: TrainArgs) -> Result<(), String> {
     let mut model = load_model_with(&args.model, base).map_err(|e| e.to_string())?;
     let encoder = TextEncoder::from_model_dir(&args.model, args.max_length).map_err(|e| e.to_string())?;
     if let Some(config) = config.clone() {
-        model.add_adapter(&args.name, config).map_err(|e| format!("--method {}: {e}", args.method))?;
+        // A prompt initialised from text starts at the word embeddings of its tokens (with the
+        // special tokens, as Python's tokenizer call gives them).
+        let prompt_text = config.prompt_tuning().filter(|c| c.prompt_init == "from_string").and_then(|c| c.prompt_init_text.clone());
+        match prompt_text {
+            Some(text) => {
+                let encoded = encoder.encode(&[text.as_str()]).map_err(|e| e.to_string())?;
+                let ids: Vec<u32> = encoded.input_ids.flatten_all().and_then(|t| t.to_dtype(candle_core::DType::U32)).and_then(|t| t.to_vec1()).map_err(|e| e.to_string())?;
+                model.add_prompt_adapter_from_ids(&args.name, config, &ids)
+            }
+            None => model.add_adapter(&args.name, config),
+        }
+        .map_err(|e| format!("--method {}: {e}", args.method))?;
     }
     let fuse_setup = if fusion { Some(load_fused(model.as_mut(), &args.fuse)?) } else { None };
     model.add_head(&args.name, HeadConfig::classification(labels.len(), 2, "tanh", Some(&labels), false, false), false).map_err(|e| e.to_string())?;

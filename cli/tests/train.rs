@@ -78,3 +78,42 @@ fn bad_data_files_name_the_line() {
     assert!(!ok);
     assert!(stderr.contains("--method") && stderr.contains("seq_bn"), "names the method and suggests: {stderr}");
 }
+
+#[test]
+fn prompt_from_text_and_fusion_train_from_the_command_line() {
+    let model = minilm_dir();
+    let work = tmp("prompt-fusion");
+    let lines: Vec<String> = std::fs::read_to_string(data("train.tsv")).unwrap().lines().take(5).map(String::from).collect();
+    let train = work.join("train.tsv");
+    std::fs::write(&train, lines.join("\n") + "\n").unwrap();
+    // lr 0: the saved prompt is its initial value, the word embeddings of the tokenized text
+    // ([CLS] classify the sentiment [SEP], ids from Python's tokenizer in the fixture manifest).
+    let out = work.join("prompt");
+    let method = "prompt_tuning[prompt_length=5, prompt_init='from_string', prompt_init_text='classify the sentiment']";
+    let (ok, _, stderr) = adapters(&["train", "--model", s(&model), "--train", s(&train), "--method", method, "--lr", "0", "--epochs", "1", "--out", s(&out), "--quiet"]);
+    assert!(ok, "{stderr}");
+    let saved = candle_core::safetensors::load(out.join("adapter.safetensors"), &candle_core::Device::Cpu).unwrap();
+    let prompt = &saved["prompt_tuning.prompt_tunings.task.prompt_embedding.weight"];
+    let weights = candle_core::safetensors::load(model.join("model.safetensors"), &candle_core::Device::Cpu).unwrap();
+    let table = weights.iter().find(|(k, _)| k.ends_with("word_embeddings.weight")).unwrap().1;
+    let ids = candle_core::Tensor::new(&[101u32, 26268, 1996, 15792, 102], &candle_core::Device::Cpu).unwrap();
+    let want = table.index_select(&ids, 0).unwrap();
+    assert_eq!(adapters_tests::max_abs_diff(prompt, &want), 0.0);
+
+    // Fusion over two saved adapters: the fusion layer and the head are written.
+    let a = work.join("a");
+    let b = work.join("b");
+    for (dir, name) in [(&a, "a"), (&b, "b")] {
+        let (ok, _, stderr) = adapters(&["train", "--model", s(&model), "--train", s(&train), "--name", name, "--epochs", "1", "--out", s(dir), "--quiet"]);
+        assert!(ok, "{stderr}");
+    }
+    let fused = work.join("fused");
+    let (ok, stdout, stderr) = adapters(&["train", "--model", s(&model), "--train", s(&train), "--fuse", s(&a), "--fuse", s(&b), "--name", "mr", "--epochs", "1", "--out", s(&fused), "--quiet"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("fusion Fuse[a, b]"), "{stdout}");
+    for file in ["adapter_fusion_config.json", "model_adapter_fusion.safetensors", "head_config.json", "model_head.safetensors"] {
+        assert!(fused.join(file).is_file(), "{file} missing");
+    }
+    let (ok, _, stderr) = adapters(&["train", "--model", s(&model), "--train", s(&train), "--fuse", s(&a), "--out", s(&work.join("one")), "--quiet"]);
+    assert!(!ok && stderr.contains("at least two"), "{stderr}");
+}

@@ -243,3 +243,38 @@ fn token_level_losses_skip_the_prompt_positions() {
     let want = adapters_runtime::heads::cross_entropy(&tail.reshape((18, 4)).unwrap(), &kept.flatten_all().unwrap(), -100).unwrap().to_scalar::<f32>().unwrap();
     assert!((loss - want).abs() < 1e-6, "{loss} vs {want}");
 }
+
+#[test]
+fn averaging_covers_prompts_invertible_and_shared_parameters() {
+    use adapters_runtime::model::CombineStrategy;
+    for method in ["prompt_tuning[prompt_length=3]", "seq_bn_inv", "compacter[reduction_factor=4]", "vera[r=4]", "prefix_tuning[prefix_length=2, bottleneck_size=8]"] {
+        let (mut m, _, _, _) = model("bert");
+        for name in ["a", "b"] {
+            m.add_adapter(name, AdapterConfig::parse(method).unwrap()).unwrap();
+            perturb(&m.train_adapter(AdapterSetup::from(name)).unwrap());
+        }
+        m.average_adapter("avg", &["a", "b"], Some(&[0.25, 0.75]), true, CombineStrategy::Linear).unwrap();
+        let (a, b, avg) = (m.named_params("a").unwrap(), m.named_params("b").unwrap(), m.named_params("avg").unwrap());
+        assert_eq!(avg.len(), a.len(), "{method}");
+        for (((name, va), (_, vb)), (_, v)) in a.iter().zip(&b).zip(&avg) {
+            let want = ((va.as_tensor() * 0.25).unwrap() + (vb.as_tensor() * 0.75).unwrap()).unwrap();
+            assert!(max_abs_diff(v.as_tensor(), &want) < 1e-6, "{method}: {name} is not the weighted mean");
+        }
+    }
+}
+
+#[test]
+fn prefix_slots_pass_blocks_without_prefixes() {
+    // Split holds no prefix adapter, so the prefix slot leaves it alone (Python's compose).
+    let (mut m, ids, mask, _) = model("bert");
+    m.add_adapter("p", AdapterConfig::parse("prefix_tuning[prefix_length=2, bottleneck_size=8]").unwrap()).unwrap();
+    for name in ["b", "c"] {
+        m.add_adapter(name, AdapterConfig::parse("seq_bn").unwrap()).unwrap();
+    }
+    m.set_active_adapters(AdapterSetup::parse("Stack[p, Split[b, c, splits=[5, 4]]]").unwrap()).unwrap();
+    let out = m.forward(&ids, &mask).unwrap();
+    assert_eq!(out.dims(), &[2, 9, 32]);
+    // A block that does hold a prefix adapter is refused when activated, with the reason.
+    let err = m.set_active_adapters(AdapterSetup::parse("Split[p, b, splits=[5, 4]]").unwrap()).unwrap_err().to_string();
+    assert!(err.contains("prefix tuning") && err.contains("Split"), "{err}");
+}

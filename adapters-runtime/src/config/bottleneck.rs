@@ -194,6 +194,16 @@ impl BnConfig {
                 return bad("shared_W_phm", "a shared W needs one reduction_factor for every layer, not a mapping".into());
             }
         }
+        if let Some(rf) = self.inv_adapter_reduction_factor.as_ref().and_then(Number::as_f64) {
+            if rf <= 0.0 {
+                return bad("inv_adapter_reduction_factor", format!("{rf} must be greater than 0"));
+            }
+        }
+        if let Some(p) = self.stochastic_depth {
+            if !(0.0..1.0).contains(&p) {
+                return bad("stochastic_depth", format!("{p} is not a probability in [0, 1)"));
+            }
+        }
         match self.inv_adapter.as_deref() {
             None | Some("nice") => {}
             Some("glow") => {

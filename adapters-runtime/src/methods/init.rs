@@ -48,6 +48,13 @@ pub fn normal(rng: &mut Rng, shape: &[usize], std: f32) -> Result<Tensor> {
     Tensor::from_vec(data, shape, &Device::Cpu)
 }
 
+/// U(-bound, bound) of the given shape.
+pub fn uniform(rng: &mut Rng, shape: &[usize], bound: f32) -> Result<Tensor> {
+    let n = shape.iter().product();
+    let data: Vec<f32> = (0..n).map(|_| (rng.uniform() * 2.0 - 1.0) * bound).collect();
+    Tensor::from_vec(data, shape, &Device::Cpu)
+}
+
 /// PyTorch's `kaiming_uniform_(a = sqrt(5))` on a (out, in) weight: U(-1/sqrt(in), 1/sqrt(in)).
 pub fn kaiming_uniform(rng: &mut Rng, shape: &[usize]) -> Result<Tensor> {
     let fan_in = shape.last().copied().unwrap_or(1).max(1);

@@ -18,7 +18,7 @@ struct Subnet {
 
 impl Subnet {
     fn new(prefix: &str, d_in: usize, d_out: usize, reduction: f64, activation: Activation, params: &mut Vec<NamedParam>, rng: &mut Rng) -> Result<Self> {
-        let hidden = ((d_in as f64 / reduction).floor() as usize).max(1);
+        let hidden = crate::model::bottleneck_size(d_in, reduction);
         let mut push = |name: String, t: Tensor| -> Result<Var> {
             let p = NamedParam::new(name, t)?;
             let v = p.var.clone();

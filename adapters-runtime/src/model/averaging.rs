@@ -103,7 +103,7 @@ impl<M: AdaptableModel> AdaptedModel<M> {
                 return Err(AdapterError::InvalidConfig(format!("combine strategy {s:?} is for LoRA adapters; `{}` is {}", sources[0], other.method_name())))
             }
         }
-        self.add_adapter(name, config)?;
+        self.add_adapter_with(name, config, None)?;
         if let Err(e) = self.fill_average(name, sources, &weights, strategy) {
             self.delete_adapter(name)?;
             return Err(e);
@@ -156,6 +156,22 @@ impl<M: AdaptableModel> AdaptedModel<M> {
                     .ok_or_else(|| AdapterError::InvalidConfig(format!("a source adapter has no prefix at `{location}`; cannot average")))?;
                 average_params(module.params(), &inputs, weights, strategy)?;
             }
+        }
+        // Model-level parts: prompts, invertible adapters, parameters shared across layers.
+        let missing = |what: &str| AdapterError::InvalidConfig(format!("a source adapter has no {what} where `{name}` has one; cannot average"));
+        if let Some(slot) = self.model.embedding_slot() {
+            if let Some(prompt) = slot.prompts.get(name) {
+                let inputs = sources.iter().map(|n| slot.prompts.get(*n).map(|p| p.params())).collect::<Option<Vec<_>>>().ok_or_else(|| missing("prompt"))?;
+                average_params(prompt.params(), &inputs, weights, strategy)?;
+            }
+            if let Some(inv) = slot.invertibles.get(name) {
+                let inputs = sources.iter().map(|n| slot.invertibles.get(*n).map(|p| p.params())).collect::<Option<Vec<_>>>().ok_or_else(|| missing("invertible adapter"))?;
+                average_params(inv.params(), &inputs, weights, strategy)?;
+            }
+        }
+        if let Some(shared) = self.shared.get(name) {
+            let inputs = sources.iter().map(|n| self.shared.get(*n).map(Vec::as_slice)).collect::<Option<Vec<_>>>().ok_or_else(|| missing("shared parameters"))?;
+            average_params(shared, &inputs, weights, CombineStrategy::Linear)?;
         }
         Ok(())
     }

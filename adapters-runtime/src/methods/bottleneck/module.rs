@@ -193,7 +193,9 @@ impl BottleneckAdapter {
             None => x.clone(),
         };
         let down = self.activation.forward(&self.down.forward(&down_in)?)?;
-        let up = drop_rows(&self.up.forward(&down)?, self.stochastic_depth, ctx)?;
+        // Python's parallel adapters have no stochastic depth.
+        let depth = if self.is_parallel { 0.0 } else { self.stochastic_depth };
+        let up = drop_rows(&self.up.forward(&down)?, depth, ctx)?;
         let up = match &self.learned_scaling {
             Some(scaling) => up.broadcast_mul(scaling.as_tensor())?,
             None => (up * self.fixed_scaling)?,

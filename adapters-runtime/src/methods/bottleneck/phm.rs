@@ -37,11 +37,6 @@ fn xavier(rng: &mut Rng, shape: &[usize; 3]) -> Result<Tensor> {
     init::normal(rng, shape, std)
 }
 
-fn uniform(rng: &mut Rng, shape: &[usize], bound: f32) -> Result<Tensor> {
-    let n = shape.iter().product();
-    Tensor::from_vec((0..n).map(|_| (rng.uniform() * 2.0 - 1.0) * bound).collect::<Vec<f32>>(), shape, &Device::Cpu)
-}
-
 struct Phm<'a> {
     config: &'a BnConfig,
     p: usize,
@@ -73,7 +68,7 @@ impl Phm<'_> {
         let normal = self.config.phm_c_init.as_deref() != Some("uniform");
         let std = if shared { self.config.phm_init_range.unwrap_or(1e-4) as f32 } else { 0.01 };
         let bound = if shared { 1.0 } else { 0.01 };
-        let mut draw = |shape: &[usize]| if normal { init::normal(rng, shape, std) } else { uniform(rng, shape, bound) };
+        let mut draw = |shape: &[usize]| if normal { init::normal(rng, shape, std) } else { init::uniform(rng, shape, bound) };
         Ok(if self.config.factorized_phm_rule.unwrap_or(false) {
             let left = draw(&[p, p, 1])?;
             let right = draw(&[p, 1, p])?;

@@ -91,8 +91,7 @@ impl LoraModule {
             }
         }
         if config.use_gating {
-            let bound = 1.0 / (in_features as f32).sqrt();
-            let bias = Tensor::new(&[(rng.uniform() * 2.0 - 1.0) * bound], &Device::Cpu)?;
+            let bias = init::uniform(rng, &[1], 1.0 / (in_features as f32).sqrt())?;
             params.push(NamedParam::new("gate.weight", init::normal(rng, &[1, in_features], 0.02)?)?);
             params.push(NamedParam::new("gate.bias", bias)?);
         }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::{Device, Result as CResult, Tensor, Var};
+use candle_core::{Result as CResult, Tensor, Var};
 
 use crate::config::PrefixTuningConfig;
 use crate::context::ForwardContext;
@@ -53,11 +53,8 @@ impl PrefixModule {
             PrefixKind::Flat { control_trans: param(p, "control_trans", init::normal(rng, &[config.prefix_length * out], 1.0)?)? }
         } else {
             let (h, b) = (shape.hidden, config.bottleneck_size);
-            let bias = |rng: &mut Rng, n: usize, fan_in: usize| -> CResult<Tensor> {
-                let bound = 1.0 / (fan_in as f32).sqrt();
-                let data: Vec<f32> = (0..n).map(|_| (rng.uniform() * 2.0 - 1.0) * bound).collect();
-                Tensor::from_vec(data, n, &Device::Cpu)
-            };
+            // PyTorch's Linear bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+            let bias = |rng: &mut Rng, n: usize, fan_in: usize| init::uniform(rng, &[n], 1.0 / (fan_in as f32).sqrt());
             PrefixKind::Mlp {
                 wte: param(p, "wte.weight", init::normal(rng, &[config.prefix_length, h], 1.0)?)?,
                 w1: param(p, "control_trans.0.weight", init::kaiming_uniform(rng, &[b, h])?)?,
@@ -72,10 +69,6 @@ impl PrefixModule {
 
     pub fn params(&self) -> &[NamedParam] {
         &self.params
-    }
-
-    pub fn shape(&self) -> PrefixShape {
-        self.shape
     }
 
     /// The key/value entries of every layer for one batch row, `[prefix_length, n_layers * 2 *
@@ -115,10 +108,6 @@ impl PrefixModule {
             kind: PrefixKind::Flat { control_trans },
             params,
         }))
-    }
-
-    pub fn is_flat(&self) -> bool {
-        matches!(self.kind, PrefixKind::Flat { .. })
     }
 }
 

@@ -123,6 +123,8 @@ impl PrefixSlot {
                     .collect::<Result<Vec<_>>>()?;
                 self.pad_and_concat(parts, state.row)
             }
+            // A block with no prefix adapter here leaves the state alone (Python's compose).
+            other if !other.any_adapter(&|n| self.prefixes.contains_key(n)) => Ok(state),
             other => Err(candle_core::Error::Msg(format!(
                 "prefix tuning supports Stack, Parallel and BatchSplit blocks, not {}",
                 other.kind().name()

@@ -38,11 +38,6 @@ impl EmbeddingSlot {
         self.max_positions
     }
 
-    /// The module path the Python library names prompt weights under.
-    pub fn prompt_path(&self) -> &'static str {
-        "prompt_tuning"
-    }
-
     /// The invertible adapter of `name`, for the reverse pass before a language-modeling head.
     pub fn invertible(&self, name: &str) -> Option<&InvertibleAdapter> {
         self.invertibles.get(name)

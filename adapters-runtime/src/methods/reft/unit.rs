@@ -35,9 +35,8 @@ impl ReftUnit {
             var
         };
         let source_weight = push(NamedParam::new(format!("{prefix}.learned_source.weight"), init::kaiming_uniform(rng, &[r, hidden])?)?);
-        let bound = 1.0 / (hidden as f32).sqrt();
-        let bias: Vec<f32> = (0..r).map(|_| (rng.uniform() * 2.0 - 1.0) * bound).collect();
-        let source_bias = push(NamedParam::new(format!("{prefix}.learned_source.bias"), Tensor::from_vec(bias, r, &candle_core::Device::Cpu)?)?);
+        let bias = init::uniform(rng, &[r], 1.0 / (hidden as f32).sqrt())?;
+        let source_bias = push(NamedParam::new(format!("{prefix}.learned_source.bias"), bias)?);
         let projection = if config.orthogonality {
             let (original, base) = orthogonal::initial(r, hidden, rng)?;
             Projection::Orthogonal {
