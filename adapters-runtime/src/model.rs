@@ -248,6 +248,15 @@ impl<M: AdaptableModel> AdaptedModel<M> {
     /// Adds an adapter whose prompt (prompt tuning with `prompt_init = "from_string"`) starts from
     /// the input embeddings of `prompt_ids`, the tokenized `prompt_init_text`; the ids are
     /// repeated or cut to the prompt length, as Python does.
+    ///
+    /// ```no_run
+    /// # fn demo<M: adapters_runtime::AdaptableModel>(model: &mut adapters_runtime::AdaptedModel<M>) -> adapters_runtime::Result<()> {
+    /// use adapters_runtime::AdapterConfig;
+    /// let config = AdapterConfig::parse("prompt_tuning[prompt_length=8, prompt_init='from_string', prompt_init_text='classify the sentiment']")?;
+    /// // [CLS] classify the sentiment [SEP], as the model's tokenizer gives them.
+    /// model.add_prompt_adapter_from_ids("sst2", config, &[101, 26268, 1996, 15792, 102])?;
+    /// # Ok(()) }
+    /// ```
     pub fn add_prompt_adapter_from_ids(&mut self, name: &str, config: AdapterConfig, prompt_ids: &[u32]) -> Result<()> {
         self.add_adapter_with(name, config, Some(prompt_ids))
     }

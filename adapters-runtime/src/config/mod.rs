@@ -42,6 +42,11 @@ impl AdapterConfig {
     /// let config = AdapterConfig::parse("lora[r=16,alpha=32]").unwrap();
     /// assert_eq!(config.method_name(), "lora");
     /// assert!(AdapterConfig::parse("lorra").is_err());
+    /// // Unions: several methods under one name (Python's ConfigUnion), and their presets.
+    /// let union = AdapterConfig::parse("prefix_tuning[prefix_length=10]|par_bn").unwrap();
+    /// assert_eq!(union.members().len(), 2);
+    /// assert_eq!(AdapterConfig::parse("unipelt").unwrap().members().len(), 3);
+    /// assert!(AdapterConfig::parse("seq_bn|seq_bn").is_err()); // two bottlenecks at one place
     /// ```
     pub fn parse(input: &str) -> Result<Self> {
         shorthand::parse(input)

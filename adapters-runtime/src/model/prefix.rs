@@ -124,6 +124,16 @@ impl<M: AdaptableModel> AdaptedModel<M> {
     /// Python's `eject_prefix_tuning`: replaces the embedding-and-MLP prefix modules of `name` by
     /// flat ones holding their output. The forward stays the same; the saved adapter then has
     /// `flat: true` and one `control_trans` tensor per location.
+    ///
+    /// ```no_run
+    /// # fn demo<M: adapters_runtime::AdaptableModel>(model: &mut adapters_runtime::AdaptedModel<M>) -> adapters_runtime::Result<()> {
+    /// use adapters_runtime::AdapterConfig;
+    /// model.add_adapter("p", AdapterConfig::parse("prefix_tuning[prefix_length=30]")?)?;
+    /// // ... train ...
+    /// model.eject_prefix_tuning("p")?;
+    /// model.save_adapter("out/p", "p")?;
+    /// # Ok(()) }
+    /// ```
     pub fn eject_prefix_tuning(&mut self, name: &str) -> Result<()> {
         let group = self.prefixes.get_mut(name).ok_or_else(|| match self.configs.contains_key(name) {
             true => AdapterError::Unsupported { adapter: name.into(), operation: "eject_prefix_tuning".into(), reason: "it has no prefix tuning".into() },
