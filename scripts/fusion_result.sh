@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The AdapterFusion row of docs/results.md: seq_bn adapters (with heads) trained on the extra
-# tasks, TREC question type and SMS spam, then a dynamic fusion layer over both plus a new head
+# tasks, TREC question type and SMS spam (lr 1e-3), then a dynamic fusion layer over both plus a new head
 # trained on MR (the adapters stay fixed), MR protocol otherwise (docs/results.md).
 #
 #   scripts/fusion_result.sh          # EPOCHS (default 1) for each of the three runs
@@ -15,7 +15,7 @@ mkdir -p out/results
 for task in trec sms_spam; do
   echo "== seq_bn on $task"
   "$bin" train --model "$model" --train "data/$task/train.tsv" --dev "data/$task/dev.tsv" --test "data/$task/test.tsv" \
-    --method seq_bn --lr 1e-4 --epochs "$epochs" --batch-size 32 --max-length 64 --seed 42 --name "$task" \
+    --method seq_bn --lr 1e-3 --epochs "$epochs" --batch-size 32 --max-length 64 --seed 42 --name "$task" \
     --out "out/results/fusion_$task" --quiet | tee "out/results/fusion_$task.log"
 done
 echo "== fusion of trec and sms_spam on MR"
