@@ -126,44 +126,34 @@ impl AdapterConfig {
         }
     }
 
+    /// The first member a picker accepts (`members` flattens unions).
+    fn member<'a, T>(&'a self, pick: impl Fn(&'a AdapterConfig) -> Option<&'a T>) -> Option<&'a T> {
+        self.members().into_iter().find_map(pick)
+    }
+
     /// The LoRA-family member, if any.
     pub fn lora(&self) -> Option<&LoRAConfig> {
-        self.members().into_iter().find_map(|c| match c {
-            AdapterConfig::LoRA(c) => Some(c),
-            _ => None,
-        })
+        self.member(|c| if let AdapterConfig::LoRA(c) = c { Some(c) } else { None })
     }
 
     /// The bottleneck member, if any.
     pub fn bottleneck(&self) -> Option<&BnConfig> {
-        self.members().into_iter().find_map(|c| match c {
-            AdapterConfig::Bottleneck(c) => Some(c),
-            _ => None,
-        })
+        self.member(|c| if let AdapterConfig::Bottleneck(c) = c { Some(c) } else { None })
     }
 
     /// The prefix tuning member, if any.
     pub fn prefix_tuning(&self) -> Option<&PrefixTuningConfig> {
-        self.members().into_iter().find_map(|c| match c {
-            AdapterConfig::PrefixTuning(c) => Some(c),
-            _ => None,
-        })
+        self.member(|c| if let AdapterConfig::PrefixTuning(c) = c { Some(c) } else { None })
     }
 
     /// The ReFT member, if any.
     pub fn reft(&self) -> Option<&ReftConfig> {
-        self.members().into_iter().find_map(|c| match c {
-            AdapterConfig::Reft(c) => Some(c),
-            _ => None,
-        })
+        self.member(|c| if let AdapterConfig::Reft(c) = c { Some(c) } else { None })
     }
 
     /// The prompt tuning member, if any.
     pub fn prompt_tuning(&self) -> Option<&PromptTuningConfig> {
-        self.members().into_iter().find_map(|c| match c {
-            AdapterConfig::PromptTuning(c) => Some(c),
-            _ => None,
-        })
+        self.member(|c| if let AdapterConfig::PromptTuning(c) = c { Some(c) } else { None })
     }
 
     /// A short method name for summaries: `bottleneck`, `lora`, `ia3`, `dora`, `prefix_tuning`,

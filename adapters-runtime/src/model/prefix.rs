@@ -107,7 +107,8 @@ impl<M: AdaptableModel> AdaptedModel<M> {
         let ctx = match reft {
             Some((name, config)) => {
                 let rows = sequence_rows(attention_mask)?;
-                check_reft_positions(name, config, &rows, attention_mask.dim(1)?)?;
+                crate::methods::reft::check_positions(name, config.prefix_positions, config.suffix_positions, &rows, attention_mask.dim(1)?)
+                    .map_err(AdapterError::InvalidInput)?;
                 ctx.with_sequence_rows(Some(rows.into()))
             }
             None => ctx,
@@ -158,29 +159,6 @@ impl<M: AdaptableModel> AdaptedModel<M> {
 fn sequence_rows(attention_mask: &Tensor) -> Result<Vec<(usize, usize)>> {
     let rows = attention_mask.to_dtype(DType::I64)?.to_vec2::<i64>()?;
     Ok(rows.iter().map(|r| (r.iter().position(|&m| m == 1).unwrap_or(0), r.iter().filter(|&&m| m == 1).count())).collect())
-}
-
-/// Python gathers prefix positions from each row's first real token and suffix positions back
-/// from its last; positions outside the sequence make it fail with an index error.
-fn check_reft_positions(name: &str, config: &crate::config::ReftConfig, rows: &[(usize, usize)], seq: usize) -> Result<()> {
-    let prefix = config.prefix_positions.min(seq);
-    let suffix = config.suffix_positions.min(seq);
-    for (row, &(offset, length)) in rows.iter().enumerate() {
-        if offset + prefix > seq {
-            return Err(AdapterError::InvalidInput(format!(
-                "ReFT adapter `{name}`: prefix_positions {} from the first token of row {row} (position {offset}) run past the sequence length {seq}; use at most {}",
-                config.prefix_positions,
-                seq - offset
-            )));
-        }
-        if suffix > offset + length {
-            return Err(AdapterError::InvalidInput(format!(
-                "ReFT adapter `{name}`: suffix_positions {} reach before the first token of row {row}, which has {length} tokens; use at most {length}",
-                config.suffix_positions
-            )));
-        }
-    }
-    Ok(())
 }
 
 fn set_flat(config: &mut AdapterConfig) {

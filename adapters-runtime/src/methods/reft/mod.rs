@@ -6,5 +6,6 @@ pub mod orthogonal;
 mod slot;
 mod unit;
 
+pub(crate) use slot::check_positions;
 pub use slot::{ReftModule, ReftSlot};
 pub use unit::ReftUnit;

@@ -73,19 +73,8 @@ impl ReftSlot {
         let s = module.suffix_positions.min(seq);
         let mut prefix_idx = Vec::with_capacity(batch * p);
         let mut suffix_idx = Vec::with_capacity(batch * s);
+        check_positions(name, module.prefix_positions, module.suffix_positions, &rows, seq).map_err(candle_core::Error::Msg)?;
         for (b, &(offset, length)) in rows.iter().enumerate() {
-            if offset + p > seq {
-                return Err(candle_core::Error::Msg(format!(
-                    "ReFT adapter `{name}`: prefix_positions {} from position {offset} of row {b} run past the sequence length {seq}",
-                    module.prefix_positions
-                )));
-            }
-            if s > offset + length {
-                return Err(candle_core::Error::Msg(format!(
-                    "ReFT adapter `{name}`: suffix_positions {} reach before the first token of row {b}, which has {length} tokens; use at most {length}",
-                    module.suffix_positions
-                )));
-            }
             prefix_idx.extend((offset..offset + p).map(|i| (b * seq + i) as u32));
             suffix_idx.extend((offset + length - s..offset + length).map(|i| (b * seq + i) as u32));
         }
@@ -113,4 +102,25 @@ impl ReftSlot {
         }
         out.reshape((batch, seq, d))
     }
+}
+
+/// Python gathers prefix positions from each row's first real token and suffix positions back
+/// from its last; positions outside the sequence make it fail with an index error. Says which
+/// row does not fit and what would.
+pub(crate) fn check_positions(name: &str, prefix_positions: usize, suffix_positions: usize, rows: &[(usize, usize)], seq: usize) -> std::result::Result<(), String> {
+    let (prefix, suffix) = (prefix_positions.min(seq), suffix_positions.min(seq));
+    for (row, &(offset, length)) in rows.iter().enumerate() {
+        if offset + prefix > seq {
+            return Err(format!(
+                "ReFT adapter `{name}`: prefix_positions {prefix_positions} from the first token of row {row} (position {offset}) run past the sequence length {seq}; use at most {}",
+                seq - offset
+            ));
+        }
+        if suffix > offset + length {
+            return Err(format!(
+                "ReFT adapter `{name}`: suffix_positions {suffix_positions} reach before the first token of row {row}, which has {length} tokens; use at most {length}"
+            ));
+        }
+    }
+    Ok(())
 }
