@@ -33,6 +33,7 @@ pub trait DynAdaptedModel {
     fn is_training(&self) -> bool;
     fn merge_adapter(&mut self, name: &str) -> Result<()>;
     fn reset_adapter(&mut self);
+    fn lora_linear_weights(&self) -> Vec<(String, Tensor)>;
     fn save_adapter(&self, dir: &Path, name: &str) -> Result<()>;
     fn load_adapter(&mut self, dir: &Path, load_as: Option<&str>) -> Result<String>;
     fn adapter_names(&self) -> Vec<String>;
@@ -115,6 +116,9 @@ impl<M: AdaptableModel + EncoderForward> DynAdaptedModel for AdaptedModel<M> {
     }
     fn reset_adapter(&mut self) {
         AdaptedModel::reset_adapter(self)
+    }
+    fn lora_linear_weights(&self) -> Vec<(String, Tensor)> {
+        AdaptedModel::lora_linear_weights(self)
     }
     fn save_adapter(&self, dir: &Path, name: &str) -> Result<()> {
         AdaptedModel::save_adapter(self, dir, name)

@@ -1,24 +1,78 @@
 //! Files: atomic writes, and reading weight files in either format the Python library writes.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 
 use crate::error::{AdapterError, Result};
 
+/// Files that are saved together (an adapter's weights and config, its head's): each is first
+/// written to a temporary file beside its target, and only when every one is written are they
+/// renamed into place. A failure while writing any of them removes the temporary files and
+/// leaves every file already at a target exactly as it was.
+#[derive(Default)]
+pub struct FileBatch {
+    /// (temporary file, target) in the order they were added.
+    staged: Vec<(PathBuf, PathBuf)>,
+}
+
+impl FileBatch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Writes `bytes` to the temporary file of `path`.
+    pub fn add(&mut self, path: &Path, bytes: &[u8]) -> Result<()> {
+        let tmp = temp_path(path);
+        if let Err(e) = std::fs::write(&tmp, bytes) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(AdapterError::io(&tmp, e));
+        }
+        self.staged.push((tmp, path.to_path_buf()));
+        Ok(())
+    }
+
+    /// Serialises named tensors as safetensors, with the `{"format": "pt"}` metadata the Python
+    /// library writes, to the temporary file of `path`.
+    pub fn add_safetensors(&mut self, path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
+        let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+        let bytes = safetensors::serialize(tensors, Some(metadata)).map_err(|e| AdapterError::file(path.display(), e))?;
+        self.add(path, &bytes)
+    }
+
+    /// Moves every staged file to its target (renames within one folder).
+    pub fn commit(mut self) -> Result<()> {
+        for (tmp, target) in std::mem::take(&mut self.staged) {
+            std::fs::rename(&tmp, &target).map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                AdapterError::io(&target, e)
+            })?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for FileBatch {
+    /// A batch dropped before `commit` (an error on the way) leaves no temporary files behind.
+    fn drop(&mut self) {
+        for (tmp, _) in &self.staged {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+}
+
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so a
 /// crash never leaves a half-written file where a good one was.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = temp_path(path);
-    std::fs::write(&tmp, bytes).map_err(|e| AdapterError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        AdapterError::io(path, e)
-    })
+    let mut batch = FileBatch::new();
+    batch.add(path, bytes)?;
+    batch.commit()
 }
 
-fn temp_path(path: &Path) -> std::path::PathBuf {
+/// The temporary file `path` is written to before it is renamed into place: a hidden name in the
+/// same folder, unique to this process.
+pub fn temp_path(path: &Path) -> PathBuf {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
@@ -26,9 +80,9 @@ fn temp_path(path: &Path) -> std::path::PathBuf {
 /// Saves named tensors as safetensors, atomically, with the `{"format": "pt"}` metadata the
 /// Python library writes.
 pub fn save_safetensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
-    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-    let bytes = safetensors::serialize(tensors, Some(metadata)).map_err(|e| AdapterError::file(path.display(), e))?;
-    write_atomic(path, &bytes)
+    let mut batch = FileBatch::new();
+    batch.add_safetensors(path, tensors)?;
+    batch.commit()
 }
 
 /// Reads every tensor of a safetensors file or a torch pickle (`.bin`) file, as f32 on the CPU.

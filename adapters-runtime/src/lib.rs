@@ -12,6 +12,7 @@
 //! assert_eq!(setup.flatten(), vec!["lang", "task"]);
 //! ```
 
+pub mod compare;
 pub mod composition;
 pub mod config;
 pub mod context;

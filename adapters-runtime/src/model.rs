@@ -566,6 +566,20 @@ impl<M: AdaptableModel> AdaptedModel<M> {
     }
 
     /// Undoes `merge_adapter`, restoring the exact base weights.
+    /// The current weight of every linear layer that takes LoRA-family modules, under its
+    /// parameter name on the bare base model (`encoder.layer.0.attention.self.query.weight`).
+    /// After `merge_adapter` these are the merged weights, as Python's `merge_adapter` leaves them
+    /// in the module's `weight`.
+    pub fn lora_linear_weights(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        self.each_slot(&mut |_, slot| {
+            if let SlotRef::Lora(_, s) = slot {
+                out.push((format!("{}.weight", self.strip_root(s.path())), s.weight().clone()));
+            }
+        });
+        out
+    }
+
     pub fn reset_adapter(&mut self) {
         self.each_slot_mut(&mut |_, slot| {
             if let SlotMut::Lora(_, s) = slot {
@@ -738,7 +752,10 @@ impl<M: AdaptableModel> AdaptedModel<M> {
                 tensors.insert(alias, copy);
             }
         }
-        crate::io::save_safetensors(&dir.join(ADAPTER_WEIGHTS_SAFE), &tensors)?;
+        // Weights, config and head are written together: a failure on any leaves the folder's
+        // previous files as they were.
+        let mut batch = crate::io::FileBatch::new();
+        batch.add_safetensors(&dir.join(ADAPTER_WEIGHTS_SAFE), &tensors)?;
         let mapping = M::MAPPING;
         AdapterFile {
             config: config.clone(),
@@ -750,11 +767,11 @@ impl<M: AdaptableModel> AdaptedModel<M> {
             version: format!("adapters.{PYTHON_ADAPTERS_VERSION}"),
             extra: direft_marker(config),
         }
-        .write(dir)?;
+        .stage(&mut batch, dir)?;
         if self.heads.contains_key(name) {
-            self.save_head(dir, name)?;
+            self.stage_head(&mut batch, dir, name)?;
         }
-        Ok(())
+        batch.commit()
     }
 
     /// Loads the adapter of a folder (not its head; see `load_adapter`). Either every tensor

