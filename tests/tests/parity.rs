@@ -3,11 +3,14 @@
 //! adapters saved here reloaded here. Set `ADAPTERS_SAVE_DIR` to also keep the adapters saved
 //! here, for `generate.py --check-rust DIR` (the check that Python loads them).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use adapters_models::load_model;
 use adapters_runtime::{AdapterSetup, DynAdaptedModel};
 use adapters_tests::*;
+use candle_core::Tensor;
+use serde_json::Value;
 
 struct Row {
     arch: String,
@@ -33,11 +36,13 @@ fn run_arch(arch: &str, data: &Path, model_dir: &Path, rows: &mut Vec<Row>) {
     let (ids, mask) = inputs(data);
     let mut model = load_model(model_dir).unwrap();
     check(rows, arch, "base", "no adapter", model.as_ref(), &ids, &mask, &data.join("base.safetensors"));
+    // Every case has its safetensors folder; the manifest says whether the arch has .bin files.
+    let has_bin = manifest()["archs"][arch]["has_adapter_bin"].as_bool().unwrap_or_else(|| panic!("manifest: {arch} has no has_adapter_bin"));
     for (case, info) in cases(arch) {
         let case_dir = data.join(&case);
-        let mut formats = vec![("safetensors", case_dir.join("adapter"))];
-        if case_dir.join("adapter_bin").is_dir() {
-            formats.push((".bin", case_dir.join("adapter_bin")));
+        let mut formats = vec![("safetensors", fixture_path(&case_dir.join("adapter")))];
+        if has_bin {
+            formats.push((".bin", fixture_path(&case_dir.join("adapter_bin"))));
         }
         for (format, dir) in formats {
             let name = model.load_adapter(&dir, None).unwrap_or_else(|e| panic!("{arch}/{case} ({format}): {e}"));
@@ -55,10 +60,7 @@ fn run_arch(arch: &str, data: &Path, model_dir: &Path, rows: &mut Vec<Row>) {
                 model.delete_adapter("reloaded").unwrap();
                 model.set_active_adapters(AdapterSetup::from(case.as_str())).unwrap();
                 if info["merged"].as_bool() == Some(true) {
-                    model.merge_adapter(&case).unwrap();
-                    check(rows, arch, &case, "merged", model.as_ref(), &ids, &mask, &case_dir.join("output_merged.safetensors"));
-                    model.reset_adapter();
-                    check(rows, arch, &case, "reset", model.as_ref(), &ids, &mask, &case_dir.join("output.safetensors"));
+                    check_merge(rows, arch, &case, &info, model.as_mut(), &ids, &mask, &case_dir);
                 }
             }
             model.delete_adapter(&case).unwrap();
@@ -67,14 +69,48 @@ fn run_arch(arch: &str, data: &Path, model_dir: &Path, rows: &mut Vec<Row>) {
     }
 }
 
+/// Merging: the weights equal Python's merged weights, the output equals Python's merged output,
+/// deactivating keeps the merged output (the update is in the weights, as in Python), and
+/// `reset_adapter` restores the original weights exactly.
+#[allow(clippy::too_many_arguments)]
+fn check_merge(rows: &mut Vec<Row>, arch: &str, case: &str, info: &Value, model: &mut dyn DynAdaptedModel, ids: &Tensor, mask: &Tensor, case_dir: &Path) {
+    let original: HashMap<String, Tensor> = model.lora_linear_weights().into_iter().collect();
+    model.merge_adapter(case).unwrap();
+    let merged_output = case_dir.join("output_merged.safetensors");
+    check(rows, arch, case, "merged", &*model, ids, mask, &merged_output);
+    let python = read(&fixtures().join(info["merged_weights"].as_str().unwrap_or_else(|| panic!("manifest: {arch}/{case} has no merged_weights"))));
+    assert_eq!(python.len() as u64, info["n_merged_weights"].as_u64().unwrap(), "{arch}/{case}: merged weight count");
+    let ours: HashMap<String, Tensor> = model.lora_linear_weights().into_iter().collect();
+    let mut worst = 0f32;
+    for (key, want) in &python {
+        let got = ours.get(key).unwrap_or_else(|| panic!("{arch}/{case}: Python merged `{key}`, which this model does not hold"));
+        worst = worst.max(max_abs_diff(got, want));
+    }
+    // Modules that carry none of the adapter keep their weights.
+    for (key, w) in &ours {
+        if !python.contains_key(key) {
+            assert_eq!(max_abs_diff(w, &original[key]), 0.0, "{arch}/{case}: `{key}` changed although the adapter is not on it");
+        }
+    }
+    rows.push(Row { arch: arch.into(), case: case.into(), what: "merged weights", diff: worst });
+    model.deactivate_adapters();
+    check(rows, arch, case, "merged, deactivated", &*model, ids, mask, &merged_output);
+    model.reset_adapter();
+    for (key, w) in model.lora_linear_weights() {
+        assert_eq!(max_abs_diff(&w, &original[&key]), 0.0, "{arch}/{case}: reset restores `{key}` exactly");
+    }
+    model.set_active_adapters(AdapterSetup::from(case)).unwrap();
+    check(rows, arch, case, "reset", &*model, ids, mask, &case_dir.join("output.safetensors"));
+}
+
 fn run_stacks(arch: &str, data: &Path, model_dir: &Path, rows: &mut Vec<Row>) {
     let m = manifest();
-    let Some(stacks) = m["stack"][arch]["cases"].as_object() else { return };
+    let stacks = m["stack"][arch]["cases"].as_object().unwrap_or_else(|| panic!("manifest.json: no stack cases for {arch}"));
     let (ids, mask) = inputs(data);
     for (case, info) in stacks {
         let mut model = load_model(model_dir).unwrap();
         for child in ["a", "b"] {
-            model.load_adapter(&data.join(case).join(child), None).unwrap();
+            model.load_adapter(&fixture_path(&data.join(case).join(child)), None).unwrap();
         }
         let setup = AdapterSetup::from_json(&info["setup_json"]).unwrap();
         assert_eq!(setup.to_string(), info["setup"].as_str().unwrap());
@@ -85,6 +121,21 @@ fn run_stacks(arch: &str, data: &Path, model_dir: &Path, rows: &mut Vec<Row>) {
             model.save_adapter(&out_dir.join(child), child).unwrap();
         }
     }
+}
+
+/// The checks `run_arch` and `run_stacks` make for `arch`, from the manifest alone.
+fn expected_checks(arch: &str) -> usize {
+    let m = manifest();
+    let has_bin = m["archs"][arch]["has_adapter_bin"].as_bool().unwrap();
+    let per_case: usize = cases(arch)
+        .iter()
+        .map(|(_, info)| {
+            // loaded + saved+reloaded + deleted, the .bin load, and the four merge checks
+            3 + usize::from(has_bin) + if info["merged"].as_bool() == Some(true) { 4 } else { 0 }
+        })
+        .sum();
+    let stacks = m["stack"][arch]["cases"].as_object().map_or(0, |s| s.len());
+    1 + per_case + stacks
 }
 
 fn report(rows: &[Row]) {
@@ -106,8 +157,9 @@ fn tiny_models_match_python() {
         run_arch(arch, &data, &data.join("model"), &mut rows);
         run_stacks(arch, &data, &data.join("model"), &mut rows);
     }
-    assert!(rows.len() > 100, "every case ran");
+    let expected: usize = ["bert", "roberta", "distilbert"].iter().map(|a| expected_checks(a)).sum();
     report(&rows);
+    assert_eq!(rows.len(), expected, "checks the manifest implies");
 }
 
 #[test]
@@ -121,4 +173,5 @@ fn minilm_matches_python() {
     let mut rows = Vec::new();
     run_arch("minilm", &fixtures().join("minilm"), &dir, &mut rows);
     report(&rows);
+    assert_eq!(rows.len(), expected_checks("minilm"), "checks the manifest implies");
 }
