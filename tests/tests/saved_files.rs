@@ -86,7 +86,9 @@ fn entries() -> Vec<Entry> {
     for (arch, cases) in prefix["archs"].as_object().unwrap() {
         for (case, info) in cases.as_object().unwrap() {
             let setup = info["setup"].as_str().unwrap_or_default();
-            if !info["python_error"].is_null() || case.ends_with("too_long") || !(setup.starts_with("Stack[")) {
+            // `prompt_tuning_text` is left out: Python's load_adapter tokenizes prompt_init_text
+            // again and needs the config's tokenizer_name_or_path, which a bare model lacks.
+            if !info["python_error"].is_null() || case.ends_with("too_long") || case == "prompt_tuning_text" || !setup.starts_with("Stack[") {
                 continue;
             }
             let adapters: Vec<(String, PathBuf)> =
