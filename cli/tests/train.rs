@@ -56,12 +56,31 @@ fn train_eval_predict_round_trip() {
     assert!(ok, "eval failed: {stderr}");
     let accuracy: f64 = stdout.split_whitespace().nth(1).unwrap().parse().unwrap();
     assert!(accuracy > 80.0, "the kept epoch fits its training sentences: {stdout}");
+    // The dev set was the training file: eval on it reproduces the kept epoch's dev accuracy.
+    let kept = epochs.iter().map(|e| e["dev_accuracy"].as_f64().unwrap()).fold(f64::MIN, f64::max);
+    assert_eq!(format!("{:.2}", 100.0 * kept), format!("{accuracy:.2}"), "eval vs the kept epoch's dev accuracy: {stdout}");
 
-    let (ok, stdout, stderr) = adapters(&["predict", "--model", s(&model), "--adapter", s(&out), "a gorgeous, moving film", "a dull mess"]);
+    let texts = ["a gorgeous, moving film", "a dull mess"];
+    let (ok, stdout, stderr) = adapters(&["predict", "--model", s(&model), "--adapter", s(&out), texts[0], texts[1]]);
     assert!(ok, "predict failed: {stderr}");
-    let labels: Vec<&str> = stdout.lines().map(|l| l.split('\t').next().unwrap()).collect();
-    assert_eq!(labels.len(), 2);
-    assert!(labels.iter().all(|l| *l == "negative" || *l == "positive"), "{stdout}");
+    // The same sentences through the library: the printed label is the head's arg-max under its
+    // id2label name, with its softmax probability.
+    let mut lib = adapters_models::load_model(&model).unwrap();
+    let name = lib.load_adapter(&out, None).unwrap();
+    lib.set_active_adapters(name.as_str().into()).unwrap();
+    let encoder = adapters_runtime::training::TextEncoder::from_model_dir(&model, 64).unwrap();
+    let enc = encoder.encode(&texts).unwrap();
+    let logits = lib.forward_with_head(&enc.input_ids, &enc.attention_mask).unwrap().head.unwrap().logits().clone();
+    let probs = candle_nn::ops::softmax(&logits, candle_core::D::Minus1).unwrap().to_vec2::<f32>().unwrap();
+    let head = lib.head(&name).unwrap().config().clone();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), texts.len(), "one line per sentence: {stdout}");
+    for ((line, text), p) in lines.iter().zip(texts).zip(&probs) {
+        let best = if p[1] > p[0] { 1 } else { 0 };
+        let want = format!("{}\t{:.3}\t{text}", head.label_name(best), p[best]);
+        assert_eq!(*line, want, "predict agrees with the library");
+        assert!(matches!(head.label_name(best).as_str(), "negative" | "positive"), "the labels of the data file: {line}");
+    }
 }
 
 #[test]
