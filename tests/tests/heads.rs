@@ -32,10 +32,19 @@ fn check_outputs(label: &str, model: &dyn DynAdaptedModel, ids: &Tensor, mask: &
     let out = model.forward_with_head(ids, mask).unwrap();
     let head = out.head.as_ref().unwrap_or_else(|| panic!("{label}: no head output"));
     let mut worst = max_abs_diff(&out.last_hidden_state, &expected["last_hidden_state"]);
+    let mut compared = std::collections::BTreeSet::from(["last_hidden_state".to_string()]);
     for (name, tensor) in head.named() {
         let want = expected.get(name).unwrap_or_else(|| panic!("{label}: fixture has no `{name}`"));
         worst = worst.max(max_abs_diff(&tensor, want));
+        compared.insert(name.to_string());
     }
+    if let (adapters_runtime::heads::HeadOutput::Span { start, end }, Some(want)) = (head, expected.get("logits")) {
+        // The generator also records the QA head's raw output, stack([start, end], -1).
+        worst = worst.max(max_abs_diff(&Tensor::stack(&[start, end], 2).unwrap(), want));
+        compared.insert("logits".to_string());
+    }
+    // Every output Python recorded is compared.
+    assert_eq!(compared, expected.keys().cloned().collect(), "{label}: outputs compared");
     assert!(worst <= TOLERANCE, "{label}: max |diff| {worst}");
     worst
 }
@@ -52,23 +61,57 @@ fn cases() -> Vec<(String, String, Value)> {
     out
 }
 
+/// The adapter folders a heads-manifest case records (`files.adapter`, and `files.adapter_bin`
+/// where the generator wrote `.bin` files: the tiny models, not MiniLM), as
+/// `(folder name, path)`: the folder that holds the recorded `adapter_config.json`.
+fn recorded_folders(label: &str, info: &Value) -> Vec<(String, PathBuf)> {
+    let files = info["files"].as_object().unwrap_or_else(|| panic!("{label}: manifest has no `files`"));
+    let mut out = Vec::new();
+    for (folder, listing) in files {
+        if folder == "output" {
+            continue;
+        }
+        let config = listing["adapter_config.json"].as_str().unwrap_or_else(|| panic!("{label}: `files.{folder}` lists no adapter_config.json"));
+        let dir = fixtures().join(config).parent().unwrap().to_path_buf();
+        assert_eq!(dir.file_name().unwrap().to_str(), Some(folder.as_str()), "{label}: `files.{folder}` is the folder {}", dir.display());
+        // Every file the manifest lists is there.
+        for (file, path) in listing.as_object().unwrap() {
+            let path = fixtures().join(path.as_str().unwrap());
+            assert!(path.is_file(), "{label}: `files.{folder}.{file}` is missing: {}", path.display());
+        }
+        out.push((folder.clone(), dir));
+    }
+    out
+}
+
 #[test]
 fn python_heads_load_and_match() {
-    let mut checked = 0;
+    if !minilm_dir().is_dir() {
+        panic!("MiniLM is missing at {}: run scripts/fetch_minilm.sh", minilm_dir().display());
+    }
+    // What the manifest implies: one load per recorded folder, one save-and-reload per case.
+    let mut expected_loads = 0;
+    for (arch, case, info) in cases() {
+        let label = format!("{arch}/{case}");
+        let folders: Vec<String> = recorded_folders(&label, &info).into_iter().map(|(f, _)| f).collect();
+        // generate_heads.py writes `.bin` files for the tiny models only, and records a bin reload
+        // exactly where it wrote them.
+        let bin = arch != "minilm";
+        assert_eq!(folders, if bin { vec!["adapter", "adapter_bin"] } else { vec!["adapter"] }, "{label}: recorded folders");
+        assert_eq!(info["reload_bin_max_abs_diff"].is_number(), bin, "{label}: reload_bin_max_abs_diff");
+        expected_loads += folders.len();
+    }
+    let expected_cases = cases().len();
+    let mut loads = 0;
+    let mut saved_here = 0;
     let mut worst = 0f32;
     for (arch, case, info) in cases() {
-        if arch == "minilm" && !minilm_dir().is_dir() {
-            panic!("MiniLM is missing: run scripts/fetch_minilm.sh");
-        }
         let base = base_checkpoint(&arch);
         let (ids, mask) = case_inputs(&arch);
         let expected = read(&fixtures().join(info["files"]["output"].as_str().unwrap()));
-        for folder in ["adapter", "adapter_bin"] {
-            let dir = fixtures().join("heads").join(&arch).join(&case).join(folder);
-            if !dir.is_dir() {
-                continue;
-            }
+        for (folder, dir) in recorded_folders(&format!("{arch}/{case}"), &info) {
             let label = format!("{arch}/{case}/{folder}");
+            assert!(dir.is_dir(), "{label}: the manifest records {}, which is missing", dir.display());
             let mut model = load_model(&base).unwrap();
             let name = model.load_adapter(&dir, None).unwrap_or_else(|e| panic!("{label}: {e}"));
             assert_eq!(name, case);
@@ -76,7 +119,7 @@ fn python_heads_load_and_match() {
             assert_eq!(model.active_head().as_deref(), Some(case.as_str()), "{label}: the head follows the adapter");
             assert_eq!(model.head(&case).unwrap().config().to_value(), info["head_config"], "{label}: head config kept key for key");
             worst = worst.max(check_outputs(&label, model.as_ref(), &ids, &mask, &expected));
-            checked += 1;
+            loads += 1;
 
             // Saved here, loaded into a fresh model under another name: same outputs, and the
             // head tensors carry Python's names.
@@ -95,31 +138,81 @@ fn python_heads_load_and_match() {
                 fresh.load_adapter(&out_dir, Some("again")).unwrap();
                 fresh.set_active_adapters(AdapterSetup::from("again")).unwrap();
                 check_outputs(&format!("{label} (saved here)"), fresh.as_ref(), &ids, &mask, &expected);
+                saved_here += 1;
                 let _ = std::fs::remove_dir_all(&out_dir);
             }
         }
     }
-    eprintln!("heads: {checked} checks, worst max|diff| {worst:e}");
-    assert!(checked >= 40, "expected every head case in both formats, ran {checked}");
+    println!("heads: {} checks ({loads} Python folders, {saved_here} saved here), worst max|diff| {worst:e}", loads + saved_here);
+    assert_eq!(loads, expected_loads, "Python folders loaded");
+    assert_eq!(saved_here, expected_cases, "cases saved here and reloaded");
+    // 24 cases (bert, roberta: 8; distilbert: 7 without the pooler head; MiniLM: 1), 23 with .bin.
+    assert_eq!((expected_cases, expected_loads), (24, 47), "heads_manifest.json cases and folders");
+}
+
+/// `x W^T + b` for `x` `[n, in]`.
+fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Tensor {
+    x.matmul(&w.t().unwrap()).unwrap().broadcast_add(b).unwrap()
+}
+
+/// A head's parameters by name, after checking the names are exactly `want`.
+fn head_tensors(model: &dyn DynAdaptedModel, head: &str, want: &[&str]) -> std::collections::HashMap<String, Tensor> {
+    let params = model.head_params(head).unwrap();
+    let mut names: Vec<&str> = params.iter().map(|(n, _)| n.as_str()).collect();
+    names.sort();
+    let mut want_sorted = want.to_vec();
+    want_sorted.sort();
+    assert_eq!(names, want_sorted, "head `{head}`: parameter names");
+    params.into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect()
 }
 
 #[test]
 fn head_api_follows_python() {
     let base = base_checkpoint("bert");
     let (ids, mask) = case_inputs("bert");
+    let (batch, seq) = (ids.dim(0).unwrap(), ids.dim(1).unwrap());
     let mut model = load_model(&base).unwrap();
     model.add_adapter("a", adapters_runtime::AdapterConfig::parse("seq_bn").unwrap()).unwrap();
     model.add_adapter("b", adapters_runtime::AdapterConfig::parse("seq_bn").unwrap()).unwrap();
     model.add_head("a", HeadConfig::classification(3, 2, "tanh", None, false, false), false).unwrap();
     assert_eq!(model.active_head().as_deref(), Some("a"), "adding a head activates it");
     model.add_head("b", HeadConfig::token_level(adapters_runtime::HeadType::Tagging, 5, 1, "tanh", None), false).unwrap();
+    // Fresh heads have zero biases and small weights; seeded noise makes every term count.
+    for head in ["a", "b"] {
+        let vars: Vec<candle_core::Var> = model.head_params(head).unwrap().into_iter().map(|(_, v)| v).collect();
+        perturb_seeded(&vars, &format!("head_api/{head}"), 0.5);
+    }
+    assert!(!model.is_training(), "evaluation mode: head dropout inactive");
     model.set_active_adapters(AdapterSetup::parse("Stack[b, a]").unwrap()).unwrap();
     assert_eq!(model.active_head().as_deref(), Some("a"), "the head of the last adapter in a Stack");
     let out = model.forward_with_head(&ids, &mask).unwrap();
-    assert_eq!(out.head.unwrap().logits().dims(), &[ids.dim(0).unwrap(), 3]);
+    let logits = out.head.as_ref().unwrap().logits().clone();
+    assert_eq!(logits.dims(), &[batch, 3]);
+    // Classification, 2 layers: Dropout, Linear(H, H), tanh, Dropout, Linear(H, 3) on the first token.
+    let p = head_tensors(model.as_ref(), "a", &["heads.a.1.weight", "heads.a.1.bias", "heads.a.4.weight", "heads.a.4.bias"]);
+    let h0 = out.last_hidden_state.narrow(1, 0, 1).unwrap().squeeze(1).unwrap();
+    let hidden = linear(&h0, &p["heads.a.1.weight"], &p["heads.a.1.bias"]).tanh().unwrap();
+    let want = linear(&hidden, &p["heads.a.4.weight"], &p["heads.a.4.bias"]);
+    let d = max_abs_diff(&logits, &want);
+    assert!(d <= TOLERANCE, "classification head: logits vs W4 tanh(W1 h0 + b1) + b4: max |diff| {d}");
+    let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(scale > 1e-2, "the classification oracle is not trivially small ({scale})");
+
     model.set_active_adapters(AdapterSetup::from("b")).unwrap();
     let out = model.forward_with_head(&ids, &mask).unwrap();
-    assert_eq!(out.head.unwrap().logits().dims(), &[ids.dim(0).unwrap(), ids.dim(1).unwrap(), 5]);
+    let logits = out.head.as_ref().unwrap().logits().clone();
+    assert_eq!(logits.dims(), &[batch, seq, 5]);
+    // Tagging, 1 layer: Dropout, Linear(H, 5) on every token.
+    let p = head_tensors(model.as_ref(), "b", &["heads.b.1.weight", "heads.b.1.bias"]);
+    let hidden = out.last_hidden_state.dim(2).unwrap();
+    let flat = out.last_hidden_state.reshape((batch * seq, hidden)).unwrap();
+    let want = linear(&flat, &p["heads.b.1.weight"], &p["heads.b.1.bias"]).reshape((batch, seq, 5)).unwrap();
+    let d = max_abs_diff(&logits, &want);
+    assert!(d <= TOLERANCE, "tagging head: logits vs W1 h + b1 on every token: max |diff| {d}");
+    let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(scale > 1e-2, "the tagging oracle is not trivially small ({scale})");
+    println!("head_api: 2 checks (classification and tagging logits against their formulas)");
+
     // Python freezes only the base model: train_adapter hands back the adapter and every head.
     let vars = model.train_adapter(AdapterSetup::from("a")).unwrap();
     let adapter: usize = model.named_params("a").unwrap().iter().map(|(_, v)| v.elem_count()).sum();
