@@ -42,7 +42,7 @@ impl std::fmt::Display for TensorDiff {
 /// first such position.
 pub fn compare(a: &Tensor, b: &Tensor) -> Result<TensorDiff> {
     if a.dims() != b.dims() {
-        return Err(AdapterError::InvalidInput(format!("cannot compare tensors of shapes {:?} and {:?}", a.dims(), b.dims())));
+        return Err(AdapterError::Compare(format!("shapes {:?} and {:?} differ", a.dims(), b.dims())));
     }
     let dims = a.dims().to_vec();
     let left = values(a)?;
@@ -50,7 +50,7 @@ pub fn compare(a: &Tensor, b: &Tensor) -> Result<TensorDiff> {
     for (which, v) in [("left", &left), ("right", &right)] {
         if let Some(i) = v.iter().position(|x| !x.is_finite()) {
             let kind = if v[i].is_nan() { "NaN" } else { "infinity" };
-            return Err(AdapterError::InvalidInput(format!("the {which} tensor holds a {kind} at {:?}", unravel(i, &dims))));
+            return Err(AdapterError::Compare(format!("the {which} tensor holds a {kind} at {:?}", unravel(i, &dims))));
         }
     }
     let (mut worst, mut at) = (0f32, 0usize);

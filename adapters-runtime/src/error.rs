@@ -35,6 +35,10 @@ pub enum AdapterError {
     #[error("input does not suit the active adapters: {0}")]
     InvalidInput(String),
 
+    /// Two tensors that cannot be compared, or hold a NaN or an infinity (`compare`).
+    #[error("cannot compare tensors: {0}")]
+    Compare(String),
+
     #[error("{file}: tensor `{tensor}` is missing")]
     MissingTensor { file: String, tensor: String },
 
