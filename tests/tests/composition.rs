@@ -63,6 +63,7 @@ fn as_batch_split(setup: &AdapterSetup, batch: usize) -> AdapterSetup {
 /// - Parallel/BatchSplit over bottleneck adapters need every child at each location, because
 ///   one pre- and post-processing serves every row (Python fails with a KeyError or a missing
 ///   tensor in bottleneck.py).
+///
 /// `None` where this library runs the setup: Python raised nothing, or failed only on its lazy
 /// batch replication.
 fn refusal(setup: &AdapterSetup, python_error: &Value) -> Option<Vec<String>> {

@@ -35,6 +35,12 @@ fn overrides_apply_and_typos_are_named() {
     assert!(AdapterConfig::parse("ia3[r=2]").is_err());
     assert_eq!(AdapterConfig::parse("seq_bn|lora").unwrap().members().len(), 2);
     assert!(AdapterConfig::parse("seq_bn|").is_err());
+    // Python's AdapterConfig.load refuses a union preset inside a `|` union (checked with
+    // adapters 1.3.0: "lora|mam", "mam|lora", "seq_bn|unipelt" raise TypeError).
+    for text in ["lora|mam", "mam|lora", "seq_bn|unipelt"] {
+        let e = AdapterConfig::parse(text).unwrap_err().to_string();
+        assert!(e.contains("cannot contain another union"), "{text}: {e}");
+    }
 }
 
 #[test]

@@ -145,7 +145,9 @@ pub(super) fn parse(input: &str) -> Result<AdapterConfig> {
         if part.trim().is_empty() {
             return Err(AdapterError::ConfigString { input: input.into(), reason: "empty part in a `|` union".into() });
         }
-        members.extend(parse_one(part, input)?.members().into_iter().cloned());
+        // A preset that is itself a union (mam, unipelt) stays one member, which validate
+        // refuses as Python's ConfigUnion does ("not supported in a config union").
+        members.push(parse_one(part, input)?);
     }
     let union = AdapterConfig::Union(members);
     union.validate().map_err(|e| AdapterError::ConfigString { input: input.into(), reason: e.to_string() })?;
