@@ -218,19 +218,24 @@ pub fn linear_module(x: &Tensor, module: &candle_nn::Linear) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
+    use candle_core::Var;
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         crate::compare::compare(a, b).unwrap().max_abs
     }
 
+    /// Seeded normal draws (the same numbers on every run), shifted to `mean`.
+    fn randn(rng: &mut crate::methods::init::Rng, mean: f32, std: f32, shape: &[usize]) -> Tensor {
+        (crate::methods::init::normal(rng, shape, std).unwrap() + mean as f64).unwrap()
+    }
+
     #[test]
     fn frozen_weight_linear_matches_matmul_and_its_input_gradient() {
-        let dev = Device::Cpu;
-        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, 8), &dev).unwrap()).unwrap();
-        let w = Tensor::randn(0f32, 1.0, (5, 8), &dev).unwrap();
-        let b = Tensor::randn(0f32, 1.0, 5, &dev).unwrap();
-        let probe = Tensor::randn(0f32, 1.0, (2, 3, 5), &dev).unwrap();
+        let mut rng = crate::methods::init::Rng::new(7);
+        let x = Var::from_tensor(&randn(&mut rng, 0.0, 1.0, &[2, 3, 8])).unwrap();
+        let w = randn(&mut rng, 0.0, 1.0, &[5, 8]);
+        let b = randn(&mut rng, 0.0, 1.0, &[5]);
+        let probe = randn(&mut rng, 0.0, 1.0, &[2, 3, 5]);
         let ours = linear(&x, &w, Some(&b)).unwrap();
         let theirs = x.as_tensor().broadcast_matmul(&w.t().unwrap()).unwrap().broadcast_add(&b).unwrap();
         assert!(max_diff(&ours, &theirs) < 1e-6);
@@ -241,8 +246,8 @@ mod tests {
 
     #[test]
     fn gelu_matches_candle_and_its_gradient() {
-        let dev = Device::Cpu;
-        let x = Var::from_tensor(&Tensor::randn(0f32, 3.0, 4096, &dev).unwrap()).unwrap();
+        let mut rng = crate::methods::init::Rng::new(7);
+        let x = Var::from_tensor(&randn(&mut rng, 0.0, 3.0, &[4096])).unwrap();
         let ours = gelu_erf(&x).unwrap();
         let theirs = x.as_tensor().gelu_erf().unwrap();
         assert!(max_diff(&ours, &theirs) < 1e-6, "{}", max_diff(&ours, &theirs));
@@ -254,11 +259,11 @@ mod tests {
 
     #[test]
     fn gradients_equal_the_composed_ops() {
-        let dev = Device::Cpu;
-        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 5, 16), &dev).unwrap()).unwrap();
-        let w = Var::from_tensor(&Tensor::randn(1f32, 0.1, 16, &dev).unwrap()).unwrap();
-        let b = Var::from_tensor(&Tensor::randn(0f32, 0.1, 16, &dev).unwrap()).unwrap();
-        let probe = Tensor::randn(0f32, 1.0, (3, 5, 16), &dev).unwrap();
+        let mut rng = crate::methods::init::Rng::new(7);
+        let x = Var::from_tensor(&randn(&mut rng, 0.0, 1.0, &[3, 5, 16])).unwrap();
+        let w = Var::from_tensor(&randn(&mut rng, 1.0, 0.1, &[16])).unwrap();
+        let b = Var::from_tensor(&randn(&mut rng, 0.0, 0.1, &[16])).unwrap();
+        let probe = randn(&mut rng, 0.0, 1.0, &[3, 5, 16]);
         let ours = softmax_last_dim(&layer_norm(&x, &w, &b, 1e-12).unwrap()).unwrap();
         let theirs = candle_nn::ops::softmax(&candle_nn::ops::layer_norm_slow(&x, &w, &b, 1e-12).unwrap(), D::Minus1).unwrap();
         assert!(max_diff(&ours, &theirs) < 1e-6);
