@@ -133,8 +133,5 @@ pub(crate) fn check_field(strukt: &syn::ItemStruct, path: &FieldPath) -> syn::Re
         return Ok(());
     }
     let refs: Vec<&str> = fields.iter().map(String::as_str).collect();
-    Err(syn::Error::new(
-        path.first().span(),
-        format!("`{}` has no field `{first}`{}", strukt.ident, crate::suggest::hint(&first, &refs)),
-    ))
+    Err(syn::Error::new(path.first().span(), format!("`{}` has no field `{first}`{}", strukt.ident, crate::suggest::hint(&first, &refs))))
 }

@@ -63,11 +63,7 @@ pub(crate) fn expand(args: TokenStream, strukt: &syn::ItemStruct) -> syn::Result
         };
         let key_ident = syn::Ident::new(key, proc_macro2::Span::call_site());
         let span = field.span();
-        getters.push(if *integer {
-            quote_spanned!(span=> #key_ident: self.#field as usize,)
-        } else {
-            quote_spanned!(span=> #key_ident: self.#field as f64,)
-        });
+        getters.push(if *integer { quote_spanned!(span=> #key_ident: self.#field as usize,) } else { quote_spanned!(span=> #key_ident: self.#field as f64,) });
         let field_name = field.to_string();
         mapping.push(quote!((#key, #field_name)));
     }
@@ -77,6 +73,9 @@ pub(crate) fn expand(args: TokenStream, strukt: &syn::ItemStruct) -> syn::Result
     Ok(quote! {
         impl #impl_generics #rt::AdapterModelConfig for #ident #ty_generics #where_clause {
             const KEY_MAPPING: &'static [(&'static str, &'static str)] = &[#(#mapping),*];
+            // A config field may be any integer or float type; when it already is usize / f64
+            // the `as` is a no-op.
+            #[allow(clippy::unnecessary_cast)]
             fn dims(&self) -> #rt::ModelDims {
                 #rt::ModelDims { #(#getters)* }
             }

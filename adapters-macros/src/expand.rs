@@ -21,10 +21,7 @@ pub(crate) fn run(args: proc_macro::TokenStream, item: proc_macro::TokenStream, 
         return with_errors(item, err);
     };
     if !matches!(strukt.fields, syn::Fields::Named(_)) {
-        let err = syn::Error::new_spanned(
-            &strukt.fields,
-            "adapter macros need named fields, e.g. `struct BertLayer { attention: BertAttention, ... }`",
-        );
+        let err = syn::Error::new_spanned(&strukt.fields, "adapter macros need named fields, e.g. `struct BertLayer { attention: BertAttention, ... }`");
         return with_errors(item, err);
     }
     match expander(args.into(), &strukt) {

@@ -13,19 +13,11 @@ use crate::suggest::hint;
 const GROUPS: &[&str] = &["lora", "bottleneck", "prefix", "reft"];
 /// Methods that attach after the embeddings (prompt tuning, invertible adapters): a model-level mark.
 const MODEL_LEVEL_GROUPS: &[&str] = &["prompt", "embedding", "embeddings", "invertible"];
-const LORA_KEYS: &[(&str, &str)] = &[
-    ("q", "Query"),
-    ("k", "Key"),
-    ("v", "Value"),
-    ("intermediate", "Intermediate"),
-    ("output", "Output"),
-];
-const BOTTLENECK_KEYS: &[(&str, &str)] = &[
-    ("mh_adapter", "MhAdapter"),
-    ("output_adapter", "OutputAdapter"),
-];
+const LORA_KEYS: &[(&str, &str)] = &[("q", "Query"), ("k", "Key"), ("v", "Value"), ("intermediate", "Intermediate"), ("output", "Output")];
+const BOTTLENECK_KEYS: &[(&str, &str)] = &[("mh_adapter", "MhAdapter"), ("output_adapter", "OutputAdapter")];
 const REFT_KEYS: &[(&str, &str)] = &[("output", "Output")];
 
+#[derive(Clone, Copy)]
 enum Family {
     Lora,
     Bottleneck,
@@ -72,13 +64,7 @@ fn parse_marks(args: TokenStream, strukt: &syn::ItemStruct) -> syn::Result<Vec<M
                 continue;
             }
             other => {
-                errors.push(syn::Error::new(
-                    group.name.span(),
-                    format!(
-                        "unknown adapter method group `{other}`{}",
-                        hint(other, GROUPS)
-                    ),
-                ));
+                errors.push(syn::Error::new(group.name.span(), format!("unknown adapter method group `{other}`{}", hint(other, GROUPS))));
                 continue;
             }
         };
@@ -87,33 +73,19 @@ fn parse_marks(args: TokenStream, strukt: &syn::ItemStruct) -> syn::Result<Vec<M
             let key = entry.key.to_string();
             let found = match family {
                 Family::Prefix => Some((key.clone(), "")),
-                _ => keys
-                    .iter()
-                    .find(|(k, _)| *k == key)
-                    .map(|(k, v)| (k.to_string(), *v)),
+                _ => keys.iter().find(|(k, _)| *k == key).map(|(k, v)| (k.to_string(), *v)),
             };
             let Some((location, variant)) = found else {
-                errors.push(syn::Error::new(
-                    entry.key.span(),
-                    format!("unknown {name} location `{key}`{}", hint(&key, &names)),
-                ));
+                errors.push(syn::Error::new(entry.key.span(), format!("unknown {name} location `{key}`{}", hint(&key, &names))));
                 continue;
             };
             let Value::Path(path) = &entry.value else {
-                errors.push(syn::Error::new(
-                    entry.value.span(),
-                    format!("expected a field path, e.g. `{key} = attention.self_attention.query`"),
-                ));
+                errors.push(syn::Error::new(entry.value.span(), format!("expected a field path, e.g. `{key} = attention.self_attention.query`")));
                 continue;
             };
             let full_key = format!("{name}.{key}");
             if seen_keys.insert(full_key, entry.key.span()).is_some() {
-                errors.push(syn::Error::new(
-                    entry.key.span(),
-                    format!(
-                        "`{key}` is marked twice in `{name}(...)`; each location takes one field"
-                    ),
-                ));
+                errors.push(syn::Error::new(entry.key.span(), format!("`{key}` is marked twice in `{name}(...)`; each location takes one field")));
                 continue;
             }
             let dotted = path.dotted();
@@ -128,18 +100,7 @@ fn parse_marks(args: TokenStream, strukt: &syn::ItemStruct) -> syn::Result<Vec<M
                 errors.push(e);
                 continue;
             }
-            let family = match family {
-                Family::Lora => Family::Lora,
-                Family::Bottleneck => Family::Bottleneck,
-                Family::Prefix => Family::Prefix,
-                Family::Reft => Family::Reft,
-            };
-            marks.push(Mark {
-                family,
-                location,
-                variant,
-                path: path.clone(),
-            });
+            marks.push(Mark { family, location, variant, path: path.clone() });
         }
     }
     errors.finish()?;

@@ -35,9 +35,7 @@ pub(crate) fn expand(args: TokenStream, strukt: &syn::ItemStruct) -> syn::Result
         *slot = Some(&entry.value);
     }
     let ident = &strukt.ident;
-    let missing = |key: &str, example: &str| {
-        syn::Error::new(ident.span(), format!("`#[with_adapters]` on `{ident}` needs `{key}`: {example}"))
-    };
+    let missing = |key: &str, example: &str| syn::Error::new(ident.span(), format!("`#[with_adapters]` on `{ident}` needs `{key}`: {example}"));
     let model_type = match model_type {
         Some(Value::Lit(syn::Lit::Str(s))) => Some(s.value()),
         Some(other) => {
@@ -63,9 +61,7 @@ pub(crate) fn expand(args: TokenStream, strukt: &syn::ItemStruct) -> syn::Result
             None
         }
     };
-    let config = path_arg(&mut errors, strukt, config, "config", || {
-        missing("config", "the field holding the model config, e.g. `config = config`")
-    });
+    let config = path_arg(&mut errors, strukt, config, "config", || missing("config", "the field holding the model config, e.g. `config = config`"));
     let layer_type = match layer_type {
         Some(Value::Lit(syn::Lit::Str(s))) => Some(s.value()),
         Some(other) => {
@@ -85,9 +81,7 @@ pub(crate) fn expand(args: TokenStream, strukt: &syn::ItemStruct) -> syn::Result
         }
     }
     errors.finish()?;
-    let (Some(model_type), Some(layers), Some(layer_mixin), Some(config)) = (model_type, layers, layer_mixin, config) else {
-        unreachable_error(ident)?
-    };
+    let (Some(model_type), Some(layers), Some(layer_mixin), Some(config)) = (model_type, layers, layer_mixin, config) else { unreachable_error(ident)? };
     let config_field = config.first();
     let config_ty = strukt
         .fields
@@ -160,13 +154,7 @@ pub(crate) fn expand(args: TokenStream, strukt: &syn::ItemStruct) -> syn::Result
     })
 }
 
-fn path_arg(
-    errors: &mut Errors,
-    strukt: &syn::ItemStruct,
-    value: Option<&Value>,
-    key: &str,
-    missing: impl FnOnce() -> syn::Error,
-) -> Option<FieldPath> {
+fn path_arg(errors: &mut Errors, strukt: &syn::ItemStruct, value: Option<&Value>, key: &str, missing: impl FnOnce() -> syn::Error) -> Option<FieldPath> {
     match value {
         Some(Value::Path(p)) => match ast::check_field(strukt, p) {
             Ok(()) => Some(p.clone()),

@@ -26,9 +26,7 @@ pub(crate) fn row_ranges(setup: &AdapterSetup, rows: usize) -> Result<Vec<(usize
         AdapterSetup::BatchSplit { batch_sizes, .. } => {
             let total: usize = batch_sizes.iter().sum();
             if total != rows {
-                return Err(Error::Msg(format!(
-                    "{setup}: the batch has {rows} rows, which is not the sum of batch_sizes {batch_sizes:?} ({total})"
-                )));
+                return Err(Error::Msg(format!("{setup}: the batch has {rows} rows, which is not the sum of batch_sizes {batch_sizes:?} ({total})")));
             }
             Ok(consecutive(batch_sizes))
         }
@@ -40,9 +38,7 @@ pub(crate) fn row_ranges(setup: &AdapterSetup, rows: usize) -> Result<Vec<(usize
 pub(crate) fn split_ranges(splits: &[usize], positions: usize, setup: &AdapterSetup) -> Result<Vec<(usize, usize)>> {
     let total: usize = splits.iter().sum();
     if total != positions {
-        return Err(Error::Msg(format!(
-            "{setup}: the input has sequence length {positions}, which is not the sum of splits {splits:?} ({total})"
-        )));
+        return Err(Error::Msg(format!("{setup}: the input has sequence length {positions}, which is not the sum of splits {splits:?} ({total})")));
     }
     Ok(consecutive(splits))
 }

@@ -9,9 +9,9 @@ use crate::config::{AdapterConfig, FusionConfig};
 use crate::context::FusionAttention;
 use crate::error::Result;
 use crate::heads::{HeadConfig, HeadSetup, PredictionHead};
-use crate::model::{CombineStrategy, ModelOutput};
 use crate::mixin::{AdaptableModel, EncoderForward, ModelMapping};
 use crate::model::{AdaptedModel, AdapterSummary};
+use crate::model::{CombineStrategy, ModelOutput};
 use crate::setup::AdapterSetup;
 
 /// The model API without the model type.

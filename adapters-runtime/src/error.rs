@@ -52,7 +52,11 @@ pub enum AdapterError {
     File { file: String, reason: String },
 
     #[error("{path}: {source}")]
-    Io { path: PathBuf, #[source] source: std::io::Error },
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

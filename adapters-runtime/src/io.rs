@@ -95,8 +95,7 @@ pub fn read_weights(path: &Path) -> Result<HashMap<String, Tensor>> {
             .into_iter()
             .collect()
     } else {
-        candle_core::pickle::read_all(path)
-            .map_err(|e| AdapterError::file(&origin, format!("not a readable torch weight file: {e}")))?
+        candle_core::pickle::read_all(path).map_err(|e| AdapterError::file(&origin, format!("not a readable torch weight file: {e}")))?
     };
     tensors
         .into_iter()

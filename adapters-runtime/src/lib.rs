@@ -31,6 +31,7 @@ pub use config::{AdapterConfig, AdapterFile, BnConfig, LoRAConfig, PrefixTuningC
 pub use context::{ForwardContext, FusionAttention};
 pub use dynamic::DynAdaptedModel;
 pub use error::{AdapterError, Result};
+pub use heads::{HeadConfig, HeadOutput, HeadSetup, HeadType};
 pub use methods::bottleneck::BottleneckSlot;
 pub use methods::lora::LoRALinear;
 pub use methods::prefix::{PrefixPadding, PrefixSlot};
@@ -38,6 +39,5 @@ pub use methods::prompt::EmbeddingSlot;
 pub use methods::reft::ReftSlot;
 pub use methods::LayerNorm;
 pub use mixin::{AdaptableModel, AdapterMixin, AdapterModelConfig, EncoderForward, ModelDims, ModelMapping};
-pub use heads::{HeadConfig, HeadOutput, HeadSetup, HeadType};
 pub use model::{AdaptedModel, AdapterSummary, AdapterSummaryRow, HeadResult, ModelOutput};
 pub use setup::AdapterSetup;

@@ -86,11 +86,7 @@ impl fmt::Display for AdapterSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "{:<20}{:<14}{:>12}{:>10}{:>8}{:>10}", "Name", "Architecture", "#Param", "%Param", "Active", "Train")?;
         for r in &self.0 {
-            writeln!(
-                f,
-                "{:<20}{:<14}{:>12}{:>10.3}{:>8}{:>10}",
-                r.name, r.method, r.parameters, r.percent_of_base, r.active, r.trainable
-            )?;
+            writeln!(f, "{:<20}{:<14}{:>12}{:>10.3}{:>8}{:>10}", r.name, r.method, r.parameters, r.percent_of_base, r.active, r.trainable)?;
         }
         Ok(())
     }
@@ -741,8 +737,7 @@ impl<M: AdaptableModel> AdaptedModel<M> {
         let dir = dir.as_ref();
         let config = self.configs.get(name).ok_or_else(|| AdapterError::NoSuchAdapter(name.into()))?;
         std::fs::create_dir_all(dir).map_err(|e| AdapterError::io(dir, e))?;
-        let mut tensors: HashMap<String, Tensor> =
-            self.named_params(name)?.into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
+        let mut tensors: HashMap<String, Tensor> = self.named_params(name)?.into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
         // Written under both names, as Python's state dict has them (separate copies, since
         // safetensors refuses shared storage).
         // (Prefix pool copies are left out: Python's own safetensors file has only the pool.)
@@ -833,12 +828,7 @@ impl<M: AdaptableModel> AdaptedModel<M> {
                 return Err(AdapterError::UnexpectedTensor { file: origin, tensor: key.clone(), adapter: file_name.into() });
             };
             if var.dims() != tensor.dims() {
-                return Err(AdapterError::ShapeMismatch {
-                    file: origin,
-                    tensor: key.clone(),
-                    expected: var.dims().to_vec(),
-                    found: tensor.dims().to_vec(),
-                });
+                return Err(AdapterError::ShapeMismatch { file: origin, tensor: key.clone(), expected: var.dims().to_vec(), found: tensor.dims().to_vec() });
             }
             seen.insert(matched);
             staged.push((var, tensor));
@@ -896,9 +886,7 @@ impl<M: AdaptableModel> AdaptedModel<M> {
     }
 
     fn context(&self) -> ForwardContext {
-        ForwardContext::with_setup(self.active.clone(), self.training)
-            .with_dropout_rng(self.dropout_rng.clone())
-            .with_skip_layers(self.skip_layers.clone())
+        ForwardContext::with_setup(self.active.clone(), self.training).with_dropout_rng(self.dropout_rng.clone()).with_skip_layers(self.skip_layers.clone())
     }
 }
 

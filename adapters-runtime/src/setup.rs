@@ -16,14 +16,26 @@ pub enum AdapterSetup {
     /// The same input through each child; the batch is replicated once per child (channel).
     Parallel(Vec<AdapterSetup>),
     /// AdapterFusion over the children (`name` defaults to the children's names joined by `,`).
-    Fuse { children: Vec<AdapterSetup>, name: Option<String> },
+    Fuse {
+        children: Vec<AdapterSetup>,
+        name: Option<String>,
+    },
     /// Sequence positions split between the children (`splits` positions each).
-    Split { children: Vec<AdapterSetup>, splits: Vec<usize> },
+    Split {
+        children: Vec<AdapterSetup>,
+        splits: Vec<usize>,
+    },
     /// Batch rows split between the children (`batch_sizes` rows each).
-    BatchSplit { children: Vec<AdapterSetup>, batch_sizes: Vec<usize> },
+    BatchSplit {
+        children: Vec<AdapterSetup>,
+        batch_sizes: Vec<usize>,
+    },
     /// The children's outputs averaged with `weights` (normalised to sum to 1 unless the setup
     /// says otherwise; see [`AdapterSetup::average`]).
-    Average { children: Vec<AdapterSetup>, weights: Vec<f64> },
+    Average {
+        children: Vec<AdapterSetup>,
+        weights: Vec<f64>,
+    },
 }
 
 impl From<&str> for AdapterSetup {
@@ -161,11 +173,8 @@ impl AdapterSetup {
             return Ok(AdapterSetup::Single(name.into()));
         }
         let children = children.iter().map(Self::from_json).collect::<Result<Vec<_>>>()?;
-        let kwargs: Vec<(String, Value)> = value
-            .get("kwargs")
-            .and_then(Value::as_object)
-            .map(|o| o.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-            .unwrap_or_default();
+        let kwargs: Vec<(String, Value)> =
+            value.get("kwargs").and_then(Value::as_object).map(|o| o.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default();
         Self::block(kind, children, kwargs).map_err(|reason| bad(&reason))
     }
 
@@ -203,10 +212,9 @@ impl AdapterSetup {
         let sizes = |v: Value, key: &str| -> std::result::Result<Vec<usize>, String> {
             match v {
                 Value::Number(x) => x.as_u64().map(|x| vec![x as usize; n]).ok_or_else(|| format!("`{key}` must be non-negative integers")),
-                Value::Array(items) => items
-                    .iter()
-                    .map(|x| x.as_u64().map(|x| x as usize).ok_or_else(|| format!("`{key}` must be non-negative integers")))
-                    .collect(),
+                Value::Array(items) => {
+                    items.iter().map(|x| x.as_u64().map(|x| x as usize).ok_or_else(|| format!("`{key}` must be non-negative integers"))).collect()
+                }
                 _ => Err(format!("`{key}` must be an integer or a list of integers")),
             }
         };
@@ -234,9 +242,9 @@ impl AdapterSetup {
             "Average" => {
                 let weights = match get("weights") {
                     None | Some(Value::Null) => None,
-                    Some(Value::Array(items)) => Some(
-                        items.iter().map(|x| x.as_f64().ok_or("`weights` must be numbers")).collect::<std::result::Result<Vec<f64>, _>>()?,
-                    ),
+                    Some(Value::Array(items)) => {
+                        Some(items.iter().map(|x| x.as_f64().ok_or("`weights` must be numbers")).collect::<std::result::Result<Vec<f64>, _>>()?)
+                    }
                     Some(_) => return Err("`weights` must be a list of numbers".into()),
                 };
                 if let Some(w) = &weights {
@@ -327,7 +335,10 @@ impl AdapterSetup {
         if level > 1 && !matches!(kind, BlockKind::Single | BlockKind::Stack) {
             return Err(AdapterError::Setup {
                 setup: self.to_string(),
-                reason: format!("the setup is too deep: a {} block cannot sit at nesting level {level} (below level 1 only Stack blocks and adapter names)", kind.name()),
+                reason: format!(
+                    "the setup is too deep: a {} block cannot sit at nesting level {level} (below level 1 only Stack blocks and adapter names)",
+                    kind.name()
+                ),
             });
         }
         if kind != BlockKind::Single && self.children().is_empty() {

@@ -118,7 +118,9 @@ fn load_classifier(model_dir: &Path, adapter: Option<&Path>) -> Result<Box<dyn D
             model.set_active_adapters(name.as_str().into()).map_err(|e| e.to_string())?;
         }
         None => {
-            model.load_head(model_dir, None).map_err(|e| format!("--model {}: no --adapter given and no head in the model folder: {e}", model_dir.display()))?;
+            model
+                .load_head(model_dir, None)
+                .map_err(|e| format!("--model {}: no --adapter given and no head in the model folder: {e}", model_dir.display()))?;
         }
     }
     let head = model.active_head().ok_or("the adapter folder holds no head (head_config.json); train with `adapters train`")?;
@@ -160,7 +162,8 @@ pub fn train(args: TrainArgs) -> Result<(), String> {
         match prompt_text {
             Some(text) => {
                 let encoded = encoder.encode(&[text.as_str()]).map_err(|e| e.to_string())?;
-                let ids: Vec<u32> = encoded.input_ids.flatten_all().and_then(|t| t.to_dtype(candle_core::DType::U32)).and_then(|t| t.to_vec1()).map_err(|e| e.to_string())?;
+                let ids: Vec<u32> =
+                    encoded.input_ids.flatten_all().and_then(|t| t.to_dtype(candle_core::DType::U32)).and_then(|t| t.to_vec1()).map_err(|e| e.to_string())?;
                 model.add_prompt_adapter_from_ids(&args.name, config, &ids)
             }
             None => model.add_adapter(&args.name, config),

@@ -41,11 +41,7 @@ fn base_single_stack_and_merge_match_python() {
 
     let out = out_file("seq_bn.safetensors");
     let adapter = bert.join("seq_bn/adapter_bin");
-    forward_matches(
-        &["--model", s(&model), "--inputs", s(&inputs), "--out", s(&out), "--adapter", s(&adapter)],
-        &out,
-        &bert.join("seq_bn/output.safetensors"),
-    );
+    forward_matches(&["--model", s(&model), "--inputs", s(&inputs), "--out", s(&out), "--adapter", s(&adapter)], &out, &bert.join("seq_bn/output.safetensors"));
 
     let out = out_file("stack.safetensors");
     let (a, b) = (format!("a={}", s(&bert.join("stack/a"))), format!("b={}", s(&bert.join("stack/b"))));
@@ -90,7 +86,10 @@ fn errors_are_one_line_and_name_the_problem() {
         (vec!["--model", s(&model), "--inputs", s(&config), "--out", s(&out)], "--inputs"),
         (vec!["--model", s(&model), "--inputs", s(&base), "--out", s(&out)], "`input_ids` is missing"),
         (vec!["--model", s(&model), "--inputs", s(&inputs), "--out", s(&out), "--adapter", &a, "--adapter", &b], "--setup"),
-        (vec!["--model", s(&model), "--inputs", s(&inputs), "--out", s(&out), "--adapter", &a, "--adapter", &b, "--setup", "Fuse[a, b]"], "no fusion layer named `a,b`"),
+        (
+            vec!["--model", s(&model), "--inputs", s(&inputs), "--out", s(&out), "--adapter", &a, "--adapter", &b, "--setup", "Fuse[a, b]"],
+            "no fusion layer named `a,b`",
+        ),
         (vec!["--model", s(&model), "--inputs", s(&inputs), "--out", s(&out), "--adapter", &a, "--setup", "Stack[a, zz]"], "no adapter named `zz`"),
         (vec!["--model", s(&model), "--inputs", s(&inputs), "--out", s(&out), "--adapter", &a, "--merge", "a"], "cannot be merged"),
         (vec!["--model", s(&model), "--inputs", s(&inputs), "--out", s(&out), "--adapter", s(&foreign)], "does not belong to adapter"),
@@ -131,7 +130,20 @@ fn composition_blocks_heads_and_fusion_from_the_command_line() {
     let inputs = tiny("bert").join("inputs.safetensors");
     let out = out_file("parallel_heads.safetensors");
     let (a, b) = (format!("a={}", s(&case.join("a"))), format!("b={}", s(&case.join("b"))));
-    let (ok, stderr) = run(&["--model", s(&model_dir), "--inputs", s(&inputs), "--out", s(&out), "--adapter", &a, "--adapter", &b, "--setup", s(&case.join("adapter_setup.json"))]);
+    let (ok, stderr) = run(&[
+        "--model",
+        s(&model_dir),
+        "--inputs",
+        s(&inputs),
+        "--out",
+        s(&out),
+        "--adapter",
+        &a,
+        "--adapter",
+        &b,
+        "--setup",
+        s(&case.join("adapter_setup.json")),
+    ]);
     assert!(ok, "{stderr}");
     let got = adapters_tests::read(&out);
     let want = adapters_tests::read(&case.join("output.safetensors"));
@@ -144,8 +156,20 @@ fn composition_blocks_heads_and_fusion_from_the_command_line() {
     let out = out_file("fuse.safetensors");
     let (a, b) = (format!("a={}", s(&case.join("a"))), format!("b={}", s(&case.join("b"))));
     let (ok, stderr) = run(&[
-        "--model", s(&tiny("roberta").join("model")), "--inputs", s(&tiny("roberta").join("inputs.safetensors")), "--out", s(&out),
-        "--adapter", &a, "--adapter", &b, "--fusion", s(&case.join("fusion")), "--setup", "Fuse[a, b]",
+        "--model",
+        s(&tiny("roberta").join("model")),
+        "--inputs",
+        s(&tiny("roberta").join("inputs.safetensors")),
+        "--out",
+        s(&out),
+        "--adapter",
+        &a,
+        "--adapter",
+        &b,
+        "--fusion",
+        s(&case.join("fusion")),
+        "--setup",
+        "Fuse[a, b]",
     ]);
     assert!(ok, "{stderr}");
     let diff = max_abs_diff(&expected(&out), &expected(&case.join("output.safetensors")));
@@ -170,8 +194,16 @@ fn every_method_family_runs_from_the_command_line() {
             Some("Stack[a, b]"),
             cases.join("prefix/bert/prefix_stack/output.safetensors"),
         ),
-        (vec![s(&cases.join("reft_compacter/bert/loreft_positions/adapter")).into()], None, cases.join("reft_compacter/bert/loreft_positions/output.safetensors")),
-        (vec![s(&cases.join("reft_compacter/bert/compacter_local_rule/adapter")).into()], None, cases.join("reft_compacter/bert/compacter_local_rule/output.safetensors")),
+        (
+            vec![s(&cases.join("reft_compacter/bert/loreft_positions/adapter")).into()],
+            None,
+            cases.join("reft_compacter/bert/loreft_positions/output.safetensors"),
+        ),
+        (
+            vec![s(&cases.join("reft_compacter/bert/compacter_local_rule/adapter")).into()],
+            None,
+            cases.join("reft_compacter/bert/compacter_local_rule/output.safetensors"),
+        ),
         (vec![s(&cases.join("inv_vera/bert/seq_bn_inv/adapter")).into()], None, cases.join("inv_vera/bert/seq_bn_inv/output.safetensors")),
     ];
     for (i, (adapters, setup, reference)) in runs.iter().enumerate() {

@@ -38,8 +38,24 @@ fn train_eval_predict_round_trip() {
     std::fs::write(&train, lines.join("\n") + "\n").unwrap();
     let out = work.join("adapter");
     let (ok, stdout, stderr) = adapters(&[
-        "train", "--model", s(&model), "--train", s(&train), "--dev", s(&train), "--method", "seq_bn", "--epochs", "4",
-        "--batch-size", "8", "--lr", "3e-3", "--out", s(&out), "--quiet",
+        "train",
+        "--model",
+        s(&model),
+        "--train",
+        s(&train),
+        "--dev",
+        s(&train),
+        "--method",
+        "seq_bn",
+        "--epochs",
+        "4",
+        "--batch-size",
+        "8",
+        "--lr",
+        "3e-3",
+        "--out",
+        s(&out),
+        "--quiet",
     ]);
     assert!(ok, "train failed: {stderr}");
     let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("train_report.json")).unwrap()).unwrap();
@@ -93,7 +109,8 @@ fn bad_data_files_name_the_line() {
     assert!(!ok);
     assert!(stderr.contains("bad.tsv: line 3: expected 2 tab-separated fields"), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
-    let (ok, _, stderr) = adapters(&["train", "--model", s(&model), "--train", s(&data("train.tsv")), "--method", "seq_bm", "--out", s(&work.join("o")), "--quiet"]);
+    let (ok, _, stderr) =
+        adapters(&["train", "--model", s(&model), "--train", s(&data("train.tsv")), "--method", "seq_bm", "--out", s(&work.join("o")), "--quiet"]);
     assert!(!ok);
     assert!(stderr.contains("--method") && stderr.contains("seq_bn"), "names the method and suggests: {stderr}");
 }
@@ -109,7 +126,8 @@ fn prompt_from_text_and_fusion_train_from_the_command_line() {
     // ([CLS] classify the sentiment [SEP], ids from Python's tokenizer in the fixture manifest).
     let out = work.join("prompt");
     let method = "prompt_tuning[prompt_length=5, prompt_init='from_string', prompt_init_text='classify the sentiment']";
-    let (ok, _, stderr) = adapters(&["train", "--model", s(&model), "--train", s(&train), "--method", method, "--lr", "0", "--epochs", "1", "--out", s(&out), "--quiet"]);
+    let (ok, _, stderr) =
+        adapters(&["train", "--model", s(&model), "--train", s(&train), "--method", method, "--lr", "0", "--epochs", "1", "--out", s(&out), "--quiet"]);
     assert!(ok, "{stderr}");
     let saved = candle_core::safetensors::load(out.join("adapter.safetensors"), &candle_core::Device::Cpu).unwrap();
     let prompt = &saved["prompt_tuning.prompt_tunings.task.prompt_embedding.weight"];
@@ -127,7 +145,24 @@ fn prompt_from_text_and_fusion_train_from_the_command_line() {
         assert!(ok, "{stderr}");
     }
     let fused = work.join("fused");
-    let (ok, stdout, stderr) = adapters(&["train", "--model", s(&model), "--train", s(&train), "--fuse", s(&a), "--fuse", s(&b), "--name", "mr", "--epochs", "1", "--out", s(&fused), "--quiet"]);
+    let (ok, stdout, stderr) = adapters(&[
+        "train",
+        "--model",
+        s(&model),
+        "--train",
+        s(&train),
+        "--fuse",
+        s(&a),
+        "--fuse",
+        s(&b),
+        "--name",
+        "mr",
+        "--epochs",
+        "1",
+        "--out",
+        s(&fused),
+        "--quiet",
+    ]);
     assert!(ok, "{stderr}");
     assert!(stdout.contains("fusion Fuse[a, b]"), "{stdout}");
     for file in ["adapter_fusion_config.json", "model_adapter_fusion.safetensors", "head_config.json", "model_head.safetensors"] {

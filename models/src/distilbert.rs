@@ -154,9 +154,7 @@ impl DistilBertModel {
     pub fn load(vb: VarBuilder, config: &DistilBertConfig) -> Result<Self> {
         let h = config.dim;
         let e = vb.pp("embeddings");
-        let layers = (0..config.n_layers)
-            .map(|i| TransformerBlock::load(vb.pp("transformer").pp("layer").pp(i), config))
-            .collect::<Result<_>>()?;
+        let layers = (0..config.n_layers).map(|i| TransformerBlock::load(vb.pp("transformer").pp("layer").pp(i), config)).collect::<Result<_>>()?;
         let word_embeddings = candle_nn::embedding(config.vocab_size, h, e.pp("word_embeddings"))?;
         Ok(DistilBertModel {
             embeddings: Embeddings {

@@ -2,6 +2,7 @@
 //! medians of interleaved runs:
 //! - Parallel[4 seq_bn adapters] in one pass vs 4 separate passes (one adapter each);
 //! - BatchSplit over 4 tenants (8 rows each, one batch of 32) vs 4 batches of 8.
+//!
 //! `cargo bench -p adapters-tests --bench composition` (needs `scripts/fetch_minilm.sh`).
 
 use std::time::Instant;

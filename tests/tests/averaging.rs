@@ -36,7 +36,11 @@ fn averaged_adapters_match_python() {
             let sources: Vec<&str> = kwargs["adapter_list"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
             let weights: Option<Vec<f64>> = kwargs.get("weights").map(|w| w.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect());
             let normalize = kwargs.get("normalize_weights").and_then(Value::as_bool).unwrap_or(true);
-            let strategy = CombineStrategy::parse(kwargs.get("combine_strategy").and_then(Value::as_str).unwrap_or("linear"), kwargs.get("svd_rank").and_then(Value::as_u64).map(|r| r as usize)).unwrap();
+            let strategy = CombineStrategy::parse(
+                kwargs.get("combine_strategy").and_then(Value::as_str).unwrap_or("linear"),
+                kwargs.get("svd_rank").and_then(Value::as_u64).map(|r| r as usize),
+            )
+            .unwrap();
             let mut model = load_sources(arch, &dir);
             model.average_adapter("avg", &sources, weights.as_deref(), normalize, strategy).unwrap_or_else(|e| panic!("{label}: {e}"));
             model.set_active_adapters(AdapterSetup::from("avg")).unwrap();

@@ -293,7 +293,9 @@ fn our_rule(case: &Value) -> String {
         (Some("IndexError"), m) if m.contains("batch_sizes") => "not the sum of batch_sizes [1, 2]".into(),
         (Some("IndexError"), m) if m.contains("splits") => "sequence length 9, which is not the sum of splits [4, 4]".into(),
         (Some("KeyError"), _) => "no fusion layer named `a,b`".into(),
-        (Some("NotImplementedError"), _) if setup.starts_with("Split") => "is a LoRA-family adapter, which composes with Stack, Parallel, BatchSplit and Average, not Split".into(),
+        (Some("NotImplementedError"), _) if setup.starts_with("Split") => {
+            "is a LoRA-family adapter, which composes with Stack, Parallel, BatchSplit and Average, not Split".into()
+        }
         (Some("NotImplementedError"), _) => "is a LoRA-family adapter; AdapterFusion fuses bottleneck adapters".into(),
         (None, _) if setup.starts_with("Average") => "cannot average here: `b` has no bottleneck module".into(),
         other => panic!("{setup}: no rule for {other:?}"),

@@ -10,10 +10,7 @@ fn model_overview_is_current() {
         std::fs::write(&path, &generated).unwrap();
     }
     let committed = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(
-        committed == generated,
-        "docs/model_overview.md is out of date; regenerate with UPDATE_DOCS=1 cargo test --release -p adapters-tests --test docs"
-    );
+    assert!(committed == generated, "docs/model_overview.md is out of date; regenerate with UPDATE_DOCS=1 cargo test --release -p adapters-tests --test docs");
     // Every model claims every method of its slot families, and RoBERTa reuses BERT's mixin.
     let mappings = adapters_models::all_mappings();
     let roberta = mappings.iter().find(|m| m.model_type == "roberta").unwrap();

@@ -79,7 +79,9 @@ fn prefix_check(arch: &str, case: &str, info: &Value) -> PrefixCheck {
         (None, _) if case.ends_with("too_long") => PrefixCheck::RefusedTooLong,
         (None, _) => PrefixCheck::Output,
         (Some(e), Some("add_adapter")) if e.contains("tokenizer_name_or_path") => PrefixCheck::NoTokenizer,
-        (Some(e), Some("forward")) if arch == "distilbert" && info["config_json"]["architecture"] == "prompt_tuning" && e.contains("IndexError") => PrefixCheck::DistilbertPrompt,
+        (Some(e), Some("forward")) if arch == "distilbert" && info["config_json"]["architecture"] == "prompt_tuning" && e.contains("IndexError") => {
+            PrefixCheck::DistilbertPrompt
+        }
         (Some(e), at) => panic!("{arch}/{case}: no check for Python's error at {at:?}: {e}"),
     }
 }
@@ -130,7 +132,11 @@ fn prefix_prompt_and_union_cases_match_python() {
                     assert_eq!(info["output_shape"][1].as_u64(), Some(9 + length), "{label}: Python ran it");
                     for folder in dirs.iter().chain(&bins) {
                         let err = run(arch, std::slice::from_ref(folder), info["setup"].as_str().unwrap()).unwrap_err();
-                        assert!(err.contains(&format!("prompt_length {length}")) && err.contains(&format!("{positions} positions")), "{label} {}: {err}", folder.display());
+                        assert!(
+                            err.contains(&format!("prompt_length {length}")) && err.contains(&format!("{positions} positions")),
+                            "{label} {}: {err}",
+                            folder.display()
+                        );
                         report.push(format!("{label} ({}): refused on purpose", folder.file_name().unwrap().to_string_lossy()));
                     }
                     continue;
@@ -140,11 +146,15 @@ fn prefix_prompt_and_union_cases_match_python() {
                     // model has none; this library never tokenizes in add_adapter, so it refuses
                     // for the same reason and names the call that takes the ids.
                     assert!(dirs.is_empty() && bins.is_empty(), "{label}: Python saved nothing");
-                    let config = "prompt_tuning[prompt_length=4, prompt_init='from_string', prompt_init_text='classify the sentiment', combine='prefix_after_bos']";
+                    let config =
+                        "prompt_tuning[prompt_length=4, prompt_init='from_string', prompt_init_text='classify the sentiment', combine='prefix_after_bos']";
                     let ours = AdapterConfig::parse(config).unwrap().to_json();
-                    for (key, value) in
-                        [("prompt_length", Value::from(4)), ("prompt_init", "from_string".into()), ("prompt_init_text", "classify the sentiment".into()), ("combine", "prefix_after_bos".into())]
-                    {
+                    for (key, value) in [
+                        ("prompt_length", Value::from(4)),
+                        ("prompt_init", "from_string".into()),
+                        ("prompt_init_text", "classify the sentiment".into()),
+                        ("combine", "prefix_after_bos".into()),
+                    ] {
                         assert!(info["config"].as_str().unwrap().contains(&format!("{key}=")), "{label}: the Python call sets {key}");
                         assert_eq!(ours[key], value, "{label}: {key}");
                     }
@@ -200,7 +210,8 @@ fn prefix_prompt_and_union_cases_match_python() {
                 model.eject_prefix_tuning(&name).unwrap();
                 model.set_active_adapters(AdapterSetup::parse(setup).unwrap()).unwrap();
                 let (ids, mask) = arch_inputs(arch);
-                let diff = compare(&format!("{label} ejected here"), &model.forward(&ids, &mask).unwrap(), &fixtures().join(info["output_ejected"].as_str().unwrap()));
+                let diff =
+                    compare(&format!("{label} ejected here"), &model.forward(&ids, &mask).unwrap(), &fixtures().join(info["output_ejected"].as_str().unwrap()));
                 let config = model.adapter_config(&name).unwrap();
                 assert!(config.prefix_tuning().unwrap().flat, "{label}: ejected config is flat");
                 report.push(format!("{label} ejected here: {diff:.2e}"));
@@ -215,7 +226,8 @@ fn prefix_prompt_and_union_cases_match_python() {
 }
 
 fn read_json(path: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// DistilBERT's encoder written out from its checkpoint (eval mode, no adapters), with an optional
@@ -237,8 +249,10 @@ fn distilbert_reference(
         let normed = centred.broadcast_div(&(var + 1e-12).unwrap().sqrt().unwrap()).unwrap();
         normed.broadcast_mul(&get(&format!("{p}.weight"))).unwrap().broadcast_add(&get(&format!("{p}.bias"))).unwrap()
     };
-    let linear = |x: &Tensor, p: &str| x.broadcast_matmul(&get(&format!("{p}.weight")).t().unwrap()).unwrap().broadcast_add(&get(&format!("{p}.bias"))).unwrap();
-    let (hidden, heads, layers) = (config["dim"].as_u64().unwrap() as usize, config["n_heads"].as_u64().unwrap() as usize, config["n_layers"].as_u64().unwrap() as usize);
+    let linear =
+        |x: &Tensor, p: &str| x.broadcast_matmul(&get(&format!("{p}.weight")).t().unwrap()).unwrap().broadcast_add(&get(&format!("{p}.bias"))).unwrap();
+    let (hidden, heads, layers) =
+        (config["dim"].as_u64().unwrap() as usize, config["n_heads"].as_u64().unwrap() as usize, config["n_layers"].as_u64().unwrap() as usize);
     let (batch, seq) = ids.dims2().unwrap();
     let words = get("embeddings.word_embeddings.weight").index_select(&ids.flatten_all().unwrap(), 0).unwrap().reshape((batch, seq, hidden)).unwrap();
     let positions = get("embeddings.position_embeddings.weight").narrow(0, 0, seq).unwrap();
@@ -413,7 +427,12 @@ fn python_union_calls_are_followed() {
             }
         };
         let deliberate = DELIBERATE.contains(&python_call);
-        assert_eq!(result.is_ok(), accepted != deliberate, "{python_call}: Python accepted it: {accepted}; here: {:?}", result.as_ref().err().map(|e| e.to_string()));
+        assert_eq!(
+            result.is_ok(),
+            accepted != deliberate,
+            "{python_call}: Python accepted it: {accepted}; here: {:?}",
+            result.as_ref().err().map(|e| e.to_string())
+        );
         match (result, we_say) {
             (Ok(config), None) => {
                 // Accepted unions write the dict Python's to_dict writes.
@@ -457,7 +476,8 @@ const DIREFT_MARKER: &str = "reft_subtract_projection";
 
 /// A copy of Python's folder (either format) whose adapter_config.json carries the DiReft marker.
 fn with_direft_marker(label: &str, dir: &Path) -> PathBuf {
-    let out = std::env::temp_dir().join(format!("adapters-direft-{}-{}-{}", std::process::id(), label.replace('/', "-"), dir.file_name().unwrap().to_string_lossy()));
+    let out =
+        std::env::temp_dir().join(format!("adapters-direft-{}-{}-{}", std::process::id(), label.replace('/', "-"), dir.file_name().unwrap().to_string_lossy()));
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out).unwrap();
     for entry in std::fs::read_dir(dir).unwrap() {
@@ -607,7 +627,9 @@ fn refused_without_shared(label: &str, arch: &str, folder: &Path, setup: &str) {
 /// The folders of a reft/compacter/inv_vera case that has files: `dir`, then `dir_bin` where the
 /// manifest records one (each must be there).
 fn formats(label: &str, info: &Value) -> Vec<PathBuf> {
-    std::iter::once(recorded(label, info["dir"].as_str().unwrap_or_else(|| panic!("{label}: no `dir`")))).chain(info["dir_bin"].as_str().map(|d| recorded(label, d))).collect()
+    std::iter::once(recorded(label, info["dir"].as_str().unwrap_or_else(|| panic!("{label}: no `dir`"))))
+        .chain(info["dir_bin"].as_str().map(|d| recorded(label, d)))
+        .collect()
 }
 
 fn format_name(folder: &Path) -> String {
@@ -741,7 +763,9 @@ fn adapterplus_matches_python() {
 fn vera_and_dvora_match_python() {
     let m = manifest("inv_vera_manifest.json");
     let is_vera = |info: &Value| info["config_json"]["architecture"] == "lora" && info["config_json"]["vera_d"].is_number();
-    let in_file = |info: &Value, format: &str| info[if format == "adapter" { "shared_saved_in_adapter_file" } else { "shared_saved_in_adapter_bin" }] == Value::Bool(true);
+    let in_file = |info: &Value, format: &str| {
+        info[if format == "adapter" { "shared_saved_in_adapter_file" } else { "shared_saved_in_adapter_bin" }] == Value::Bool(true)
+    };
     // What the manifest implies: per file format the output (and, where the file lacks the
     // shared parameters, first the refusal to load it alone), a save here, the merged output.
     let mut implied = 0;

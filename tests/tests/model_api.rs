@@ -148,7 +148,9 @@ fn training_changes_only_the_adapter() {
             perturb(&vars, &format!("training/{label}"));
             keep_reft_units_alive(m.as_ref());
             let names: std::collections::HashMap<candle_core::TensorId, String> = m.named_params("x").unwrap().into_iter().map(|(n, v)| (v.id(), n)).collect();
-            let name_of = |v: &candle_core::Var| names.get(&v.id()).cloned().unwrap_or_else(|| panic!("{label}: a trainable variable of shape {:?} is not a parameter of the adapter", v.dims()));
+            let name_of = |v: &candle_core::Var| {
+                names.get(&v.id()).cloned().unwrap_or_else(|| panic!("{label}: a trainable variable of shape {:?} is not a parameter of the adapter", v.dims()))
+            };
             // The same dropout masks for the loss before and after the step.
             let loss_of = |m: &mut Box<dyn DynAdaptedModel>| {
                 m.set_seed(7);
@@ -193,7 +195,11 @@ fn merged_lora_equals_unmerged() {
     let unmerged = m.forward(&ids, &mask).unwrap();
     m.merge_adapter("x").unwrap();
     let merged = m.lora_linear_weights();
-    assert_eq!(merged.iter().map(|(n, _)| n).collect::<Vec<_>>(), original.iter().map(|(n, _)| n).collect::<Vec<_>>(), "the same linears before and after merging");
+    assert_eq!(
+        merged.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+        original.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+        "the same linears before and after merging"
+    );
     let mut with_lora = 0;
     for ((name, w0), (_, w1)) in original.iter().zip(&merged) {
         let module = name.strip_suffix(".weight").unwrap_or_else(|| panic!("`{name}` is not a weight"));
@@ -351,7 +357,9 @@ fn token_level_losses_skip_the_prompt_positions() {
 #[test]
 fn averaging_covers_prompts_invertible_and_shared_parameters() {
     use adapters_runtime::model::CombineStrategy;
-    for method in ["prompt_tuning[prompt_length=3]", "seq_bn_inv", "compacter[reduction_factor=4]", "vera[r=4]", "prefix_tuning[prefix_length=2, bottleneck_size=8]"] {
+    for method in
+        ["prompt_tuning[prompt_length=3]", "seq_bn_inv", "compacter[reduction_factor=4]", "vera[r=4]", "prefix_tuning[prefix_length=2, bottleneck_size=8]"]
+    {
         let (mut m, _, _, _) = model("bert");
         for name in ["a", "b"] {
             m.add_adapter(name, AdapterConfig::parse(method).unwrap()).unwrap();

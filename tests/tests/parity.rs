@@ -19,7 +19,7 @@ struct Row {
     diff: f32,
 }
 
-fn check(rows: &mut Vec<Row>, arch: &str, case: &str, what: &'static str, model: &dyn DynAdaptedModel, ids: &candle_core::Tensor, mask: &candle_core::Tensor, expected: &Path) {
+fn check(rows: &mut Vec<Row>, arch: &str, case: &str, what: &'static str, model: &dyn DynAdaptedModel, (ids, mask): &(Tensor, Tensor), expected: &Path) {
     let out = model.forward(ids, mask).unwrap_or_else(|e| panic!("{arch}/{case} {what}: {e}"));
     let diff = max_abs_diff(&out, &adapters_tests::expected(expected));
     rows.push(Row { arch: arch.into(), case: case.into(), what, diff });
@@ -33,9 +33,9 @@ fn save_dir(arch: &str, case: &str) -> PathBuf {
 }
 
 fn run_arch(arch: &str, data: &Path, model_dir: &Path, rows: &mut Vec<Row>) {
-    let (ids, mask) = inputs(data);
+    let input = inputs(data);
     let mut model = load_model(model_dir).unwrap();
-    check(rows, arch, "base", "no adapter", model.as_ref(), &ids, &mask, &data.join("base.safetensors"));
+    check(rows, arch, "base", "no adapter", model.as_ref(), &input, &data.join("base.safetensors"));
     // Every case has its safetensors folder; the manifest says whether the arch has .bin files.
     let has_bin = manifest()["archs"][arch]["has_adapter_bin"].as_bool().unwrap_or_else(|| panic!("manifest: {arch} has no has_adapter_bin"));
     for (case, info) in cases(arch) {
@@ -49,35 +49,34 @@ fn run_arch(arch: &str, data: &Path, model_dir: &Path, rows: &mut Vec<Row>) {
             assert_eq!(name, case);
             model.set_active_adapters(AdapterSetup::from(case.as_str())).unwrap();
             let what = if format == ".bin" { "loaded .bin" } else { "loaded safetensors" };
-            check(rows, arch, &case, what, model.as_ref(), &ids, &mask, &case_dir.join("output.safetensors"));
+            check(rows, arch, &case, what, model.as_ref(), &input, &case_dir.join("output.safetensors"));
             if format == "safetensors" {
                 // Saved here, reloaded under another name: same output.
                 let out_dir = save_dir(arch, &case);
                 model.save_adapter(&out_dir, &case).unwrap();
                 let again = model.load_adapter(&out_dir, Some("reloaded")).unwrap();
                 model.set_active_adapters(AdapterSetup::from(again.as_str())).unwrap();
-                check(rows, arch, &case, "saved+reloaded", model.as_ref(), &ids, &mask, &case_dir.join("output.safetensors"));
+                check(rows, arch, &case, "saved+reloaded", model.as_ref(), &input, &case_dir.join("output.safetensors"));
                 model.delete_adapter("reloaded").unwrap();
                 model.set_active_adapters(AdapterSetup::from(case.as_str())).unwrap();
                 if info["merged"].as_bool() == Some(true) {
-                    check_merge(rows, arch, &case, &info, model.as_mut(), &ids, &mask, &case_dir);
+                    check_merge(rows, arch, &case, &info, model.as_mut(), &input, &case_dir);
                 }
             }
             model.delete_adapter(&case).unwrap();
         }
-        check(rows, arch, &case, "deleted", model.as_ref(), &ids, &mask, &data.join("base.safetensors"));
+        check(rows, arch, &case, "deleted", model.as_ref(), &input, &data.join("base.safetensors"));
     }
 }
 
 /// Merging: the weights equal Python's merged weights, the output equals Python's merged output,
 /// deactivating keeps the merged output (the update is in the weights, as in Python), and
 /// `reset_adapter` restores the original weights exactly.
-#[allow(clippy::too_many_arguments)]
-fn check_merge(rows: &mut Vec<Row>, arch: &str, case: &str, info: &Value, model: &mut dyn DynAdaptedModel, ids: &Tensor, mask: &Tensor, case_dir: &Path) {
+fn check_merge(rows: &mut Vec<Row>, arch: &str, case: &str, info: &Value, model: &mut dyn DynAdaptedModel, input: &(Tensor, Tensor), case_dir: &Path) {
     let original: HashMap<String, Tensor> = model.lora_linear_weights().into_iter().collect();
     model.merge_adapter(case).unwrap();
     let merged_output = case_dir.join("output_merged.safetensors");
-    check(rows, arch, case, "merged", &*model, ids, mask, &merged_output);
+    check(rows, arch, case, "merged", &*model, input, &merged_output);
     // MiniLM's merged weights are not stored (35 MB); its merged outputs are checked above.
     if arch == "minilm" {
         assert!(info["merged_weights"].is_null(), "{arch}/{case}: merged weights are stored now; check them");
@@ -85,13 +84,13 @@ fn check_merge(rows: &mut Vec<Row>, arch: &str, case: &str, info: &Value, model:
         check_merged_weights(rows, arch, case, info, model, &original);
     }
     model.deactivate_adapters();
-    check(rows, arch, case, "merged, deactivated", &*model, ids, mask, &merged_output);
+    check(rows, arch, case, "merged, deactivated", &*model, input, &merged_output);
     model.reset_adapter();
     for (key, w) in model.lora_linear_weights() {
         assert_eq!(max_abs_diff(&w, &original[&key]), 0.0, "{arch}/{case}: reset restores `{key}` exactly");
     }
     model.set_active_adapters(AdapterSetup::from(case)).unwrap();
-    check(rows, arch, case, "reset", &*model, ids, mask, &case_dir.join("output.safetensors"));
+    check(rows, arch, case, "reset", &*model, input, &case_dir.join("output.safetensors"));
 }
 
 /// The merged weights equal Python's; modules without the adapter keep theirs.
@@ -116,7 +115,7 @@ fn check_merged_weights(rows: &mut Vec<Row>, arch: &str, case: &str, info: &Valu
 fn run_stacks(arch: &str, data: &Path, model_dir: &Path, rows: &mut Vec<Row>) {
     let m = manifest();
     let stacks = m["stack"][arch]["cases"].as_object().unwrap_or_else(|| panic!("manifest.json: no stack cases for {arch}"));
-    let (ids, mask) = inputs(data);
+    let input = inputs(data);
     for (case, info) in stacks {
         let mut model = load_model(model_dir).unwrap();
         for child in ["a", "b"] {
@@ -125,7 +124,7 @@ fn run_stacks(arch: &str, data: &Path, model_dir: &Path, rows: &mut Vec<Row>) {
         let setup = AdapterSetup::from_json(&info["setup_json"]).unwrap();
         assert_eq!(setup.to_string(), info["setup"].as_str().unwrap());
         model.set_active_adapters(setup).unwrap();
-        check(rows, arch, case, "Stack[a, b]", model.as_ref(), &ids, &mask, &data.join(case).join("output.safetensors"));
+        check(rows, arch, case, "Stack[a, b]", model.as_ref(), &input, &data.join(case).join("output.safetensors"));
         let out_dir = save_dir(arch, case);
         for child in ["a", "b"] {
             model.save_adapter(&out_dir.join(child), child).unwrap();
@@ -177,11 +176,7 @@ fn tiny_models_match_python() {
 #[test]
 fn minilm_matches_python() {
     let dir = minilm_dir();
-    assert!(
-        dir.join("model.safetensors").is_file(),
-        "MiniLM not found at {}: run scripts/fetch_minilm.sh (or set ADAPTERS_MINILM_DIR)",
-        dir.display()
-    );
+    assert!(dir.join("model.safetensors").is_file(), "MiniLM not found at {}: run scripts/fetch_minilm.sh (or set ADAPTERS_MINILM_DIR)", dir.display());
     let mut rows = Vec::new();
     run_arch("minilm", &fixtures().join("minilm"), &dir, &mut rows);
     report(&rows);

@@ -20,18 +20,15 @@ impl ReductionFactor {
     pub fn for_layer(&self, layer: usize) -> Result<f64> {
         let number = match self {
             ReductionFactor::Scalar(n) => n,
-            ReductionFactor::PerLayer(map) => map
-                .get(&layer.to_string())
-                .or_else(|| map.get("default"))
-                .ok_or_else(|| {
-                    AdapterError::InvalidConfig(format!(
-                        "reduction_factor gives no value for layer {layer} and no \"default\"; \
+            ReductionFactor::PerLayer(map) => map.get(&layer.to_string()).or_else(|| map.get("default")).ok_or_else(|| {
+                AdapterError::InvalidConfig(format!(
+                    "reduction_factor gives no value for layer {layer} and no \"default\"; \
                          write e.g. {{\"{layer}\": 16, \"default\": 16}}"
-                    ))
-                })?,
+                ))
+            })?,
         };
         let value = number.as_f64().unwrap_or(f64::NAN);
-        if !(value > 0.0) {
+        if value.is_nan() || value <= 0.0 {
             return Err(AdapterError::InvalidConfig(format!("reduction_factor must be > 0, got {number}")));
         }
         Ok(value)

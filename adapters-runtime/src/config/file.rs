@@ -35,11 +35,7 @@ impl AdapterFile {
     }
 
     pub fn from_json(value: Value, origin: &str) -> Result<Self> {
-        let key_err = |key: &str, reason: &str| AdapterError::ConfigKey {
-            file: origin.into(),
-            key: key.into(),
-            reason: reason.into(),
-        };
+        let key_err = |key: &str, reason: &str| AdapterError::ConfigKey { file: origin.into(), key: key.into(), reason: reason.into() };
         let Value::Object(mut object) = value else {
             return Err(key_err("(top level)", "expected a JSON object"));
         };

@@ -54,17 +54,10 @@ impl AdapterConfig {
 
     /// Reads the inner `config` object of an `adapter_config.json` (or any config dict).
     pub fn from_json(value: &Value, origin: &str) -> Result<Self> {
-        let object = value.as_object().ok_or_else(|| AdapterError::ConfigKey {
-            file: origin.into(),
-            key: "config".into(),
-            reason: "expected a JSON object".into(),
-        })?;
+        let object =
+            value.as_object().ok_or_else(|| AdapterError::ConfigKey { file: origin.into(), key: "config".into(), reason: "expected a JSON object".into() })?;
         let architecture = object.get("architecture").and_then(Value::as_str);
-        let wrap = |e: serde_json::Error| AdapterError::ConfigKey {
-            file: origin.into(),
-            key: "config".into(),
-            reason: e.to_string(),
-        };
+        let wrap = |e: serde_json::Error| AdapterError::ConfigKey { file: origin.into(), key: "config".into(), reason: e.to_string() };
         let config = match architecture {
             None => AdapterConfig::Bottleneck(serde_json::from_value(value.clone()).map_err(wrap)?),
             Some("lora") => AdapterConfig::LoRA(serde_json::from_value(value.clone()).map_err(wrap)?),
@@ -77,15 +70,13 @@ impl AdapterConfig {
                 return Err(AdapterError::ConfigKey {
                     file: origin.into(),
                     key: "config.architecture".into(),
-                    reason: format!("`{other}` adapters are not supported by this version yet (bottleneck, lora, prefix_tuning, prompt_tuning, reft and union are)"),
+                    reason: format!(
+                        "`{other}` adapters are not supported by this version yet (bottleneck, lora, prefix_tuning, prompt_tuning, reft and union are)"
+                    ),
                 })
             }
         };
-        config.validate().map_err(|e| AdapterError::ConfigKey {
-            file: origin.into(),
-            key: "config".into(),
-            reason: e.to_string(),
-        })?;
+        config.validate().map_err(|e| AdapterError::ConfigKey { file: origin.into(), key: "config".into(), reason: e.to_string() })?;
         Ok(config)
     }
 

@@ -75,8 +75,7 @@ impl PrefixTuningConfig {
         if !self.flat && self.bottleneck_size == 0 {
             return Err(AdapterError::InvalidConfig("`bottleneck_size`: must be at least 1".into()));
         }
-        crate::methods::activation::Activation::parse(&self.non_linearity)
-            .map_err(|e| AdapterError::InvalidConfig(format!("`non_linearity`: {e}")))?;
+        crate::methods::activation::Activation::parse(&self.non_linearity).map_err(|e| AdapterError::InvalidConfig(format!("`non_linearity`: {e}")))?;
         Ok(())
     }
 }
@@ -119,9 +118,9 @@ impl PromptTuningConfig {
         match self.combine.as_str() {
             "prefix" => Ok(PromptCombine::Prefix),
             "prefix_after_bos" => Ok(PromptCombine::PrefixAfterBos),
-            other => Err(AdapterError::InvalidConfig(format!(
-                "`combine`: unknown combination function `{other}`; must be one of 'prefix' or 'prefix_after_bos'"
-            ))),
+            other => {
+                Err(AdapterError::InvalidConfig(format!("`combine`: unknown combination function `{other}`; must be one of 'prefix' or 'prefix_after_bos'")))
+            }
         }
     }
 
@@ -132,9 +131,9 @@ impl PromptTuningConfig {
         self.combine()?;
         match self.prompt_init.as_str() {
             "random_uniform" => Ok(()),
-            "from_string" if self.prompt_init_text.is_none() => Err(AdapterError::InvalidConfig(
-                "`prompt_init_text`: must be given when prompt_init is \"from_string\"".into(),
-            )),
+            "from_string" if self.prompt_init_text.is_none() => {
+                Err(AdapterError::InvalidConfig("`prompt_init_text`: must be given when prompt_init is \"from_string\"".into()))
+            }
             "from_string" => Ok(()),
             other => Err(AdapterError::InvalidConfig(format!(
                 "`prompt_init`: unknown prompt initialization `{other}`; must be \"random_uniform\" or \"from_string\""

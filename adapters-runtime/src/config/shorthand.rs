@@ -7,10 +7,34 @@ use crate::error::{AdapterError, Result};
 
 /// Names the Python library knows, with the ones this version builds first.
 const SUPPORTED: &[&str] = &[
-    "seq_bn", "pfeiffer", "double_seq_bn", "houlsby", "par_bn", "parallel", "scaled_par_bn",
-    "scaled_parallel", "lora", "ia3", "dora", "prefix_tuning", "prefix_tuning_flat",
-    "prompt_tuning", "mam", "unipelt", "loreft", "noreft", "direft", "compacter", "compacter++",
-    "adapterplus", "vera", "dvora", "seq_bn_inv", "double_seq_bn_inv", "pfeiffer+inv", "houlsby+inv",
+    "seq_bn",
+    "pfeiffer",
+    "double_seq_bn",
+    "houlsby",
+    "par_bn",
+    "parallel",
+    "scaled_par_bn",
+    "scaled_parallel",
+    "lora",
+    "ia3",
+    "dora",
+    "prefix_tuning",
+    "prefix_tuning_flat",
+    "prompt_tuning",
+    "mam",
+    "unipelt",
+    "loreft",
+    "noreft",
+    "direft",
+    "compacter",
+    "compacter++",
+    "adapterplus",
+    "vera",
+    "dvora",
+    "seq_bn_inv",
+    "double_seq_bn_inv",
+    "pfeiffer+inv",
+    "houlsby+inv",
 ];
 const LATER: &[&str] = &["mtl_lora"];
 
@@ -85,17 +109,11 @@ fn with(mut base: Map<String, Value>, changes: Value) -> Map<String, Value> {
 fn preset(name: &str) -> Option<Map<String, Value>> {
     Some(match name {
         "seq_bn" | "pfeiffer" => with(bn_base(), json!({"original_ln_before": true})),
-        "double_seq_bn" | "houlsby" => {
-            with(bn_base(), json!({"mh_adapter": true, "non_linearity": "swish"}))
+        "double_seq_bn" | "houlsby" => with(bn_base(), json!({"mh_adapter": true, "non_linearity": "swish"})),
+        "par_bn" | "parallel" => with(bn_base(), json!({"reduction_factor": 2, "init_weights": "mam_adapter", "is_parallel": true, "scaling": 4.0})),
+        "scaled_par_bn" | "scaled_parallel" => {
+            with(bn_base(), json!({"reduction_factor": 2, "init_weights": "mam_adapter", "is_parallel": true, "scaling": "learned"}))
         }
-        "par_bn" | "parallel" => with(
-            bn_base(),
-            json!({"reduction_factor": 2, "init_weights": "mam_adapter", "is_parallel": true, "scaling": 4.0}),
-        ),
-        "scaled_par_bn" | "scaled_parallel" => with(
-            bn_base(),
-            json!({"reduction_factor": 2, "init_weights": "mam_adapter", "is_parallel": true, "scaling": "learned"}),
-        ),
         "lora" => lora_base(),
         "ia3" => with(
             lora_base(),
@@ -159,9 +177,8 @@ fn parse_one(text: &str, input: &str) -> Result<AdapterConfig> {
     let text = text.trim();
     let (name, overrides) = match text.find('[') {
         Some(open) => {
-            let close = text.rfind(']').filter(|&c| c == text.len() - 1).ok_or_else(|| {
-                err("an override list must end with `]`, e.g. lora[r=16,alpha=32]".into())
-            })?;
+            let close =
+                text.rfind(']').filter(|&c| c == text.len() - 1).ok_or_else(|| err("an override list must end with `]`, e.g. lora[r=16,alpha=32]".into()))?;
             (text[..open].trim(), Some(&text[open + 1..close]))
         }
         None => (text, None),
@@ -174,10 +191,7 @@ fn parse_one(text: &str, input: &str) -> Result<AdapterConfig> {
         }
         (None, None) => {
             let hint = nearest(name, SUPPORTED).map(|n| format!("; did you mean `{n}`?")).unwrap_or_default();
-            return Err(AdapterError::UnknownMethod {
-                name: format!("{name}{hint}"),
-                known: SUPPORTED.join(", "),
-            });
+            return Err(AdapterError::UnknownMethod { name: format!("{name}{hint}"), known: SUPPORTED.join(", ") });
         }
     };
     if let Some(overrides) = overrides {
@@ -186,9 +200,7 @@ fn parse_one(text: &str, input: &str) -> Result<AdapterConfig> {
             if item.is_empty() {
                 continue;
             }
-            let (key, value) = item
-                .split_once('=')
-                .ok_or_else(|| err(format!("`{item}` is not of the form key=value")))?;
+            let (key, value) = item.split_once('=').ok_or_else(|| err(format!("`{item}` is not of the form key=value")))?;
             let key = key.trim();
             // A union preset takes only options every member has (Python replaces them in each).
             if let Some(dict) = dicts.iter().find(|d| !d.contains_key(key)) {
@@ -289,12 +301,7 @@ fn python_literal(text: &str) -> std::result::Result<Value, String> {
 
 /// The closest candidate by edit distance, if it is close enough to be a likely typo.
 pub(crate) fn nearest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
-    candidates
-        .iter()
-        .map(|c| (edit_distance(word, c), *c))
-        .filter(|(d, c)| *d <= (c.len().max(word.len()) / 3).max(1))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c)
+    candidates.iter().map(|c| (edit_distance(word, c), *c)).filter(|(d, c)| *d <= (c.len().max(word.len()) / 3).max(1)).min_by_key(|(d, _)| *d).map(|(_, c)| c)
 }
 
 fn edit_distance(a: &str, b: &str) -> usize {

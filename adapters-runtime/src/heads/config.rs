@@ -188,9 +188,11 @@ impl HeadConfig {
     }
 
     fn usize_key(&self, key: &str) -> Result<usize> {
-        self.raw.get(key).and_then(Value::as_u64).map(|v| v as usize).ok_or_else(|| {
-            AdapterError::InvalidConfig(format!("{} head config needs a non-negative integer `{key}`", self.head_type.name()))
-        })
+        self.raw
+            .get(key)
+            .and_then(Value::as_u64)
+            .map(|v| v as usize)
+            .ok_or_else(|| AdapterError::InvalidConfig(format!("{} head config needs a non-negative integer `{key}`", self.head_type.name())))
     }
 
     pub fn layers(&self) -> usize {

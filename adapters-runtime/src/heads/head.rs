@@ -147,7 +147,14 @@ impl PredictionHead {
     /// input embedding matrix, required by tied heads.
     /// `inverse`: an invertible adapter, run in reverse before the decoder of a language-modeling
     /// head (as Python's LM heads do).
-    pub fn forward(&self, hidden: &Tensor, pooled: Option<&Tensor>, embeddings: Option<&Tensor>, inverse: Option<&crate::methods::invertible::InvertibleAdapter>, ctx: &ForwardContext) -> CResult<HeadOutput> {
+    pub fn forward(
+        &self,
+        hidden: &Tensor,
+        pooled: Option<&Tensor>,
+        embeddings: Option<&Tensor>,
+        inverse: Option<&crate::methods::invertible::InvertibleAdapter>,
+        ctx: &ForwardContext,
+    ) -> CResult<HeadOutput> {
         let head_type = self.config.head_type();
         let mut x = if head_type.is_sequence_level() {
             if self.config.use_pooler() {

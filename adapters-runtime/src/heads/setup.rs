@@ -26,11 +26,9 @@ impl HeadSetup {
         match last_block {
             AdapterSetup::Single(name) => Some(HeadSetup::Single(name.clone())),
             AdapterSetup::Parallel(children) => children.iter().map(last_of).collect::<Option<Vec<_>>>().map(HeadSetup::Parallel),
-            AdapterSetup::BatchSplit { children, batch_sizes } => children
-                .iter()
-                .map(last_of)
-                .collect::<Option<Vec<_>>>()
-                .map(|heads| HeadSetup::BatchSplit { heads, batch_sizes: batch_sizes.clone() }),
+            AdapterSetup::BatchSplit { children, batch_sizes } => {
+                children.iter().map(last_of).collect::<Option<Vec<_>>>().map(|heads| HeadSetup::BatchSplit { heads, batch_sizes: batch_sizes.clone() })
+            }
             _ => None,
         }
     }
@@ -40,11 +38,10 @@ impl HeadSetup {
         match self {
             HeadSetup::Single(name) => serde_json::json!(name),
             HeadSetup::Parallel(heads) => serde_json::json!(heads),
-            HeadSetup::BatchSplit { heads, batch_sizes } => AdapterSetup::BatchSplit {
-                children: heads.iter().map(|h| AdapterSetup::Single(h.clone())).collect(),
-                batch_sizes: batch_sizes.clone(),
+            HeadSetup::BatchSplit { heads, batch_sizes } => {
+                AdapterSetup::BatchSplit { children: heads.iter().map(|h| AdapterSetup::Single(h.clone())).collect(), batch_sizes: batch_sizes.clone() }
+                    .to_json()
             }
-            .to_json(),
         }
     }
 
@@ -66,10 +63,7 @@ mod tests {
         assert_eq!(parse("a"), Some(HeadSetup::Single("a".into())));
         assert_eq!(parse("Stack[a, b]"), Some(HeadSetup::Single("b".into())));
         assert_eq!(parse("Stack[a, Parallel[b, Stack[c, d]]]"), Some(HeadSetup::Parallel(vec!["b".into(), "d".into()])));
-        assert_eq!(
-            parse("BatchSplit[a, b, batch_sizes=[1, 2]]"),
-            Some(HeadSetup::BatchSplit { heads: vec!["a".into(), "b".into()], batch_sizes: vec![1, 2] })
-        );
+        assert_eq!(parse("BatchSplit[a, b, batch_sizes=[1, 2]]"), Some(HeadSetup::BatchSplit { heads: vec!["a".into(), "b".into()], batch_sizes: vec![1, 2] }));
         assert_eq!(parse("Average[a, b]"), None);
     }
 }

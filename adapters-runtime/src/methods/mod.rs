@@ -6,10 +6,10 @@ pub mod fused;
 pub mod init;
 pub mod invertible;
 pub mod lora;
+mod norm;
 pub mod prefix;
 pub mod prompt;
 pub mod reft;
-mod norm;
 pub mod svd;
 
 pub use norm::LayerNorm;

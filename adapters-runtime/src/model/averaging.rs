@@ -33,9 +33,9 @@ impl CombineStrategy {
             ("lora_linear_only_negate_b", _) => Ok(CombineStrategy::LoraLinearOnlyNegateB),
             ("lora_delta_w_svd", Some(rank)) if rank > 0 => Ok(CombineStrategy::LoraDeltaWSvd { rank }),
             ("lora_delta_w_svd", _) => Err(AdapterError::InvalidConfig("svd_rank must be set (and positive) when using 'lora_delta_w_svd'".into())),
-            (other, _) => Err(AdapterError::InvalidConfig(format!(
-                "unknown combine strategy `{other}`; known: linear, lora_linear_only_negate_b, lora_delta_w_svd"
-            ))),
+            (other, _) => {
+                Err(AdapterError::InvalidConfig(format!("unknown combine strategy `{other}`; known: linear, lora_linear_only_negate_b, lora_delta_w_svd")))
+            }
         }
     }
 }
@@ -82,9 +82,7 @@ impl<M: AdaptableModel> AdaptedModel<M> {
         let mut config = config.expect("one source at least");
         let weights: Vec<f64> = match weights {
             None => vec![1.0 / sources.len() as f64; sources.len()],
-            Some(w) if w.len() != sources.len() => {
-                return Err(AdapterError::InvalidConfig(format!("{} weights for {} adapters", w.len(), sources.len())))
-            }
+            Some(w) if w.len() != sources.len() => return Err(AdapterError::InvalidConfig(format!("{} weights for {} adapters", w.len(), sources.len()))),
             Some(w) => {
                 let sum: f64 = if normalize { w.iter().sum() } else { 1.0 };
                 if sum == 0.0 {
@@ -165,12 +163,17 @@ impl<M: AdaptableModel> AdaptedModel<M> {
                 average_params(prompt.params(), &inputs, weights, strategy)?;
             }
             if let Some(inv) = slot.invertibles.get(name) {
-                let inputs = sources.iter().map(|n| slot.invertibles.get(*n).map(|p| p.params())).collect::<Option<Vec<_>>>().ok_or_else(|| missing("invertible adapter"))?;
+                let inputs = sources
+                    .iter()
+                    .map(|n| slot.invertibles.get(*n).map(|p| p.params()))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| missing("invertible adapter"))?;
                 average_params(inv.params(), &inputs, weights, strategy)?;
             }
         }
         if let Some(shared) = self.shared.get(name) {
-            let inputs = sources.iter().map(|n| self.shared.get(*n).map(Vec::as_slice)).collect::<Option<Vec<_>>>().ok_or_else(|| missing("shared parameters"))?;
+            let inputs =
+                sources.iter().map(|n| self.shared.get(*n).map(Vec::as_slice)).collect::<Option<Vec<_>>>().ok_or_else(|| missing("shared parameters"))?;
             average_params(shared, &inputs, weights, CombineStrategy::Linear)?;
         }
         Ok(())

@@ -10,10 +10,10 @@ use serde_json::{json, Value};
 
 use super::{AdaptedModel, PYTHON_ADAPTERS_VERSION};
 use crate::config::{AdapterConfig, FusionConfig};
+use crate::context::FusionAttention;
 use crate::error::{AdapterError, Result};
 use crate::methods::bottleneck::FusionLayer;
 use crate::methods::init::Rng;
-use crate::context::FusionAttention;
 use crate::mixin::{AdaptableModel, BottleneckLocation, EncoderForward, SlotMut, SlotRef};
 use crate::setup::AdapterSetup;
 
@@ -62,7 +62,10 @@ impl<M: AdaptableModel> AdaptedModel<M> {
             let c = match self.configs.get(member) {
                 Some(AdapterConfig::Bottleneck(c)) => c,
                 Some(_) => {
-                    return Err(AdapterError::Setup { setup: setup.to_string(), reason: format!("`{member}` is not a bottleneck adapter; AdapterFusion fuses bottleneck adapters") })
+                    return Err(AdapterError::Setup {
+                        setup: setup.to_string(),
+                        reason: format!("`{member}` is not a bottleneck adapter; AdapterFusion fuses bottleneck adapters"),
+                    })
                 }
                 None => return Err(AdapterError::NoSuchAdapter(member.clone())),
             };
@@ -240,7 +243,9 @@ impl<M: AdaptableModel> AdaptedModel<M> {
         let config = FusionConfig::from_json(value.get("config").ok_or_else(|| key_err("config", "missing"))?, &origin)?;
         let file_name = value.get("name").and_then(Value::as_str).ok_or_else(|| key_err("name", "missing"))?.to_string();
         let members: Vec<String> = match value.get("adapter_names") {
-            Some(Value::Array(items)) => items.iter().map(|v| v.as_str().map(String::from).ok_or_else(|| key_err("adapter_names", "expected names"))).collect::<Result<_>>()?,
+            Some(Value::Array(items)) => {
+                items.iter().map(|v| v.as_str().map(String::from).ok_or_else(|| key_err("adapter_names", "expected names"))).collect::<Result<_>>()?
+            }
             Some(Value::String(s)) => s.split(',').map(String::from).collect(),
             _ => file_name.split(',').map(String::from).collect(),
         };

@@ -10,10 +10,10 @@ use candle_core::{Tensor, Var};
 use super::{AdaptedModel, PYTHON_ADAPTERS_VERSION};
 use crate::error::{AdapterError, Result};
 use crate::heads::{head_loss, HeadConfig, HeadDims, HeadFile, HeadOutput, HeadSetup, HeadType, PredictionHead};
-use crate::setup::AdapterSetup;
 use crate::heads::{HEAD_WEIGHTS_PICKLE, HEAD_WEIGHTS_SAFE};
 use crate::methods::init::Rng;
 use crate::mixin::{AdaptableModel, EncoderForward};
+use crate::setup::AdapterSetup;
 
 /// Python's default `initializer_range`: new head weights are drawn from N(0, 0.02).
 const INIT_STD: f32 = 0.02;
@@ -161,7 +161,10 @@ impl<M: AdaptableModel + EncoderForward> AdaptedModel<M> {
     /// `add_masked_lm_head(name)`: decoder tied to the input embeddings.
     pub fn add_masked_lm_head(&mut self, name: &str) -> Result<()> {
         let vocab = self.model.input_embeddings().map(|e| e.dim(0)).transpose()?.ok_or_else(|| {
-            AdapterError::InvalidConfig(format!("a masked LM head ties its decoder to the input embeddings, and this {} model exposes none", M::MAPPING.model_type))
+            AdapterError::InvalidConfig(format!(
+                "a masked LM head ties its decoder to the input embeddings, and this {} model exposes none",
+                M::MAPPING.model_type
+            ))
         })?;
         let hidden = self.model.dims().hidden_size;
         self.add_head(name, HeadConfig::masked_lm(vocab, hidden, 2, "gelu"), false)

@@ -39,7 +39,10 @@ impl Dataset {
         match lines.next() {
             Some((_, header)) if header.trim_end_matches('\r') == "label\ttext" => {}
             Some((_, header)) => {
-                return Err(AdapterError::file(origin, format!("line 1: the header must be `label<TAB>text`, found `{}`", header.chars().take(60).collect::<String>())))
+                return Err(AdapterError::file(
+                    origin,
+                    format!("line 1: the header must be `label<TAB>text`, found `{}`", header.chars().take(60).collect::<String>()),
+                ))
             }
             None => return Err(AdapterError::file(origin, "is empty; expected a `label<TAB>text` header and examples")),
         }
@@ -91,9 +94,11 @@ impl Dataset {
             .iter()
             .enumerate()
             .map(|(i, e)| {
-                labels.iter().position(|l| *l == e.label).map(|p| p as u32).ok_or_else(|| {
-                    AdapterError::file(origin, format!("line {}: label `{}` is not one of the head's labels {:?}", i + 2, e.label, labels))
-                })
+                labels
+                    .iter()
+                    .position(|l| *l == e.label)
+                    .map(|p| p as u32)
+                    .ok_or_else(|| AdapterError::file(origin, format!("line {}: label `{}` is not one of the head's labels {:?}", i + 2, e.label, labels)))
             })
             .collect()
     }

@@ -166,15 +166,19 @@ impl BottleneckAdapter {
         if self.residual_before_ln == ResidualBeforeLn::Flag(false) {
             residual = Some(hidden.clone());
         }
-        let residual = residual.ok_or_else(|| {
-            candle_core::Error::Msg("residual_before_ln = \"post_add\" needs original_ln_before = true".into())
-        })?;
+        let residual = residual.ok_or_else(|| candle_core::Error::Msg("residual_before_ln = \"post_add\" needs original_ln_before = true".into()))?;
         Ok((hidden, residual))
     }
 
     /// `pre_forward` for AdapterFusion: also the fusion query, the sublayer output before
     /// (`query_before_ln`) or after the original residual and LayerNorm.
-    pub fn pre_forward_with_query(&self, hidden: &Tensor, input_tensor: &Tensor, layer_norm: &LayerNorm, query_before_ln: bool) -> CResult<(Tensor, Tensor, Tensor)> {
+    pub fn pre_forward_with_query(
+        &self,
+        hidden: &Tensor,
+        input_tensor: &Tensor,
+        layer_norm: &LayerNorm,
+        query_before_ln: bool,
+    ) -> CResult<(Tensor, Tensor, Tensor)> {
         let (out, residual) = self.pre_forward(hidden, input_tensor, layer_norm)?;
         let query = if query_before_ln { hidden.clone() } else { out.clone() };
         Ok((out, query, residual))

@@ -121,7 +121,15 @@ pub struct PhmLayer {
 impl PhmLayer {
     /// An `in -> out` layer named under `prefix` (`adapter_down.0.`, `adapter_up.`); `up`
     /// selects the shared W of the up projection.
-    pub fn new(config: &BnConfig, (i, o): (usize, usize), up: bool, prefix: &str, shared: &SharedPhm, params: &mut Vec<NamedParam>, rng: &mut Rng) -> Result<Self> {
+    pub fn new(
+        config: &BnConfig,
+        (i, o): (usize, usize),
+        up: bool,
+        prefix: &str,
+        shared: &SharedPhm,
+        params: &mut Vec<NamedParam>,
+        rng: &mut Rng,
+    ) -> Result<Self> {
         let phm = phm(config);
         let p = phm.p;
         if p == 0 || i % p != 0 || o % p != 0 {
@@ -137,7 +145,11 @@ impl PhmLayer {
             Some(rule) => rule.clone(),
             None => phm.rule(params, prefix, false, rng)?,
         };
-        let bias = if config.phm_bias.unwrap_or(true) { Some(push(params, format!("{prefix}b"), Tensor::zeros(o, candle_core::DType::F32, &Device::Cpu)?, true)?) } else { None };
+        let bias = if config.phm_bias.unwrap_or(true) {
+            Some(push(params, format!("{prefix}b"), Tensor::zeros(o, candle_core::DType::F32, &Device::Cpu)?, true)?)
+        } else {
+            None
+        };
         Ok(PhmLayer { w, rule, bias })
     }
 

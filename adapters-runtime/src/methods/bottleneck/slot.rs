@@ -9,8 +9,8 @@ use candle_core::{Result, Tensor};
 use super::{BottleneckAdapter, FusionLayer};
 use crate::composition;
 use crate::context::{ForwardContext, FusionAttention};
-use crate::setup::AdapterSetup;
 use crate::methods::LayerNorm;
+use crate::setup::AdapterSetup;
 
 pub struct BottleneckSlot {
     layer_norm: LayerNorm,
@@ -186,11 +186,13 @@ impl BottleneckSlot {
     /// runs on the same input, and the fusion layer attends over their up-projections.
     fn compose_fuse(&self, setup: &AdapterSetup, children: &[AdapterSetup], state: BnState, ctx: &ForwardContext) -> Result<BnState> {
         let name = setup.fusion_name().unwrap_or_default();
-        let fusion = self.fusions.get(&name).ok_or_else(|| {
-            candle_core::Error::Msg(format!("{setup}: no fusion layer `{name}` at `{}`; add it with add_adapter_fusion", self.path))
-        })?;
+        let fusion = self
+            .fusions
+            .get(&name)
+            .ok_or_else(|| candle_core::Error::Msg(format!("{setup}: no fusion layer `{name}` at `{}`; add it with add_adapter_fusion", self.path)))?;
         let last = setup.last().unwrap_or_default().to_string();
-        let last_adapter = self.adapters.get(&last).ok_or_else(|| candle_core::Error::Msg(format!("{setup}: adapter `{last}` has no module at `{}`", self.path)))?;
+        let last_adapter =
+            self.adapters.get(&last).ok_or_else(|| candle_core::Error::Msg(format!("{setup}: adapter `{last}` has no module at `{}`", self.path)))?;
         let (hidden, query, residual) = last_adapter.pre_forward_with_query(&state.hidden, &state.input, &self.layer_norm, fusion.config().query_before_ln)?;
         let state = BnState { hidden, residual, ..state };
         let mut ups = Vec::with_capacity(children.len());

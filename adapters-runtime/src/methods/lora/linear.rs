@@ -111,9 +111,7 @@ impl LoRALinear {
             }
             AdapterSetup::Fuse { .. } | AdapterSetup::Split { .. } => {
                 if setup.any_adapter(&|n| self.loras.contains_key(n)) {
-                    return Err(candle_core::Error::Msg(format!(
-                        "{setup}: LoRA-family adapters compose with Stack, Parallel, BatchSplit and Average only"
-                    )));
+                    return Err(candle_core::Error::Msg(format!("{setup}: LoRA-family adapters compose with Stack, Parallel, BatchSplit and Average only")));
                 }
                 Ok(state)
             }

@@ -79,7 +79,7 @@ impl PrefixModule {
                 let hidden = activation.forward(&linear(wte.as_tensor(), w1.as_tensor(), Some(b1.as_tensor()))?)?;
                 linear(&hidden, w2.as_tensor(), Some(b2.as_tensor()))
             }
-            PrefixKind::Flat { control_trans } => control_trans.as_tensor().reshape((self.prefix_length, ()))
+            PrefixKind::Flat { control_trans } => control_trans.as_tensor().reshape((self.prefix_length, ())),
         }
     }
 
@@ -101,13 +101,7 @@ impl PrefixModule {
         let flat = self.entries()?.flatten_all()?.detach();
         let mut params = Vec::new();
         let control_trans = param(&mut params, "control_trans", flat)?;
-        Ok(Some(PrefixModule {
-            shape: self.shape,
-            prefix_length: self.prefix_length,
-            dropout: self.dropout,
-            kind: PrefixKind::Flat { control_trans },
-            params,
-        }))
+        Ok(Some(PrefixModule { shape: self.shape, prefix_length: self.prefix_length, dropout: self.dropout, kind: PrefixKind::Flat { control_trans }, params }))
     }
 }
 

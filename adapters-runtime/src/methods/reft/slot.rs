@@ -107,7 +107,13 @@ impl ReftSlot {
 /// Python gathers prefix positions from each row's first real token and suffix positions back
 /// from its last; positions outside the sequence make it fail with an index error. Says which
 /// row does not fit and what would.
-pub(crate) fn check_positions(name: &str, prefix_positions: usize, suffix_positions: usize, rows: &[(usize, usize)], seq: usize) -> std::result::Result<(), String> {
+pub(crate) fn check_positions(
+    name: &str,
+    prefix_positions: usize,
+    suffix_positions: usize,
+    rows: &[(usize, usize)],
+    seq: usize,
+) -> std::result::Result<(), String> {
     let (prefix, suffix) = (prefix_positions.min(seq), suffix_positions.min(seq));
     for (row, &(offset, length)) in rows.iter().enumerate() {
         if offset + prefix > seq {

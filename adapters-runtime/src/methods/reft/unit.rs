@@ -13,7 +13,10 @@ use crate::methods::{dropout, linear, NamedParam};
 enum Projection {
     Plain(Var),
     /// `parametrizations.weight.original` and the buffer `parametrizations.weight.0.base`.
-    Orthogonal { original: Var, base: Var },
+    Orthogonal {
+        original: Var,
+        base: Var,
+    },
 }
 
 pub struct ReftUnit {
