@@ -208,6 +208,24 @@ impl AdapterSetup {
 
     fn block(kind: &str, children: Vec<AdapterSetup>, kwargs: Vec<(String, Value)>) -> std::result::Result<Self, String> {
         let n = children.len();
+        // The keyword arguments each block's Python constructor takes (an unknown one is a
+        // TypeError there).
+        let allowed: &[&str] = match kind {
+            "Fuse" => &["name"],
+            "Split" => &["splits"],
+            "BatchSplit" => &["batch_sizes"],
+            "Average" => &["weights", "normalize_weights"],
+            _ => &[],
+        };
+        if let Some((key, _)) = kwargs.iter().find(|(k, _)| !allowed.contains(&k.as_str())) {
+            return Err(match allowed {
+                [] => format!("{kind} takes no argument `{key}`"),
+                _ => format!("{kind} takes no argument `{key}`; it takes {}", allowed.iter().map(|a| format!("`{a}`")).collect::<Vec<_>>().join(", ")),
+            });
+        }
+        if n == 0 {
+            return Err(format!("{kind} needs at least one child"));
+        }
         let get = |key: &str| kwargs.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
         let sizes = |v: Value, key: &str| -> std::result::Result<Vec<usize>, String> {
             match v {
