@@ -1,13 +1,20 @@
-//! Native training: labelled text, tokenisation, the optimiser step, the schedule and the loop.
+//! Native training: the optimiser step and the schedule, and (with the `train` feature) labelled
+//! text, tokenisation and the classification training loop.
 
+#[cfg(feature = "train")]
 mod data;
 mod optim;
 mod schedule;
+#[cfg(feature = "train")]
 mod text;
+#[cfg(feature = "train")]
 mod trainer;
 
+#[cfg(feature = "train")]
 pub use data::{Dataset, Example};
 pub use optim::AdamWStep;
 pub use schedule::LinearSchedule;
+#[cfg(feature = "train")]
 pub use text::{Encoded, TextEncoder, TOKENIZER_FILE};
+#[cfg(feature = "train")]
 pub use trainer::{evaluate, train_classifier, EpochReport, Evaluation, LabelledTexts, TrainConfig, TrainReport};
