@@ -1,0 +1,148 @@
+//! Which adapters run: activation (with the block rules each method supports), deactivation,
+//! training mode, and the setup file.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::Var;
+
+use crate::error::{AdapterError, Result};
+use crate::heads::HeadSetup;
+use crate::mixin::AdaptableModel;
+use crate::setup::AdapterSetup;
+
+use super::{AdaptedModel, ADAPTER_SETUP_NAME, PYTHON_ADAPTERS_VERSION};
+
+impl<M: AdaptableModel> AdaptedModel<M> {
+    /// Activates a setup (`"a"`, `AdapterSetup::stack(["a", "b"])`, or a parsed repr). The
+    /// setup must follow the Python library's nesting rules, name only adapters of this model,
+    /// and use blocks their methods support; the error names the rule that is broken.
+    ///
+    /// ```no_run
+    /// # fn demo<M: adapters_runtime::AdaptableModel>(model: &mut adapters_runtime::AdaptedModel<M>) -> adapters_runtime::Result<()> {
+    /// use adapters_runtime::AdapterSetup;
+    /// model.set_active_adapters(AdapterSetup::parse("Stack[lang, Parallel[task_a, task_b]]")?)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn set_active_adapters(&mut self, setup: impl Into<AdapterSetup>) -> Result<()> {
+        self.set_active_adapters_skipping(setup, None)
+    }
+
+    /// [`AdaptedModel::set_active_adapters`] with AdapterDrop: no adapter runs in the layers
+    /// `skip_layers` (Python's `set_active_adapters(setup, skip_layers=[...])`; each call sets
+    /// them anew).
+    pub fn set_active_adapters_skipping(&mut self, setup: impl Into<AdapterSetup>, skip_layers: Option<Vec<usize>>) -> Result<()> {
+        let setup = setup.into();
+        let layers = self.model.dims().num_hidden_layers;
+        if let Some(bad) = skip_layers.iter().flatten().find(|l| **l >= layers) {
+            return Err(AdapterError::Setup { setup: setup.to_string(), reason: format!("skip_layers names layer {bad}; this model has layers 0..{layers}") });
+        }
+        for name in setup.flatten() {
+            if !self.configs.contains_key(name) {
+                return Err(AdapterError::Setup { setup: setup.to_string(), reason: format!("no adapter named `{name}` in this model") });
+            }
+        }
+        setup.validate()?;
+        self.check_method_support(&setup, &setup)?;
+        // Python activates the heads the setup ends in, if the model has them.
+        if let Some(heads) = HeadSetup::from_setup(&setup).filter(|h| h.names().iter().all(|n| self.heads.contains_key(*n))) {
+            self.active_head = Some(heads);
+        }
+        self.active = Some(Arc::new(setup));
+        self.skip_layers = skip_layers.map(Arc::from);
+        Ok(())
+    }
+
+    /// Per-method composition support: bottleneck adapters take every block; LoRA-family
+    /// adapters take Stack, Parallel, BatchSplit and Average (Python's `supported_compositions`).
+    pub(super) fn check_method_support(&self, whole: &AdapterSetup, setup: &AdapterSetup) -> Result<()> {
+        match setup {
+            AdapterSetup::Fuse { children, .. } => {
+                let name = setup.fusion_name().unwrap_or_default();
+                if !self.fusions.contains_key(&name) {
+                    return Err(AdapterError::Setup {
+                        setup: whole.to_string(),
+                        reason: format!("no fusion layer named `{name}`; add it with add_adapter_fusion or load it with load_adapter_fusion"),
+                    });
+                }
+                if let Some(lora) = children.iter().flat_map(|c| c.flatten()).find(|n| self.configs.get(*n).is_some_and(|c| c.lora().is_some())) {
+                    return Err(AdapterError::Setup {
+                        setup: whole.to_string(),
+                        reason: format!("`{lora}` is a LoRA-family adapter; AdapterFusion fuses bottleneck adapters"),
+                    });
+                }
+            }
+            AdapterSetup::Split { .. } => {
+                if let Some(lora) = setup.flatten().into_iter().find(|n| self.configs.get(*n).is_some_and(|c| c.lora().is_some())) {
+                    return Err(AdapterError::Setup {
+                        setup: whole.to_string(),
+                        reason: format!("`{lora}` is a LoRA-family adapter, which composes with Stack, Parallel, BatchSplit and Average, not Split"),
+                    });
+                }
+            }
+            _ => {}
+        }
+        if matches!(setup, AdapterSetup::Fuse { .. } | AdapterSetup::Split { .. } | AdapterSetup::Average { .. }) {
+            if let Some(prefix) = setup.flatten().into_iter().find(|n| self.prefixes.contains_key(*n)) {
+                return Err(AdapterError::Setup {
+                    setup: whole.to_string(),
+                    reason: format!("`{prefix}` has prefix tuning, which composes with Stack, Parallel and BatchSplit, not {}", setup.kind().name()),
+                });
+            }
+        }
+        for child in setup.children() {
+            self.check_method_support(whole, child)?;
+        }
+        Ok(())
+    }
+
+    /// Deactivates all adapters: the model computes its original function.
+    pub fn deactivate_adapters(&mut self) {
+        self.active = None;
+    }
+
+    /// Writes the active setup and heads as Python's `save_adapter_setup` does
+    /// (`DIR/adapter_setup.json`: `adapter_setup`, `head_setup`, `version`).
+    pub fn save_adapter_setup(&self, dir: impl AsRef<Path>) -> Result<()> {
+        let dir = dir.as_ref();
+        let setup = self.active.as_ref().ok_or_else(|| AdapterError::InvalidConfig("no adapter setup is active".into()))?;
+        std::fs::create_dir_all(dir).map_err(|e| AdapterError::io(dir, e))?;
+        let file = serde_json::json!({
+            "adapter_setup": setup.to_json(),
+            "head_setup": self.active_head.as_ref().map(HeadSetup::to_json),
+            "version": format!("adapters.{PYTHON_ADAPTERS_VERSION}"),
+        });
+        let text = serde_json::to_string_pretty(&file).expect("JSON values always serialise");
+        crate::io::write_atomic(&dir.join(ADAPTER_SETUP_NAME), text.as_bytes())
+    }
+
+    pub fn active_adapters(&self) -> Option<&AdapterSetup> {
+        self.active.as_deref()
+    }
+
+    /// Activates `setup`, switches to training mode, and returns exactly the trainable variables:
+    /// the parameters of the adapters in the setup, and of every prediction head (Python freezes
+    /// only the base model). Base weights stay fixed.
+    pub fn train_adapter(&mut self, setup: impl Into<AdapterSetup>) -> Result<Vec<Var>> {
+        let setup = setup.into();
+        self.set_active_adapters(setup.clone())?;
+        self.training = true;
+        let names: Vec<String> = setup.flatten().into_iter().map(String::from).collect();
+        let mut vars = Vec::new();
+        for name in &names {
+            let frozen = self.frozen_params(name);
+            vars.extend(self.named_params(name)?.into_iter().map(|(_, v)| v).filter(|v| !frozen.contains(&v.id())));
+        }
+        vars.extend(self.head_vars());
+        Ok(vars)
+    }
+
+    /// Training mode (dropout on) or evaluation mode.
+    pub fn set_training(&mut self, training: bool) {
+        self.training = training;
+    }
+
+    pub fn is_training(&self) -> bool {
+        self.training
+    }
+}

@@ -1,0 +1,300 @@
+//! Adapter parameters by their Python names, and saving and loading adapter folders.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{Tensor, Var};
+
+use crate::config::{AdapterConfig, AdapterFile};
+use crate::error::{AdapterError, Result};
+use crate::methods::NamedParam;
+use crate::mixin::{AdaptableModel, SlotRef};
+
+use super::{AdaptedModel, ADAPTER_WEIGHTS_PICKLE, ADAPTER_WEIGHTS_SAFE, PYTHON_ADAPTERS_VERSION};
+
+impl<M: AdaptableModel> AdaptedModel<M> {
+    /// Every parameter of an adapter under the name the Python library gives it on the bare
+    /// base model (`encoder.layer.0.output.adapters.NAME.adapter_up.weight`).
+    pub fn named_params(&self, name: &str) -> Result<Vec<(String, Var)>> {
+        if !self.configs.contains_key(name) {
+            return Err(AdapterError::NoSuchAdapter(name.into()));
+        }
+        Ok(self.params_named_as(name, name))
+    }
+
+    /// The parameters of adapter `name`, named as if the adapter were called `file_name`.
+    pub(super) fn params_named_as(&self, name: &str, file_name: &str) -> Vec<(String, Var)> {
+        let mut out = Vec::new();
+        let mut push = |path: &str, group: &str, params: &[NamedParam]| {
+            for p in params {
+                out.push((format!("{}.{group}.{file_name}.{}", self.strip_root(path), p.name), p.var.clone()));
+            }
+        };
+        self.each_slot(&mut |_, slot| match slot {
+            SlotRef::Bottleneck(_, s) => {
+                if let Some(a) = s.adapters.get(name) {
+                    push(s.path(), "adapters", a.params());
+                }
+            }
+            SlotRef::Lora(_, s) => {
+                if let Some(m) = s.loras.get(name) {
+                    push(s.path(), "loras", m.params());
+                }
+            }
+            SlotRef::Prefix(_, s) => {
+                if let Some(g) = s.gates.get(name) {
+                    push(&format!("{}.prefix_tuning", s.path()), "prefix_gates", &g.params);
+                }
+            }
+            SlotRef::Reft(s) => {
+                if let Some(m) = s.refts.get(name) {
+                    push(&format!("{}.reft_layer", s.path()), "refts", m.params());
+                }
+            }
+        });
+        if let Some(group) = self.prefixes.get(name) {
+            for (location, module) in &group.modules {
+                for p in module.params() {
+                    out.push((format!("prefix_tuning.prefix_tunings.{file_name}.{location}.{}", p.name), p.var.clone()));
+                }
+            }
+        }
+        for p in self.shared.get(name).into_iter().flatten() {
+            out.push((format!("shared_parameters.{file_name}.{}", p.name), p.var.clone()));
+        }
+        if let Some(prompt) = self.model.embedding_slot().and_then(|s| s.prompts.get(name)) {
+            for p in prompt.params() {
+                out.push((format!("prompt_tuning.prompt_tunings.{file_name}.{}", p.name), p.var.clone()));
+            }
+        }
+        if let Some(invertible) = self.model.embedding_slot().and_then(|s| s.invertibles.get(name)) {
+            for p in invertible.params() {
+                out.push((format!("invertible_adapters.{file_name}.{}", p.name), p.var.clone()));
+            }
+        }
+        out
+    }
+
+    /// Buffers of an adapter (saved, never trained), by tensor id.
+    pub(super) fn frozen_params(&self, name: &str) -> Vec<candle_core::TensorId> {
+        let mut out = Vec::new();
+        let mut take = |params: &[NamedParam]| out.extend(params.iter().filter(|p| p.frozen).map(|p| p.var.id()));
+        self.each_slot(&mut |_, slot| match slot {
+            SlotRef::Reft(s) => {
+                if let Some(m) = s.refts.get(name) {
+                    take(m.params());
+                }
+            }
+            SlotRef::Bottleneck(_, s) => {
+                if let Some(a) = s.adapters.get(name) {
+                    take(a.params());
+                }
+            }
+            SlotRef::Lora(_, s) => {
+                if let Some(m) = s.loras.get(name) {
+                    take(m.params());
+                }
+            }
+            _ => {}
+        });
+        if let Some(shared) = self.shared.get(name) {
+            out.extend(shared.iter().filter(|p| p.frozen).map(|p| p.var.id()));
+        }
+        out
+    }
+
+    /// (alias, parameter) full names of the parameters the Python module registers twice.
+    pub(super) fn aliases(&self, name: &str, file_name: &str) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let pool = self.prefixes.get(name);
+        self.each_slot(&mut |_, slot| match slot {
+            SlotRef::Bottleneck(_, s) => {
+                if let Some(a) = s.adapters.get(name) {
+                    let base = format!("{}.adapters.{file_name}", self.strip_root(s.path()));
+                    out.extend(a.aliases().iter().map(|(alias, p)| (format!("{base}.{alias}"), format!("{base}.{p}"))));
+                }
+            }
+            // Every attention module holding a prefix also registers the whole pool (`.bin` files
+            // from Python carry these copies).
+            SlotRef::Prefix(_, s) => {
+                for (location, module) in pool.map(|g| &g.modules).into_iter().flatten() {
+                    for p in module.params() {
+                        let module = format!("prefix_tunings.{file_name}.{location}.{}", p.name);
+                        out.push((format!("{}.prefix_tuning.pool.{module}", self.strip_root(s.path())), format!("prefix_tuning.{module}")));
+                    }
+                }
+            }
+            _ => {}
+        });
+        out
+    }
+
+    /// Writes `DIR/adapter_config.json` and `DIR/adapter.safetensors`, readable by the Python
+    /// library's `load_adapter`; a head named like the adapter is saved beside it
+    /// (`head_config.json`, `model_head.safetensors`), as Python's `with_head=True` does.
+    pub fn save_adapter(&self, dir: impl AsRef<Path>, name: &str) -> Result<()> {
+        let dir = dir.as_ref();
+        let config = self.configs.get(name).ok_or_else(|| AdapterError::NoSuchAdapter(name.into()))?;
+        std::fs::create_dir_all(dir).map_err(|e| AdapterError::io(dir, e))?;
+        let mut tensors: HashMap<String, Tensor> = self.named_params(name)?.into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
+        // Written under both names, as Python's state dict has them (separate copies, since
+        // safetensors refuses shared storage).
+        // (Prefix pool copies are left out: Python's own safetensors file has only the pool.)
+        for (alias, original) in self.aliases(name, name).into_iter().filter(|(a, _)| !a.contains(".prefix_tuning.pool.")) {
+            if let Some(t) = tensors.get(&original) {
+                let copy = t.copy()?;
+                tensors.insert(alias, copy);
+            }
+        }
+        // Weights, config and head are written together: a failure on any leaves the folder's
+        // previous files as they were.
+        let mut batch = crate::io::FileBatch::new();
+        batch.add_safetensors(&dir.join(ADAPTER_WEIGHTS_SAFE), &tensors)?;
+        let mapping = M::MAPPING;
+        AdapterFile {
+            config: config.clone(),
+            name: name.to_string(),
+            hidden_size: Some(self.model.dims().hidden_size),
+            model_type: Some(mapping.model_type.into()),
+            model_class: Some(mapping.model_class.into()),
+            model_name: None,
+            version: format!("adapters.{PYTHON_ADAPTERS_VERSION}"),
+            extra: direft_marker(config),
+        }
+        .stage(&mut batch, dir)?;
+        if self.heads.contains_key(name) {
+            self.stage_head(&mut batch, dir, name)?;
+        }
+        batch.commit()
+    }
+
+    /// Loads the adapter of a folder (not its head; see `load_adapter`). Either every tensor
+    /// loads or nothing is added.
+    pub(crate) fn load_adapter_only(&mut self, dir: impl AsRef<Path>, load_as: Option<&str>) -> Result<String> {
+        let dir = dir.as_ref();
+        let file = AdapterFile::read(dir)?;
+        let weights_path = crate::io::find_weights(dir, ADAPTER_WEIGHTS_SAFE, ADAPTER_WEIGHTS_PICKLE)?;
+        let weights = crate::io::read_weights(&weights_path)?;
+        let name = load_as.unwrap_or(&file.name).to_string();
+        let mut config = file.config.clone();
+        apply_direft_marker(&mut config, &file.extra);
+        // Files from versions before 1.1.0 ignored alpha; the Python library loads them with alpha = r.
+        if let AdapterConfig::LoRA(c) = &mut config {
+            if version_before(&file.version, (1, 1, 0)) {
+                c.alpha = c.r as f64;
+            }
+        }
+        if let (Some(h), dims) = (file.hidden_size, self.model.dims()) {
+            if h != dims.hidden_size {
+                return Err(AdapterError::ConfigKey {
+                    file: dir.join(crate::config::CONFIG_NAME).display().to_string(),
+                    key: "hidden_size".into(),
+                    reason: format!("the adapter was saved for hidden size {h}, this model has {}", dims.hidden_size),
+                });
+            }
+        }
+        self.add_adapter_with(&name, config, None)?;
+        match self.assign_weights(&name, &file.name, &weights, &weights_path) {
+            Ok(()) => Ok(name),
+            Err(e) => {
+                self.delete_adapter(&name)?;
+                Err(e)
+            }
+        }
+    }
+
+    pub(super) fn assign_weights(&self, name: &str, file_name: &str, weights: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
+        let origin = path.display().to_string();
+        let expected: HashMap<String, Var> = self.params_named_as(name, file_name).into_iter().collect();
+        let aliases: HashMap<String, String> = self.aliases(name, file_name).into_iter().collect();
+        let candidates = |key: &str| -> Vec<String> {
+            let mut keys = vec![key.to_string()];
+            // Files saved from an AdapterModel carry the base model prefix (`bert.`).
+            if let Some((_, rest)) = key.split_once('.') {
+                keys.push(rest.to_string());
+            }
+            keys
+        };
+        let mut staged: Vec<(&Var, &Tensor)> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (key, tensor) in weights {
+            let found = candidates(key).into_iter().find_map(|k| expected.get_key_value(&k).map(|(k, v)| (k.clone(), v)));
+            let Some((matched, var)) = found else {
+                if candidates(key).iter().any(|k| aliases.contains_key(k)) {
+                    // A second name of a parameter loaded under its first name.
+                    continue;
+                }
+                return Err(AdapterError::UnexpectedTensor { file: origin, tensor: key.clone(), adapter: file_name.into() });
+            };
+            if var.dims() != tensor.dims() {
+                return Err(AdapterError::ShapeMismatch { file: origin, tensor: key.clone(), expected: var.dims().to_vec(), found: tensor.dims().to_vec() });
+            }
+            seen.insert(matched);
+            staged.push((var, tensor));
+        }
+        let mut missing: Vec<&String> = expected.keys().filter(|k| !seen.contains(*k)).collect();
+        missing.sort();
+        if let Some(tensor) = missing.first() {
+            if tensor.starts_with("shared_parameters.") {
+                // adapters 1.3.0 leaves these out when it saves from a bare model (its filter
+                // wants a `.` before `shared_parameters`); loading them fresh would silently
+                // change the adapter, so this is an error that says where they went.
+                return Err(AdapterError::file(
+                    &origin,
+                    format!(
+                        "tensor `{tensor}` is missing: the parameters shared by all layers (Compacter's PHM rule, VeRA's A and B) are not in this file. \
+                         The Python library does not save them from a bare model (BertModel); save the adapter from an AdapterModel class \
+                         (BertAdapterModel), or add the `shared_parameters.*` tensors to the file"
+                    ),
+                ));
+            }
+            return Err(AdapterError::MissingTensor { file: origin, tensor: (*tensor).clone() });
+        }
+        for (var, tensor) in staged {
+            var.set(tensor)?;
+        }
+        Ok(())
+    }
+}
+
+/// DiReft differs from NoReft by a Python class attribute that `adapter_config.json` cannot hold
+/// (Python reloads a saved DiReft as NoReft). This library writes a top-level marker, which
+/// Python ignores, so that its own files reload as what was saved.
+pub(super) const DIREFT_MARKER: &str = "reft_subtract_projection";
+
+pub(super) fn direft_marker(config: &AdapterConfig) -> serde_json::Map<String, serde_json::Value> {
+    let mut extra = serde_json::Map::new();
+    if config.reft().is_some_and(|c| !c.subtract_projection) {
+        extra.insert(DIREFT_MARKER.into(), serde_json::Value::Bool(false));
+    }
+    extra
+}
+
+pub(super) fn apply_direft_marker(config: &mut AdapterConfig, extra: &serde_json::Map<String, serde_json::Value>) {
+    if extra.get(DIREFT_MARKER) == Some(&serde_json::Value::Bool(false)) {
+        match config {
+            AdapterConfig::Reft(c) => c.subtract_projection = false,
+            AdapterConfig::Union(members) => members.iter_mut().for_each(|m| apply_direft_marker(m, extra)),
+            _ => {}
+        }
+    }
+}
+
+pub(super) fn version_before(version: &str, (major, minor, patch): (u64, u64, u64)) -> bool {
+    let mut parts = version.split(|c: char| !c.is_ascii_digit()).filter(|p| !p.is_empty()).map(|p| p.parse::<u64>().unwrap_or(0));
+    let v = (parts.next(), parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    match v {
+        (Some(a), b, c) => (a, b, c) < (major, minor, patch),
+        (None, _, _) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn versions_compare() {
+        assert!(super::version_before("1.0.1", (1, 1, 0)));
+        assert!(!super::version_before("1.3.0", (1, 1, 0)));
+        assert!(!super::version_before("", (1, 1, 0)));
+    }
+}

@@ -1,0 +1,282 @@
+//! Adding and deleting adapters: the modules each method puts on each slot, and the parameters
+//! an adapter shares across its layers.
+
+use std::collections::BTreeMap;
+
+use crate::config::AdapterConfig;
+use crate::error::{AdapterError, Result};
+use crate::methods::bottleneck::{BottleneckAdapter, SharedPhm};
+use crate::methods::init::Rng;
+use crate::methods::lora::{LoraModule, SharedVera};
+use crate::methods::prefix::PrefixGate;
+use crate::methods::reft::ReftModule;
+use crate::methods::NamedParam;
+use crate::mixin::{AdaptableModel, BottleneckLocation, SlotMut, SlotRef};
+
+use super::{bottleneck_size, AdaptedModel};
+
+impl<M: AdaptableModel> AdaptedModel<M> {
+    /// Adds a new adapter (not active until `set_active_adapters` or `train_adapter`).
+    ///
+    /// ```no_run
+    /// # fn demo<M: adapters_runtime::AdaptableModel>(model: &mut adapters_runtime::AdaptedModel<M>) -> adapters_runtime::Result<()> {
+    /// use adapters_runtime::AdapterConfig;
+    /// model.add_adapter("sst2", AdapterConfig::parse("seq_bn[reduction_factor=16]")?)?;
+    /// model.set_active_adapters("sst2")?;
+    /// # Ok(()) }
+    /// ```
+    pub fn add_adapter(&mut self, name: &str, config: AdapterConfig) -> Result<()> {
+        if config.prompt_tuning().is_some_and(|c| c.prompt_init == "from_string") {
+            return Err(AdapterError::InvalidConfig(format!(
+                "adapter `{name}`: prompt_init \"from_string\" needs the token ids of prompt_init_text; use add_prompt_adapter_from_ids (the CLI tokenizes the text for you)"
+            )));
+        }
+        self.add_adapter_with(name, config, None)
+    }
+
+    /// Adds an adapter whose prompt (prompt tuning with `prompt_init = "from_string"`) starts from
+    /// the input embeddings of `prompt_ids`, the tokenized `prompt_init_text`; the ids are
+    /// repeated or cut to the prompt length, as Python does.
+    ///
+    /// ```no_run
+    /// # fn demo<M: adapters_runtime::AdaptableModel>(model: &mut adapters_runtime::AdaptedModel<M>) -> adapters_runtime::Result<()> {
+    /// use adapters_runtime::AdapterConfig;
+    /// let config = AdapterConfig::parse("prompt_tuning[prompt_length=8, prompt_init='from_string', prompt_init_text='classify the sentiment']")?;
+    /// // [CLS] classify the sentiment [SEP], as the model's tokenizer gives them.
+    /// model.add_prompt_adapter_from_ids("sst2", config, &[101, 26268, 1996, 15792, 102])?;
+    /// # Ok(()) }
+    /// ```
+    pub fn add_prompt_adapter_from_ids(&mut self, name: &str, config: AdapterConfig, prompt_ids: &[u32]) -> Result<()> {
+        self.add_adapter_with(name, config, Some(prompt_ids))
+    }
+
+    /// `add_adapter`; `prompt_ids` initialise a `from_string` prompt (without them, as when
+    /// loading weights, it starts random).
+    pub(crate) fn add_adapter_with(&mut self, name: &str, config: AdapterConfig, prompt_ids: Option<&[u32]>) -> Result<()> {
+        if self.configs.contains_key(name) {
+            return Err(AdapterError::AdapterExists(name.into()));
+        }
+        if name.is_empty() || name.contains(['.', ',', '[', ']']) {
+            return Err(AdapterError::InvalidConfig(format!("adapter name `{name}` may not be empty or contain `.`, `,`, `[` or `]`")));
+        }
+        config.validate()?;
+        // Build every module first, then insert: a failure leaves the model untouched.
+        let mut rng = Rng::from_name(name, 0);
+        let mut shared_params = Vec::new();
+        let phm = match config.bottleneck() {
+            Some(c) if c.phm_layer => {
+                let hidden = self.model.dims().hidden_size;
+                // Only a shared W needs the bottleneck size (validation requires one factor then).
+                let down = if c.shared_W_phm == Some(true) { bottleneck_size(hidden, c.reduction_factor.for_layer(0)?) } else { 0 };
+                SharedPhm::new(c, hidden, down, &mut shared_params, &mut rng)?
+            }
+            _ => SharedPhm::default(),
+        };
+        let vera = self.shared_vera(&config, &mut shared_params, &mut rng)?;
+        let shared = SharedModules { phm, vera };
+        let mut planned: Vec<Option<Planned>> = Vec::new();
+        let mut failure = None;
+        self.each_slot(&mut |layer, slot| {
+            if failure.is_some() {
+                return;
+            }
+            match plan_module(&config, layer, &slot, &shared, &mut rng) {
+                Ok(p) => planned.push(p),
+                Err(e) => failure = Some(e),
+            }
+        });
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let group = self.plan_prefix_group(&config, &planned, &mut rng)?;
+        let prompt = self.plan_prompt(name, &config, prompt_ids, &mut rng)?;
+        let invertible = self.plan_invertible(name, &config, &mut rng)?;
+        if planned.iter().all(Option::is_none) && group.is_none() && prompt.is_none() && invertible.is_none() {
+            return Err(AdapterError::NothingToAdd {
+                adapter: name.into(),
+                method: config.method_name().into(),
+                reason: "no slot of this model matches the config's locations and layers".into(),
+            });
+        }
+        let mut planned = planned.into_iter();
+        let mut counts: BTreeMap<&'static str, usize> = BTreeMap::new();
+        self.each_slot_mut(&mut |_, slot| match (planned.next().flatten(), slot) {
+            (Some(Planned::Bottleneck(m)), SlotMut::Bottleneck(_, s)) => {
+                s.adapters.insert(name.to_string(), m);
+            }
+            (Some(Planned::Lora(m)), SlotMut::Lora(_, s)) => {
+                s.loras.insert(name.to_string(), m);
+            }
+            (Some(Planned::Reft(m)), SlotMut::Reft(s)) => {
+                s.refts.insert(name.to_string(), m);
+            }
+            (Some(Planned::Prefix(gate)), SlotMut::Prefix(location, s)) => {
+                let index = counts.entry(location).or_insert(0);
+                s.prefixes.insert(name.to_string(), *index);
+                *index += 1;
+                if let Some(gate) = gate {
+                    s.gates.insert(name.to_string(), gate);
+                }
+            }
+            _ => {}
+        });
+        if let Some(group) = group {
+            self.prefixes.insert(name.to_string(), group);
+        }
+        if !shared_params.is_empty() {
+            self.shared.insert(name.to_string(), shared_params);
+        }
+        if let (Some(prompt), Some(slot)) = (prompt, self.model.embedding_slot_mut()) {
+            slot.prompts.insert(name.to_string(), prompt);
+        }
+        if let (Some(invertible), Some(slot)) = (invertible, self.model.embedding_slot_mut()) {
+            slot.invertibles.insert(name.to_string(), invertible);
+        }
+        self.configs.insert(name.to_string(), config);
+        Ok(())
+    }
+
+    /// Removes an adapter from every slot and from the active setup.
+    pub fn delete_adapter(&mut self, name: &str) -> Result<()> {
+        if self.configs.remove(name).is_none() {
+            return Err(AdapterError::NoSuchAdapter(name.into()));
+        }
+        self.each_slot_mut(&mut |_, slot| match slot {
+            SlotMut::Bottleneck(_, s) => {
+                s.adapters.remove(name);
+            }
+            SlotMut::Lora(_, s) => {
+                if s.merged() == Some(name) {
+                    s.reset();
+                }
+                s.loras.remove(name);
+            }
+            SlotMut::Prefix(_, s) => {
+                s.prefixes.remove(name);
+                s.gates.remove(name);
+            }
+            SlotMut::Reft(s) => {
+                s.refts.remove(name);
+            }
+        });
+        self.prefixes.remove(name);
+        self.shared.remove(name);
+        if let Some(slot) = self.model.embedding_slot_mut() {
+            slot.prompts.remove(name);
+            slot.invertibles.remove(name);
+        }
+        if self.active.as_ref().is_some_and(|a| a.flatten().contains(&name)) {
+            self.deactivate_adapters();
+        }
+        // A fusion layer over a deleted adapter cannot run any more.
+        let stale: Vec<String> = self.fusions.iter().filter(|(_, (_, m))| m.iter().any(|x| x == name)).map(|(n, _)| n.clone()).collect();
+        for fusion in stale {
+            self.delete_adapter_fusion(&fusion)?;
+        }
+        Ok(())
+    }
+
+    /// VeRA's shared random pair, shaped after the first linear the config targets (as Python
+    /// does), appended to `params` as buffers `lora_A`, `lora_B`.
+    pub(super) fn shared_vera(&self, config: &AdapterConfig, params: &mut Vec<NamedParam>, rng: &mut Rng) -> Result<Option<SharedVera>> {
+        let Some(c) = config.lora().filter(|c| c.is_vera()) else { return Ok(None) };
+        let mut dims = None;
+        self.each_slot(&mut |layer, slot| {
+            if let SlotRef::Lora(location, s) = slot {
+                if dims.is_none() && c.targets(location) && !c.leave_out.contains(&layer) {
+                    dims = Some(s.dims());
+                }
+            }
+        });
+        let Some((inp, out)) = dims else { return Ok(None) };
+        // kaiming_uniform_(a = 0): U(-sqrt(6 / fan_in), sqrt(6 / fan_in)).
+        let mut draw = |rows: usize, cols: usize| crate::methods::init::uniform(rng, &[rows, cols], (6.0 / cols as f32).sqrt());
+        let a = NamedParam::buffer("lora_A", draw(c.r, inp)?)?;
+        let b = NamedParam::buffer("lora_B", draw(out, c.r)?)?;
+        let shared = SharedVera { a: a.var.clone(), b: b.var.clone() };
+        params.push(a);
+        params.push(b);
+        Ok(Some(shared))
+    }
+}
+
+/// Parameters one adapter shares across its layers, created before its modules.
+pub(super) struct SharedModules {
+    phm: SharedPhm,
+    vera: Option<SharedVera>,
+}
+
+pub(crate) enum Planned {
+    Bottleneck(BottleneckAdapter),
+    Lora(LoraModule),
+    /// A prefix at this slot, with its gate (UniPELT).
+    Prefix(Option<PrefixGate>),
+    Reft(ReftModule),
+}
+
+/// The module `config` (or the member of a union for this slot's family) puts on one slot.
+pub(super) fn plan_module(config: &AdapterConfig, layer: usize, slot: &SlotRef<'_>, shared: &SharedModules, rng: &mut Rng) -> Result<Option<Planned>> {
+    for member in config.members() {
+        if let Some(planned) = plan_member(member, layer, slot, shared, rng)? {
+            return Ok(Some(planned));
+        }
+    }
+    Ok(None)
+}
+
+fn plan_member(config: &AdapterConfig, layer: usize, slot: &SlotRef<'_>, shared: &SharedModules, rng: &mut Rng) -> Result<Option<Planned>> {
+    if config.leave_out().contains(&layer) {
+        return Ok(None);
+    }
+    Ok(match (config, slot) {
+        (AdapterConfig::Reft(c), SlotRef::Reft(s)) => {
+            if !c.layers.contains(layer) {
+                return Ok(None);
+            }
+            Some(Planned::Reft(ReftModule::new(c, s.hidden_size(), rng)?))
+        }
+        (AdapterConfig::PrefixTuning(c), SlotRef::Prefix(location, s)) => {
+            // Python matches the `encoder`/`cross` flags only for keys named that way.
+            let wanted = if location.starts_with("encoder") {
+                c.encoder_prefix
+            } else if location.starts_with("cross") {
+                c.cross_prefix
+            } else {
+                true
+            };
+            if !wanted {
+                return Ok(None);
+            }
+            let gate = if c.use_gating {
+                let (hidden, _, _) = s.dims();
+                let outputs = if c.shared_gating { 1 } else { 2 };
+                let bias = crate::methods::init::uniform(rng, &[outputs], 1.0 / (hidden as f32).sqrt())?;
+                Some(PrefixGate::new(crate::methods::init::normal(rng, &[outputs, hidden], 0.02)?, bias)?)
+            } else {
+                None
+            };
+            Some(Planned::Prefix(gate))
+        }
+        (AdapterConfig::Bottleneck(c), SlotRef::Bottleneck(location, s)) => {
+            let wanted = match location {
+                BottleneckLocation::MhAdapter => c.mh_adapter,
+                BottleneckLocation::OutputAdapter => c.output_adapter,
+            };
+            if !wanted {
+                return Ok(None);
+            }
+            let hidden = s.hidden_size();
+            // Python: int(hidden_size // reduction_factor), at least 1.
+            let down = bottleneck_size(hidden, c.reduction_factor.for_layer(layer)?);
+            Some(Planned::Bottleneck(BottleneckAdapter::new(c, hidden, down, &shared.phm, rng)?))
+        }
+        (AdapterConfig::LoRA(c), SlotRef::Lora(location, s)) => {
+            if !c.targets(*location) {
+                return Ok(None);
+            }
+            let (inp, out) = s.dims();
+            Some(Planned::Lora(LoraModule::new(c, inp, out, s.weight(), shared.vera.as_ref(), rng)?))
+        }
+        _ => None,
+    })
+}

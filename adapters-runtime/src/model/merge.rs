@@ -1,0 +1,80 @@
+//! Folding LoRA-family adapters into the base weights and restoring them.
+
+use candle_core::Tensor;
+
+use crate::config::AdapterConfig;
+use crate::error::{AdapterError, Result};
+use crate::mixin::{AdaptableModel, SlotMut, SlotRef};
+
+use super::AdaptedModel;
+
+impl<M: AdaptableModel> AdaptedModel<M> {
+    /// Folds a LoRA-family adapter into the base weights. The forward then skips LoRA modules
+    /// until `reset_adapter`.
+    pub fn merge_adapter(&mut self, name: &str) -> Result<()> {
+        match self.configs.get(name) {
+            None => return Err(AdapterError::NoSuchAdapter(name.into())),
+            Some(AdapterConfig::LoRA(_)) => {}
+            Some(other) => {
+                return Err(AdapterError::Unsupported {
+                    adapter: name.into(),
+                    operation: "merge_adapter".into(),
+                    reason: format!("{} adapters cannot be merged; only LoRA, IA3 and DoRA can", other.method_name()),
+                })
+            }
+        }
+        let mut conflict = None;
+        self.each_slot(&mut |_, slot| {
+            if let SlotRef::Lora(_, s) = slot {
+                if let Some(m) = s.merged().filter(|m| *m != name) {
+                    conflict.get_or_insert_with(|| m.to_string());
+                }
+            }
+        });
+        if let Some(other) = conflict {
+            return Err(AdapterError::Unsupported {
+                adapter: name.into(),
+                operation: "merge_adapter".into(),
+                reason: format!("`{other}` is already merged; call reset_adapter first"),
+            });
+        }
+        let mut failure = None;
+        self.each_slot_mut(&mut |_, slot| {
+            if let SlotMut::Lora(_, s) = slot {
+                if let Err(e) = s.merge(name) {
+                    failure.get_or_insert(e);
+                }
+            }
+        });
+        match failure {
+            Some(reason) => {
+                self.reset_adapter();
+                Err(AdapterError::Unsupported { adapter: name.into(), operation: "merge_adapter".into(), reason })
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Undoes `merge_adapter`, restoring the exact base weights.
+    /// The current weight of every linear layer that takes LoRA-family modules, under its
+    /// parameter name on the bare base model (`encoder.layer.0.attention.self.query.weight`).
+    /// After `merge_adapter` these are the merged weights, as Python's `merge_adapter` leaves them
+    /// in the module's `weight`.
+    pub fn lora_linear_weights(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        self.each_slot(&mut |_, slot| {
+            if let SlotRef::Lora(_, s) = slot {
+                out.push((format!("{}.weight", self.strip_root(s.path())), s.weight().clone()));
+            }
+        });
+        out
+    }
+
+    pub fn reset_adapter(&mut self) {
+        self.each_slot_mut(&mut |_, slot| {
+            if let SlotMut::Lora(_, s) = slot {
+                s.reset();
+            }
+        });
+    }
+}
