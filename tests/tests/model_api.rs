@@ -336,6 +336,24 @@ fn add_adapter_rejects_duplicates_and_bad_setups() {
 }
 
 #[test]
+fn layer_indices_past_the_last_layer_are_refused() {
+    // Python ignores them (a config meant for a deeper model then silently does something else).
+    let (mut m, _, _, _) = model("bert");
+    for (config, needle) in [
+        ("seq_bn[leave_out=[3]]", "leave_out names layer 3; this model has layers 0..3"),
+        ("lora[leave_out=[0, 7]]", "leave_out names layer 7"),
+        ("prefix_tuning[leave_out=[5]]", "leave_out names layer 5"),
+        ("loreft[layers=[1, 4]]", "layers names layer 4"),
+        ("unipelt[leave_out=[9]]", "leave_out names layer 9"),
+    ] {
+        let err = m.add_adapter("x", AdapterConfig::parse(config).unwrap()).unwrap_err().to_string();
+        assert!(err.contains("adapter `x`") && err.contains(needle), "{config}: {err}");
+        assert!(m.adapter_names().is_empty(), "{config}: nothing added");
+    }
+    m.add_adapter("x", AdapterConfig::parse("seq_bn[leave_out=[2]]").unwrap()).unwrap();
+}
+
+#[test]
 fn token_level_losses_skip_the_prompt_positions() {
     use adapters_runtime::{HeadConfig, HeadType};
     let (mut m, ids, mask, _) = model("bert");

@@ -52,6 +52,25 @@ impl<M: AdaptableModel> AdaptedModel<M> {
 
     /// `add_adapter`; `prompt_ids` initialise a `from_string` prompt (without them, as when
     /// loading weights, it starts random).
+    /// `leave_out` and ReFT `layers` name layers this model has (Python ignores an index past the
+    /// last layer, which hides a config meant for a deeper model).
+    fn check_layer_indices(&self, name: &str, config: &AdapterConfig) -> Result<()> {
+        let layers = self.model.dims().num_hidden_layers;
+        for member in config.members() {
+            let (key, indices): (&str, &[usize]) = match member.reft() {
+                Some(reft) => match &reft.layers {
+                    crate::config::ReftLayers::Some(list) => ("layers", list),
+                    crate::config::ReftLayers::All(_) => continue,
+                },
+                None => ("leave_out", member.leave_out()),
+            };
+            if let Some(bad) = indices.iter().find(|l| **l >= layers) {
+                return Err(AdapterError::InvalidConfig(format!("adapter `{name}`: {key} names layer {bad}; this model has layers 0..{layers}")));
+            }
+        }
+        Ok(())
+    }
+
     pub(crate) fn add_adapter_with(&mut self, name: &str, config: AdapterConfig, prompt_ids: Option<&[u32]>) -> Result<()> {
         if self.configs.contains_key(name) {
             return Err(AdapterError::AdapterExists(name.into()));
@@ -60,6 +79,7 @@ impl<M: AdaptableModel> AdaptedModel<M> {
             return Err(AdapterError::InvalidConfig(format!("adapter name `{name}` may not be empty or contain `.`, `,`, `[` or `]`")));
         }
         config.validate()?;
+        self.check_layer_indices(name, &config)?;
         // Build every module first, then insert: a failure leaves the model untouched.
         let mut rng = Rng::from_name(name, 0);
         let mut shared_params = Vec::new();
