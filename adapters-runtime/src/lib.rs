@@ -23,6 +23,7 @@ pub mod io;
 pub mod methods;
 pub mod mixin;
 pub mod model;
+pub mod nn;
 pub mod setup;
 pub mod training;
 
@@ -37,7 +38,7 @@ pub use methods::lora::LoRALinear;
 pub use methods::prefix::{PrefixPadding, PrefixSlot};
 pub use methods::prompt::EmbeddingSlot;
 pub use methods::reft::ReftSlot;
-pub use methods::LayerNorm;
 pub use mixin::{AdaptableModel, AdapterMixin, AdapterModelConfig, EncoderForward, ModelDims, ModelMapping};
 pub use model::{AdaptedModel, AdapterSummary, AdapterSummaryRow, HeadResult, ModelOutput};
+pub use nn::LayerNorm;
 pub use setup::AdapterSetup;

@@ -21,8 +21,8 @@ pub fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
 pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64, dropout: f64, ctx: &adapters_runtime::ForwardContext) -> Result<Tensor> {
     let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
     // candle's fused softmax has no gradient: training (a tracked graph) takes ours, which has.
-    let probs = if scores.track_op() { adapters_runtime::methods::fused::softmax_last_dim(&scores)? } else { candle_nn::ops::softmax_last_dim(&scores)? };
-    let probs = adapters_runtime::methods::dropout(&probs, dropout, ctx)?;
+    let probs = if scores.track_op() { adapters_runtime::nn::fused::softmax_last_dim(&scores)? } else { candle_nn::ops::softmax_last_dim(&scores)? };
+    let probs = adapters_runtime::nn::dropout(&probs, dropout, ctx)?;
     let context = probs.matmul(v)?;
     let (batch, heads, seq, head_dim) = context.dims4()?;
     context.transpose(1, 2)?.reshape((batch, seq, heads * head_dim))

@@ -2,9 +2,9 @@
 //! calls (`LoRALinear`, `BottleneckSlot`) are plain linears and LayerNorms while no adapter is
 //! active.
 
-use adapters_runtime::methods::activation::Activation;
-use adapters_runtime::methods::dropout;
-use adapters_runtime::methods::fused::linear_module;
+use adapters_runtime::nn::activation::Activation;
+use adapters_runtime::nn::dropout;
+use adapters_runtime::nn::fused::linear_module;
 use adapters_runtime::{adapter_config, adapter_mixin, with_adapters};
 use adapters_runtime::{BottleneckSlot, EmbeddingSlot, EncoderForward, ForwardContext, LayerNorm, LoRALinear, PrefixPadding, PrefixSlot, ReftSlot};
 use candle_core::{Module, Result, Tensor};

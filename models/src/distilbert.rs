@@ -2,8 +2,8 @@
 //! them. Bottleneck adapters live in `attention_adapters` / `output_adapters` beside the
 //! LayerNorms, as in the Python library.
 
-use adapters_runtime::methods::activation::Activation;
-use adapters_runtime::methods::dropout;
+use adapters_runtime::nn::activation::Activation;
+use adapters_runtime::nn::dropout;
 use adapters_runtime::{adapter_config, adapter_mixin, with_adapters};
 use adapters_runtime::{BottleneckSlot, EmbeddingSlot, EncoderForward, ForwardContext, LayerNorm, LoRALinear, PrefixPadding, PrefixSlot, ReftSlot};
 use candle_core::{Module, Result, Tensor};
@@ -129,7 +129,7 @@ impl TransformerBlock {
         let (k, v, mask) = a.prefix.forward(&k, &v, mask, x, ctx)?;
         let scale = 1.0 / (q.dim(3)? as f64).sqrt();
         let context = attend(&q, &k, &v, &mask, scale, a.dropout, ctx)?;
-        let sa_output = adapters_runtime::methods::fused::linear_module(&context, &a.out_lin)?;
+        let sa_output = adapters_runtime::nn::fused::linear_module(&context, &a.out_lin)?;
         let sa_output = self.sa_layer_norm.forward(&sa_output, x, ctx)?;
         let f = &self.ffn;
         let hidden = f.activation.forward(&f.lin1.forward(&sa_output, ctx)?)?;

@@ -179,7 +179,7 @@ impl BnConfig {
         if !["bert", "mam_adapter", "houlsby"].contains(&self.init_weights.as_str()) {
             return bad("init_weights", format!("`{}` is not bert, mam_adapter or houlsby", self.init_weights));
         }
-        crate::methods::activation::Activation::parse(&self.non_linearity)?;
+        crate::nn::activation::Activation::parse(&self.non_linearity)?;
         if self.phm_layer {
             if self.phm_dim == 0 {
                 return bad("phm_dim", "must be at least 1".into());

@@ -75,7 +75,7 @@ impl PrefixTuningConfig {
         if !self.flat && self.bottleneck_size == 0 {
             return Err(AdapterError::InvalidConfig("`bottleneck_size`: must be at least 1".into()));
         }
-        crate::methods::activation::Activation::parse(&self.non_linearity).map_err(|e| AdapterError::InvalidConfig(format!("`non_linearity`: {e}")))?;
+        crate::nn::activation::Activation::parse(&self.non_linearity).map_err(|e| AdapterError::InvalidConfig(format!("`non_linearity`: {e}")))?;
         Ok(())
     }
 }

@@ -79,7 +79,7 @@ impl ReftConfig {
             }
         }
         if let Some(act) = &self.non_linearity {
-            crate::methods::activation::Activation::parse(act).map_err(|e| AdapterError::InvalidConfig(format!("`non_linearity`: {e}")))?;
+            crate::nn::activation::Activation::parse(act).map_err(|e| AdapterError::InvalidConfig(format!("`non_linearity`: {e}")))?;
         }
         if !matches!(self.dtype.as_deref(), None | Some("float32")) {
             return bad("dtype", "only float32 interventions are supported");

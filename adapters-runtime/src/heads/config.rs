@@ -174,7 +174,7 @@ impl HeadConfig {
             }
         }
         if let Some(name) = config.activation() {
-            crate::methods::activation::Activation::parse(name)?;
+            crate::nn::activation::Activation::parse(name)?;
         }
         Ok(config)
     }

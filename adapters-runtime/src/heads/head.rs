@@ -5,9 +5,10 @@ use candle_core::{DType, Device, Result as CResult, Tensor, Var};
 
 use super::config::{HeadConfig, HeadType};
 use crate::context::ForwardContext;
-use crate::methods::activation::Activation;
 use crate::methods::init::{normal, Rng};
-use crate::methods::{dropout, linear, NamedParam};
+use crate::methods::NamedParam;
+use crate::nn::activation::Activation;
+use crate::nn::{dropout, linear};
 
 /// Sizes a head is built against, taken from the base model.
 #[derive(Clone, Copy, Debug)]
@@ -175,7 +176,7 @@ impl PredictionHead {
             x = match layer {
                 HeadLayer::Dropout(p) => dropout(&x, *p, ctx)?,
                 HeadLayer::Activation(a) => a.forward(&x)?,
-                HeadLayer::LayerNorm { weight, bias, eps } => crate::methods::fused::layer_norm(&x, weight.as_tensor(), bias.as_tensor(), *eps as f32)?,
+                HeadLayer::LayerNorm { weight, bias, eps } => crate::nn::fused::layer_norm(&x, weight.as_tensor(), bias.as_tensor(), *eps as f32)?,
                 HeadLayer::Linear { weight, bias } => {
                     let w = match weight {
                         Some(w) => w.as_tensor(),

@@ -3,9 +3,10 @@
 
 use candle_core::{Device, Result, Tensor, Var};
 
-use crate::methods::activation::Activation;
 use crate::methods::init::{self, Rng};
-use crate::methods::{linear, NamedParam};
+use crate::methods::NamedParam;
+use crate::nn::activation::Activation;
+use crate::nn::linear;
 
 /// `Linear(d_in, d_in / rf) -> activation -> Linear(d_in / rf, d_out)` (Sequential indices 0, 2).
 struct Subnet {

@@ -92,7 +92,7 @@ impl<M: AdaptableModel> AdaptedModel<M> {
             });
         };
         let reduction = c.inv_adapter_reduction_factor.as_ref().and_then(serde_json::Number::as_f64).unwrap_or(2.0);
-        let activation = crate::methods::activation::Activation::parse(&c.non_linearity)?;
+        let activation = crate::nn::activation::Activation::parse(&c.non_linearity)?;
         Ok(Some(InvertibleAdapter::nice(slot.hidden_size(), reduction, activation, rng)?))
     }
 

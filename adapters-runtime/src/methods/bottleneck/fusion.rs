@@ -8,7 +8,8 @@ use candle_core::{DType, Device, Result, Tensor, Var};
 use crate::config::FusionConfig;
 use crate::context::ForwardContext;
 use crate::methods::init::{normal, Rng};
-use crate::methods::{dropout, linear, NamedParam};
+use crate::methods::NamedParam;
+use crate::nn::{dropout, linear};
 
 pub struct FusionLayer {
     config: FusionConfig,
@@ -103,7 +104,7 @@ impl FusionLayer {
             *t = (current - self.reduction).max(1.0);
             current
         };
-        let probs = crate::methods::fused::softmax_last_dim(&(scores / t)?)?;
+        let probs = crate::nn::fused::softmax_last_dim(&(scores / t)?)?;
         // [b, s, 1, n] x [b, s, n, h] -> [b, s, h]
         let mut context = probs.unsqueeze(2)?.contiguous()?.matmul(&v.contiguous()?)?.squeeze(2)?;
         if let (Some(w), false) = (&self.value, c.value_before_softmax) {

@@ -4,9 +4,10 @@
 use candle_core::{DType, Device, Result as CResult, Tensor, Var};
 
 use crate::config::{BnConfig, ResidualBeforeLn, Scaling};
-use crate::methods::activation::Activation;
 use crate::methods::init::{self, Rng};
-use crate::methods::{dropout, linear, LayerNorm, NamedParam};
+use crate::methods::NamedParam;
+use crate::nn::activation::Activation;
+use crate::nn::{dropout, linear, LayerNorm};
 
 use super::phm::{PhmLayer, SharedPhm};
 

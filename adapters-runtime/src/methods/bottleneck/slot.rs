@@ -9,7 +9,7 @@ use candle_core::{Result, Tensor};
 use super::{BottleneckAdapter, FusionLayer};
 use crate::composition;
 use crate::context::{ForwardContext, FusionAttention};
-use crate::methods::LayerNorm;
+use crate::nn::LayerNorm;
 use crate::setup::AdapterSetup;
 
 pub struct BottleneckSlot {

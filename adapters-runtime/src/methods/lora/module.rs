@@ -5,7 +5,8 @@ use candle_core::{DType, Device, Result, Tensor, Var};
 
 use crate::config::{LoRAConfig, LoraKind};
 use crate::methods::init::{self, Rng};
-use crate::methods::{dropout, linear, NamedParam};
+use crate::methods::NamedParam;
+use crate::nn::{dropout, linear};
 
 /// VeRA's shared frozen random matrices (`shared_parameters.NAME.lora_A` `[r, in]` and
 /// `lora_B` `[out, r]`), one pair for every layer of an adapter.

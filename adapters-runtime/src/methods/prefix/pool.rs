@@ -7,9 +7,10 @@ use candle_core::{Result as CResult, Tensor, Var};
 
 use crate::config::PrefixTuningConfig;
 use crate::context::ForwardContext;
-use crate::methods::activation::Activation;
 use crate::methods::init::{self, Rng};
-use crate::methods::{dropout, linear, NamedParam};
+use crate::methods::NamedParam;
+use crate::nn::activation::Activation;
+use crate::nn::{dropout, linear};
 
 /// How many layers hold a prefix at one location key, and their attention shape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

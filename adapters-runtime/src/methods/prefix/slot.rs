@@ -8,7 +8,8 @@ use candle_core::{DType, Device, Result, Tensor, Var};
 
 use crate::composition;
 use crate::context::ForwardContext;
-use crate::methods::{linear, NamedParam};
+use crate::methods::NamedParam;
+use crate::nn::linear;
 use crate::setup::AdapterSetup;
 
 /// How the padding of a shorter prefix is masked when Parallel or BatchSplit channels with

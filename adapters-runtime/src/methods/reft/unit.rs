@@ -6,9 +6,10 @@ use candle_core::{Result, Tensor, Var};
 use super::orthogonal;
 use crate::config::ReftConfig;
 use crate::context::ForwardContext;
-use crate::methods::activation::Activation;
 use crate::methods::init::{self, Rng};
-use crate::methods::{dropout, linear, NamedParam};
+use crate::methods::NamedParam;
+use crate::nn::activation::Activation;
+use crate::nn::{dropout, linear};
 
 enum Projection {
     Plain(Var),

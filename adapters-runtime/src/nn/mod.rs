@@ -1,0 +1,12 @@
+//! Generic neural-network pieces that models and adapter methods share: activations, dropout
+//! from the forward context's seeded generator, LayerNorm, and the fused kernels (linear on frozen
+//! weights, softmax, GELU, LayerNorm) with their own backward passes.
+
+pub mod activation;
+mod dropout;
+pub mod fused;
+mod norm;
+
+pub use dropout::dropout;
+pub(crate) use fused::linear;
+pub use norm::LayerNorm;
