@@ -25,6 +25,7 @@ pub mod mixin;
 pub mod model;
 pub mod nn;
 pub mod setup;
+mod state_dict;
 pub mod training;
 
 pub use adapters_macros::{adapter_config, adapter_mixin, with_adapters};

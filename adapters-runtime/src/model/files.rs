@@ -9,6 +9,7 @@ use crate::config::{AdapterConfig, AdapterFile};
 use crate::error::{AdapterError, Result};
 use crate::methods::NamedParam;
 use crate::mixin::{AdaptableModel, SlotRef};
+use crate::state_dict::{with_or_without_root, Expected, Resolved};
 
 use super::{AdaptedModel, ADAPTER_WEIGHTS_PICKLE, ADAPTER_WEIGHTS_SAFE, PYTHON_ADAPTERS_VERSION};
 
@@ -205,55 +206,31 @@ impl<M: AdaptableModel> AdaptedModel<M> {
 
     pub(super) fn assign_weights(&self, name: &str, file_name: &str, weights: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
         let origin = path.display().to_string();
-        let expected: HashMap<String, Var> = self.params_named_as(name, file_name).into_iter().collect();
+        let expected = Expected { origin: &origin, owner: file_name.into(), params: self.params_named_as(name, file_name).into_iter().collect() };
         let aliases: HashMap<String, String> = self.aliases(name, file_name).into_iter().collect();
-        let candidates = |key: &str| -> Vec<String> {
-            let mut keys = vec![key.to_string()];
-            // Files saved from an AdapterModel carry the base model prefix (`bert.`).
-            if let Some((_, rest)) = key.split_once('.') {
-                keys.push(rest.to_string());
-            }
-            keys
+        let resolve = |key: &str| match with_or_without_root(key, |k| expected.params.contains_key(k)) {
+            Some(k) => Resolved::Param(k),
+            // A second name of a parameter loaded under its first name.
+            None if with_or_without_root(key, |k| aliases.contains_key(k)).is_some() => Resolved::Ignored,
+            None => Resolved::Unknown,
         };
-        let mut staged: Vec<(&Var, &Tensor)> = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        for (key, tensor) in weights {
-            let found = candidates(key).into_iter().find_map(|k| expected.get_key_value(&k).map(|(k, v)| (k.clone(), v)));
-            let Some((matched, var)) = found else {
-                if candidates(key).iter().any(|k| aliases.contains_key(k)) {
-                    // A second name of a parameter loaded under its first name.
-                    continue;
-                }
-                return Err(AdapterError::UnexpectedTensor { file: origin, tensor: key.clone(), adapter: file_name.into() });
-            };
-            if var.dims() != tensor.dims() {
-                return Err(AdapterError::ShapeMismatch { file: origin, tensor: key.clone(), expected: var.dims().to_vec(), found: tensor.dims().to_vec() });
+        let missing = |tensor: &str| {
+            if !tensor.starts_with("shared_parameters.") {
+                return AdapterError::MissingTensor { file: origin.clone(), tensor: tensor.into() };
             }
-            seen.insert(matched);
-            staged.push((var, tensor));
-        }
-        let mut missing: Vec<&String> = expected.keys().filter(|k| !seen.contains(*k)).collect();
-        missing.sort();
-        if let Some(tensor) = missing.first() {
-            if tensor.starts_with("shared_parameters.") {
-                // adapters 1.3.0 leaves these out when it saves from a bare model (its filter
-                // wants a `.` before `shared_parameters`); loading them fresh would silently
-                // change the adapter, so this is an error that says where they went.
-                return Err(AdapterError::file(
-                    &origin,
-                    format!(
-                        "tensor `{tensor}` is missing: the parameters shared by all layers (Compacter's PHM rule, VeRA's A and B) are not in this file. \
-                         The Python library does not save them from a bare model (BertModel); save the adapter from an AdapterModel class \
-                         (BertAdapterModel), or add the `shared_parameters.*` tensors to the file"
-                    ),
-                ));
-            }
-            return Err(AdapterError::MissingTensor { file: origin, tensor: (*tensor).clone() });
-        }
-        for (var, tensor) in staged {
-            var.set(tensor)?;
-        }
-        Ok(())
+            // adapters 1.3.0 leaves these out when it saves from a bare model (its filter wants a
+            // `.` before `shared_parameters`); loading them fresh would silently change the
+            // adapter, so this is an error that says where they went.
+            AdapterError::file(
+                &origin,
+                format!(
+                    "tensor `{tensor}` is missing: the parameters shared by all layers (Compacter's PHM rule, VeRA's A and B) are not in this file. \
+                     The Python library does not save them from a bare model (BertModel); save the adapter from an AdapterModel class \
+                     (BertAdapterModel), or add the `shared_parameters.*` tensors to the file"
+                ),
+            )
+        };
+        expected.load(weights, resolve, missing)
     }
 }
 

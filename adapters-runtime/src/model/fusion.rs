@@ -1,7 +1,7 @@
 //! AdapterFusion on an adapted model: add, train, save and load fusion layers in AdapterHub's
 //! files (`adapter_fusion_config.json`, `model_adapter_fusion.safetensors` / `.bin`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -16,6 +16,7 @@ use crate::methods::bottleneck::FusionLayer;
 use crate::methods::init::Rng;
 use crate::mixin::{AdaptableModel, BottleneckLocation, EncoderForward, SlotMut, SlotRef};
 use crate::setup::AdapterSetup;
+use crate::state_dict::{with_or_without_root, Expected, Resolved};
 
 pub const FUSION_CONFIG_NAME: &str = "adapter_fusion_config.json";
 pub const FUSION_WEIGHTS_SAFE: &str = "model_adapter_fusion.safetensors";
@@ -264,30 +265,10 @@ impl<M: AdaptableModel> AdaptedModel<M> {
         let weights_path = crate::io::find_weights(dir, FUSION_WEIGHTS_SAFE, FUSION_WEIGHTS_PICKLE)?;
         let weights = crate::io::read_weights(&weights_path)?;
         let origin = weights_path.display().to_string();
-        let expected: HashMap<String, Var> = self.fusion_params_named_as(name, file_name).into_iter().collect();
-        let mut seen = HashSet::new();
-        let mut staged = Vec::new();
-        for (key, tensor) in &weights {
-            // Files saved from an AdapterModel carry the base model prefix (`bert.`).
-            let found = expected.get_key_value(key.as_str()).or_else(|| key.split_once('.').and_then(|(_, rest)| expected.get_key_value(rest)));
-            let Some((matched, var)) = found else {
-                return Err(AdapterError::UnexpectedTensor { file: origin, tensor: key.clone(), adapter: format!("fusion {file_name}") });
-            };
-            if var.dims() != tensor.dims() {
-                return Err(AdapterError::ShapeMismatch { file: origin, tensor: key.clone(), expected: var.dims().to_vec(), found: tensor.dims().to_vec() });
-            }
-            seen.insert(matched.clone());
-            staged.push((var, tensor));
-        }
-        let mut missing: Vec<&String> = expected.keys().filter(|k| !seen.contains(*k)).collect();
-        missing.sort();
-        if let Some(m) = missing.first() {
-            return Err(AdapterError::MissingTensor { file: origin, tensor: (*m).clone() });
-        }
-        for (var, tensor) in staged {
-            var.set(tensor)?;
-        }
-        Ok(())
+        let expected =
+            Expected { origin: &origin, owner: format!("fusion {file_name}"), params: self.fusion_params_named_as(name, file_name).into_iter().collect() };
+        let resolve = |key: &str| with_or_without_root(key, |k| expected.params.contains_key(k)).map_or(Resolved::Unknown, Resolved::Param);
+        expected.load(&weights, resolve, |tensor| AdapterError::MissingTensor { file: origin.clone(), tensor: tensor.into() })
     }
 }
 

@@ -2,7 +2,7 @@
 //! [`AdaptedModel`] with heads. Heads are named like adapters; the head named after the active
 //! adapter becomes the active head, and `save_adapter` / `load_adapter` carry it along.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{Tensor, Var};
@@ -14,6 +14,7 @@ use crate::heads::{HEAD_WEIGHTS_PICKLE, HEAD_WEIGHTS_SAFE};
 use crate::methods::init::Rng;
 use crate::mixin::{AdaptableModel, EncoderForward};
 use crate::setup::AdapterSetup;
+use crate::state_dict::{Expected, Resolved};
 
 /// Python's default `initializer_range`: new head weights are drawn from N(0, 0.02).
 const INIT_STD: f32 = 0.02;
@@ -300,34 +301,15 @@ impl<M: AdaptableModel + EncoderForward> AdaptedModel<M> {
         let mut rng = Rng::from_name(&name, 0x4845_4144);
         let head = PredictionHead::new(file.config.clone(), self.head_dims(), &mut rng)?;
         let prefix = format!("heads.{}.", file.name);
-        let expected: HashMap<&str, &Var> = head.params().iter().map(|p| (p.name.as_str(), &p.var)).collect();
-        let mut seen = HashSet::new();
-        let mut staged = Vec::new();
-        for (key, tensor) in &weights {
-            let Some(local) = key.strip_prefix(&prefix) else {
-                return Err(AdapterError::UnexpectedTensor { file: origin, tensor: key.clone(), adapter: format!("head {}", file.name) });
-            };
-            let Some(var) = expected.get(local) else {
-                // The tied decoder weight is the embedding matrix, which Python may save too.
-                if head.is_tied() && local.ends_with(".weight") {
-                    continue;
-                }
-                return Err(AdapterError::UnexpectedTensor { file: origin, tensor: key.clone(), adapter: format!("head {}", file.name) });
-            };
-            if var.dims() != tensor.dims() {
-                return Err(AdapterError::ShapeMismatch { file: origin, tensor: key.clone(), expected: var.dims().to_vec(), found: tensor.dims().to_vec() });
-            }
-            seen.insert(local);
-            staged.push((*var, tensor));
-        }
-        let mut missing: Vec<&&str> = expected.keys().filter(|k| !seen.contains(**k)).collect();
-        missing.sort();
-        if let Some(m) = missing.first() {
-            return Err(AdapterError::MissingTensor { file: origin, tensor: format!("{prefix}{m}") });
-        }
-        for (var, tensor) in staged {
-            var.set(tensor)?;
-        }
+        let params = head.params().iter().map(|p| (p.name.clone(), p.var.clone())).collect();
+        let expected = Expected { origin: &origin, owner: format!("head {}", file.name), params };
+        let resolve = |key: &str| match key.strip_prefix(&prefix) {
+            Some(local) if expected.params.contains_key(local) => Resolved::Param(local.into()),
+            // The tied decoder weight is the embedding matrix, which Python may save too.
+            Some(local) if head.is_tied() && local.ends_with(".weight") => Resolved::Ignored,
+            _ => Resolved::Unknown,
+        };
+        expected.load(&weights, resolve, |local| AdapterError::MissingTensor { file: origin.clone(), tensor: format!("{prefix}{local}") })?;
         self.heads.insert(name.clone(), head);
         self.active_head = Some(HeadSetup::Single(name.clone()));
         Ok(name)
