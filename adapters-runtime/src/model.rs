@@ -212,6 +212,13 @@ impl<M: AdaptableModel> AdaptedModel<M> {
         self.configs.get(name)
     }
 
+    /// The layers adapters attach to: the `layers` collection the model marks. A model that
+    /// applies one physical layer several times (ALBERT) has fewer of these than its config's
+    /// `num_hidden_layers`; layer indices (`leave_out`, `skip_layers`) count these.
+    pub fn adapter_layer_count(&self) -> usize {
+        self.model.layers().len()
+    }
+
     fn each_slot(&self, f: &mut dyn FnMut(usize, SlotRef<'_>)) {
         for (i, layer) in self.model.layers().into_iter().enumerate() {
             layer.for_each_slot(&mut |slot| f(i, slot));

@@ -33,7 +33,7 @@ impl<M: AdaptableModel> AdaptedModel<M> {
     /// them anew).
     pub fn set_active_adapters_skipping(&mut self, setup: impl Into<AdapterSetup>, skip_layers: Option<Vec<usize>>) -> Result<()> {
         let setup = setup.into();
-        let layers = self.model.dims().num_hidden_layers;
+        let layers = self.adapter_layer_count();
         if let Some(bad) = skip_layers.iter().flatten().find(|l| **l >= layers) {
             return Err(AdapterError::Setup { setup: setup.to_string(), reason: format!("skip_layers names layer {bad}; this model has layers 0..{layers}") });
         }

@@ -55,7 +55,7 @@ impl<M: AdaptableModel> AdaptedModel<M> {
     /// `leave_out` and ReFT `layers` name layers this model has (Python ignores an index past the
     /// last layer, which hides a config meant for a deeper model).
     fn check_layer_indices(&self, name: &str, config: &AdapterConfig) -> Result<()> {
-        let layers = self.model.dims().num_hidden_layers;
+        let layers = self.adapter_layer_count();
         for member in config.members() {
             let (key, indices): (&str, &[usize]) = match member.reft() {
                 Some(reft) => match &reft.layers {
