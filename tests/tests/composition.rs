@@ -296,7 +296,7 @@ fn our_rule(case: &Value) -> String {
         (Some("NotImplementedError"), _) if setup.starts_with("Split") => {
             "is a LoRA-family adapter, which composes with Stack, Parallel, BatchSplit and Average, not Split".into()
         }
-        (Some("NotImplementedError"), _) => "is a LoRA-family adapter; AdapterFusion fuses bottleneck adapters".into(),
+        (Some("NotImplementedError"), _) => "is a LoRA-family adapter, which composes with Stack, Parallel, BatchSplit and Average, not Fuse".into(),
         (None, _) if setup.starts_with("Average") => "cannot average here: `b` has no bottleneck module".into(),
         other => panic!("{setup}: no rule for {other:?}"),
     }

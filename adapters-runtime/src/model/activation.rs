@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 use candle_core::Var;
 
+use crate::config::AdapterConfig;
 use crate::error::{AdapterError, Result};
 use crate::heads::HeadSetup;
 use crate::mixin::AdaptableModel;
-use crate::setup::AdapterSetup;
+use crate::setup::{AdapterSetup, BlockKind};
 
 use super::{AdaptedModel, ADAPTER_SETUP_NAME, PYTHON_ADAPTERS_VERSION};
 
@@ -56,38 +57,28 @@ impl<M: AdaptableModel> AdaptedModel<M> {
     /// Per-method composition support: bottleneck adapters take every block; LoRA-family
     /// adapters take Stack, Parallel, BatchSplit and Average (Python's `supported_compositions`).
     pub(super) fn check_method_support(&self, whole: &AdapterSetup, setup: &AdapterSetup) -> Result<()> {
-        match setup {
-            AdapterSetup::Fuse { children, .. } => {
-                let name = setup.fusion_name().unwrap_or_default();
-                if !self.fusions.contains_key(&name) {
-                    return Err(AdapterError::Setup {
-                        setup: whole.to_string(),
-                        reason: format!("no fusion layer named `{name}`; add it with add_adapter_fusion or load it with load_adapter_fusion"),
-                    });
-                }
-                if let Some(lora) = children.iter().flat_map(|c| c.flatten()).find(|n| self.configs.get(*n).is_some_and(|c| c.lora().is_some())) {
-                    return Err(AdapterError::Setup {
-                        setup: whole.to_string(),
-                        reason: format!("`{lora}` is a LoRA-family adapter; AdapterFusion fuses bottleneck adapters"),
-                    });
-                }
-            }
-            AdapterSetup::Split { .. } => {
-                if let Some(lora) = setup.flatten().into_iter().find(|n| self.configs.get(*n).is_some_and(|c| c.lora().is_some())) {
-                    return Err(AdapterError::Setup {
-                        setup: whole.to_string(),
-                        reason: format!("`{lora}` is a LoRA-family adapter, which composes with Stack, Parallel, BatchSplit and Average, not Split"),
-                    });
-                }
-            }
-            _ => {}
-        }
-        if matches!(setup, AdapterSetup::Fuse { .. } | AdapterSetup::Split { .. } | AdapterSetup::Average { .. }) {
-            if let Some(prefix) = setup.flatten().into_iter().find(|n| self.prefixes.contains_key(*n)) {
+        if let AdapterSetup::Fuse { .. } = setup {
+            let name = setup.fusion_name().unwrap_or_default();
+            if !self.fusions.contains_key(&name) {
                 return Err(AdapterError::Setup {
                     setup: whole.to_string(),
-                    reason: format!("`{prefix}` has prefix tuning, which composes with Stack, Parallel and BatchSplit, not {}", setup.kind().name()),
+                    reason: format!("no fusion layer named `{name}`; add it with add_adapter_fusion or load it with load_adapter_fusion"),
                 });
+            }
+        }
+        let kind = setup.kind();
+        if kind != BlockKind::Single {
+            for name in setup.flatten() {
+                for member in self.configs.get(name).map(AdapterConfig::members).unwrap_or_default() {
+                    if let Some((what, blocks)) = supported_blocks(member).filter(|(_, blocks)| !blocks.contains(&kind)) {
+                        let list: Vec<&str> = blocks.iter().map(|b| b.name()).collect();
+                        let (last, rest) = list.split_last().expect("every method composes with Stack");
+                        return Err(AdapterError::Setup {
+                            setup: whole.to_string(),
+                            reason: format!("`{name}` {what}, which composes with {} and {last}, not {}", rest.join(", "), kind.name()),
+                        });
+                    }
+                }
             }
         }
         for child in setup.children() {
@@ -144,5 +135,16 @@ impl<M: AdaptableModel> AdaptedModel<M> {
 
     pub fn is_training(&self) -> bool {
         self.training
+    }
+}
+
+/// Python's `supported_compositions`: the blocks a method family composes with (bottleneck
+/// adapters: every block). ReFT and prompt tuning have no block rule in Python, and none here.
+fn supported_blocks(member: &AdapterConfig) -> Option<(&'static str, &'static [BlockKind])> {
+    use BlockKind::*;
+    match member {
+        AdapterConfig::LoRA(_) => Some(("is a LoRA-family adapter", &[Stack, Parallel, BatchSplit, Average])),
+        AdapterConfig::PrefixTuning(_) => Some(("has prefix tuning", &[Stack, Parallel, BatchSplit])),
+        _ => None,
     }
 }
