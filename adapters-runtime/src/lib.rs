@@ -25,6 +25,7 @@ pub mod mixin;
 pub mod model;
 pub mod nn;
 pub mod setup;
+pub mod slot;
 mod state_dict;
 pub mod training;
 

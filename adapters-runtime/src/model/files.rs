@@ -7,7 +7,6 @@ use candle_core::{Tensor, Var};
 
 use crate::config::{AdapterConfig, AdapterFile};
 use crate::error::{AdapterError, Result};
-use crate::methods::NamedParam;
 use crate::mixin::{AdaptableModel, SlotRef};
 use crate::state_dict::{with_or_without_root, Expected, Resolved};
 
@@ -26,31 +25,9 @@ impl<M: AdaptableModel> AdaptedModel<M> {
     /// The parameters of adapter `name`, named as if the adapter were called `file_name`.
     pub(super) fn params_named_as(&self, name: &str, file_name: &str) -> Vec<(String, Var)> {
         let mut out = Vec::new();
-        let mut push = |path: &str, group: &str, params: &[NamedParam]| {
-            for p in params {
-                out.push((format!("{}.{group}.{file_name}.{}", self.strip_root(path), p.name), p.var.clone()));
-            }
-        };
-        self.each_slot(&mut |_, slot| match slot {
-            SlotRef::Bottleneck(_, s) => {
-                if let Some(a) = s.adapters.get(name) {
-                    push(s.path(), "adapters", a.params());
-                }
-            }
-            SlotRef::Lora(_, s) => {
-                if let Some(m) = s.loras.get(name) {
-                    push(s.path(), "loras", m.params());
-                }
-            }
-            SlotRef::Prefix(_, s) => {
-                if let Some(g) = s.gates.get(name) {
-                    push(&format!("{}.prefix_tuning", s.path()), "prefix_gates", &g.params);
-                }
-            }
-            SlotRef::Reft(s) => {
-                if let Some(m) = s.refts.get(name) {
-                    push(&format!("{}.reft_layer", s.path()), "refts", m.params());
-                }
+        self.each_slot(&mut |_, slot| {
+            if let Some((path, params)) = slot.adapter_slot().adapter_params(name) {
+                out.extend(params.iter().map(|p| (format!("{}.{file_name}.{}", self.strip_root(&path), p.name), p.var.clone())));
             }
         });
         if let Some(group) = self.prefixes.get(name) {
@@ -79,24 +56,10 @@ impl<M: AdaptableModel> AdaptedModel<M> {
     /// Buffers of an adapter (saved, never trained), by tensor id.
     pub(super) fn frozen_params(&self, name: &str) -> Vec<candle_core::TensorId> {
         let mut out = Vec::new();
-        let mut take = |params: &[NamedParam]| out.extend(params.iter().filter(|p| p.frozen).map(|p| p.var.id()));
-        self.each_slot(&mut |_, slot| match slot {
-            SlotRef::Reft(s) => {
-                if let Some(m) = s.refts.get(name) {
-                    take(m.params());
-                }
+        self.each_slot(&mut |_, slot| {
+            if let Some((_, params)) = slot.adapter_slot().adapter_params(name) {
+                out.extend(params.iter().filter(|p| p.frozen).map(|p| p.var.id()));
             }
-            SlotRef::Bottleneck(_, s) => {
-                if let Some(a) = s.adapters.get(name) {
-                    take(a.params());
-                }
-            }
-            SlotRef::Lora(_, s) => {
-                if let Some(m) = s.loras.get(name) {
-                    take(m.params());
-                }
-            }
-            _ => {}
         });
         if let Some(shared) = self.shared.get(name) {
             out.extend(shared.iter().filter(|p| p.frozen).map(|p| p.var.id()));

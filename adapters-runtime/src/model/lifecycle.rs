@@ -161,24 +161,7 @@ impl<M: AdaptableModel> AdaptedModel<M> {
         if self.configs.remove(name).is_none() {
             return Err(AdapterError::NoSuchAdapter(name.into()));
         }
-        self.each_slot_mut(&mut |_, slot| match slot {
-            SlotMut::Bottleneck(_, s) => {
-                s.adapters.remove(name);
-            }
-            SlotMut::Lora(_, s) => {
-                if s.merged() == Some(name) {
-                    s.reset();
-                }
-                s.loras.remove(name);
-            }
-            SlotMut::Prefix(_, s) => {
-                s.prefixes.remove(name);
-                s.gates.remove(name);
-            }
-            SlotMut::Reft(s) => {
-                s.refts.remove(name);
-            }
-        });
+        self.each_slot_mut(&mut |_, mut slot| slot.adapter_slot().remove_adapter(name));
         self.prefixes.remove(name);
         self.shared.remove(name);
         if let Some(slot) = self.model.embedding_slot_mut() {
