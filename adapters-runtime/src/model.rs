@@ -115,14 +115,11 @@ impl<M: AdaptableModel> AdaptedModel<M> {
             shared: BTreeMap::new(),
         };
         // Slots learn their layer index once, for AdapterDrop (prefix slots also their key).
-        adapted.each_slot_mut(&mut |layer, slot| match slot {
-            SlotMut::Bottleneck(_, s) => s.layer = layer,
-            SlotMut::Lora(_, s) => s.layer = layer,
-            SlotMut::Prefix(location, s) => {
-                s.layer = layer;
+        adapted.each_slot_mut(&mut |layer, mut slot| {
+            slot.adapter_slot().set_layer(layer);
+            if let SlotMut::Prefix(location, s) = slot {
                 s.location = location;
             }
-            SlotMut::Reft(s) => s.layer = layer,
         });
         adapted
     }

@@ -15,6 +15,8 @@ pub trait AdapterSlot {
     fn adapter_params(&self, name: &str) -> Option<(String, &[NamedParam])>;
     /// Removes adapter `name` from this slot (a merged LoRA module is unmerged first).
     fn remove_adapter(&mut self, name: &str);
+    /// Records the index of the layer the slot sits in (AdapterDrop and per-layer setups).
+    fn set_layer(&mut self, layer: usize);
 }
 
 impl AdapterSlot for BottleneckSlot {
@@ -23,6 +25,9 @@ impl AdapterSlot for BottleneckSlot {
     }
     fn remove_adapter(&mut self, name: &str) {
         self.adapters.remove(name);
+    }
+    fn set_layer(&mut self, layer: usize) {
+        self.layer = layer;
     }
 }
 
@@ -36,6 +41,9 @@ impl AdapterSlot for LoRALinear {
         }
         self.loras.remove(name);
     }
+    fn set_layer(&mut self, layer: usize) {
+        self.layer = layer;
+    }
 }
 
 impl AdapterSlot for PrefixSlot {
@@ -47,6 +55,9 @@ impl AdapterSlot for PrefixSlot {
         self.prefixes.remove(name);
         self.gates.remove(name);
     }
+    fn set_layer(&mut self, layer: usize) {
+        self.layer = layer;
+    }
 }
 
 impl AdapterSlot for ReftSlot {
@@ -55,6 +66,9 @@ impl AdapterSlot for ReftSlot {
     }
     fn remove_adapter(&mut self, name: &str) {
         self.refts.remove(name);
+    }
+    fn set_layer(&mut self, layer: usize) {
+        self.layer = layer;
     }
 }
 
