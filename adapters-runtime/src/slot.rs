@@ -17,6 +17,17 @@ pub trait AdapterSlot {
     fn remove_adapter(&mut self, name: &str);
     /// Records the index of the layer the slot sits in (AdapterDrop and per-layer setups).
     fn set_layer(&mut self, layer: usize);
+    /// The adapter folded into the slot's weights, if any (only weight-merging methods do this).
+    fn merged(&self) -> Option<&str> {
+        None
+    }
+    /// Folds adapter `name` into the slot's weights; `Ok(false)` when it has nothing of it here
+    /// or cannot hold merged weights, `Err` with the reason when the adapter cannot be merged.
+    fn merge(&mut self, _name: &str) -> std::result::Result<bool, String> {
+        Ok(false)
+    }
+    /// Restores the weights from before any merge.
+    fn unmerge(&mut self) {}
 }
 
 impl AdapterSlot for BottleneckSlot {
@@ -43,6 +54,15 @@ impl AdapterSlot for LoRALinear {
     }
     fn set_layer(&mut self, layer: usize) {
         self.layer = layer;
+    }
+    fn merged(&self) -> Option<&str> {
+        LoRALinear::merged(self)
+    }
+    fn merge(&mut self, name: &str) -> std::result::Result<bool, String> {
+        LoRALinear::merge(self, name)
+    }
+    fn unmerge(&mut self) {
+        self.reset();
     }
 }
 

@@ -4,7 +4,7 @@ use candle_core::Tensor;
 
 use crate::config::AdapterConfig;
 use crate::error::{AdapterError, Result};
-use crate::mixin::{AdaptableModel, SlotMut, SlotRef};
+use crate::mixin::{AdaptableModel, SlotRef};
 
 use super::AdaptedModel;
 
@@ -25,10 +25,8 @@ impl<M: AdaptableModel> AdaptedModel<M> {
         }
         let mut conflict = None;
         self.each_slot(&mut |_, slot| {
-            if let SlotRef::Lora(_, s) = slot {
-                if let Some(m) = s.merged().filter(|m| *m != name) {
-                    conflict.get_or_insert_with(|| m.to_string());
-                }
+            if let Some(m) = slot.adapter_slot().merged().filter(|m| *m != name) {
+                conflict.get_or_insert_with(|| m.to_string());
             }
         });
         if let Some(other) = conflict {
@@ -39,11 +37,9 @@ impl<M: AdaptableModel> AdaptedModel<M> {
             });
         }
         let mut failure = None;
-        self.each_slot_mut(&mut |_, slot| {
-            if let SlotMut::Lora(_, s) = slot {
-                if let Err(e) = s.merge(name) {
-                    failure.get_or_insert(e);
-                }
+        self.each_slot_mut(&mut |_, mut slot| {
+            if let Err(e) = slot.adapter_slot().merge(name) {
+                failure.get_or_insert(e);
             }
         });
         match failure {
@@ -71,10 +67,6 @@ impl<M: AdaptableModel> AdaptedModel<M> {
     }
 
     pub fn reset_adapter(&mut self) {
-        self.each_slot_mut(&mut |_, slot| {
-            if let SlotMut::Lora(_, s) = slot {
-                s.reset();
-            }
-        });
+        self.each_slot_mut(&mut |_, mut slot| slot.adapter_slot().unmerge());
     }
 }
