@@ -36,8 +36,7 @@ impl FileBatch {
     /// Serialises named tensors as safetensors, with the `{"format": "pt"}` metadata the Python
     /// library writes, to the temporary file of `path`.
     pub fn add_safetensors(&mut self, path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
-        let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-        let bytes = safetensors::serialize(tensors, Some(metadata)).map_err(|e| AdapterError::file(path.display(), e))?;
+        let bytes = safetensors_bytes(tensors).map_err(|e| AdapterError::file(path.display(), e))?;
         self.add(path, &bytes)
     }
 
@@ -75,6 +74,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 pub fn temp_path(path: &Path) -> PathBuf {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+/// Named tensors as the bytes of a safetensors file, with the `{"format": "pt"}` metadata the
+/// Python library writes.
+pub fn safetensors_bytes(tensors: &HashMap<String, Tensor>) -> std::result::Result<Vec<u8>, safetensors::SafeTensorError> {
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::serialize(tensors, Some(metadata))
 }
 
 /// Saves named tensors as safetensors, atomically, with the `{"format": "pt"}` metadata the

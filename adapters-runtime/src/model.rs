@@ -189,9 +189,7 @@ impl<M: AdaptableModel> AdaptedModel<M> {
     /// Selects the head the forward runs (`None`: none).
     pub fn set_active_head(&mut self, name: Option<&str>) -> Result<()> {
         if let Some(n) = name {
-            if !self.heads.contains_key(n) {
-                return Err(AdapterError::InvalidConfig(format!("no head named `{n}` in this model")));
-            }
+            self.head_named(n)?;
         }
         self.active_head = name.map(|n| HeadSetup::Single(n.to_string()));
         Ok(())

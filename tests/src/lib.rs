@@ -55,12 +55,6 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     }
 }
 
-/// [`max_abs_diff`] with the position of the worst element, for failure messages.
-#[track_caller]
-pub fn diff(a: &Tensor, b: &Tensor) -> adapters_runtime::compare::TensorDiff {
-    adapters_runtime::compare::compare(a, b).unwrap_or_else(|e| panic!("comparison failed: {e}"))
-}
-
 /// The case names of one architecture in the manifest, sorted.
 pub fn cases(arch: &str) -> Vec<(String, Value)> {
     let m = manifest();
@@ -107,61 +101,16 @@ pub fn checkpoint_with(name: &str, model_dir: &Path, extra: Option<&Path>, overr
     dir
 }
 
-// ---------------------------------------------------------------------------------------------
-// Seeded noise (added for methods.rs, model_api.rs and heads.rs): `Tensor::randn` draws from an
-// unseeded generator, so tests that perturb weights with it differ from run to run. These draw
-// the same numbers on every run and every machine.
-// ---------------------------------------------------------------------------------------------
-
-/// FNV-1a of a label: a stable seed from a test's own name for a case.
-pub fn seed_of(label: &str) -> u64 {
-    label.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3))
-}
-
-/// A fixed-seed xorshift64* generator with Box-Muller normals.
-pub struct SeededNormal(u64);
-
-impl SeededNormal {
-    pub fn new(seed: u64) -> Self {
-        // splitmix64 of the seed, so nearby seeds start far apart; xorshift needs a non-zero state.
-        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        SeededNormal((z ^ (z >> 31)).max(1))
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// Uniform in (0, 1].
-    fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64
-    }
-
-    /// One draw from N(0, 1).
-    pub fn normal(&mut self) -> f32 {
-        let (u1, u2) = (self.uniform(), self.uniform());
-        ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
-    }
-}
-
-/// A tensor of `std * N(0, 1)` draws from `SeededNormal::new(seed)`.
-pub fn seeded_normal(shape: &[usize], std: f32, seed: u64) -> Tensor {
-    let mut rng = SeededNormal::new(seed);
-    let n: usize = shape.iter().product();
-    let data: Vec<f32> = (0..n).map(|_| std * rng.normal()).collect();
-    Tensor::from_vec(data, shape, &Device::Cpu).expect("a shape and its element count agree")
-}
-
-/// Adds `std * N(0, 1)` to every variable; variable `i` draws from the seed of `label` and `i`.
+/// Adds `std * N(0, 1)` to every variable, drawn from the library's seeded generator
+/// (`Tensor::randn` is unseeded): variable `i` draws from the seed of `label` and `i`, so every
+/// run perturbs the same way.
 pub fn perturb_seeded(vars: &[candle_core::Var], label: &str, std: f32) {
+    use adapters_runtime::methods::init::{normal, Rng};
     for (i, v) in vars.iter().enumerate() {
-        let noise = seeded_normal(v.dims(), std, seed_of(label) ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        let noise = noise.to_device(v.device()).and_then(|n| n.to_dtype(v.dtype())).unwrap_or_else(|e| panic!("{label}: noise: {e}"));
+        let noise = normal(&mut Rng::from_name(label, i as u64), v.dims(), std)
+            .and_then(|n| n.to_device(v.device()))
+            .and_then(|n| n.to_dtype(v.dtype()))
+            .unwrap_or_else(|e| panic!("{label}: noise: {e}"));
         v.set(&(v.as_tensor() + noise).unwrap_or_else(|e| panic!("{label}: {e}"))).unwrap_or_else(|e| panic!("{label}: {e}"));
     }
 }

@@ -2,11 +2,12 @@
 //! `adapter_config.json` reading and the weights loader never panic; each gives a typed error or
 //! a valid value (and a valid value survives its own round trip). 10,000 cases per property.
 
-use std::path::PathBuf;
+use std::collections::HashMap;
 
 use adapters_models::load_model;
 use adapters_runtime::{AdapterConfig, AdapterFile, AdapterSetup};
 use adapters_tests::*;
+use candle_core::{DType, Tensor};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use serde_json::Value;
@@ -225,22 +226,10 @@ fn adapter_config_json_never_panics() {
     });
 }
 
-/// A folder holding a copy of Python's seq_bn adapter with `weights` as its safetensors file.
-fn adapter_dir(weights: &[u8]) -> PathBuf {
-    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("adapters-prop-{}-{}", std::process::id(), call % 4));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(fixtures().join("tiny/bert/seq_bn/adapter/adapter_config.json"), dir.join("adapter_config.json")).unwrap();
-    std::fs::write(dir.join("adapter.safetensors"), weights).unwrap();
-    dir
-}
-
-/// Python's seq_bn weights with one tensor renamed, reshaped, retyped, dropped or added.
-fn mutated_tensors(op: u8, at: prop::sample::Index, size: usize) -> Vec<u8> {
-    use candle_core::{DType, Tensor};
-    let mut tensors = read(&fixtures().join("tiny/bert/seq_bn/adapter/adapter.safetensors"));
+/// `tensors` (Python's seq_bn weights) with one tensor renamed, reshaped, retyped, dropped or
+/// added, as the bytes of a safetensors file.
+fn mutated_tensors(tensors: &HashMap<String, Tensor>, op: u8, at: prop::sample::Index, size: usize) -> Vec<u8> {
+    let mut tensors = tensors.clone();
     let mut keys: Vec<String> = tensors.keys().cloned().collect();
     keys.sort();
     let key = keys[at.index(keys.len())].clone();
@@ -264,18 +253,19 @@ fn mutated_tensors(op: u8, at: prop::sample::Index, size: usize) -> Vec<u8> {
             tensors.insert(key.replace("adapter_up", "adapter_mid"), t);
         }
     }
-    safetensors_bytes(&tensors)
-}
-
-fn safetensors_bytes(tensors: &std::collections::HashMap<String, candle_core::Tensor>) -> Vec<u8> {
-    let path = std::env::temp_dir().join(format!("adapters-prop-bytes-{}.safetensors", std::process::id()));
-    candle_core::safetensors::save(tensors, &path).unwrap();
-    std::fs::read(path).unwrap()
+    adapters_runtime::io::safetensors_bytes(&tensors).unwrap()
 }
 
 #[test]
 fn weights_loader_never_panics_nor_half_loads() {
-    let good = std::fs::read(fixtures().join("tiny/bert/seq_bn/adapter/adapter.safetensors")).unwrap();
+    let weights = fixtures().join("tiny/bert/seq_bn/adapter/adapter.safetensors");
+    let good = std::fs::read(&weights).unwrap();
+    let tensors = read(&weights);
+    // One folder with Python's adapter_config.json; each case replaces its weights file.
+    let dir = std::env::temp_dir().join(format!("adapters-prop-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(fixtures().join("tiny/bert/seq_bn/adapter/adapter_config.json"), dir.join("adapter_config.json")).unwrap();
     let model = std::cell::RefCell::new(load_model(&fixtures().join("tiny/bert/model")).unwrap());
     let strategy = (0u8..4, any::<prop::sample::Index>(), any::<u8>(), any::<u8>(), 0usize..64, prop::collection::vec(any::<u8>(), 0..256));
     check("weights loader", strategy, |(kind, at, byte, op, size, noise)| {
@@ -291,9 +281,9 @@ fn weights_loader_never_panics_nor_half_loads() {
             // Random bytes.
             2 => bytes = noise,
             // A well-formed file with a wrong tensor.
-            _ => bytes = mutated_tensors(op, at, size),
+            _ => bytes = mutated_tensors(&tensors, op, at, size),
         }
-        let dir = adapter_dir(&bytes);
+        std::fs::write(dir.join("adapter.safetensors"), &bytes).unwrap();
         let mut model = model.borrow_mut();
         match model.load_adapter(&dir, None) {
             Ok(name) => {

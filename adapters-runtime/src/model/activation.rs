@@ -72,10 +72,13 @@ impl<M: AdaptableModel> AdaptedModel<M> {
                 for member in self.configs.get(name).map(AdapterConfig::members).unwrap_or_default() {
                     if let Some((what, blocks)) = supported_blocks(member).filter(|(_, blocks)| !blocks.contains(&kind)) {
                         let list: Vec<&str> = blocks.iter().map(|b| b.name()).collect();
-                        let (last, rest) = list.split_last().expect("every method composes with Stack");
+                        let list = match list.split_last() {
+                            Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+                            _ => list.join(""),
+                        };
                         return Err(AdapterError::Setup {
                             setup: whole.to_string(),
-                            reason: format!("`{name}` {what}, which composes with {} and {last}, not {}", rest.join(", "), kind.name()),
+                            reason: format!("`{name}` {what}, which composes with {list}, not {}", kind.name()),
                         });
                     }
                 }

@@ -41,15 +41,21 @@ pub struct HeadResult {
 }
 
 impl<M: AdaptableModel> AdaptedModel<M> {
+    /// The head called `name`, or the error that says there is none.
+    pub(crate) fn head_named(&self, name: &str) -> Result<&PredictionHead> {
+        self.heads.get(name).ok_or_else(|| AdapterError::InvalidConfig(format!("no head named `{name}` in this model")))
+    }
+
     /// Head parameters under the names Python's state dict gives them (`heads.NAME.1.weight`).
     pub fn head_params(&self, name: &str) -> Result<Vec<(String, Var)>> {
-        let head = self.heads.get(name).ok_or_else(|| AdapterError::InvalidConfig(format!("no head named `{name}` in this model")))?;
+        let head = self.head_named(name)?;
         Ok(head.params().iter().map(|p| (format!("heads.{name}.{}", p.name), p.var.clone())).collect())
     }
 
     /// Writes `head_config.json` and `model_head.safetensors` for head `name` into `dir`.
     pub fn save_head(&self, dir: impl AsRef<Path>, name: &str) -> Result<()> {
         let dir = dir.as_ref();
+        self.head_named(name)?;
         std::fs::create_dir_all(dir).map_err(|e| AdapterError::io(dir, e))?;
         let mut batch = crate::io::FileBatch::new();
         self.stage_head(&mut batch, dir, name)?;
@@ -58,7 +64,7 @@ impl<M: AdaptableModel> AdaptedModel<M> {
 
     /// Adds the head's two files to a batch of files saved together.
     pub(crate) fn stage_head(&self, batch: &mut crate::io::FileBatch, dir: &Path, name: &str) -> Result<()> {
-        let head = self.heads.get(name).ok_or_else(|| AdapterError::InvalidConfig(format!("no head named `{name}` in this model")))?;
+        let head = self.head_named(name)?;
         let tensors: HashMap<String, Tensor> = self.head_params(name)?.into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
         batch.add_safetensors(&dir.join(HEAD_WEIGHTS_SAFE), &tensors)?;
         let mapping = M::MAPPING;
@@ -172,9 +178,8 @@ impl<M: AdaptableModel + EncoderForward> AdaptedModel<M> {
     }
 
     pub fn delete_head(&mut self, name: &str) -> Result<()> {
-        if self.heads.remove(name).is_none() {
-            return Err(AdapterError::InvalidConfig(format!("no head named `{name}` in this model")));
-        }
+        self.head_named(name)?;
+        self.heads.remove(name);
         if self.active_head.as_ref().is_some_and(|h| h.names().contains(&name)) {
             self.active_head = None;
         }
@@ -214,7 +219,7 @@ impl<M: AdaptableModel + EncoderForward> AdaptedModel<M> {
                 }
             };
             for (name, (start, len)) in names.into_iter().zip(ranges) {
-                let head = self.heads.get(name).ok_or_else(|| AdapterError::InvalidConfig(format!("no head named `{name}` in this model")))?;
+                let head = self.head_named(name)?;
                 let part = if len == rows { hidden.clone() } else { hidden.narrow(0, start, len)? };
                 let pooled = if head.config().use_pooler() { self.model.pooled_output(&part).transpose()? } else { None };
                 let embeddings = if head.is_tied() { self.model.input_embeddings() } else { None };
@@ -250,7 +255,7 @@ impl<M: AdaptableModel + EncoderForward> AdaptedModel<M> {
         }
         let mut total: Option<Tensor> = None;
         for result in &output.heads {
-            let head = self.heads.get(&result.name).ok_or_else(|| AdapterError::InvalidConfig(format!("no head named `{}`", result.name)))?;
+            let head = self.head_named(&result.name)?;
             let (start, len) = result.rows;
             let (labels, mask) = match &output.head_setup {
                 Some(HeadSetup::BatchSplit { .. }) => (labels.narrow(0, start, len)?, attention_mask.map(|m| m.narrow(0, start, len)).transpose()?),

@@ -111,7 +111,7 @@ impl BottleneckSlot {
             AdapterSetup::Single(name) => self.compose_single(name, state, ctx),
             AdapterSetup::Stack(children) => self.compose_stack(children, state, ctx),
             AdapterSetup::Parallel(children) | AdapterSetup::BatchSplit { children, .. } => {
-                self.check_row_children(setup, children)?;
+                self.check_children_here(setup, children)?;
                 let ranges = composition::row_ranges(setup, state.hidden.dim(0)?)?;
                 let state = self.pre_block(setup.first(), state)?;
                 let mut outs = Vec::with_capacity(children.len());
@@ -121,7 +121,7 @@ impl BottleneckSlot {
                 BnState::cat(outs, 0)
             }
             AdapterSetup::Average { children, weights } => {
-                self.check_average_children(setup, children)?;
+                self.check_children_here(setup, children)?;
                 let state = self.pre_block(setup.first(), state)?;
                 let mut outs = Vec::with_capacity(children.len());
                 for child in children {
@@ -151,35 +151,22 @@ impl BottleneckSlot {
 }
 
 impl BottleneckSlot {
-    /// Averaging needs every child's output here. Python fails when a child has no module at
-    /// this location (a KeyError when it is the first child; later ones are dropped from the
-    /// mean without a word), so an Average whose children are only partly here is refused.
-    fn check_average_children(&self, setup: &AdapterSetup, children: &[AdapterSetup]) -> Result<()> {
-        let absent: Vec<String> = children.iter().filter(|c| !c.any_adapter(&|n| self.adapters.contains_key(n))).map(|c| c.to_string()).collect();
+    /// Parallel, BatchSplit and Average run one adapter's `pre_forward` and `post_forward` for
+    /// all their children (as Python does), and Average needs every child's output, so every
+    /// child must have a module here once any does. Python fails on such setups too (a KeyError
+    /// for a missing first child, a missing tensor or, for Average, a child silently dropped),
+    /// so they are refused, naming the children that are missing.
+    fn check_children_here(&self, setup: &AdapterSetup, children: &[AdapterSetup]) -> Result<()> {
+        let absent: Vec<String> = children.iter().filter(|c| !c.any_adapter(&|n| self.adapters.contains_key(n))).map(|c| format!("`{c}`")).collect();
         if absent.is_empty() {
             return Ok(());
         }
         Err(candle_core::Error::Msg(format!(
-            "{setup}: cannot average here: {} has no bottleneck module at `{}` while other children do; every child of Average must have a module at each location the block reaches",
-            absent.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", "),
-            self.path
+            "{setup}: {} has no bottleneck module at `{}` while other children do; every child of {} must have a module at each location the block reaches",
+            absent.join(", "),
+            self.path,
+            setup.kind().name()
         )))
-    }
-
-    /// Parallel and BatchSplit run the first adapter's `pre_forward` and the last one's
-    /// `post_forward` for every row (as Python does), so every child must be here. Python fails
-    /// when one is not (a KeyError or a missing tensor), so such setups are refused.
-    fn check_row_children(&self, setup: &AdapterSetup, children: &[AdapterSetup]) -> Result<()> {
-        let absent: Vec<String> = children.iter().filter(|c| !c.any_adapter(&|n| self.adapters.contains_key(n))).map(|c| c.to_string()).collect();
-        if !absent.is_empty() {
-            return Err(candle_core::Error::Msg(format!(
-                "{setup}: {} has no bottleneck module at `{}` while other children do; every child of {} must have a module at each location the block reaches",
-                absent.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", "),
-                self.path,
-                setup.kind().name()
-            )));
-        }
-        Ok(())
     }
 
     /// Python's `compose_fuse`: the last adapter's `pre_forward` gives the query, each child
