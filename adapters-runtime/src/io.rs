@@ -42,11 +42,13 @@ impl FileBatch {
 
     /// Moves every staged file to its target (renames within one folder).
     pub fn commit(mut self) -> Result<()> {
-        for (tmp, target) in std::mem::take(&mut self.staged) {
-            std::fs::rename(&tmp, &target).map_err(|e| {
+        while !self.staged.is_empty() {
+            let (tmp, target) = self.staged.remove(0);
+            if let Err(e) = std::fs::rename(&tmp, &target) {
+                // This one and the ones not yet moved are removed (`Drop` takes the rest).
                 let _ = std::fs::remove_file(&tmp);
-                AdapterError::io(&target, e)
-            })?;
+                return Err(AdapterError::io(&target, e));
+            }
         }
         Ok(())
     }

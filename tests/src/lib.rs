@@ -11,9 +11,16 @@ pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
 }
 
+/// A JSON file (a manifest, a config); a missing or malformed file fails the test with its path.
+#[track_caller]
+pub fn read_json(path: &Path) -> Value {
+    let text = std::fs::read_to_string(fixture_path(path)).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// `tests/fixtures/manifest.json` (written by `tests/fixtures/generate.py`).
 pub fn manifest() -> Value {
-    let text = std::fs::read_to_string(fixtures().join("manifest.json")).expect("tests/fixtures/manifest.json is committed");
-    serde_json::from_str(&text).expect("manifest.json is valid JSON")
+    read_json(&fixtures().join("manifest.json"))
 }
 
 /// The MiniLM checkpoint folder: `$ADAPTERS_MINILM_DIR`, else where `scripts/fetch_minilm.sh` puts it.
@@ -72,8 +79,7 @@ pub const TOLERANCE: f32 = 1e-5;
 
 /// `tests/fixtures/heads_manifest.json` (written by `tests/fixtures/generate_heads.py`).
 pub fn heads_manifest() -> Value {
-    let text = std::fs::read_to_string(fixtures().join("heads_manifest.json")).expect("heads_manifest.json is committed");
-    serde_json::from_str(&text).expect("heads_manifest.json is valid JSON")
+    read_json(&fixtures().join("heads_manifest.json"))
 }
 
 /// A checkpoint folder built from `model_dir` plus extra tensors (their `bert.`-style prefix

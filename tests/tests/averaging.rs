@@ -10,7 +10,7 @@ use adapters_tests::*;
 use serde_json::Value;
 
 fn manifest() -> Value {
-    serde_json::from_str(&std::fs::read_to_string(fixtures().join("averaging_manifest.json")).unwrap()).unwrap()
+    read_json(&fixtures().join("averaging_manifest.json"))
 }
 
 fn load_sources(arch: &str, dir: &Path) -> Box<dyn DynAdaptedModel> {

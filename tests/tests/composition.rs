@@ -15,8 +15,7 @@ use candle_core::Tensor;
 use serde_json::Value;
 
 fn manifest() -> Value {
-    let text = std::fs::read_to_string(fixtures().join("composition_manifest.json")).expect("composition_manifest.json is committed");
-    serde_json::from_str(&text).unwrap()
+    read_json(&fixtures().join("composition_manifest.json"))
 }
 
 fn base(arch: &str, with_heads: bool) -> PathBuf {

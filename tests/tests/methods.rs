@@ -11,8 +11,7 @@ use adapters_tests::*;
 use serde_json::Value;
 
 fn manifest(name: &str) -> Value {
-    let path = fixtures().join(name);
-    serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+    read_json(&fixtures().join(name))
 }
 
 fn model_dir(arch: &str) -> PathBuf {
@@ -223,11 +222,6 @@ fn prefix_prompt_and_union_cases_match_python() {
     println!("{}", report.join("\n"));
     println!("prefix: {} checks", report.len());
     assert_eq!(report.len(), implied, "checks the manifest implies: {report:?}");
-}
-
-fn read_json(path: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// DistilBERT's encoder written out from its checkpoint (eval mode, no adapters), with an optional

@@ -17,11 +17,6 @@ use adapters_runtime::{AdapterConfig, AdapterSetup, HeadConfig};
 use adapters_tests::*;
 use serde_json::{json, Value};
 
-fn json_file(path: &Path) -> Value {
-    let text = std::fs::read_to_string(fixture_path(path)).unwrap();
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
 /// One case of the record: adapters from Python's fixture folders, the setup, the output.
 struct Entry {
     id: String,
@@ -82,7 +77,7 @@ fn entries() -> Vec<Entry> {
             });
         }
     }
-    let prefix = json_file(&fixtures().join("prefix_manifest.json"));
+    let prefix = read_json(&fixtures().join("prefix_manifest.json"));
     for (arch, cases) in prefix["archs"].as_object().unwrap() {
         for (case, info) in cases.as_object().unwrap() {
             let setup = info["setup"].as_str().unwrap_or_default();
@@ -98,7 +93,7 @@ fn entries() -> Vec<Entry> {
         }
     }
     for (file, root) in [("reft_compacter_manifest.json", "reft_compacter"), ("inv_vera_manifest.json", "inv_vera")] {
-        let manifest = json_file(&fixtures().join(file));
+        let manifest = read_json(&fixtures().join(file));
         for (arch, cases) in manifest["archs"].as_object().unwrap() {
             for (case, info) in cases.as_object().unwrap() {
                 // Left out: Python errors, DiReft (its kind is not in Python's file), shared
@@ -155,7 +150,7 @@ fn python_loads_what_we_save() {
     }
     std::fs::write(root.join("index.json"), serde_json::to_string_pretty(&json!({ "entries": index })).unwrap()).unwrap();
 
-    let record = json_file(&fixtures().join("rust_check.json"));
+    let record = read_json(&fixtures().join("rust_check.json"));
     let python_outputs = read(&fixtures().join("rust_check_outputs.safetensors"));
     let tolerance = record["tolerance"].as_f64().unwrap() as f32;
     let mut checks = 0;
@@ -173,7 +168,7 @@ fn python_loads_what_we_save() {
             let names = sorted_names(&dir.join("adapter.safetensors"));
             let recorded_names: Vec<String> = serde_json::from_value(want["tensor_names"].clone()).unwrap();
             assert_eq!(names, recorded_names, "{}/{name}: the tensor names we save changed since Python loaded them", e.id);
-            let config = json_file(&dir.join("adapter_config.json"));
+            let config = read_json(&dir.join("adapter_config.json"));
             assert_eq!(config, want["config"], "{}/{name}: adapter_config.json changed since Python loaded it", e.id);
             for key in ["python_missing", "python_unexpected"] {
                 assert_eq!(want[key], json!([]), "{}/{name}: Python reported {key}", e.id);
