@@ -22,7 +22,9 @@ fn config() -> ProptestConfig {
 /// a typed error). Both kinds must occur: mutations that never fail would test nothing.
 fn check<S: Strategy>(name: &str, strategy: S, property: impl Fn(S::Value) -> Result<bool, TestCaseError>) {
     let (valid, refused) = (std::cell::Cell::new(0u32), std::cell::Cell::new(0u32));
-    let mut runner = proptest::test_runner::TestRunner::new(config());
+    // A fixed seed: every run draws the same inputs (a failure reproduces as it is).
+    let rng = proptest::test_runner::TestRng::deterministic_rng(proptest::test_runner::RngAlgorithm::ChaCha);
+    let mut runner = proptest::test_runner::TestRunner::new_with_rng(config(), rng);
     let result = runner.run(&strategy, |input| {
         let cell = if property(input)? { &valid } else { &refused };
         cell.set(cell.get() + 1);
