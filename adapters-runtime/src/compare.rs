@@ -66,7 +66,7 @@ pub fn compare(a: &Tensor, b: &Tensor) -> Result<TensorDiff> {
 }
 
 fn values(t: &Tensor) -> Result<Vec<f32>> {
-    Ok(t.to_device(&candle_core::Device::Cpu)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+    Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
 }
 
 fn unravel(mut flat: usize, dims: &[usize]) -> Vec<usize> {

@@ -9,6 +9,7 @@ use crate::config::{AdapterConfig, FusionConfig};
 use crate::context::FusionAttention;
 use crate::error::Result;
 use crate::heads::{HeadConfig, HeadSetup, PredictionHead};
+use crate::methods::init::Placement;
 use crate::mixin::{AdaptableModel, EncoderForward, ModelMapping};
 use crate::model::{AdaptedModel, AdapterSummary};
 use crate::model::{CombineStrategy, ModelOutput};
@@ -17,6 +18,7 @@ use crate::setup::AdapterSetup;
 /// The model API without the model type.
 pub trait DynAdaptedModel {
     fn mapping(&self) -> ModelMapping;
+    fn placement(&self) -> &Placement;
     fn add_adapter(&mut self, name: &str, config: AdapterConfig) -> Result<()>;
     fn add_prompt_adapter_from_ids(&mut self, name: &str, config: AdapterConfig, prompt_ids: &[u32]) -> Result<()>;
     fn eject_prefix_tuning(&mut self, name: &str) -> Result<()>;
@@ -68,6 +70,9 @@ pub trait DynAdaptedModel {
 impl<M: AdaptableModel + EncoderForward> DynAdaptedModel for AdaptedModel<M> {
     fn mapping(&self) -> ModelMapping {
         M::MAPPING
+    }
+    fn placement(&self) -> &Placement {
+        AdaptedModel::placement(self)
     }
     fn add_adapter(&mut self, name: &str, config: AdapterConfig) -> Result<()> {
         AdaptedModel::add_adapter(self, name, config)

@@ -93,12 +93,12 @@ pub fn save_safetensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Resul
     batch.commit()
 }
 
-/// Reads every tensor of a safetensors file or a torch pickle (`.bin`) file, as f32 on the CPU.
-pub fn read_weights(path: &Path) -> Result<HashMap<String, Tensor>> {
+/// Reads every tensor of a safetensors file or a torch pickle (`.bin`) file, as f32 on `device`.
+pub fn read_weights(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
     let origin = path.display().to_string();
     let is_safetensors = path.extension().is_some_and(|e| e == "safetensors");
     let tensors: Vec<(String, Tensor)> = if is_safetensors {
-        candle_core::safetensors::load(path, &Device::Cpu)
+        candle_core::safetensors::load(path, device)
             .map_err(|e| AdapterError::file(&origin, format!("not a readable safetensors file: {e}")))?
             .into_iter()
             .collect()
@@ -108,7 +108,10 @@ pub fn read_weights(path: &Path) -> Result<HashMap<String, Tensor>> {
     tensors
         .into_iter()
         .map(|(name, t)| {
-            let t = t.to_dtype(candle_core::DType::F32).map_err(|e| AdapterError::file(&origin, format!("tensor `{name}`: {e}")))?;
+            let t = t
+                .to_device(device)
+                .and_then(|t| t.to_dtype(candle_core::DType::F32))
+                .map_err(|e| AdapterError::file(&origin, format!("tensor `{name}`: {e}")))?;
             Ok((name, t))
         })
         .collect()

@@ -25,7 +25,7 @@ use crate::config::AdapterConfig;
 use crate::context::ForwardContext;
 use crate::error::{AdapterError, Result};
 use crate::heads::{HeadSetup, PredictionHead};
-use crate::methods::init::Rng;
+use crate::methods::init::{Init, Placement, Rng};
 use crate::methods::prefix::PrefixGroup;
 use crate::methods::NamedParam;
 use crate::mixin::{AdaptableModel, AdapterMixin, EncoderForward, SlotMut, SlotRef};
@@ -56,6 +56,9 @@ pub struct AdaptedModel<M> {
     active_head: Option<HeadSetup>,
     /// Fusion layers by name (`a,b`): their config and the fused adapters.
     fusions: BTreeMap<String, (crate::config::FusionConfig, Vec<String>)>,
+    /// The base model's device and dtype: where new and loaded adapters, heads and fusion
+    /// layers are put.
+    placement: Placement,
     /// Base weights as variables, when the model was loaded for full fine-tuning.
     base_vars: Vec<(String, Var)>,
     dropout_rng: Arc<Mutex<Rng>>,
@@ -96,8 +99,8 @@ impl fmt::Display for AdapterSummary {
 impl<M: AdaptableModel> AdaptedModel<M> {
     /// Wraps a loaded base model. `base_params` counts its parameters (for the summary);
     /// `root_prefix` is the prefix its weights were loaded under (`""` or `"bert"`), which adapter
-    /// file names do not carry.
-    pub fn new(model: M, base_params: usize, root_prefix: impl Into<String>) -> Self {
+    /// file names do not carry; `placement` is the device and dtype the base was loaded to.
+    pub fn new(model: M, base_params: usize, root_prefix: impl Into<String>, placement: Placement) -> Self {
         let mut adapted = AdaptedModel {
             model,
             configs: BTreeMap::new(),
@@ -108,6 +111,7 @@ impl<M: AdaptableModel> AdaptedModel<M> {
             heads: BTreeMap::new(),
             active_head: None,
             fusions: BTreeMap::new(),
+            placement,
             base_vars: Vec::new(),
             dropout_rng: Arc::new(Mutex::new(Rng::new(DEFAULT_SEED))),
             skip_layers: None,
@@ -129,6 +133,17 @@ impl<M: AdaptableModel> AdaptedModel<M> {
     pub fn with_base_vars(mut self, vars: Vec<(String, Var)>) -> Self {
         self.base_vars = vars;
         self
+    }
+
+    /// The device and dtype of the base model, which every adapter, head and fusion layer shares.
+    pub fn placement(&self) -> &Placement {
+        &self.placement
+    }
+
+    /// The initialiser of a new module named `name`: seeded from the name (and `salt`, one per
+    /// kind of module), placed with the base model.
+    pub(crate) fn init_for(&self, name: &str, salt: u64) -> Init {
+        Init::new(Rng::from_name(name, salt), self.placement.clone())
     }
 
     /// Reseeds the generator dropout draws from in training.
@@ -271,16 +286,19 @@ impl<M: AdaptableModel + EncoderForward> AdaptedModel<M> {
     /// `[channels * batch, seq, hidden]` under a Parallel block (rows grouped by channel, as
     /// Python returns them).
     pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
-        let (ids, mask) = self.replicate_for_parallel(input_ids, attention_mask)?;
+        let (ids, mask) = self.prepare_inputs(input_ids, attention_mask)?;
         let ctx = self.forward_context(&mask)?;
         Ok(self.model.forward_with(&ids, &mask, &ctx)?)
     }
 
-    /// A Parallel setup runs every channel on its own copy of the batch.
-    pub(crate) fn replicate_for_parallel(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<(Tensor, Tensor)> {
+    /// The inputs as the model runs them: on its device, and one copy of the batch per channel
+    /// under a Parallel setup.
+    pub(crate) fn prepare_inputs(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<(Tensor, Tensor)> {
+        let device = &self.placement.device;
+        let (input_ids, attention_mask) = (input_ids.to_device(device)?, attention_mask.to_device(device)?);
         let channels = self.active.as_deref().map_or(1, AdapterSetup::parallel_channels);
         if channels <= 1 {
-            return Ok((input_ids.clone(), attention_mask.clone()));
+            return Ok((input_ids, attention_mask));
         }
         Ok((input_ids.repeat((channels, 1))?, attention_mask.repeat((channels, 1))?))
     }

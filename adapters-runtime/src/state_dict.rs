@@ -61,8 +61,9 @@ impl Expected<'_> {
         if let Some(first) = absent.first() {
             return Err(missing(first));
         }
+        // Files hold f32 on the host; the module lives where the base model does.
         for (var, tensor) in staged {
-            var.set(tensor)?;
+            var.set(&tensor.to_device(var.device())?.to_dtype(var.dtype())?)?;
         }
         Ok(())
     }

@@ -1,12 +1,15 @@
 //! `adapters forward --model DIR --inputs FILE --out FILE [--adapter [NAME=]DIR]...
-//! [--fusion DIR]... [--setup SETUP] [--merge NAME]`
+//! [--fusion DIR]... [--setup SETUP] [--merge NAME] [--dtype f32|f16|bf16] [--device cpu|cuda[:N]|metal]`
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use adapters_models::LoadOptions;
 use adapters_runtime::{AdapterSetup, HeadOutput};
 use candle_core::{DType, Device, Tensor};
 use clap::Args;
+
+use crate::placement::PlacementArgs;
 
 #[derive(Args)]
 pub struct ForwardArgs {
@@ -34,6 +37,8 @@ pub struct ForwardArgs {
     /// Merge this LoRA-family adapter into the weights before running.
     #[arg(long)]
     merge: Option<String>,
+    #[command(flatten)]
+    placement: PlacementArgs,
 }
 
 #[derive(Args)]
@@ -47,15 +52,15 @@ pub struct SummaryArgs {
 }
 
 pub fn summary(args: SummaryArgs) -> Result<(), String> {
-    let (model, _) = load_with_adapters(&args.model, &args.adapters)?;
+    let (model, _) = load_with_adapters(&args.model, &args.adapters, LoadOptions::default())?;
     let mapping = model.mapping();
     println!("model: {} ({}), layers carry the {} mixin", mapping.model_class, mapping.model_type, mapping.layer_mixin.name);
     print!("{}", model.adapter_summary());
     Ok(())
 }
 
-fn load_with_adapters(dir: &Path, specs: &[String]) -> Result<(Box<dyn adapters_runtime::DynAdaptedModel>, Vec<String>), String> {
-    let mut model = adapters_models::load_model(dir).map_err(|e| e.to_string())?;
+fn load_with_adapters(dir: &Path, specs: &[String], options: LoadOptions) -> Result<(Box<dyn adapters_runtime::DynAdaptedModel>, Vec<String>), String> {
+    let mut model = adapters_models::load_model_with(dir, options).map_err(|e| e.to_string())?;
     let mut loaded = Vec::new();
     for spec in specs {
         let (name, dir) = split_adapter_arg(spec);
@@ -66,7 +71,8 @@ fn load_with_adapters(dir: &Path, specs: &[String]) -> Result<(Box<dyn adapters_
 }
 
 pub fn run(args: ForwardArgs) -> Result<(), String> {
-    let (mut model, loaded) = load_with_adapters(&args.model, &args.adapters)?;
+    let options = LoadOptions { placement: args.placement.placement()?, ..LoadOptions::default() };
+    let (mut model, loaded) = load_with_adapters(&args.model, &args.adapters, options)?;
     for dir in &args.fusions {
         model.load_adapter_fusion(dir, None).map_err(|e| format!("--fusion {}: {e}", dir.display()))?;
     }
@@ -112,6 +118,12 @@ pub fn run(args: ForwardArgs) -> Result<(), String> {
             }
         }
     }
+    // The contract: outputs are f32 on the host, whatever the compute dtype and device.
+    let tensors = tensors
+        .into_iter()
+        .map(|(name, t)| Ok((name, t.to_device(&Device::Cpu)?.to_dtype(DType::F32)?)))
+        .collect::<candle_core::Result<HashMap<_, _>>>()
+        .map_err(|e| format!("--out: {e}"))?;
     adapters_runtime::io::save_safetensors(&args.out, &tensors).map_err(|e| format!("--out: {e}"))
 }
 

@@ -1,6 +1,7 @@
 //! `adapters`: run candle transformer models with AdapterHub adapters from the command line.
 
 mod forward;
+mod placement;
 mod train;
 
 use std::process::ExitCode;
@@ -29,7 +30,18 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version print as clap lays them out.
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            // A bad argument is an error like any other: one line, as the contract promises.
+            let text = e.to_string();
+            let line = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("For more information")).collect::<Vec<_>>().join(" ");
+            eprintln!("{}", line);
+            return ExitCode::from(2);
+        }
+    };
     let result = match cli.command {
         Command::Forward(args) => forward::run(args),
         Command::Summary(args) => forward::summary(args),

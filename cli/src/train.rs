@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use adapters_models::{load_model_with, BaseWeights};
+use adapters_models::{load_model_with, BaseWeights, LoadOptions};
 use adapters_runtime::training::{evaluate, train_classifier, Dataset, LabelledTexts, TextEncoder, TrainConfig, TOKENIZER_FILE};
 use adapters_runtime::{AdapterConfig, DynAdaptedModel, HeadConfig, HeadType};
 use candle_core::{Tensor, D};
@@ -111,7 +111,7 @@ fn labelled<'a>(data: &'a Dataset, labels: &[String], path: &Path) -> Result<Lab
 /// Loads a model and the head to classify with: the adapter folder's, or one saved in the
 /// checkpoint itself (full fine-tuning output).
 fn load_classifier(model_dir: &Path, adapter: Option<&Path>) -> Result<Box<dyn DynAdaptedModel>, String> {
-    let mut model = load_model_with(model_dir, BaseWeights::Frozen).map_err(|e| e.to_string())?;
+    let mut model = load_model_with(model_dir, LoadOptions::default()).map_err(|e| e.to_string())?;
     match adapter {
         Some(dir) => {
             let name = model.load_adapter(dir, None).map_err(|e| format!("--adapter {}: {e}", dir.display()))?;
@@ -153,7 +153,7 @@ pub fn train(args: TrainArgs) -> Result<(), String> {
     let full = args.method == "full" && !fusion;
     let config = if full || fusion { None } else { Some(AdapterConfig::parse(&args.method).map_err(|e| format!("--method: {e}"))?) };
     let base = if full { BaseWeights::Trainable } else { BaseWeights::Frozen };
-    let mut model = load_model_with(&args.model, base).map_err(|e| e.to_string())?;
+    let mut model = load_model_with(&args.model, LoadOptions { base, ..LoadOptions::default() }).map_err(|e| e.to_string())?;
     let encoder = TextEncoder::from_model_dir(&args.model, args.max_length).map_err(|e| e.to_string())?;
     if let Some(config) = config.clone() {
         // A prompt initialised from text starts at the word embeddings of its tokens (with the
@@ -161,7 +161,7 @@ pub fn train(args: TrainArgs) -> Result<(), String> {
         let prompt_text = config.prompt_tuning().filter(|c| c.prompt_init == "from_string").and_then(|c| c.prompt_init_text.clone());
         match prompt_text {
             Some(text) => {
-                let encoded = encoder.encode(&[text.as_str()]).map_err(|e| e.to_string())?;
+                let encoded = encoder.encode(&[text.as_str()], &model.placement().device).map_err(|e| e.to_string())?;
                 let ids: Vec<u32> =
                     encoded.input_ids.flatten_all().and_then(|t| t.to_dtype(candle_core::DType::U32)).and_then(|t| t.to_vec1()).map_err(|e| e.to_string())?;
                 model.add_prompt_adapter_from_ids(&args.name, config, &ids)
@@ -295,7 +295,7 @@ pub fn predict(args: PredictArgs) -> Result<(), String> {
     let encoder = TextEncoder::from_model_dir(&args.model, args.max_length).map_err(|e| e.to_string())?;
     let labels = head_labels(model.as_ref());
     let texts: Vec<&str> = args.texts.iter().map(String::as_str).collect();
-    let enc = encoder.encode(&texts).map_err(|e| e.to_string())?;
+    let enc = encoder.encode(&texts, &model.placement().device).map_err(|e| e.to_string())?;
     let out = model.forward_with_head(&enc.input_ids, &enc.attention_mask).map_err(|e| e.to_string())?;
     let logits = out.head.ok_or("no head is active")?.logits().clone();
     let probs = candle_nn::ops::softmax(&logits, D::Minus1).and_then(|p| p.to_vec2::<f32>()).map_err(|e| e.to_string())?;

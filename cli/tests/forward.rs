@@ -94,6 +94,8 @@ fn errors_are_one_line_and_name_the_problem() {
         (vec!["--model", s(&model), "--inputs", s(&inputs), "--out", s(&out), "--adapter", &a, "--merge", "a"], "cannot be merged"),
         (vec!["--model", s(&model), "--inputs", s(&inputs), "--out", s(&out), "--adapter", s(&foreign)], "does not belong to adapter"),
         (vec!["--model", s(&model), "--inputs", s(&inputs), "--out", s(&out), "--fusion", s(&bert)], "adapter_fusion_config.json"),
+        (vec!["--model", s(&model), "--inputs", s(&inputs), "--out", s(&out), "--device", "gpu"], "--device gpu: expected cpu, cuda, cuda:N or metal"),
+        (vec!["--model", s(&model), "--inputs", s(&inputs), "--out", s(&out), "--dtype", "f64"], "--dtype"),
     ];
     for (args, needle) in cases {
         let (ok, stderr) = run(&args);
@@ -216,5 +218,36 @@ fn every_method_family_runs_from_the_command_line() {
             args.extend(["--setup", setup]);
         }
         forward_matches(&args, &out, reference);
+    }
+}
+
+/// `--dtype f16|bf16`: computed in half precision, written as f32, within 2 % of the largest
+/// output value of Python's f32 output (the base models and a LoRA adapter with its head-less
+/// output; tests/tests/half_precision.rs covers every case through the library).
+#[test]
+fn half_precision_outputs_are_f32_and_close_to_python() {
+    for arch in ["bert", "roberta", "distilbert"] {
+        let dir = tiny(arch);
+        let (model, inputs) = (dir.join("model"), dir.join("inputs.safetensors"));
+        let lora = dir.join("lora/adapter");
+        for dtype in ["f16", "bf16"] {
+            for (adapter, reference) in [(None, dir.join("base.safetensors")), (Some(&lora), dir.join("lora/output.safetensors"))] {
+                let out = out_file(&format!("{arch}-{dtype}-{}.safetensors", adapter.is_some()));
+                let mut args = vec!["--model", s(&model), "--inputs", s(&inputs), "--out", s(&out), "--dtype", dtype, "--device", "cpu"];
+                if let Some(a) = adapter {
+                    args.extend(["--adapter", s(a)]);
+                }
+                let (ok, stderr) = run(&args);
+                assert!(ok, "{args:?}: {stderr}");
+                let written = adapters_tests::read(&out)["last_hidden_state"].clone();
+                assert_eq!(written.dtype(), candle_core::DType::F32, "{args:?}: the output is written as f32");
+                let reference = expected(&reference);
+                let scale = reference.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                let relative = max_abs_diff(&written, &reference) / scale;
+                assert!(relative <= 0.02, "{args:?}: {:.3} % of the largest output", 100.0 * relative);
+                // Not silently f32: the half-precision output differs from Python's f32 output.
+                assert!(relative > 1e-5, "{args:?}: identical to f32 output");
+            }
+        }
     }
 }

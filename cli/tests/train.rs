@@ -85,7 +85,7 @@ fn train_eval_predict_round_trip() {
     let name = lib.load_adapter(&out, None).unwrap();
     lib.set_active_adapters(name.as_str().into()).unwrap();
     let encoder = adapters_runtime::training::TextEncoder::from_model_dir(&model, 64).unwrap();
-    let enc = encoder.encode(&texts).unwrap();
+    let enc = encoder.encode(&texts, &candle_core::Device::Cpu).unwrap();
     let logits = lib.forward_with_head(&enc.input_ids, &enc.attention_mask).unwrap().head.unwrap().logits().clone();
     let probs = candle_nn::ops::softmax(&logits, candle_core::D::Minus1).unwrap().to_vec2::<f32>().unwrap();
     let head = lib.head(&name).unwrap().config().clone();

@@ -1,15 +1,8 @@
 //! Scaled dot-product attention shared by the encoders, as Hugging Face's eager attention
-//! computes it (additive mask with `f32::MIN` at padded keys).
+//! computes it (additive mask with the dtype's lowest value at padded keys).
 
-use candle_core::{DType, Result, Tensor};
-
-/// `[batch, seq]` 0/1 mask to the additive `[batch, 1, 1, seq]` bias: 0 where attended,
-/// `f32::MIN` where masked (what `transformers` adds in eager attention).
-pub fn additive_mask(attention_mask: &Tensor) -> Result<Tensor> {
-    let mask = attention_mask.to_dtype(DType::F32)?;
-    let (batch, seq) = mask.dims2()?;
-    ((1.0 - mask)? * f64::from(f32::MIN))?.reshape((batch, 1, 1, seq))
-}
+pub use adapters_runtime::nn::additive_mask;
+use candle_core::{Result, Tensor};
 
 /// `[batch, seq, heads * head_dim]` -> `[batch, heads, seq, head_dim]`.
 pub fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {

@@ -242,7 +242,7 @@ impl BertEncoder {
     }
 
     pub(crate) fn forward(&self, embeddings: &Tensor, attention_mask: &Tensor, ctx: &ForwardContext) -> Result<Tensor> {
-        let mask = additive_mask(attention_mask)?;
+        let mask = additive_mask(attention_mask, embeddings.dtype())?;
         let mut hidden = embeddings.clone();
         for layer in &self.layers {
             hidden = layer.forward(&hidden, &mask, ctx)?;

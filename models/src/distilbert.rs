@@ -178,7 +178,7 @@ impl EncoderForward for DistilBertModel {
         let sum = e.word_embeddings.forward(input_ids)?.broadcast_add(&e.position_embeddings.forward(&positions)?)?;
         let hidden = dropout(&e.layer_norm.forward(&sum)?, e.dropout, ctx)?;
         let (mut hidden, attention_mask) = e.adapters.forward(&hidden, attention_mask, ctx)?;
-        let mask = additive_mask(&attention_mask)?;
+        let mask = additive_mask(&attention_mask, hidden.dtype())?;
         for layer in &self.transformer.layers {
             hidden = layer.forward(&hidden, &mask, ctx)?;
         }

@@ -17,7 +17,7 @@ pub mod roberta;
 
 pub use bert::{BertConfig, BertModel};
 pub use distilbert::{DistilBertConfig, DistilBertModel};
-pub use load::{load_model, load_model_with, load_typed, BaseWeights, MODEL_WEIGHTS};
+pub use load::{load_model, load_model_with, load_typed, BaseWeights, LoadOptions, MODEL_WEIGHTS};
 pub use roberta::{RobertaConfig, RobertaModel};
 
 use adapters_runtime::{AdaptableModel, ModelMapping};

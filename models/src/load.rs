@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use adapters_runtime::methods::init::Placement;
 use adapters_runtime::{AdaptableModel, AdaptedModel, AdapterError, DynAdaptedModel, EncoderForward, Result};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Shape, Tensor, Var};
@@ -25,6 +26,22 @@ pub enum BaseWeights {
     Frozen,
     /// Variables, for full fine-tuning (`train_full`).
     Trainable,
+}
+
+/// How to load a checkpoint: the base weights' role, and the device and dtype to load them to
+/// (adapters, heads and fusion layers follow the base).
+///
+/// ```no_run
+/// use adapters_models::{load_model_with, LoadOptions};
+/// use adapters_runtime::methods::init::Placement;
+/// let gpu = Placement::new(candle_core::Device::new_cuda(0)?, candle_core::DType::BF16);
+/// let model = load_model_with("path/to/model".as_ref(), LoadOptions { placement: gpu, ..LoadOptions::default() })?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    pub base: BaseWeights,
+    pub placement: Placement,
 }
 
 type VarList = Arc<Mutex<Vec<(String, Var)>>>;
@@ -80,14 +97,14 @@ where
     M: AdaptableModel,
     C: DeserializeOwned,
 {
-    load_with_config(dir, read_config(dir)?, prefix, BaseWeights::Frozen, build)
+    load_with_config(dir, read_config(dir)?, prefix, &LoadOptions::default(), build)
 }
 
 fn load_with_config<M, C>(
     dir: &Path,
     raw: serde_json::Value,
     prefix: &str,
-    base: BaseWeights,
+    options: &LoadOptions,
     build: impl FnOnce(VarBuilder, &C) -> candle_core::Result<M>,
 ) -> Result<AdaptedModel<M>>
 where
@@ -104,13 +121,14 @@ where
     let inner = unsafe { MmapedSafetensors::new(&weights) }
         .map_err(|e| AdapterError::File { file: origin.clone(), reason: format!("not a readable safetensors file: {e}") })?;
     let count = Arc::new(AtomicUsize::new(0));
-    let vars: Option<VarList> = (base == BaseWeights::Trainable).then(Default::default);
+    let vars: Option<VarList> = (options.base == BaseWeights::Trainable).then(Default::default);
     let backend: Box<dyn SimpleBackend> = Box::new(CountingBackend { inner, count: count.clone(), vars: vars.clone() });
-    let vb = VarBuilder::from_backend(backend, DType::F32, Device::Cpu);
+    let Placement { device, dtype } = options.placement.clone();
+    let vb = VarBuilder::from_backend(backend, dtype, device);
     let root = if vb.contains_tensor(&format!("{prefix}.embeddings.word_embeddings.weight")) { prefix } else { "" };
     let vb = if root.is_empty() { vb } else { vb.pp(root) };
     let model = build(vb, &config).map_err(|e| AdapterError::File { file: origin, reason: format!("does not fit config.json: {e}") })?;
-    let model = AdaptedModel::new(model, count.load(Ordering::Relaxed), root);
+    let model = AdaptedModel::new(model, count.load(Ordering::Relaxed), root, options.placement.clone());
     Ok(match vars {
         Some(vars) => model.with_base_vars(std::mem::take(&mut *vars.lock().map_err(|_| AdapterError::InvalidConfig("variable list poisoned".into()))?)),
         None => model,
@@ -121,13 +139,15 @@ fn boxed<M: AdaptableModel + EncoderForward + 'static>(m: AdaptedModel<M>) -> Bo
     Box::new(m)
 }
 
-/// Loads a checkpoint folder, choosing the architecture from `model_type` in `config.json`.
+/// Loads a checkpoint folder, choosing the architecture from `model_type` in `config.json`:
+/// frozen base weights, f32 on the CPU.
 pub fn load_model(dir: &Path) -> Result<Box<dyn DynAdaptedModel>> {
-    load_model_with(dir, BaseWeights::Frozen)
+    load_model_with(dir, LoadOptions::default())
 }
 
-/// [`load_model`], with the base weights held as `base` says.
-pub fn load_model_with(dir: &Path, base: BaseWeights) -> Result<Box<dyn DynAdaptedModel>> {
+/// [`load_model`], with the base weights held and placed as `options` say.
+pub fn load_model_with(dir: &Path, options: LoadOptions) -> Result<Box<dyn DynAdaptedModel>> {
+    let base = &options;
     let path = dir.join("config.json");
     let raw = read_config(dir)?;
     let model_type = raw.get("model_type").and_then(|v| v.as_str()).unwrap_or_default().to_string();

@@ -111,12 +111,10 @@ pub fn checkpoint_with(name: &str, model_dir: &Path, extra: Option<&Path>, overr
 /// (`Tensor::randn` is unseeded): variable `i` draws from the seed of `label` and `i`, so every
 /// run perturbs the same way.
 pub fn perturb_seeded(vars: &[candle_core::Var], label: &str, std: f32) {
-    use adapters_runtime::methods::init::{normal, Rng};
+    use adapters_runtime::methods::init::{Init, Placement, Rng};
     for (i, v) in vars.iter().enumerate() {
-        let noise = normal(&mut Rng::from_name(label, i as u64), v.dims(), std)
-            .and_then(|n| n.to_device(v.device()))
-            .and_then(|n| n.to_dtype(v.dtype()))
-            .unwrap_or_else(|e| panic!("{label}: noise: {e}"));
+        let mut init = Init::new(Rng::from_name(label, i as u64), Placement::new(v.device().clone(), v.dtype()));
+        let noise = init.normal(v.dims(), std).unwrap_or_else(|e| panic!("{label}: noise: {e}"));
         v.set(&(v.as_tensor() + noise).unwrap_or_else(|e| panic!("{label}: {e}"))).unwrap_or_else(|e| panic!("{label}: {e}"));
     }
 }

@@ -603,7 +603,7 @@ fn with_shared(label: &str, dir: &Path, extra: &Path) -> PathBuf {
     std::fs::create_dir_all(&out).unwrap();
     std::fs::copy(dir.join("adapter_config.json"), out.join("adapter_config.json")).unwrap();
     let weights = adapters_runtime::io::find_weights(dir, "adapter.safetensors", "pytorch_adapter.bin").unwrap();
-    let mut tensors = adapters_runtime::io::read_weights(&weights).unwrap_or_else(|e| panic!("{label}: {e}"));
+    let mut tensors = adapters_runtime::io::read_weights(&weights, &candle_core::Device::Cpu).unwrap_or_else(|e| panic!("{label}: {e}"));
     let shared = read(extra);
     assert!(!shared.is_empty() && shared.keys().all(|k| k.starts_with("shared_parameters.")), "{label}: {}", extra.display());
     assert!(shared.keys().all(|k| !tensors.contains_key(k)), "{label} ({format}): the file already holds the shared parameters");

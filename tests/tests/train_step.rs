@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use adapters_models::{load_model_with, BaseWeights};
+use adapters_models::{load_model_with, BaseWeights, LoadOptions};
 use adapters_runtime::training::AdamWStep;
 use adapters_runtime::{AdapterSetup, DynAdaptedModel};
 use adapters_tests::*;
@@ -51,7 +51,7 @@ fn run(case: &str) -> (f32, f32) {
         // Replace the weights with the full initial state (names keep their `bert.` prefix).
         std::fs::copy(model_dir.join("model.safetensors"), ckpt.join("model.safetensors")).unwrap();
     }
-    let mut model = load_model_with(&ckpt, base).unwrap();
+    let mut model = load_model_with(&ckpt, LoadOptions { base, ..LoadOptions::default() }).unwrap();
     let vars = if case == "full" {
         model.load_head(&step_dir(case).join("initial"), None).unwrap();
         model.train_full().unwrap()

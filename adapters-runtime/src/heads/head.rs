@@ -1,11 +1,11 @@
 //! A prediction head: the `nn.Sequential` the Python library builds from a head config, with the
 //! same module indices (so weights are named `heads.NAME.<index>.weight` as Python names them).
 
-use candle_core::{DType, Device, Result as CResult, Tensor, Var};
+use candle_core::{Result as CResult, Tensor, Var};
 
 use super::config::{HeadConfig, HeadType};
 use crate::context::ForwardContext;
-use crate::methods::init::{normal, Rng};
+use crate::methods::init::Init;
 use crate::methods::NamedParam;
 use crate::nn::activation::Activation;
 use crate::nn::{dropout, linear};
@@ -63,66 +63,63 @@ pub struct PredictionHead {
     params: Vec<NamedParam>,
 }
 
-fn zeros(n: usize) -> CResult<Tensor> {
-    Tensor::zeros(n, DType::F32, &Device::Cpu)
-}
-
 impl PredictionHead {
     /// Builds a freshly initialised head, as Python's `PredictionHead.build`. A masked LM head's
     /// decoder weight is the input embedding matrix, passed at forward time (tied, not a parameter).
-    pub fn new(config: HeadConfig, dims: HeadDims, rng: &mut Rng) -> CResult<Self> {
+    pub fn new(config: HeadConfig, dims: HeadDims, init: &mut Init) -> CResult<Self> {
         let h = dims.hidden_size;
         let act = config.activation().map(Activation::parse).transpose().map_err(candle_core::Error::wrap)?;
         let mut layers = Vec::new();
         let mut params = Vec::new();
-        let mut add_linear = |layers: &mut Vec<HeadLayer>, params: &mut Vec<NamedParam>, inp: usize, out: usize, bias: bool, tied: bool| -> CResult<()> {
-            let index = layers.len();
-            let weight = if tied {
-                None
-            } else {
-                let p = NamedParam::new(format!("{index}.weight"), normal(rng, &[out, inp], dims.init_std)?)?;
-                let v = p.var.clone();
-                params.push(p);
-                Some(v)
+        let add_linear =
+            |init: &mut Init, layers: &mut Vec<HeadLayer>, params: &mut Vec<NamedParam>, inp: usize, out: usize, bias: bool, tied: bool| -> CResult<()> {
+                let index = layers.len();
+                let weight = if tied {
+                    None
+                } else {
+                    let p = NamedParam::new(format!("{index}.weight"), init.normal(&[out, inp], dims.init_std)?)?;
+                    let v = p.var.clone();
+                    params.push(p);
+                    Some(v)
+                };
+                let bias = if bias {
+                    let p = NamedParam::new(format!("{index}.bias"), init.zeros(out)?)?;
+                    let v = p.var.clone();
+                    params.push(p);
+                    Some(v)
+                } else {
+                    None
+                };
+                layers.push(HeadLayer::Linear { weight, bias });
+                Ok(())
             };
-            let bias = if bias {
-                let p = NamedParam::new(format!("{index}.bias"), zeros(out)?)?;
-                let v = p.var.clone();
-                params.push(p);
-                Some(v)
-            } else {
-                None
-            };
-            layers.push(HeadLayer::Linear { weight, bias });
-            Ok(())
-        };
         let n = config.layers();
         if config.head_type() == HeadType::MaskedLm {
             for _ in 0..n.saturating_sub(1) {
-                add_linear(&mut layers, &mut params, h, h, true, false)?;
+                add_linear(init, &mut layers, &mut params, h, h, true, false)?;
                 if let Some(a) = act {
                     layers.push(HeadLayer::Activation(a));
                 }
                 if config.layer_norm() {
                     let index = layers.len();
-                    let weight = NamedParam::new(format!("{index}.weight"), Tensor::ones(h, DType::F32, &Device::Cpu)?)?;
-                    let bias = NamedParam::new(format!("{index}.bias"), zeros(h)?)?;
+                    let weight = NamedParam::new(format!("{index}.weight"), init.ones(h)?)?;
+                    let bias = NamedParam::new(format!("{index}.bias"), init.zeros(h)?)?;
                     layers.push(HeadLayer::LayerNorm { weight: weight.var.clone(), bias: bias.var.clone(), eps: dims.layer_norm_eps });
                     params.extend([weight, bias]);
                 }
             }
-            add_linear(&mut layers, &mut params, h, config.out_features(), config.bias(), true)?;
+            add_linear(init, &mut layers, &mut params, h, config.out_features(), config.bias(), true)?;
         } else {
             let p = config.dropout_prob().unwrap_or(dims.dropout);
             for l in 0..n {
                 layers.push(HeadLayer::Dropout(p));
                 if l + 1 < n {
-                    add_linear(&mut layers, &mut params, h, h, true, false)?;
+                    add_linear(init, &mut layers, &mut params, h, h, true, false)?;
                     if let Some(a) = act {
                         layers.push(HeadLayer::Activation(a));
                     }
                 } else {
-                    add_linear(&mut layers, &mut params, h, config.out_features(), config.bias(), false)?;
+                    add_linear(init, &mut layers, &mut params, h, config.out_features(), config.bias(), false)?;
                 }
             }
         }

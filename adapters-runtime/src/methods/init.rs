@@ -1,7 +1,7 @@
 //! Deterministic initialisation of new adapter weights (a seeded generator, so that a run with
-//! the same config and name starts from the same weights).
+//! the same config and name starts from the same weights), placed where the base model lives.
 
-use candle_core::{Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Shape, Tensor};
 
 /// SplitMix64: small, fast and good enough for weight initialisation.
 #[derive(Clone, Debug)]
@@ -34,6 +34,11 @@ impl Rng {
         (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
     }
 
+    /// `n` draws of normal(0, std).
+    pub fn normal_vec(&mut self, n: usize, std: f32) -> Vec<f32> {
+        (0..n).map(|_| self.normal() * std).collect()
+    }
+
     pub fn normal(&mut self) -> f32 {
         let u1 = self.uniform().max(f32::MIN_POSITIVE);
         let u2 = self.uniform();
@@ -41,39 +46,101 @@ impl Rng {
     }
 }
 
-/// normal(0, std) of the given shape.
-pub fn normal(rng: &mut Rng, shape: &[usize], std: f32) -> Result<Tensor> {
-    let n = shape.iter().product();
-    let data: Vec<f32> = (0..n).map(|_| rng.normal() * std).collect();
-    Tensor::from_vec(data, shape, &Device::Cpu)
+/// Where a model's weights live and in what precision: adapters, heads and fusion layers are
+/// created and loaded on the base model's device and dtype.
+#[derive(Clone, Debug)]
+pub struct Placement {
+    pub device: Device,
+    pub dtype: DType,
 }
 
-/// U(-bound, bound) of the given shape.
-pub fn uniform(rng: &mut Rng, shape: &[usize], bound: f32) -> Result<Tensor> {
-    let n = shape.iter().product();
-    let data: Vec<f32> = (0..n).map(|_| (rng.uniform() * 2.0 - 1.0) * bound).collect();
-    Tensor::from_vec(data, shape, &Device::Cpu)
+/// The CPU in f32: where the Python reference's numbers are matched to 1e-5.
+impl Default for Placement {
+    fn default() -> Self {
+        Placement { device: Device::Cpu, dtype: DType::F32 }
+    }
 }
 
-/// PyTorch's `kaiming_uniform_(a = sqrt(5))` on a (out, in) weight: U(-1/sqrt(in), 1/sqrt(in)).
-pub fn kaiming_uniform(rng: &mut Rng, shape: &[usize]) -> Result<Tensor> {
-    let fan_in = shape.last().copied().unwrap_or(1).max(1);
-    let bound = 1.0 / (fan_in as f32).sqrt();
-    let n = shape.iter().product();
-    let data: Vec<f32> = (0..n).map(|_| (rng.uniform() * 2.0 - 1.0) * bound).collect();
-    Tensor::from_vec(data, shape, &Device::Cpu)
+impl Placement {
+    pub fn new(device: Device, dtype: DType) -> Self {
+        Placement { device, dtype }
+    }
+
+    /// `t` on this device, in this dtype.
+    pub fn place(&self, t: &Tensor) -> Result<Tensor> {
+        t.to_device(&self.device)?.to_dtype(self.dtype)
+    }
 }
 
-/// Truncated normal in [-2 std, 2 std] (Houlsby init).
-pub fn truncated_normal(rng: &mut Rng, shape: &[usize], std: f32) -> Result<Tensor> {
-    let n = shape.iter().product();
-    let data: Vec<f32> = (0..n)
-        .map(|_| loop {
-            let v = rng.normal();
-            if v.abs() <= 2.0 {
-                break v * std;
-            }
-        })
-        .collect();
-    Tensor::from_vec(data, shape, &Device::Cpu)
+/// New weights: numbers drawn in f32 from a seeded generator (so a config and a name give the
+/// same start on every device and in every dtype), then placed.
+pub struct Init {
+    rng: Rng,
+    placement: Placement,
+}
+
+impl Init {
+    pub fn new(rng: Rng, placement: Placement) -> Self {
+        Init { rng, placement }
+    }
+
+    /// The generator, for initialisations that draw their own numbers.
+    pub fn rng(&mut self) -> &mut Rng {
+        &mut self.rng
+    }
+
+    pub fn placement(&self) -> &Placement {
+        &self.placement
+    }
+
+    /// `data` (f32, row-major) as a placed tensor of `shape`.
+    pub fn tensor<S: Into<Shape>>(&self, data: Vec<f32>, shape: S) -> Result<Tensor> {
+        Tensor::from_vec(data, shape, &self.placement.device)?.to_dtype(self.placement.dtype)
+    }
+
+    pub fn zeros<S: Into<Shape>>(&self, shape: S) -> Result<Tensor> {
+        Tensor::zeros(shape, self.placement.dtype, &self.placement.device)
+    }
+
+    pub fn ones<S: Into<Shape>>(&self, shape: S) -> Result<Tensor> {
+        Tensor::ones(shape, self.placement.dtype, &self.placement.device)
+    }
+
+    /// `scale` times the n x n identity.
+    pub fn eye(&self, n: usize, scale: f64) -> Result<Tensor> {
+        Tensor::eye(n, self.placement.dtype, &self.placement.device)? * scale
+    }
+
+    /// normal(0, std) of the given shape.
+    pub fn normal(&mut self, shape: &[usize], std: f32) -> Result<Tensor> {
+        let data = self.rng.normal_vec(shape.iter().product(), std);
+        self.tensor(data, shape)
+    }
+
+    /// U(-bound, bound) of the given shape.
+    pub fn uniform(&mut self, shape: &[usize], bound: f32) -> Result<Tensor> {
+        let n = shape.iter().product();
+        let data: Vec<f32> = (0..n).map(|_| (self.rng.uniform() * 2.0 - 1.0) * bound).collect();
+        self.tensor(data, shape)
+    }
+
+    /// PyTorch's `kaiming_uniform_(a = sqrt(5))` on a (out, in) weight: U(-1/sqrt(in), 1/sqrt(in)).
+    pub fn kaiming_uniform(&mut self, shape: &[usize]) -> Result<Tensor> {
+        let fan_in = shape.last().copied().unwrap_or(1).max(1);
+        self.uniform(shape, 1.0 / (fan_in as f32).sqrt())
+    }
+
+    /// Truncated normal in [-2 std, 2 std] (Houlsby init).
+    pub fn truncated_normal(&mut self, shape: &[usize], std: f32) -> Result<Tensor> {
+        let n = shape.iter().product();
+        let data: Vec<f32> = (0..n)
+            .map(|_| loop {
+                let v = self.rng.normal();
+                if v.abs() <= 2.0 {
+                    break v * std;
+                }
+            })
+            .collect();
+        self.tensor(data, shape)
+    }
 }

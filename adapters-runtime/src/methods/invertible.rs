@@ -1,9 +1,9 @@
 //! Invertible adapters (NICE coupling blocks) on the embeddings output, run in reverse before a
 //! language-modeling head's decoder. Follows `NICECouplingBlock` of `methods/modeling.py`.
 
-use candle_core::{Device, Result, Tensor, Var};
+use candle_core::{Result, Tensor, Var};
 
-use crate::methods::init::{self, Rng};
+use crate::methods::init::Init;
 use crate::methods::NamedParam;
 use crate::nn::activation::Activation;
 use crate::nn::linear;
@@ -18,7 +18,7 @@ struct Subnet {
 }
 
 impl Subnet {
-    fn new(prefix: &str, d_in: usize, d_out: usize, reduction: f64, activation: Activation, params: &mut Vec<NamedParam>, rng: &mut Rng) -> Result<Self> {
+    fn new(prefix: &str, d_in: usize, d_out: usize, reduction: f64, activation: Activation, params: &mut Vec<NamedParam>, init: &mut Init) -> Result<Self> {
         let hidden = crate::model::bottleneck_size(d_in, reduction);
         let mut push = |name: String, t: Tensor| -> Result<Var> {
             let p = NamedParam::new(name, t)?;
@@ -28,10 +28,10 @@ impl Subnet {
         };
         // Python initialises every Linear with N(0, 0.02) and zero bias.
         Ok(Subnet {
-            w1: push(format!("{prefix}.0.weight"), init::normal(rng, &[hidden, d_in], 0.02)?)?,
-            b1: push(format!("{prefix}.0.bias"), Tensor::zeros(hidden, candle_core::DType::F32, &Device::Cpu)?)?,
-            w2: push(format!("{prefix}.2.weight"), init::normal(rng, &[d_out, hidden], 0.02)?)?,
-            b2: push(format!("{prefix}.2.bias"), Tensor::zeros(d_out, candle_core::DType::F32, &Device::Cpu)?)?,
+            w1: push(format!("{prefix}.0.weight"), init.normal(&[hidden, d_in], 0.02)?)?,
+            b1: push(format!("{prefix}.0.bias"), init.zeros(hidden)?)?,
+            w2: push(format!("{prefix}.2.weight"), init.normal(&[d_out, hidden], 0.02)?)?,
+            b2: push(format!("{prefix}.2.bias"), init.zeros(d_out)?)?,
             activation,
         })
     }
@@ -52,11 +52,11 @@ pub struct InvertibleAdapter {
 }
 
 impl InvertibleAdapter {
-    pub fn nice(hidden: usize, reduction: f64, activation: Activation, rng: &mut Rng) -> Result<Self> {
+    pub fn nice(hidden: usize, reduction: f64, activation: Activation, init: &mut Init) -> Result<Self> {
         let (l1, l2) = (hidden / 2, hidden - hidden / 2);
         let mut params = Vec::new();
-        let f = Subnet::new("F", l2, l1, reduction, activation, &mut params, rng)?;
-        let g = Subnet::new("G", l1, l2, reduction, activation, &mut params, rng)?;
+        let f = Subnet::new("F", l2, l1, reduction, activation, &mut params, init)?;
+        let g = Subnet::new("G", l1, l2, reduction, activation, &mut params, init)?;
         Ok(InvertibleAdapter { f, g, split: l1, params })
     }
 

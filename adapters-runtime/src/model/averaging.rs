@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 
 use super::AdaptedModel;
 use crate::config::AdapterConfig;
@@ -215,8 +215,8 @@ fn average_params(target: &[NamedParam], inputs: &[&[NamedParam]], weights: &[f6
         if b.dims() != [rows, rank] || a.dims() != [rank, cols] {
             return Err(AdapterError::InvalidConfig(format!("svd_rank {rank} does not fit the new module's shapes {:?} / {:?}", b.dims(), a.dims())));
         }
-        b.set(&Tensor::from_vec(new_b, (rows, rank), &Device::Cpu)?)?;
-        a.set(&Tensor::from_vec(new_a, (rank, cols), &Device::Cpu)?)?;
+        b.set(&Tensor::from_vec(new_b, (rows, rank), b.device())?.to_dtype(b.dtype())?)?;
+        a.set(&Tensor::from_vec(new_a, (rank, cols), a.device())?.to_dtype(a.dtype())?)?;
         return Ok(());
     }
     for p in target {

@@ -138,7 +138,7 @@ impl<M: AdaptableModel> AdaptedModel<M> {
         let dir = dir.as_ref();
         let file = AdapterFile::read(dir)?;
         let weights_path = crate::io::find_weights(dir, ADAPTER_WEIGHTS_SAFE, ADAPTER_WEIGHTS_PICKLE)?;
-        let weights = crate::io::read_weights(&weights_path)?;
+        let weights = crate::io::read_weights(&weights_path, &self.placement.device)?;
         let name = load_as.unwrap_or(&file.name).to_string();
         let mut config = file.config.clone();
         apply_direft_marker(&mut config, &file.extra);

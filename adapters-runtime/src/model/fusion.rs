@@ -13,7 +13,6 @@ use crate::config::{AdapterConfig, FusionConfig};
 use crate::context::FusionAttention;
 use crate::error::{AdapterError, Result};
 use crate::methods::bottleneck::FusionLayer;
-use crate::methods::init::Rng;
 use crate::mixin::{AdaptableModel, BottleneckLocation, EncoderForward, SlotMut, SlotRef};
 use crate::setup::AdapterSetup;
 use crate::state_dict::{with_or_without_root, Expected, Resolved};
@@ -83,7 +82,7 @@ impl<M: AdaptableModel> AdaptedModel<M> {
             }
         }
         let dims = self.model.dims();
-        let mut rng = Rng::from_name(&name, 0x4655_5345);
+        let mut init = self.init_for(&name, 0x4655_5345);
         let mut failure = None;
         self.each_slot_mut(&mut |_, slot| {
             if let SlotMut::Bottleneck(location, s) = slot {
@@ -92,7 +91,7 @@ impl<M: AdaptableModel> AdaptedModel<M> {
                     BottleneckLocation::OutputAdapter => wants.1,
                 };
                 if wanted == Some(true) && failure.is_none() {
-                    match FusionLayer::new(config.clone(), s.hidden_size(), dims.attention_probs_dropout_prob, &mut rng) {
+                    match FusionLayer::new(config.clone(), s.hidden_size(), dims.attention_probs_dropout_prob, &mut init) {
                         Ok(layer) => {
                             s.fusions.insert(name.clone(), layer);
                         }
@@ -263,7 +262,7 @@ impl<M: AdaptableModel> AdaptedModel<M> {
 
     fn assign_fusion_weights(&self, dir: &Path, name: &str, file_name: &str) -> Result<()> {
         let weights_path = crate::io::find_weights(dir, FUSION_WEIGHTS_SAFE, FUSION_WEIGHTS_PICKLE)?;
-        let weights = crate::io::read_weights(&weights_path)?;
+        let weights = crate::io::read_weights(&weights_path, &self.placement.device)?;
         let origin = weights_path.display().to_string();
         let expected =
             Expected { origin: &origin, owner: format!("fusion {file_name}"), params: self.fusion_params_named_as(name, file_name).into_iter().collect() };
@@ -278,7 +277,7 @@ impl<M: AdaptableModel + EncoderForward> AdaptedModel<M> {
     /// `output_adapter_fusion_attentions=True`.
     pub fn forward_with_fusion_attentions(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<(Tensor, Vec<FusionAttention>)> {
         let sink = Arc::new(Mutex::new(Vec::new()));
-        let (ids, mask) = self.replicate_for_parallel(input_ids, attention_mask)?;
+        let (ids, mask) = self.prepare_inputs(input_ids, attention_mask)?;
         let ctx = self.forward_context(&mask)?.with_fusion_attentions(sink.clone());
         let hidden = self.model.forward_with(&ids, &mask, &ctx)?;
         let mut attentions = sink.lock().map(|v| v.clone()).unwrap_or_default();

@@ -11,7 +11,6 @@ use super::{AdaptedModel, PYTHON_ADAPTERS_VERSION};
 use crate::error::{AdapterError, Result};
 use crate::heads::{head_loss, HeadConfig, HeadDims, HeadFile, HeadOutput, HeadSetup, HeadType, PredictionHead};
 use crate::heads::{HEAD_WEIGHTS_PICKLE, HEAD_WEIGHTS_SAFE};
-use crate::methods::init::Rng;
 use crate::mixin::{AdaptableModel, EncoderForward};
 use crate::setup::AdapterSetup;
 use crate::state_dict::{Expected, Resolved};
@@ -125,8 +124,8 @@ impl<M: AdaptableModel + EncoderForward> AdaptedModel<M> {
                 M::MAPPING.model_type
             )));
         }
-        let mut rng = Rng::from_name(name, 0x4845_4144);
-        let head = PredictionHead::new(config, self.head_dims(), &mut rng)?;
+        let mut init = self.init_for(name, 0x4845_4144);
+        let head = PredictionHead::new(config, self.head_dims(), &mut init)?;
         self.heads.insert(name.to_string(), head);
         self.active_head = Some(HeadSetup::Single(name.to_string()));
         Ok(())
@@ -189,7 +188,7 @@ impl<M: AdaptableModel + EncoderForward> AdaptedModel<M> {
     /// The base output and the active heads' outputs: one head over the batch, or one per
     /// Parallel channel or BatchSplit part over its rows (Python's `MultiHeadOutput`).
     pub fn forward_with_head(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<ModelOutput> {
-        let (ids, mask) = self.replicate_for_parallel(input_ids, attention_mask)?;
+        let (ids, mask) = self.prepare_inputs(input_ids, attention_mask)?;
         let ctx = self.forward_context(&mask)?;
         let hidden = self.model.forward_with(&ids, &mask, &ctx)?;
         let rows = hidden.dim(0)?;
@@ -300,11 +299,11 @@ impl<M: AdaptableModel + EncoderForward> AdaptedModel<M> {
             });
         }
         let weights_path = crate::io::find_weights(dir, HEAD_WEIGHTS_SAFE, HEAD_WEIGHTS_PICKLE)?;
-        let weights = crate::io::read_weights(&weights_path)?;
+        let weights = crate::io::read_weights(&weights_path, &self.placement.device)?;
         let origin = weights_path.display().to_string();
         let name = load_as.unwrap_or(&file.name).to_string();
-        let mut rng = Rng::from_name(&name, 0x4845_4144);
-        let head = PredictionHead::new(file.config.clone(), self.head_dims(), &mut rng)?;
+        let mut init = self.init_for(&name, 0x4845_4144);
+        let head = PredictionHead::new(file.config.clone(), self.head_dims(), &mut init)?;
         let prefix = format!("heads.{}.", file.name);
         let params = head.params().iter().map(|p| (p.name.clone(), p.var.clone())).collect();
         let expected = Expected { origin: &origin, owner: format!("head {}", file.name), params };

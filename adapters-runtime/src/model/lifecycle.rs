@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use crate::config::AdapterConfig;
 use crate::error::{AdapterError, Result};
 use crate::methods::bottleneck::{BottleneckAdapter, SharedPhm};
-use crate::methods::init::Rng;
+use crate::methods::init::Init;
 use crate::methods::lora::{LoraModule, SharedVera};
 use crate::methods::prefix::PrefixGate;
 use crate::methods::reft::ReftModule;
@@ -81,18 +81,18 @@ impl<M: AdaptableModel> AdaptedModel<M> {
         config.validate()?;
         self.check_layer_indices(name, &config)?;
         // Build every module first, then insert: a failure leaves the model untouched.
-        let mut rng = Rng::from_name(name, 0);
+        let mut init = self.init_for(name, 0);
         let mut shared_params = Vec::new();
         let phm = match config.bottleneck() {
             Some(c) if c.phm_layer => {
                 let hidden = self.model.dims().hidden_size;
                 // Only a shared W needs the bottleneck size (validation requires one factor then).
                 let down = if c.shared_W_phm == Some(true) { bottleneck_size(hidden, c.reduction_factor.for_layer(0)?) } else { 0 };
-                SharedPhm::new(c, hidden, down, &mut shared_params, &mut rng)?
+                SharedPhm::new(c, hidden, down, &mut shared_params, &mut init)?
             }
             _ => SharedPhm::default(),
         };
-        let vera = self.shared_vera(&config, &mut shared_params, &mut rng)?;
+        let vera = self.shared_vera(&config, &mut shared_params, &mut init)?;
         let shared = SharedModules { phm, vera };
         let mut planned: Vec<Option<Planned>> = Vec::new();
         let mut failure = None;
@@ -100,7 +100,7 @@ impl<M: AdaptableModel> AdaptedModel<M> {
             if failure.is_some() {
                 return;
             }
-            match plan_module(&config, layer, &slot, &shared, &mut rng) {
+            match plan_module(&config, layer, &slot, &shared, &mut init) {
                 Ok(p) => planned.push(p),
                 Err(e) => failure = Some(e),
             }
@@ -108,9 +108,9 @@ impl<M: AdaptableModel> AdaptedModel<M> {
         if let Some(e) = failure {
             return Err(e);
         }
-        let group = self.plan_prefix_group(&config, &planned, &mut rng)?;
-        let prompt = self.plan_prompt(name, &config, prompt_ids, &mut rng)?;
-        let invertible = self.plan_invertible(name, &config, &mut rng)?;
+        let group = self.plan_prefix_group(&config, &planned, &mut init)?;
+        let prompt = self.plan_prompt(name, &config, prompt_ids, &mut init)?;
+        let invertible = self.plan_invertible(name, &config, &mut init)?;
         if planned.iter().all(Option::is_none) && group.is_none() && prompt.is_none() && invertible.is_none() {
             return Err(AdapterError::NothingToAdd {
                 adapter: name.into(),
@@ -181,7 +181,7 @@ impl<M: AdaptableModel> AdaptedModel<M> {
 
     /// VeRA's shared random pair, shaped after the first linear the config targets (as Python
     /// does), appended to `params` as buffers `lora_A`, `lora_B`.
-    pub(super) fn shared_vera(&self, config: &AdapterConfig, params: &mut Vec<NamedParam>, rng: &mut Rng) -> Result<Option<SharedVera>> {
+    pub(super) fn shared_vera(&self, config: &AdapterConfig, params: &mut Vec<NamedParam>, init: &mut Init) -> Result<Option<SharedVera>> {
         let Some(c) = config.lora().filter(|c| c.is_vera()) else { return Ok(None) };
         let mut dims = None;
         self.each_slot(&mut |layer, slot| {
@@ -193,7 +193,7 @@ impl<M: AdaptableModel> AdaptedModel<M> {
         });
         let Some((inp, out)) = dims else { return Ok(None) };
         // kaiming_uniform_(a = 0): U(-sqrt(6 / fan_in), sqrt(6 / fan_in)).
-        let mut draw = |rows: usize, cols: usize| crate::methods::init::uniform(rng, &[rows, cols], (6.0 / cols as f32).sqrt());
+        let mut draw = |rows: usize, cols: usize| init.uniform(&[rows, cols], (6.0 / cols as f32).sqrt());
         let a = NamedParam::buffer("lora_A", draw(c.r, inp)?)?;
         let b = NamedParam::buffer("lora_B", draw(out, c.r)?)?;
         let shared = SharedVera { a: a.var.clone(), b: b.var.clone() };
@@ -218,16 +218,16 @@ pub(crate) enum Planned {
 }
 
 /// The module `config` (or the member of a union for this slot's family) puts on one slot.
-pub(super) fn plan_module(config: &AdapterConfig, layer: usize, slot: &SlotRef<'_>, shared: &SharedModules, rng: &mut Rng) -> Result<Option<Planned>> {
+pub(super) fn plan_module(config: &AdapterConfig, layer: usize, slot: &SlotRef<'_>, shared: &SharedModules, init: &mut Init) -> Result<Option<Planned>> {
     for member in config.members() {
-        if let Some(planned) = plan_member(member, layer, slot, shared, rng)? {
+        if let Some(planned) = plan_member(member, layer, slot, shared, init)? {
             return Ok(Some(planned));
         }
     }
     Ok(None)
 }
 
-fn plan_member(config: &AdapterConfig, layer: usize, slot: &SlotRef<'_>, shared: &SharedModules, rng: &mut Rng) -> Result<Option<Planned>> {
+fn plan_member(config: &AdapterConfig, layer: usize, slot: &SlotRef<'_>, shared: &SharedModules, init: &mut Init) -> Result<Option<Planned>> {
     if config.leave_out().contains(&layer) {
         return Ok(None);
     }
@@ -236,7 +236,7 @@ fn plan_member(config: &AdapterConfig, layer: usize, slot: &SlotRef<'_>, shared:
             if !c.layers.contains(layer) {
                 return Ok(None);
             }
-            Some(Planned::Reft(ReftModule::new(c, s.hidden_size(), rng)?))
+            Some(Planned::Reft(ReftModule::new(c, s.hidden_size(), init)?))
         }
         (AdapterConfig::PrefixTuning(c), SlotRef::Prefix(location, s)) => {
             // Python matches the `encoder`/`cross` flags only for keys named that way.
@@ -253,8 +253,8 @@ fn plan_member(config: &AdapterConfig, layer: usize, slot: &SlotRef<'_>, shared:
             let gate = if c.use_gating {
                 let (hidden, _, _) = s.dims();
                 let outputs = if c.shared_gating { 1 } else { 2 };
-                let bias = crate::methods::init::uniform(rng, &[outputs], 1.0 / (hidden as f32).sqrt())?;
-                Some(PrefixGate::new(crate::methods::init::normal(rng, &[outputs, hidden], 0.02)?, bias)?)
+                let bias = init.uniform(&[outputs], 1.0 / (hidden as f32).sqrt())?;
+                Some(PrefixGate::new(init.normal(&[outputs, hidden], 0.02)?, bias)?)
             } else {
                 None
             };
@@ -271,14 +271,14 @@ fn plan_member(config: &AdapterConfig, layer: usize, slot: &SlotRef<'_>, shared:
             let hidden = s.hidden_size();
             // Python: int(hidden_size // reduction_factor), at least 1.
             let down = bottleneck_size(hidden, c.reduction_factor.for_layer(layer)?);
-            Some(Planned::Bottleneck(BottleneckAdapter::new(c, hidden, down, &shared.phm, rng)?))
+            Some(Planned::Bottleneck(BottleneckAdapter::new(c, hidden, down, &shared.phm, init)?))
         }
         (AdapterConfig::LoRA(c), SlotRef::Lora(location, s)) => {
             if !c.targets(*location) {
                 return Ok(None);
             }
             let (inp, out) = s.dims();
-            Some(Planned::Lora(LoraModule::new(c, inp, out, s.weight(), shared.vera.as_ref(), rng)?))
+            Some(Planned::Lora(LoraModule::new(c, inp, out, s.weight(), shared.vera.as_ref(), init)?))
         }
         _ => None,
     })

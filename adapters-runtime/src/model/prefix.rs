@@ -5,13 +5,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 
 use super::{AdaptedModel, Planned};
 use crate::config::AdapterConfig;
 use crate::context::ForwardContext;
 use crate::error::{AdapterError, Result};
-use crate::methods::init::Rng;
+use crate::methods::init::Init;
 use crate::methods::invertible::InvertibleAdapter;
 use crate::methods::prefix::{PrefixGroup, PrefixModule, PrefixShape, PrefixStates};
 use crate::methods::prompt::PromptTuning;
@@ -20,7 +20,7 @@ use crate::mixin::{AdaptableModel, SlotRef};
 impl<M: AdaptableModel> AdaptedModel<M> {
     /// The prefix modules of a new adapter: one per location key, producing the prefixes of the
     /// layers `planned` puts a prefix on (Python's `confirm_prefix`).
-    pub(super) fn plan_prefix_group(&self, config: &AdapterConfig, planned: &[Option<Planned>], rng: &mut Rng) -> Result<Option<PrefixGroup>> {
+    pub(super) fn plan_prefix_group(&self, config: &AdapterConfig, planned: &[Option<Planned>], init: &mut Init) -> Result<Option<PrefixGroup>> {
         let Some(prefix_config) = config.prefix_tuning() else { return Ok(None) };
         let mut shapes: BTreeMap<&'static str, PrefixShape> = BTreeMap::new();
         let mut planned = planned.iter();
@@ -36,13 +36,13 @@ impl<M: AdaptableModel> AdaptedModel<M> {
         }
         let mut group = PrefixGroup::default();
         for (location, shape) in shapes {
-            group.modules.insert(location.to_string(), PrefixModule::new(prefix_config, shape, rng)?);
+            group.modules.insert(location.to_string(), PrefixModule::new(prefix_config, shape, init)?);
         }
         Ok(Some(group))
     }
 
     /// The prompt of a new prompt-tuning adapter, if the config has one.
-    pub(super) fn plan_prompt(&self, name: &str, config: &AdapterConfig, prompt_ids: Option<&[u32]>, rng: &mut Rng) -> Result<Option<PromptTuning>> {
+    pub(super) fn plan_prompt(&self, name: &str, config: &AdapterConfig, prompt_ids: Option<&[u32]>, init: &mut Init) -> Result<Option<PromptTuning>> {
         let Some(prompt_config) = config.prompt_tuning() else { return Ok(None) };
         let Some(slot) = self.model.embedding_slot() else {
             return Err(AdapterError::NothingToAdd {
@@ -70,19 +70,18 @@ impl<M: AdaptableModel> AdaptedModel<M> {
                     return Err(AdapterError::InvalidConfig(format!("adapter `{name}`: prompt token id {bad} is outside the vocabulary of {vocab}")));
                 }
                 let repeated: Vec<u32> = ids.iter().cycle().take(length).copied().collect();
-                embeddings.index_select(&Tensor::new(repeated.as_slice(), &Device::Cpu)?, 0)?.to_dtype(DType::F32)?.detach()
+                init.placement().place(&embeddings.index_select(&Tensor::new(repeated.as_slice(), embeddings.device())?, 0)?)?.detach()
             }
             _ => {
                 let scale = crate::config::PromptTuningConfig::RANDOM_UNIFORM_SCALE as f32;
-                let data: Vec<f32> = (0..length * hidden).map(|_| (rng.uniform() * 2.0 - 1.0) * scale).collect();
-                Tensor::from_vec(data, (length, hidden), &Device::Cpu)?
+                init.uniform(&[length, hidden], scale)?
             }
         };
         Ok(Some(PromptTuning::new(prompt_config, initial)?))
     }
 
     /// The invertible adapter of a new adapter whose bottleneck config names `inv_adapter`.
-    pub(super) fn plan_invertible(&self, name: &str, config: &AdapterConfig, rng: &mut Rng) -> Result<Option<InvertibleAdapter>> {
+    pub(super) fn plan_invertible(&self, name: &str, config: &AdapterConfig, init: &mut Init) -> Result<Option<InvertibleAdapter>> {
         let Some(c) = config.bottleneck().filter(|c| c.inv_adapter.is_some()) else { return Ok(None) };
         let Some(slot) = self.model.embedding_slot() else {
             return Err(AdapterError::NothingToAdd {
@@ -93,7 +92,7 @@ impl<M: AdaptableModel> AdaptedModel<M> {
         };
         let reduction = c.inv_adapter_reduction_factor.as_ref().and_then(serde_json::Number::as_f64).unwrap_or(2.0);
         let activation = crate::nn::activation::Activation::parse(&c.non_linearity)?;
-        Ok(Some(InvertibleAdapter::nice(slot.hidden_size(), reduction, activation, rng)?))
+        Ok(Some(InvertibleAdapter::nice(slot.hidden_size(), reduction, activation, init)?))
     }
 
     /// The context of one forward over `batch` rows: the active setup, and the prefixes of its

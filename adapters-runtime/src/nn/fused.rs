@@ -48,7 +48,7 @@ impl CustomOp1 for SoftmaxLastDim {
 
 /// Softmax over the last dimension with a gradient (f32; other types take candle's composed op).
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    if x.dtype() != DType::F32 {
+    if x.dtype() != DType::F32 || !x.device().is_cpu() {
         return candle_nn::ops::softmax(x, D::Minus1);
     }
     x.contiguous()?.apply_op1(SoftmaxLastDim)
@@ -104,7 +104,7 @@ impl CustomOp3 for LayerNormOp {
 /// LayerNorm over the last dimension with a gradient for input, weight and bias (f32; other
 /// types take candle's composed op).
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<Tensor> {
-    if x.dtype() != DType::F32 {
+    if x.dtype() != DType::F32 || !x.device().is_cpu() {
         return candle_nn::ops::layer_norm_slow(x, weight, bias, eps);
     }
     x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, LayerNormOp { eps })
@@ -165,7 +165,7 @@ impl CustomOp1 for GeluErfGrad {
 /// The exact (erf) GELU, `0.5 x (1 + erf(x / sqrt 2))`, with a gradient (f32; other types take
 /// candle's).
 pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
-    if x.dtype() != DType::F32 {
+    if x.dtype() != DType::F32 || !x.device().is_cpu() {
         return x.gelu_erf();
     }
     x.contiguous()?.apply_op1(GeluErf)
@@ -184,7 +184,7 @@ impl CustomOp1 for FrozenWeightMatmul {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = Tensor::from_slice(contiguous_f32(storage, layout, "linear input")?, layout.shape(), &candle_core::Device::Cpu)?;
+        let x = Tensor::from_slice(contiguous_f32(storage, layout, "linear input")?, layout.shape(), self.weight.device())?;
         let y = x.broadcast_matmul(&self.weight.t()?)?;
         let shape = y.shape().clone();
         Ok((CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?), shape))
@@ -198,7 +198,7 @@ impl CustomOp1 for FrozenWeightMatmul {
 /// `x W^T + b` for inputs of any rank (the last dimension is the feature dimension). When `x`
 /// is part of a training graph and the weight is frozen, the weight gets no gradient work.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    let out = if x.track_op() && !weight.track_op() && x.dtype() == DType::F32 {
+    let out = if x.track_op() && !weight.track_op() && x.dtype() == DType::F32 && x.device().is_cpu() {
         x.contiguous()?.apply_op1(FrozenWeightMatmul { weight: weight.clone() })?
     } else {
         x.broadcast_matmul(&weight.t()?)?
@@ -225,7 +225,8 @@ mod tests {
 
     /// Seeded normal draws (the same numbers on every run), shifted to `mean`.
     fn randn(rng: &mut crate::methods::init::Rng, mean: f32, std: f32, shape: &[usize]) -> Tensor {
-        (crate::methods::init::normal(rng, shape, std).unwrap() + mean as f64).unwrap()
+        let n = rng.normal_vec(shape.iter().product(), std);
+        (Tensor::from_vec(n, shape, &candle_core::Device::Cpu).unwrap() + mean as f64).unwrap()
     }
 
     #[test]

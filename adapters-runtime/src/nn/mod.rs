@@ -5,8 +5,10 @@
 pub mod activation;
 mod dropout;
 pub mod fused;
+mod mask;
 mod norm;
 
 pub use dropout::dropout;
 pub(crate) use fused::linear;
+pub use mask::{additive_mask, mask_min};
 pub use norm::LayerNorm;

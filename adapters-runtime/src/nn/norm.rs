@@ -1,6 +1,6 @@
 //! LayerNorm as the transformer models and the adapters use it.
 
-use candle_core::{DType, Result, Tensor};
+use candle_core::{Result, Tensor};
 
 /// A LayerNorm over the last dimension, `(x - mean) / sqrt(var + eps) * weight + bias`.
 #[derive(Clone, Debug)]
@@ -31,8 +31,9 @@ impl LayerNorm {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let tracked = x.track_op() || self.weight.track_op() || self.bias.track_op();
-        if !tracked && x.dtype() == DType::F32 && x.is_contiguous() {
-            // candle's fused kernel (parallel, no gradient) when nothing is trained through it.
+        if !tracked && x.is_contiguous() {
+            // candle's fused kernel (parallel, no gradient) when nothing is trained through it;
+            // it accumulates in f32 for every dtype, as PyTorch does for f16 and bf16.
             return candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps as f32);
         }
         super::fused::layer_norm(x, &self.weight, &self.bias, self.eps as f32)

@@ -40,13 +40,13 @@ impl TextEncoder {
         Ok(TextEncoder { tokenizer })
     }
 
-    /// Encodes a batch of texts (with special tokens).
-    pub fn encode(&self, texts: &[&str]) -> Result<Encoded> {
+    /// Encodes a batch of texts (with special tokens), as tensors on `device`.
+    pub fn encode(&self, texts: &[&str], device: &Device) -> Result<Encoded> {
         let encodings = self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| AdapterError::InvalidConfig(format!("tokenizing failed: {e}")))?;
         let batch = encodings.len();
         let seq = encodings.first().map(|e| e.get_ids().len()).unwrap_or(0);
         let ids: Vec<i64> = encodings.iter().flat_map(|e| e.get_ids().iter().map(|&i| i64::from(i))).collect();
         let mask: Vec<i64> = encodings.iter().flat_map(|e| e.get_attention_mask().iter().map(|&m| i64::from(m))).collect();
-        Ok(Encoded { input_ids: Tensor::from_vec(ids, (batch, seq), &Device::Cpu)?, attention_mask: Tensor::from_vec(mask, (batch, seq), &Device::Cpu)? })
+        Ok(Encoded { input_ids: Tensor::from_vec(ids, (batch, seq), device)?, attention_mask: Tensor::from_vec(mask, (batch, seq), device)? })
     }
 }

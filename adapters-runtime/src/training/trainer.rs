@@ -97,8 +97,8 @@ fn bar(len: usize, show: bool, prefix: String) -> ProgressBar {
     bar
 }
 
-fn labels_tensor(labels: &[u32]) -> Result<Tensor> {
-    Ok(Tensor::from_vec(labels.iter().map(|&l| i64::from(l)).collect::<Vec<_>>(), labels.len(), &Device::Cpu)?)
+fn labels_tensor(labels: &[u32], device: &Device) -> Result<Tensor> {
+    Ok(Tensor::from_vec(labels.iter().map(|&l| i64::from(l)).collect::<Vec<_>>(), labels.len(), device)?)
 }
 
 /// Runs the active head over `data` in evaluation mode (dropout off) and scores it.
@@ -112,9 +112,9 @@ pub fn evaluate(model: &mut dyn DynAdaptedModel, encoder: &TextEncoder, data: &L
     let mut loss_sum = 0f64;
     let result = (|| -> Result<()> {
         for (texts, labels) in data.texts.chunks(batch_size.max(1)).zip(data.labels.chunks(batch_size.max(1))) {
-            let enc = encoder.encode(texts)?;
+            let enc = encoder.encode(texts, &model.placement().device)?;
             let out = model.forward_with_head(&enc.input_ids, &enc.attention_mask)?;
-            let loss = model.head_loss(&out, &labels_tensor(labels)?, Some(&enc.attention_mask))?;
+            let loss = model.head_loss(&out, &labels_tensor(labels, &model.placement().device)?, Some(&enc.attention_mask))?;
             loss_sum += f64::from(loss.to_scalar::<f32>()?) * labels.len() as f64;
             let logits = out.head.as_ref().ok_or_else(|| AdapterError::InvalidConfig("no head is active".into()))?.logits().clone();
             predictions.extend(logits.argmax(candle_core::D::Minus1)?.to_dtype(DType::U32)?.to_vec1::<u32>()?);
@@ -190,9 +190,9 @@ pub fn train_classifier(
         for chunk in order.chunks(config.batch_size) {
             let texts: Vec<&str> = chunk.iter().map(|&i| train.texts[i]).collect();
             let labels: Vec<u32> = chunk.iter().map(|&i| train.labels[i]).collect();
-            let enc = encoder.encode(&texts)?;
+            let enc = encoder.encode(&texts, &model.placement().device)?;
             let out = model.forward_with_head(&enc.input_ids, &enc.attention_mask)?;
-            let loss = model.head_loss(&out, &labels_tensor(&labels)?, Some(&enc.attention_mask))?;
+            let loss = model.head_loss(&out, &labels_tensor(&labels, &model.placement().device)?, Some(&enc.attention_mask))?;
             // Training a dynamic fusion adds its regularisation, as Python's AdapterTrainer does.
             let objective = match model.fusion_regularization_loss()? {
                 Some(reg) if model.active_adapters().is_some_and(|s| has_fuse(&s)) => (&loss + reg)?,

@@ -3,11 +3,11 @@
 
 use std::sync::Mutex;
 
-use candle_core::{DType, Device, Result, Tensor, Var};
+use candle_core::{Result, Tensor, Var};
 
 use crate::config::FusionConfig;
 use crate::context::ForwardContext;
-use crate::methods::init::{normal, Rng};
+use crate::methods::init::Init;
 use crate::methods::NamedParam;
 use crate::nn::{dropout, linear};
 
@@ -27,14 +27,14 @@ pub struct FusionLayer {
 impl FusionLayer {
     /// A new layer for hidden size `h`: query and key N(0, 0.02) with zero bias, value the
     /// identity (plus 1e-6 elsewhere) when `value_initialized`, as Python initialises them.
-    pub fn new(config: FusionConfig, hidden: usize, model_dropout: f64, rng: &mut Rng) -> Result<Self> {
+    pub fn new(config: FusionConfig, hidden: usize, model_dropout: f64, init: &mut Init) -> Result<Self> {
         let mut params = Vec::new();
-        let mut linear_param = |name: &str, bias: bool, rng: &mut Rng| -> Result<(Var, Option<Var>)> {
-            let w = NamedParam::new(format!("{name}.weight"), normal(rng, &[hidden, hidden], 0.02)?)?;
+        let mut linear_param = |name: &str, bias: bool, init: &mut Init| -> Result<(Var, Option<Var>)> {
+            let w = NamedParam::new(format!("{name}.weight"), init.normal(&[hidden, hidden], 0.02)?)?;
             let wv = w.var.clone();
             params.push(w);
             let b = if bias {
-                let b = NamedParam::new(format!("{name}.bias"), Tensor::zeros(hidden, DType::F32, &Device::Cpu)?)?;
+                let b = NamedParam::new(format!("{name}.bias"), init.zeros(hidden)?)?;
                 let bv = b.var.clone();
                 params.push(b);
                 Some(bv)
@@ -43,19 +43,19 @@ impl FusionLayer {
             };
             Ok((wv, b))
         };
-        let query = if config.query { Some(linear_param("query", true, rng)?) } else { None };
-        let key = if config.key { Some(linear_param("key", true, rng)?) } else { None };
-        let value = if config.value { Some(linear_param("value", false, rng)?.0) } else { None };
+        let query = if config.query { Some(linear_param("query", true, init)?) } else { None };
+        let key = if config.key { Some(linear_param("key", true, init)?) } else { None };
+        let value = if config.value { Some(linear_param("value", false, init)?.0) } else { None };
         if !(config.query || config.key || config.value) {
             // Python then registers a `dense` Linear(h, 1) that its forward never uses.
-            let w = NamedParam::new("dense.weight", normal(rng, &[1, hidden], 0.02)?)?;
-            let b = NamedParam::new("dense.bias", Tensor::zeros(1, DType::F32, &Device::Cpu)?)?;
+            let w = NamedParam::new("dense.weight", init.normal(&[1, hidden], 0.02)?)?;
+            let b = NamedParam::new("dense.bias", init.zeros(1)?)?;
             params.extend([w, b]);
         }
         if let (Some(v), true) = (&value, config.value_initialized) {
-            let eye = Tensor::eye(hidden, DType::F32, &Device::Cpu)?;
-            let init = ((eye.ones_like()? - &eye)? * 1e-6)?.add(&eye)?;
-            v.set(&init)?;
+            let eye = init.eye(hidden, 1.0)?;
+            let start = ((eye.ones_like()? - &eye)? * 1e-6)?.add(&eye)?;
+            v.set(&start)?;
         }
         let query = query.map(|(w, b)| (w, b.expect("query has a bias")));
         let key = key.map(|(w, b)| (w, b.expect("key has a bias")));

@@ -1,10 +1,10 @@
 //! One bottleneck adapter: `adapter_down` (optional LayerNorm, Linear, activation),
 //! `adapter_up`, scaling, optional gate and LayerNorm after. Follows `methods/modeling.py`.
 
-use candle_core::{DType, Device, Result as CResult, Tensor, Var};
+use candle_core::{Result as CResult, Tensor, Var};
 
 use crate::config::{BnConfig, ResidualBeforeLn, Scaling};
-use crate::methods::init::{self, Rng};
+use crate::methods::init::Init;
 use crate::methods::NamedParam;
 use crate::nn::activation::Activation;
 use crate::nn::{dropout, linear, LayerNorm};
@@ -82,35 +82,33 @@ pub struct BottleneckAdapter {
 impl BottleneckAdapter {
     /// Builds a freshly initialised adapter for a hidden size and a bottleneck size.
     /// `shared` holds the Compacter parameters shared by every layer (empty otherwise).
-    pub fn new(config: &BnConfig, hidden: usize, down: usize, shared: &SharedPhm, rng: &mut Rng) -> CResult<Self> {
-        let ones = |n: usize| Tensor::ones(n, DType::F32, &Device::Cpu);
-        let zeros = |n: usize| Tensor::zeros(n, DType::F32, &Device::Cpu);
+    pub fn new(config: &BnConfig, hidden: usize, down: usize, shared: &SharedPhm, init: &mut Init) -> CResult<Self> {
         let mut params = Vec::new();
         let p = &mut params;
-        let norm_before = if config.ln_before { Some(affine(p, "adapter_down.0", ones(hidden)?, zeros(hidden)?)?) } else { None };
+        let norm_before = if config.ln_before { Some(affine(p, "adapter_down.0", init.ones(hidden)?, init.zeros(hidden)?)?) } else { None };
         let (down_w, up_w) = match config.init_weights.as_str() {
-            "mam_adapter" => (init::kaiming_uniform(rng, &[down, hidden])?, Tensor::zeros((hidden, down), DType::F32, &Device::Cpu)?),
-            "houlsby" => (init::truncated_normal(rng, &[down, hidden], 1e-2)?, init::truncated_normal(rng, &[hidden, down], 1e-2)?),
-            _ => (init::normal(rng, &[down, hidden], 0.02)?, init::normal(rng, &[hidden, down], 0.02)?),
+            "mam_adapter" => (init.kaiming_uniform(&[down, hidden])?, init.zeros((hidden, down))?),
+            "houlsby" => (init.truncated_normal(&[down, hidden], 1e-2)?, init.truncated_normal(&[hidden, down], 1e-2)?),
+            _ => (init.normal(&[down, hidden], 0.02)?, init.normal(&[hidden, down], 0.02)?),
         };
         let down_prefix = format!("adapter_down.{}", usize::from(config.ln_before));
         let (down_layer, up) = if config.phm_layer {
             (
-                Projection::Phm(PhmLayer::new(config, (hidden, down), false, &format!("{down_prefix}."), shared, p, rng)?),
-                Projection::Phm(PhmLayer::new(config, (down, hidden), true, "adapter_up.", shared, p, rng)?),
+                Projection::Phm(PhmLayer::new(config, (hidden, down), false, &format!("{down_prefix}."), shared, p, init)?),
+                Projection::Phm(PhmLayer::new(config, (down, hidden), true, "adapter_up.", shared, p, init)?),
             )
         } else {
-            (Projection::Linear(affine(p, &down_prefix, down_w, zeros(down)?)?), Projection::Linear(affine(p, "adapter_up", up_w, zeros(hidden)?)?))
+            (Projection::Linear(affine(p, &down_prefix, down_w, init.zeros(down)?)?), Projection::Linear(affine(p, "adapter_up", up_w, init.zeros(hidden)?)?))
         };
         let (fixed_scaling, learned_scaling) = match &config.scaling {
             Scaling::Fixed(s) => (*s, None),
             Scaling::Mode(mode) => {
                 let size = if mode == "channel" { hidden } else { 1 };
-                (1.0, Some(param(p, "scaling".into(), ones(size)?)?))
+                (1.0, Some(param(p, "scaling".into(), init.ones(size)?)?))
             }
         };
-        let norm_after = if config.ln_after { Some(affine(p, "adapter_norm_after", ones(hidden)?, zeros(hidden)?)?) } else { None };
-        let gate = if config.use_gating { Some(affine(p, "gate", init::normal(rng, &[1, hidden], 0.02)?, zeros(1)?)?) } else { None };
+        let norm_after = if config.ln_after { Some(affine(p, "adapter_norm_after", init.ones(hidden)?, init.zeros(hidden)?)?) } else { None };
+        let gate = if config.use_gating { Some(affine(p, "gate", init.normal(&[1, hidden], 0.02)?, init.zeros(1)?)?) } else { None };
         Ok(BottleneckAdapter {
             norm_before,
             down: down_layer,

@@ -2,10 +2,10 @@
 //! `H = Σ_i rule_i ⊗ W_i`, the rule and W optionally factorised and optionally shared by every
 //! layer of an adapter. Follows `PHMLayer` and `init_shared_parameters` of `methods/modeling.py`.
 
-use candle_core::{Device, Result, Tensor, Var};
+use candle_core::{Result, Tensor, Var};
 
 use crate::config::BnConfig;
-use crate::methods::init::{self, Rng};
+use crate::methods::init::Init;
 use crate::methods::NamedParam;
 
 /// A full tensor or the batched product of two factors.
@@ -32,9 +32,9 @@ fn push(params: &mut Vec<NamedParam>, name: String, tensor: Tensor, learn: bool)
 }
 
 /// Xavier-normal init of each `[n, m]` slice (Python initialises W slice by slice).
-fn xavier(rng: &mut Rng, shape: &[usize; 3]) -> Result<Tensor> {
+fn xavier(init: &mut Init, shape: &[usize; 3]) -> Result<Tensor> {
     let std = (2.0 / (shape[1] + shape[2]) as f32).sqrt();
-    init::normal(rng, shape, std)
+    init.normal(shape, std)
 }
 
 struct Phm<'a> {
@@ -49,26 +49,26 @@ impl Phm<'_> {
     }
 
     /// W of an `in -> out` layer, named `{prefix}W...`.
-    fn w(&self, params: &mut Vec<NamedParam>, prefix: &str, suffix: &str, (i, o): (usize, usize), rng: &mut Rng) -> Result<Factor> {
+    fn w(&self, params: &mut Vec<NamedParam>, prefix: &str, suffix: &str, (i, o): (usize, usize), init: &mut Init) -> Result<Factor> {
         let p = self.p;
         Ok(if self.factorized_w() {
             Factor::Factorized(
-                push(params, format!("{prefix}W{suffix}_left"), xavier(rng, &[p, i / p, self.rank])?, true)?,
-                push(params, format!("{prefix}W{suffix}_right"), xavier(rng, &[p, self.rank, o / p])?, true)?,
+                push(params, format!("{prefix}W{suffix}_left"), xavier(init, &[p, i / p, self.rank])?, true)?,
+                push(params, format!("{prefix}W{suffix}_right"), xavier(init, &[p, self.rank, o / p])?, true)?,
             )
         } else {
-            Factor::Full(push(params, format!("{prefix}W{suffix}"), xavier(rng, &[p, i / p, o / p])?, true)?)
+            Factor::Full(push(params, format!("{prefix}W{suffix}"), xavier(init, &[p, i / p, o / p])?, true)?)
         })
     }
 
     /// The rule, named `{prefix}phm_rule...`; `shared` selects the shared initialisation.
-    fn rule(&self, params: &mut Vec<NamedParam>, prefix: &str, shared: bool, rng: &mut Rng) -> Result<Factor> {
+    fn rule(&self, params: &mut Vec<NamedParam>, prefix: &str, shared: bool, init: &mut Init) -> Result<Factor> {
         let p = self.p;
         let learn = self.config.learn_phm.unwrap_or(true);
         let normal = self.config.phm_c_init.as_deref() != Some("uniform");
         let std = if shared { self.config.phm_init_range.unwrap_or(1e-4) as f32 } else { 0.01 };
         let bound = if shared { 1.0 } else { 0.01 };
-        let mut draw = |shape: &[usize]| if normal { init::normal(rng, shape, std) } else { init::uniform(rng, shape, bound) };
+        let mut draw = |shape: &[usize]| if normal { init.normal(shape, std) } else { init.uniform(shape, bound) };
         Ok(if self.config.factorized_phm_rule.unwrap_or(false) {
             let left = draw(&[p, p, 1])?;
             let right = draw(&[p, 1, p])?;
@@ -94,18 +94,18 @@ pub struct SharedPhm {
 impl SharedPhm {
     /// Creates the shared rule and W of a config (none unless `shared_phm_rule` /
     /// `shared_W_phm`), appending them to `params` under their Python names.
-    pub fn new(config: &BnConfig, hidden: usize, down: usize, params: &mut Vec<NamedParam>, rng: &mut Rng) -> Result<Self> {
+    pub fn new(config: &BnConfig, hidden: usize, down: usize, params: &mut Vec<NamedParam>, init: &mut Init) -> Result<Self> {
         let mut shared = SharedPhm::default();
         if !config.phm_layer {
             return Ok(shared);
         }
         let phm = phm(config);
         if config.shared_phm_rule.unwrap_or(true) {
-            shared.rule = Some(phm.rule(params, "", true, rng)?);
+            shared.rule = Some(phm.rule(params, "", true, init)?);
         }
         if config.shared_W_phm.unwrap_or(false) {
-            shared.w_down = Some(phm.w(params, "", "_down", (hidden, down), rng)?);
-            shared.w_up = Some(phm.w(params, "", "_up", (down, hidden), rng)?);
+            shared.w_down = Some(phm.w(params, "", "_down", (hidden, down), init)?);
+            shared.w_up = Some(phm.w(params, "", "_up", (down, hidden), init)?);
         }
         Ok(shared)
     }
@@ -128,7 +128,7 @@ impl PhmLayer {
         prefix: &str,
         shared: &SharedPhm,
         params: &mut Vec<NamedParam>,
-        rng: &mut Rng,
+        init: &mut Init,
     ) -> Result<Self> {
         let phm = phm(config);
         let p = phm.p;
@@ -139,17 +139,13 @@ impl PhmLayer {
         }
         let w = match (if up { &shared.w_up } else { &shared.w_down }, config.shared_W_phm.unwrap_or(false)) {
             (Some(w), true) => w.clone(),
-            _ => phm.w(params, prefix, "", (i, o), rng)?,
+            _ => phm.w(params, prefix, "", (i, o), init)?,
         };
         let rule = match &shared.rule {
             Some(rule) => rule.clone(),
-            None => phm.rule(params, prefix, false, rng)?,
+            None => phm.rule(params, prefix, false, init)?,
         };
-        let bias = if config.phm_bias.unwrap_or(true) {
-            Some(push(params, format!("{prefix}b"), Tensor::zeros(o, candle_core::DType::F32, &Device::Cpu)?, true)?)
-        } else {
-            None
-        };
+        let bias = if config.phm_bias.unwrap_or(true) { Some(push(params, format!("{prefix}b"), init.zeros(o)?, true)?) } else { None };
         Ok(PhmLayer { w, rule, bias })
     }
 

@@ -1,10 +1,10 @@
 //! One LoRA-family module on one linear layer. Follows `LoRA`, `IA3` and the DoRA helpers in
 //! `methods/lora.py`.
 
-use candle_core::{DType, Device, Result, Tensor, Var};
+use candle_core::{DType, Result, Tensor, Var};
 
 use crate::config::{LoRAConfig, LoraKind};
-use crate::methods::init::{self, Rng};
+use crate::methods::init::Init;
 use crate::methods::NamedParam;
 use crate::nn::{dropout, linear};
 
@@ -39,13 +39,18 @@ impl LoraModule {
     /// A fresh module for a linear with `in_features -> out_features`. DoRA needs the base weight
     /// to initialise its magnitude from the row norms.
     /// `shared` is VeRA's shared pair (required when the config is VeRA).
-    pub fn new(config: &LoRAConfig, in_features: usize, out_features: usize, base_weight: &Tensor, shared: Option<&SharedVera>, rng: &mut Rng) -> Result<Self> {
+    pub fn new(
+        config: &LoRAConfig,
+        in_features: usize,
+        out_features: usize,
+        base_weight: &Tensor,
+        shared: Option<&SharedVera>,
+        init: &mut Init,
+    ) -> Result<Self> {
         let kind = config.kind();
         let r = config.r;
         let mut params = Vec::new();
         let (a_shape, b_shape) = ([r, in_features], [out_features, r]);
-        let ones = |shape: &[usize]| Tensor::ones(shape, DType::F32, &Device::Cpu);
-        let zeros = |shape: &[usize]| Tensor::zeros(shape, DType::F32, &Device::Cpu);
         let mut vera = None;
         match kind {
             _ if config.is_vera() => {
@@ -57,8 +62,8 @@ impl LoraModule {
                         shared.b.dims()
                     )));
                 }
-                let d = (Tensor::eye(r, DType::F32, &Device::Cpu)? * config.vera_d.unwrap_or(0.1))?;
-                let b = (Tensor::eye(out_features, DType::F32, &Device::Cpu)? * config.vera_b.unwrap_or(0.0))?;
+                let d = init.eye(r, config.vera_d.unwrap_or(0.1))?;
+                let b = init.eye(out_features, config.vera_b.unwrap_or(0.0))?;
                 let d = NamedParam::new("vera_D", d)?;
                 let b = NamedParam::new("vera_B", b)?;
                 vera = Some((shared.clone(), d.var.clone(), b.var.clone()));
@@ -70,17 +75,17 @@ impl LoraModule {
             }
             LoraKind::IA3 => {
                 let b = match config.init_weights.as_str() {
-                    "lora" => zeros(&b_shape)?,
-                    "bert" => init::normal(rng, &b_shape, 0.02)?,
-                    _ => ones(&b_shape)?,
+                    "lora" => init.zeros(&b_shape)?,
+                    "bert" => init.normal(&b_shape, 0.02)?,
+                    _ => init.ones(&b_shape)?,
                 };
                 params.push(NamedParam::new("lora_B", b)?);
             }
             LoraKind::LoRA | LoraKind::DoRA => {
                 let (a, b) = match config.init_weights.as_str() {
-                    "bert" => (init::normal(rng, &a_shape, 0.02)?, init::normal(rng, &b_shape, 0.02)?),
-                    "ia3" => (ones(&a_shape)?, ones(&b_shape)?),
-                    _ => (init::kaiming_uniform(rng, &a_shape)?, zeros(&b_shape)?),
+                    "bert" => (init.normal(&a_shape, 0.02)?, init.normal(&b_shape, 0.02)?),
+                    "ia3" => (init.ones(&a_shape)?, init.ones(&b_shape)?),
+                    _ => (init.kaiming_uniform(&a_shape)?, init.zeros(&b_shape)?),
                 };
                 params.push(NamedParam::new("lora_A", a)?);
                 params.push(NamedParam::new("lora_B", b)?);
@@ -92,8 +97,8 @@ impl LoraModule {
             }
         }
         if config.use_gating {
-            let bias = init::uniform(rng, &[1], 1.0 / (in_features as f32).sqrt())?;
-            params.push(NamedParam::new("gate.weight", init::normal(rng, &[1, in_features], 0.02)?)?);
+            let bias = init.uniform(&[1], 1.0 / (in_features as f32).sqrt())?;
+            params.push(NamedParam::new("gate.weight", init.normal(&[1, in_features], 0.02)?)?);
             params.push(NamedParam::new("gate.bias", bias)?);
         }
         let scaling = match kind {
@@ -192,15 +197,19 @@ impl LoraModule {
 
     /// The weight with this module folded in (`merge_adapter`).
     pub fn merged_weight(&self, weight: &Tensor) -> Result<Tensor> {
-        let delta = self.delta_w()?;
-        match self.kind {
-            LoraKind::LoRA => weight + (delta * self.scaling)?,
-            LoraKind::IA3 => weight.broadcast_mul(&(delta * self.scaling)?),
+        // Computed in f32 and rounded once, so a half-precision merge is one rounding off.
+        let dtype = weight.dtype();
+        let weight = weight.to_dtype(DType::F32)?;
+        let delta = self.delta_w()?.to_dtype(DType::F32)?;
+        let merged = match self.kind {
+            LoraKind::LoRA => (weight + (delta * self.scaling)?)?,
+            LoraKind::IA3 => weight.broadcast_mul(&(delta * self.scaling)?)?,
             LoraKind::DoRA => {
                 let v = (weight + delta)?;
                 let norm = v.sqr()?.sum_keepdim(1)?.sqrt()?;
-                v.broadcast_mul(&self.magnitude()?.div(&norm)?)
+                v.broadcast_mul(&self.magnitude()?.to_dtype(DType::F32)?.div(&norm)?)?
             }
-        }
+        };
+        merged.to_dtype(dtype)
     }
 }

@@ -7,7 +7,7 @@ use candle_core::{Result as CResult, Tensor, Var};
 
 use crate::config::PrefixTuningConfig;
 use crate::context::ForwardContext;
-use crate::methods::init::{self, Rng};
+use crate::methods::init::Init;
 use crate::methods::NamedParam;
 use crate::nn::activation::Activation;
 use crate::nn::{dropout, linear};
@@ -46,23 +46,23 @@ fn param(params: &mut Vec<NamedParam>, name: &str, tensor: Tensor) -> CResult<Va
 impl PrefixModule {
     /// A freshly initialised module (PyTorch's defaults: N(0, 1) embedding and flat vector,
     /// Kaiming-uniform linears).
-    pub fn new(config: &PrefixTuningConfig, shape: PrefixShape, rng: &mut Rng) -> CResult<Self> {
+    pub fn new(config: &PrefixTuningConfig, shape: PrefixShape, init: &mut Init) -> CResult<Self> {
         let mut params = Vec::new();
         let p = &mut params;
         let out = shape.n_layers * 2 * shape.n_heads * shape.head_dim;
         let kind = if config.flat {
-            PrefixKind::Flat { control_trans: param(p, "control_trans", init::normal(rng, &[config.prefix_length * out], 1.0)?)? }
+            PrefixKind::Flat { control_trans: param(p, "control_trans", init.normal(&[config.prefix_length * out], 1.0)?)? }
         } else {
             let (h, b) = (shape.hidden, config.bottleneck_size);
             // PyTorch's Linear bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-            let bias = |rng: &mut Rng, n: usize, fan_in: usize| init::uniform(rng, &[n], 1.0 / (fan_in as f32).sqrt());
+            let bias = |init: &mut Init, n: usize, fan_in: usize| init.uniform(&[n], 1.0 / (fan_in as f32).sqrt());
             PrefixKind::Mlp {
-                wte: param(p, "wte.weight", init::normal(rng, &[config.prefix_length, h], 1.0)?)?,
-                w1: param(p, "control_trans.0.weight", init::kaiming_uniform(rng, &[b, h])?)?,
-                b1: param(p, "control_trans.0.bias", bias(rng, b, h)?)?,
+                wte: param(p, "wte.weight", init.normal(&[config.prefix_length, h], 1.0)?)?,
+                w1: param(p, "control_trans.0.weight", init.kaiming_uniform(&[b, h])?)?,
+                b1: param(p, "control_trans.0.bias", bias(init, b, h)?)?,
                 activation: Activation::parse(&config.non_linearity).map_err(candle_core::Error::wrap)?,
-                w2: param(p, "control_trans.2.weight", init::kaiming_uniform(rng, &[out, b])?)?,
-                b2: param(p, "control_trans.2.bias", bias(rng, out, b)?)?,
+                w2: param(p, "control_trans.2.weight", init.kaiming_uniform(&[out, b])?)?,
+                b2: param(p, "control_trans.2.bias", bias(init, out, b)?)?,
             }
         };
         Ok(PrefixModule { shape, prefix_length: config.prefix_length, dropout: config.dropout, kind, params })

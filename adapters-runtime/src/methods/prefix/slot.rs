@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::{DType, Device, Result, Tensor, Var};
+use candle_core::{Result, Tensor, Var};
 
 use crate::composition;
 use crate::context::ForwardContext;
@@ -163,7 +163,7 @@ impl PrefixSlot {
         let longest = parts.iter().map(|p| p.keys.dim(2)).collect::<Result<Vec<_>>>()?.into_iter().max().unwrap_or(0);
         let mask_pad = match self.padding {
             PrefixPadding::InvertedMask => 1.0,
-            PrefixPadding::PlainMask => f64::from(f32::MIN),
+            PrefixPadding::PlainMask => crate::nn::mask_min(parts.first().map_or(candle_core::DType::F32, |p| p.mask.dtype())),
         };
         let mut keys = Vec::new();
         let mut values = Vec::new();
@@ -177,11 +177,11 @@ impl PrefixSlot {
                 masks.push(part.mask);
             } else {
                 let (b, h, _, d) = part.keys.dims4()?;
-                let pad = (Tensor::ones((b, h, missing, d), part.keys.dtype(), &Device::Cpu)? * self.pad_value)?;
+                let pad = (Tensor::ones((b, h, missing, d), part.keys.dtype(), part.keys.device())? * self.pad_value)?;
                 keys.push(Tensor::cat(&[&pad, &part.keys], 2)?);
                 values.push(Tensor::cat(&[&pad, &part.values], 2)?);
                 let (mb, mc, mq, _) = part.mask.dims4()?;
-                let mpad = (Tensor::ones((mb, mc, mq, missing), DType::F32, &Device::Cpu)? * mask_pad)?.to_dtype(part.mask.dtype())?;
+                let mpad = (Tensor::ones((mb, mc, mq, missing), part.mask.dtype(), part.mask.device())? * mask_pad)?;
                 masks.push(Tensor::cat(&[&mpad, &part.mask], 3)?);
             }
             residuals.push(part.residual);

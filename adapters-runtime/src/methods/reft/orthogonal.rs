@@ -2,9 +2,9 @@
 //! a stored orthogonal `base`), which LoReft's projection uses. Written with tensor ops so that
 //! gradients reach `original` in training.
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 
-use crate::methods::init::Rng;
+use crate::methods::init::Init;
 
 /// The effective weight `[r, D]` from `original` `[r, D]` and `base` `[D, D]`:
 /// `X = originalᵀ`, `Q = H_0 … H_{r-1} I[:, :r]` with `H_j = I - τ_j v_j v_jᵀ`,
@@ -35,11 +35,11 @@ pub fn effective_weight(original: &Tensor, base: &Tensor) -> Result<Tensor> {
 /// A fresh `(original, base)` pair for a projection initialised like PyTorch does it: `base` an
 /// orthogonal `[D, D]` matrix whose first `r` columns span the initial weight, and `original =
 /// -I[r, D]` (so the effective weight starts as the first `r` columns of `-base`, transposed).
-pub fn initial(r: usize, d: usize, rng: &mut Rng) -> Result<(Tensor, Tensor)> {
+pub fn initial(r: usize, d: usize, init: &mut Init) -> Result<(Tensor, Tensor)> {
     // Gram-Schmidt over random normal columns, in f64.
     let mut columns: Vec<Vec<f64>> = Vec::with_capacity(d);
     while columns.len() < d {
-        let mut v: Vec<f64> = (0..d).map(|_| f64::from(rng.normal())).collect();
+        let mut v: Vec<f64> = (0..d).map(|_| f64::from(init.rng().normal())).collect();
         for c in &columns {
             let dot: f64 = v.iter().zip(c).map(|(a, b)| a * b).sum();
             v.iter_mut().zip(c).for_each(|(a, b)| *a -= dot * b);
@@ -51,5 +51,5 @@ pub fn initial(r: usize, d: usize, rng: &mut Rng) -> Result<(Tensor, Tensor)> {
     }
     let base: Vec<f32> = (0..d).flat_map(|i| columns.iter().map(move |c| c[i] as f32).collect::<Vec<_>>()).collect();
     let original: Vec<f32> = (0..r).flat_map(|i| (0..d).map(move |j| if i == j { -1.0 } else { 0.0 })).collect();
-    Ok((Tensor::from_vec(original, (r, d), &Device::Cpu)?, Tensor::from_vec(base, (d, d), &Device::Cpu)?))
+    Ok((init.tensor(original, (r, d))?, init.tensor(base, (d, d))?))
 }

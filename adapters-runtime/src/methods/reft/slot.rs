@@ -4,12 +4,12 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::{Device, Result, Tensor};
+use candle_core::{Result, Tensor};
 
 use super::ReftUnit;
 use crate::config::ReftConfig;
 use crate::context::ForwardContext;
-use crate::methods::init::Rng;
+use crate::methods::init::Init;
 use crate::methods::NamedParam;
 
 /// The interventions of one adapter in one layer: unit 0 for the prefix, unit 1 for the suffix
@@ -23,10 +23,10 @@ pub struct ReftModule {
 }
 
 impl ReftModule {
-    pub fn new(config: &ReftConfig, hidden: usize, rng: &mut Rng) -> Result<Self> {
+    pub fn new(config: &ReftConfig, hidden: usize, init: &mut Init) -> Result<Self> {
         let mut params = Vec::new();
         let count = if config.tied_weights { 1 } else { 2 };
-        let units = (0..count).map(|u| ReftUnit::new(config, hidden, &format!("units.{u}"), &mut params, rng)).collect::<Result<_>>()?;
+        let units = (0..count).map(|u| ReftUnit::new(config, hidden, &format!("units.{u}"), &mut params, init)).collect::<Result<_>>()?;
         Ok(ReftModule { prefix_positions: config.prefix_positions, suffix_positions: config.suffix_positions, tied: config.tied_weights, units, params })
     }
 
@@ -79,8 +79,8 @@ impl ReftSlot {
             suffix_idx.extend((offset + length - s..offset + length).map(|i| (b * seq + i) as u32));
         }
         let flat = hidden.reshape((batch * seq, d))?;
-        let prefix_idx = Tensor::from_vec(prefix_idx, batch * p, &Device::Cpu)?;
-        let suffix_idx = Tensor::from_vec(suffix_idx, batch * s, &Device::Cpu)?;
+        let prefix_idx = Tensor::from_vec(prefix_idx, batch * p, hidden.device())?;
+        let suffix_idx = Tensor::from_vec(suffix_idx, batch * s, hidden.device())?;
         let prefix = flat.index_select(&prefix_idx, 0)?.reshape((batch, p, d))?;
         let suffix = flat.index_select(&suffix_idx, 0)?.reshape((batch, s, d))?;
         let (new_prefix, new_suffix) = if module.tied {

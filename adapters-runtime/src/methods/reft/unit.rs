@@ -6,7 +6,7 @@ use candle_core::{Result, Tensor, Var};
 use super::orthogonal;
 use crate::config::ReftConfig;
 use crate::context::ForwardContext;
-use crate::methods::init::{self, Rng};
+use crate::methods::init::Init;
 use crate::methods::NamedParam;
 use crate::nn::activation::Activation;
 use crate::nn::{dropout, linear};
@@ -31,24 +31,24 @@ pub struct ReftUnit {
 
 impl ReftUnit {
     /// A fresh unit; its parameters are appended to `params` under `prefix` (`units.0`).
-    pub fn new(config: &ReftConfig, hidden: usize, prefix: &str, params: &mut Vec<NamedParam>, rng: &mut Rng) -> Result<Self> {
+    pub fn new(config: &ReftConfig, hidden: usize, prefix: &str, params: &mut Vec<NamedParam>, init: &mut Init) -> Result<Self> {
         let r = config.r;
         let mut push = |p: NamedParam| {
             let var = p.var.clone();
             params.push(p);
             var
         };
-        let source_weight = push(NamedParam::new(format!("{prefix}.learned_source.weight"), init::kaiming_uniform(rng, &[r, hidden])?)?);
-        let bias = init::uniform(rng, &[r], 1.0 / (hidden as f32).sqrt())?;
+        let source_weight = push(NamedParam::new(format!("{prefix}.learned_source.weight"), init.kaiming_uniform(&[r, hidden])?)?);
+        let bias = init.uniform(&[r], 1.0 / (hidden as f32).sqrt())?;
         let source_bias = push(NamedParam::new(format!("{prefix}.learned_source.bias"), bias)?);
         let projection = if config.orthogonality {
-            let (original, base) = orthogonal::initial(r, hidden, rng)?;
+            let (original, base) = orthogonal::initial(r, hidden, init)?;
             Projection::Orthogonal {
                 original: push(NamedParam::new(format!("{prefix}.projection.parametrizations.weight.original"), original)?),
                 base: push(NamedParam::buffer(format!("{prefix}.projection.parametrizations.weight.0.base"), base)?),
             }
         } else {
-            Projection::Plain(push(NamedParam::new(format!("{prefix}.projection.weight"), init::kaiming_uniform(rng, &[r, hidden])?)?))
+            Projection::Plain(push(NamedParam::new(format!("{prefix}.projection.weight"), init.kaiming_uniform(&[r, hidden])?)?))
         };
         let activation = match &config.non_linearity {
             Some(name) => Activation::parse(name).map_err(candle_core::Error::wrap)?,

@@ -1,0 +1,40 @@
+//! Additive attention masks in the compute dtype.
+
+use candle_core::{DType, Result, Tensor};
+
+/// The value a masked position adds to the attention scores: the lowest finite value of `dtype`
+/// (PyTorch's `torch.finfo(dtype).min`, which `transformers` uses). `f32::MIN` itself is not
+/// finite in f16 or bf16, and a row of infinities would give NaN after the softmax.
+pub fn mask_min(dtype: DType) -> f64 {
+    match dtype {
+        DType::F16 => -65504.0,
+        // bf16 0xFF7F: f32's exponent with 7 mantissa bits.
+        DType::BF16 => -3.389_531_389_251_535_5e38,
+        DType::F64 => f64::MIN,
+        _ => f64::from(f32::MIN),
+    }
+}
+
+/// `[batch, seq]` 0/1 mask to the additive `[batch, 1, 1, seq]` bias in `dtype`: 0 where attended,
+/// [`mask_min`] where masked.
+pub fn additive_mask(attention_mask: &Tensor, dtype: DType) -> Result<Tensor> {
+    let (batch, seq) = attention_mask.dims2()?;
+    let mask = attention_mask.to_dtype(DType::F32)?;
+    ((1.0 - mask)? * mask_min(dtype))?.to_dtype(dtype)?.reshape((batch, 1, 1, seq))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn masked_positions_stay_finite_in_every_dtype() {
+        let mask = Tensor::new(&[[1i64, 0]], &Device::Cpu).unwrap();
+        for dtype in [DType::F32, DType::F16, DType::BF16] {
+            let bias = additive_mask(&mask, dtype).unwrap().to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(bias[0], 0.0, "{dtype:?}");
+            assert!(bias[1].is_finite() && bias[1] < -6e4, "{dtype:?}: {}", bias[1]);
+        }
+    }
+}
