@@ -12,17 +12,18 @@
 //! assert_eq!(setup.flatten(), vec!["lang", "task"]);
 //! ```
 
+pub mod body;
 pub mod compare;
 pub mod composition;
 pub mod config;
 pub mod context;
-pub mod dynamic;
 pub mod error;
 pub mod heads;
 pub mod io;
 pub mod methods;
 pub mod mixin;
 pub mod model;
+pub mod model_io;
 pub mod nn;
 pub mod setup;
 pub mod slot;
@@ -30,9 +31,9 @@ mod state_dict;
 pub mod training;
 
 pub use adapters_macros::{adapter_config, adapter_mixin, with_adapters};
+pub use body::BaseModel;
 pub use config::{AdapterConfig, AdapterFile, BnConfig, LoRAConfig, PrefixTuningConfig, PromptTuningConfig};
 pub use context::{ForwardContext, FusionAttention};
-pub use dynamic::DynAdaptedModel;
 pub use error::{AdapterError, Result};
 pub use heads::{HeadConfig, HeadOutput, HeadSetup, HeadType};
 pub use methods::bottleneck::BottleneckSlot;
@@ -40,7 +41,12 @@ pub use methods::lora::LoRALinear;
 pub use methods::prefix::{PrefixPadding, PrefixSlot};
 pub use methods::prompt::EmbeddingSlot;
 pub use methods::reft::ReftSlot;
-pub use mixin::{AdaptableModel, AdapterMixin, AdapterModelConfig, EncoderForward, ModelDims, ModelMapping};
+pub use mixin::{AdaptableModel, AdapterMixin, AdapterModelConfig, ModelDims, ModelForward, ModelMapping};
 pub use model::{AdaptedModel, AdapterSummary, AdapterSummaryRow, HeadResult, ModelOutput};
+pub use model_io::{InputKind, KvCache, ModelInputs, ModelOutputs};
+
+/// A model whose architecture is chosen at run time (what `load_model` returns): every method of
+/// [`AdaptedModel`], on any model behind [`BaseModel`].
+pub type DynAdaptedModel = AdaptedModel<dyn BaseModel>;
 pub use nn::LayerNorm;
 pub use setup::AdapterSetup;

@@ -176,16 +176,17 @@ pub trait AdaptableModel {
     }
 }
 
-/// The forward pass of an encoder, written once by the model author with the context threaded
-/// through to its slots.
-pub trait EncoderForward {
-    /// `input_ids`, `attention_mask`: I64 [batch, seq]; returns `last_hidden_state` [batch, seq, hidden].
-    fn forward_with(
-        &self,
-        input_ids: &candle_core::Tensor,
-        attention_mask: &candle_core::Tensor,
-        ctx: &crate::context::ForwardContext,
-    ) -> candle_core::Result<candle_core::Tensor>;
+/// The forward pass of a model, written once by the model author with the context threaded
+/// through to its slots. One trait for every model kind: what a pass takes and gives is in
+/// [`ModelInputs`](crate::ModelInputs) and [`ModelOutputs`](crate::ModelOutputs).
+pub trait ModelForward {
+    /// The inputs this model takes; the runtime refuses any other before `forward_with` runs.
+    const ACCEPTS: &'static [crate::InputKind] = &[crate::InputKind::InputIds, crate::InputKind::AttentionMask];
+    /// The inputs it cannot run without.
+    const REQUIRES: &'static [crate::InputKind] = &[crate::InputKind::InputIds];
+
+    /// One pass; an encoder returns `last_hidden_state` `[batch, seq, hidden]`.
+    fn forward_with(&self, inputs: &crate::ModelInputs<'_>, ctx: &crate::context::ForwardContext) -> candle_core::Result<crate::ModelOutputs>;
 
     /// The pooler output (`[batch, hidden]`) for heads with `use_pooler`; `None`: no pooler.
     fn pooled_output(&self, _last_hidden_state: &candle_core::Tensor) -> Option<candle_core::Result<candle_core::Tensor>> {

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{Tensor, Var};
 
+use crate::body::BaseModel;
 use crate::config::AdapterConfig;
 use crate::context::ForwardContext;
 use crate::error::{AdapterError, Result};
@@ -28,7 +29,8 @@ use crate::heads::{HeadSetup, PredictionHead};
 use crate::methods::init::{Init, Placement, Rng};
 use crate::methods::prefix::PrefixGroup;
 use crate::methods::NamedParam;
-use crate::mixin::{AdaptableModel, AdapterMixin, EncoderForward, SlotMut, SlotRef};
+use crate::mixin::{SlotMut, SlotRef};
+use crate::model_io::{ModelInputs, ModelOutputs};
 use crate::setup::AdapterSetup;
 
 /// Weight file names of a saved adapter, as the Python library names them.
@@ -44,8 +46,7 @@ pub const DEFAULT_SEED: u64 = 42;
 /// A base model plus its adapters and prediction heads. `M` is a model annotated with
 /// `#[with_adapters]`; `#[with_adapters]` also names this type after Python's AdapterModel class
 /// (`BertAdapterModel = AdaptedModel<BertModel>`).
-pub struct AdaptedModel<M> {
-    model: M,
+pub struct AdaptedModel<M: ?Sized> {
     configs: BTreeMap<String, AdapterConfig>,
     /// The active setup, shared with every forward's context.
     active: Option<Arc<AdapterSetup>>,
@@ -70,6 +71,9 @@ pub struct AdaptedModel<M> {
     /// Parameters shared by every layer of an adapter (Compacter's PHM rule and W), named
     /// `shared_parameters.NAME.*`.
     shared: BTreeMap<String, Vec<NamedParam>>,
+    /// The base model; last, so that `Box<AdaptedModel<BertModel>>` coerces to
+    /// `Box<AdaptedModel<dyn BaseModel>>`.
+    model: M,
 }
 
 /// One row of [`AdaptedModel::adapter_summary`].
@@ -96,7 +100,7 @@ impl fmt::Display for AdapterSummary {
     }
 }
 
-impl<M: AdaptableModel> AdaptedModel<M> {
+impl<M: BaseModel> AdaptedModel<M> {
     /// Wraps a loaded base model. `base_params` counts its parameters (for the summary);
     /// `root_prefix` is the prefix its weights were loaded under (`""` or `"bert"`), which adapter
     /// file names do not carry; `placement` is the device and dtype the base was loaded to.
@@ -135,6 +139,16 @@ impl<M: AdaptableModel> AdaptedModel<M> {
         self
     }
 
+    /// This model with the architecture chosen at run time (what `load_model` returns).
+    pub fn into_dyn(self: Box<Self>) -> Box<AdaptedModel<dyn BaseModel>>
+    where
+        M: 'static,
+    {
+        self
+    }
+}
+
+impl<M: BaseModel + ?Sized> AdaptedModel<M> {
     /// The device and dtype of the base model, which every adapter, head and fusion layer shares.
     pub fn placement(&self) -> &Placement {
         &self.placement
@@ -214,6 +228,11 @@ impl<M: AdaptableModel> AdaptedModel<M> {
         &self.model
     }
 
+    /// The model's mapping entry (architecture, layer type, mixin, config keys).
+    pub fn mapping(&self) -> crate::mixin::ModelMapping {
+        self.model.mapping()
+    }
+
     pub fn adapter_names(&self) -> impl Iterator<Item = &str> {
         self.configs.keys().map(String::as_str)
     }
@@ -226,19 +245,15 @@ impl<M: AdaptableModel> AdaptedModel<M> {
     /// applies one physical layer several times (ALBERT) has fewer of these than its config's
     /// `num_hidden_layers`; layer indices (`leave_out`, `skip_layers`) count these.
     pub fn adapter_layer_count(&self) -> usize {
-        self.model.layers().len()
+        self.model.layer_count()
     }
 
     fn each_slot(&self, f: &mut dyn FnMut(usize, SlotRef<'_>)) {
-        for (i, layer) in self.model.layers().into_iter().enumerate() {
-            layer.for_each_slot(&mut |slot| f(i, slot));
-        }
+        self.model.for_each_slot(f)
     }
 
     fn each_slot_mut(&mut self, f: &mut dyn FnMut(usize, SlotMut<'_>)) {
-        for (i, layer) in self.model.layers_mut().into_iter().enumerate() {
-            layer.for_each_slot_mut(&mut |slot| f(i, slot));
-        }
+        self.model.for_each_slot_mut(f)
     }
 
     fn strip_root<'p>(&self, path: &'p str) -> &'p str {
@@ -281,26 +296,30 @@ impl<M: AdaptableModel> AdaptedModel<M> {
     }
 }
 
-impl<M: AdaptableModel + EncoderForward> AdaptedModel<M> {
+impl<M: BaseModel + ?Sized> AdaptedModel<M> {
     /// `last_hidden_state` with the active adapters: `[batch, seq, hidden]`, or
     /// `[channels * batch, seq, hidden]` under a Parallel block (rows grouped by channel, as
     /// Python returns them).
     pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
-        let (ids, mask) = self.prepare_inputs(input_ids, attention_mask)?;
-        let ctx = self.forward_context(&mask)?;
-        Ok(self.model.forward_with(&ids, &mask, &ctx)?)
+        Ok(self.forward_inputs(&ModelInputs::text(input_ids.clone(), attention_mask.clone()))?.last_hidden_state)
     }
 
-    /// The inputs as the model runs them: on its device, and one copy of the batch per channel
-    /// under a Parallel setup.
-    pub(crate) fn prepare_inputs(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<(Tensor, Tensor)> {
-        let device = &self.placement.device;
-        let (input_ids, attention_mask) = (input_ids.to_device(device)?, attention_mask.to_device(device)?);
+    /// One pass with the active adapters on any inputs the model takes (position ids, a causal
+    /// mask, ...); an input it does not take is refused with an error naming it.
+    pub fn forward_inputs(&self, inputs: &ModelInputs<'_>) -> Result<ModelOutputs> {
+        let (inputs, ctx) = self.prepare(inputs)?;
+        Ok(self.model.forward_with(&inputs, &ctx)?)
+    }
+
+    /// The inputs as the model runs them (checked against what it takes, on its device, one
+    /// copy of the batch per channel under a Parallel setup) and the pass's context.
+    pub(crate) fn prepare<'a>(&self, inputs: &ModelInputs<'a>) -> Result<(ModelInputs<'a>, ForwardContext)> {
+        let (accepts, requires) = self.model.accepts();
+        inputs.check(self.model.mapping().model_class, accepts, requires)?;
         let channels = self.active.as_deref().map_or(1, AdapterSetup::parallel_channels);
-        if channels <= 1 {
-            return Ok((input_ids, attention_mask));
-        }
-        Ok((input_ids.repeat((channels, 1))?, attention_mask.repeat((channels, 1))?))
+        let placed = inputs.placed(&self.placement.device, channels)?;
+        let ctx = self.forward_context(&placed.mask()?)?;
+        Ok((placed, ctx))
     }
 }
 

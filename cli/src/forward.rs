@@ -59,7 +59,7 @@ pub fn summary(args: SummaryArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn load_with_adapters(dir: &Path, specs: &[String], options: LoadOptions) -> Result<(Box<dyn adapters_runtime::DynAdaptedModel>, Vec<String>), String> {
+fn load_with_adapters(dir: &Path, specs: &[String], options: LoadOptions) -> Result<(Box<adapters_runtime::DynAdaptedModel>, Vec<String>), String> {
     let mut model = adapters_models::load_model_with(dir, options).map_err(|e| e.to_string())?;
     let mut loaded = Vec::new();
     for spec in specs {

@@ -110,12 +110,12 @@ fn labelled<'a>(data: &'a Dataset, labels: &[String], path: &Path) -> Result<Lab
 
 /// Loads a model and the head to classify with: the adapter folder's, or one saved in the
 /// checkpoint itself (full fine-tuning output).
-fn load_classifier(model_dir: &Path, adapter: Option<&Path>) -> Result<Box<dyn DynAdaptedModel>, String> {
+fn load_classifier(model_dir: &Path, adapter: Option<&Path>) -> Result<Box<DynAdaptedModel>, String> {
     let mut model = load_model_with(model_dir, LoadOptions::default()).map_err(|e| e.to_string())?;
     match adapter {
         Some(dir) => {
             let name = model.load_adapter(dir, None).map_err(|e| format!("--adapter {}: {e}", dir.display()))?;
-            model.set_active_adapters(name.as_str().into()).map_err(|e| e.to_string())?;
+            model.set_active_adapters(name.as_str()).map_err(|e| e.to_string())?;
         }
         None => {
             model
@@ -124,15 +124,15 @@ fn load_classifier(model_dir: &Path, adapter: Option<&Path>) -> Result<Box<dyn D
         }
     }
     let head = model.active_head().ok_or("the adapter folder holds no head (head_config.json); train with `adapters train`")?;
-    let head_type = model.head(&head).map(|h| h.config().head_type());
+    let head_type = model.head(head).map(|h| h.config().head_type());
     if head_type != Some(HeadType::Classification) {
         return Err(format!("head `{head}` is not a classification head; eval and predict classify text"));
     }
     Ok(model)
 }
 
-fn head_labels(model: &dyn DynAdaptedModel) -> Vec<String> {
-    let Some(head) = model.active_head().and_then(|h| model.head(&h).map(|h| h.config().clone())) else {
+fn head_labels(model: &DynAdaptedModel) -> Vec<String> {
+    let Some(head) = model.active_head().and_then(|h| model.head(h).map(|h| h.config().clone())) else {
         return Vec::new();
     };
     (0..head.num_labels()).map(|i| head.label_name(i)).collect()
@@ -175,7 +175,7 @@ pub fn train(args: TrainArgs) -> Result<(), String> {
     let vars = match &fuse_setup {
         Some(setup) => model.train_adapter_fusion(setup.clone(), false),
         None if full => model.train_full(),
-        None => model.train_adapter(args.name.as_str().into()),
+        None => model.train_adapter(args.name.as_str()),
     }
     .map_err(|e| e.to_string())?;
     if fusion {
@@ -246,7 +246,7 @@ pub fn train(args: TrainArgs) -> Result<(), String> {
 
 /// Loads the adapters to fuse (dropping heads saved with them, which would otherwise train too)
 /// and adds a dynamic fusion layer over them; returns the `Fuse[...]` setup.
-fn load_fused(model: &mut dyn DynAdaptedModel, dirs: &[PathBuf]) -> Result<adapters_runtime::AdapterSetup, String> {
+fn load_fused(model: &mut DynAdaptedModel, dirs: &[PathBuf]) -> Result<adapters_runtime::AdapterSetup, String> {
     if dirs.len() < 2 {
         return Err("--fuse needs at least two adapter folders".into());
     }
@@ -265,12 +265,12 @@ fn load_fused(model: &mut dyn DynAdaptedModel, dirs: &[PathBuf]) -> Result<adapt
 
 /// Adapters: the adapter folder with its head. Full fine-tuning: a checkpoint folder (weights,
 /// config, tokenizer) with the head beside it, usable as `--model` later.
-fn save_trained(model: &dyn DynAdaptedModel, args: &TrainArgs, full: bool) -> Result<(), String> {
+fn save_trained(model: &DynAdaptedModel, args: &TrainArgs, full: bool) -> Result<(), String> {
     std::fs::create_dir_all(&args.out).map_err(|e| format!("--out {}: {e}", args.out.display()))?;
     if !full {
         return model.save_adapter(&args.out, &args.name).map_err(|e| e.to_string());
     }
-    let tensors: std::collections::HashMap<String, Tensor> = model.base_vars().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
+    let tensors: std::collections::HashMap<String, Tensor> = model.base_vars().iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
     adapters_runtime::io::save_safetensors(&args.out.join(adapters_models::MODEL_WEIGHTS), &tensors).map_err(|e| e.to_string())?;
     for file in ["config.json", TOKENIZER_FILE] {
         let bytes = std::fs::read(args.model.join(file)).map_err(|e| format!("{}: {e}", args.model.join(file).display()))?;

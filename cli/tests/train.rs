@@ -83,7 +83,7 @@ fn train_eval_predict_round_trip() {
     // id2label name, with its softmax probability.
     let mut lib = adapters_models::load_model(&model).unwrap();
     let name = lib.load_adapter(&out, None).unwrap();
-    lib.set_active_adapters(name.as_str().into()).unwrap();
+    lib.set_active_adapters(name.as_str()).unwrap();
     let encoder = adapters_runtime::training::TextEncoder::from_model_dir(&model, 64).unwrap();
     let enc = encoder.encode(&texts, &candle_core::Device::Cpu).unwrap();
     let logits = lib.forward_with_head(&enc.input_ids, &enc.attention_mask).unwrap().head.unwrap().logits().clone();

@@ -6,12 +6,13 @@ use adapters_runtime::nn::activation::Activation;
 use adapters_runtime::nn::dropout;
 use adapters_runtime::nn::fused::linear_module;
 use adapters_runtime::{adapter_config, adapter_mixin, with_adapters};
-use adapters_runtime::{BottleneckSlot, EmbeddingSlot, EncoderForward, ForwardContext, LayerNorm, LoRALinear, PrefixPadding, PrefixSlot, ReftSlot};
+use adapters_runtime::{BottleneckSlot, EmbeddingSlot, ForwardContext, LayerNorm, LoRALinear, PrefixPadding, PrefixSlot, ReftSlot};
+use adapters_runtime::{InputKind, ModelForward, ModelInputs, ModelOutputs};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder};
 use serde::Deserialize;
 
-use crate::attention::{additive_mask, attend, split_heads};
+use crate::attention::{attend, attention_bias, split_heads};
 
 fn default_eps() -> f64 {
     1e-12
@@ -241,8 +242,8 @@ impl BertEncoder {
         Ok(BertEncoder { layers })
     }
 
-    pub(crate) fn forward(&self, embeddings: &Tensor, attention_mask: &Tensor, ctx: &ForwardContext) -> Result<Tensor> {
-        let mask = additive_mask(attention_mask, embeddings.dtype())?;
+    pub(crate) fn forward(&self, embeddings: &Tensor, attention_mask: &Tensor, causal: bool, ctx: &ForwardContext) -> Result<Tensor> {
+        let mask = attention_bias(attention_mask, embeddings.dtype(), causal)?;
         let mut hidden = embeddings.clone();
         for layer in &self.layers {
             hidden = layer.forward(&hidden, &mask, ctx)?;
@@ -276,13 +277,19 @@ impl BertModel {
     }
 }
 
-impl EncoderForward for BertModel {
-    fn forward_with(&self, input_ids: &Tensor, attention_mask: &Tensor, ctx: &ForwardContext) -> Result<Tensor> {
-        let (_, seq) = input_ids.dims2()?;
-        let positions = Tensor::arange(0u32, seq as u32, input_ids.device())?.unsqueeze(0)?;
+impl ModelForward for BertModel {
+    /// Python's `BertModel` takes position ids, and is causal as a decoder (`is_decoder`).
+    const ACCEPTS: &'static [InputKind] = &[InputKind::InputIds, InputKind::AttentionMask, InputKind::PositionIds, InputKind::Causal];
+
+    fn forward_with(&self, inputs: &ModelInputs<'_>, ctx: &ForwardContext) -> Result<ModelOutputs> {
+        let input_ids = inputs.ids()?;
+        let positions = match &inputs.position_ids {
+            Some(p) => p.clone(),
+            None => Tensor::arange(0u32, input_ids.dim(1)? as u32, input_ids.device())?.unsqueeze(0)?,
+        };
         let embeddings = self.embeddings.forward(input_ids, &positions, ctx)?;
-        let (embeddings, attention_mask) = self.embeddings.adapters.forward(&embeddings, attention_mask, ctx)?;
-        self.encoder.forward(&embeddings, &attention_mask, ctx)
+        let (embeddings, attention_mask) = self.embeddings.adapters.forward(&embeddings, &inputs.mask()?, ctx)?;
+        Ok(ModelOutputs::hidden(self.encoder.forward(&embeddings, &attention_mask, inputs.causal, ctx)?))
     }
 
     fn has_pooler(&self) -> bool {

@@ -5,7 +5,8 @@
 use adapters_runtime::nn::activation::Activation;
 use adapters_runtime::nn::dropout;
 use adapters_runtime::{adapter_config, adapter_mixin, with_adapters};
-use adapters_runtime::{BottleneckSlot, EmbeddingSlot, EncoderForward, ForwardContext, LayerNorm, LoRALinear, PrefixPadding, PrefixSlot, ReftSlot};
+use adapters_runtime::{BottleneckSlot, EmbeddingSlot, ForwardContext, LayerNorm, LoRALinear, PrefixPadding, PrefixSlot, ReftSlot};
+use adapters_runtime::{ModelForward, ModelInputs, ModelOutputs};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder};
 use serde::Deserialize;
@@ -170,8 +171,11 @@ impl DistilBertModel {
     }
 }
 
-impl EncoderForward for DistilBertModel {
-    fn forward_with(&self, input_ids: &Tensor, attention_mask: &Tensor, ctx: &ForwardContext) -> Result<Tensor> {
+/// Python's `DistilBertModel` takes token ids and a mask only (the default `ACCEPTS`).
+impl ModelForward for DistilBertModel {
+    fn forward_with(&self, inputs: &ModelInputs<'_>, ctx: &ForwardContext) -> Result<ModelOutputs> {
+        let input_ids = inputs.ids()?;
+        let attention_mask = &inputs.mask()?;
         let (_, seq) = input_ids.dims2()?;
         let positions = Tensor::arange(0u32, seq as u32, input_ids.device())?.unsqueeze(0)?;
         let e = &self.embeddings;
@@ -182,7 +186,7 @@ impl EncoderForward for DistilBertModel {
         for layer in &self.transformer.layers {
             hidden = layer.forward(&hidden, &mask, ctx)?;
         }
-        Ok(hidden)
+        Ok(ModelOutputs::hidden(hidden))
     }
 
     fn input_embeddings(&self) -> Option<&Tensor> {

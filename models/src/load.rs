@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use adapters_runtime::methods::init::Placement;
-use adapters_runtime::{AdaptableModel, AdaptedModel, AdapterError, DynAdaptedModel, EncoderForward, Result};
+use adapters_runtime::{AdaptableModel, AdaptedModel, AdapterError, DynAdaptedModel, ModelForward, Result};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Shape, Tensor, Var};
 use candle_nn::var_builder::SimpleBackend;
@@ -94,7 +94,7 @@ fn typed_config<C: DeserializeOwned>(dir: &Path, raw: serde_json::Value) -> Resu
 /// Loads one architecture, typed. `prefix` is the task-model prefix the checkpoint may carry.
 pub fn load_typed<M, C>(dir: &Path, prefix: &str, build: impl FnOnce(VarBuilder, &C) -> candle_core::Result<M>) -> Result<AdaptedModel<M>>
 where
-    M: AdaptableModel,
+    M: AdaptableModel + ModelForward,
     C: DeserializeOwned,
 {
     load_with_config(dir, read_config(dir)?, prefix, &LoadOptions::default(), build)
@@ -108,7 +108,7 @@ fn load_with_config<M, C>(
     build: impl FnOnce(VarBuilder, &C) -> candle_core::Result<M>,
 ) -> Result<AdaptedModel<M>>
 where
-    M: AdaptableModel,
+    M: AdaptableModel + ModelForward,
     C: DeserializeOwned,
 {
     let config: C = typed_config(dir, raw)?;
@@ -135,18 +135,18 @@ where
     })
 }
 
-fn boxed<M: AdaptableModel + EncoderForward + 'static>(m: AdaptedModel<M>) -> Box<dyn DynAdaptedModel> {
+fn boxed<M: AdaptableModel + ModelForward + 'static>(m: AdaptedModel<M>) -> Box<DynAdaptedModel> {
     Box::new(m)
 }
 
 /// Loads a checkpoint folder, choosing the architecture from `model_type` in `config.json`:
 /// frozen base weights, f32 on the CPU.
-pub fn load_model(dir: &Path) -> Result<Box<dyn DynAdaptedModel>> {
+pub fn load_model(dir: &Path) -> Result<Box<DynAdaptedModel>> {
     load_model_with(dir, LoadOptions::default())
 }
 
 /// [`load_model`], with the base weights held and placed as `options` say.
-pub fn load_model_with(dir: &Path, options: LoadOptions) -> Result<Box<dyn DynAdaptedModel>> {
+pub fn load_model_with(dir: &Path, options: LoadOptions) -> Result<Box<DynAdaptedModel>> {
     let base = &options;
     let path = dir.join("config.json");
     let raw = read_config(dir)?;

@@ -1,7 +1,7 @@
 //! RoBERTa: BERT's encoder (and so BERT's layer mixin, named below) under RoBERTa embeddings,
 //! whose positions start after the padding index and skip padding.
 
-use adapters_runtime::{with_adapters, EncoderForward, ForwardContext};
+use adapters_runtime::{with_adapters, ForwardContext, InputKind, ModelForward, ModelInputs, ModelOutputs};
 use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -50,12 +50,19 @@ fn position_ids(input_ids: &Tensor, padding_idx: usize) -> Result<Tensor> {
     Tensor::from_vec(positions, input_ids.dims(), input_ids.device())
 }
 
-impl EncoderForward for RobertaModel {
-    fn forward_with(&self, input_ids: &Tensor, attention_mask: &Tensor, ctx: &ForwardContext) -> Result<Tensor> {
-        let positions = position_ids(input_ids, self.config.pad_token_id)?;
+impl ModelForward for RobertaModel {
+    /// Python's `RobertaModel` takes position ids, and is causal as a decoder (`is_decoder`).
+    const ACCEPTS: &'static [InputKind] = &[InputKind::InputIds, InputKind::AttentionMask, InputKind::PositionIds, InputKind::Causal];
+
+    fn forward_with(&self, inputs: &ModelInputs<'_>, ctx: &ForwardContext) -> Result<ModelOutputs> {
+        let input_ids = inputs.ids()?;
+        let positions = match &inputs.position_ids {
+            Some(p) => p.clone(),
+            None => position_ids(input_ids, self.config.pad_token_id)?,
+        };
         let embeddings = self.embeddings.forward(input_ids, &positions, ctx)?;
-        let (embeddings, attention_mask) = self.embeddings.adapters.forward(&embeddings, attention_mask, ctx)?;
-        self.encoder.forward(&embeddings, &attention_mask, ctx)
+        let (embeddings, attention_mask) = self.embeddings.adapters.forward(&embeddings, &inputs.mask()?, ctx)?;
+        Ok(ModelOutputs::hidden(self.encoder.forward(&embeddings, &attention_mask, inputs.causal, ctx)?))
     }
 
     fn has_pooler(&self) -> bool {

@@ -17,7 +17,7 @@ fn main() {
     let ids = Tensor::rand(0f32, 30000.0, (8, 128), &Device::Cpu).unwrap().to_dtype(DType::I64).unwrap();
     let mask = Tensor::ones((8, 128), DType::I64, &Device::Cpu).unwrap();
     let dtypes = [DType::F32, DType::BF16, DType::F16];
-    let mut models: Vec<Box<dyn DynAdaptedModel>> = dtypes
+    let mut models: Vec<Box<DynAdaptedModel>> = dtypes
         .iter()
         .map(|&dtype| {
             let options = LoadOptions { placement: Placement::new(Device::Cpu, dtype), ..LoadOptions::default() };

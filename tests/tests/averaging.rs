@@ -13,11 +13,11 @@ fn manifest() -> Value {
     read_json(&fixtures().join("averaging_manifest.json"))
 }
 
-fn load_sources(arch: &str, dir: &Path) -> Box<dyn DynAdaptedModel> {
+fn load_sources(arch: &str, dir: &Path) -> Box<DynAdaptedModel> {
     let mut model = load_model(&fixtures().join("tiny").join(arch).join("model")).unwrap();
     for name in ["a", "b", "c"] {
         if dir.join(name).is_dir() {
-            model.load_adapter(&dir.join(name), None).unwrap();
+            model.load_adapter(dir.join(name), None).unwrap();
         }
     }
     model
@@ -69,7 +69,7 @@ fn averaged_adapters_match_python() {
             }
             // Python's saved averaged adapter loads into the same numbers.
             let mut fresh = load_model(&fixtures().join("tiny").join(arch).join("model")).unwrap();
-            fresh.load_adapter(&dir.join("avg"), None).unwrap();
+            fresh.load_adapter(dir.join("avg"), None).unwrap();
             fresh.set_active_adapters(AdapterSetup::from("avg")).unwrap();
             assert!(max_abs_diff(&fresh.forward(&ids, &mask).unwrap(), &expected["last_hidden_state"]) <= TOLERANCE, "{label}: Python's file");
             checked += 1;
@@ -110,7 +110,7 @@ fn averaging_errors_name_the_problem() {
     let mut model = load_sources("bert", &dir);
     let err = model.average_adapter("x", &["a", "b"], Some(&[0.5, -0.5]), true, CombineStrategy::LoraLinearOnlyNegateB).unwrap_err().to_string();
     assert!(err.contains("sum to 0") && err.contains("normalize"), "{err}");
-    assert!(model.adapter_names().iter().all(|n| n != "x"), "nothing half-added");
+    assert!(model.adapter_names().all(|n| n != "x"), "nothing half-added");
     let err = CombineStrategy::parse("lora_delta_w_svd", None).unwrap_err().to_string();
     assert!(err.contains("svd_rank must be set"), "{err}");
     model.add_adapter("r4", adapters_runtime::AdapterConfig::parse("lora[r=4]").unwrap()).unwrap();

@@ -27,7 +27,7 @@ fn base(arch: &str, with_heads: bool) -> PathBuf {
     model_dir
 }
 
-fn load_case(arch: &str, dir: &Path, with_heads: bool) -> Box<dyn DynAdaptedModel> {
+fn load_case(arch: &str, dir: &Path, with_heads: bool) -> Box<DynAdaptedModel> {
     let mut model = load_model(&base(arch, with_heads)).unwrap();
     let mut names: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.join("adapter_config.json").is_file()).collect();
     names.sort();
@@ -91,7 +91,7 @@ fn refusal(setup: &AdapterSetup, python_error: &Value) -> Option<Vec<String>> {
 /// Checks a case Python raises on: this library refuses it (`refusal`) with the rule named, or
 /// runs it, and then it must equal its BatchSplit form on the repeated batch. Returns a report
 /// line.
-fn check_without_python(label: &str, model: &mut dyn DynAdaptedModel, setup: &AdapterSetup, python_error: &Value, ids: &Tensor, mask: &Tensor) -> String {
+fn check_without_python(label: &str, model: &mut DynAdaptedModel, setup: &AdapterSetup, python_error: &Value, ids: &Tensor, mask: &Tensor) -> String {
     model.set_active_adapters(setup.clone()).unwrap_or_else(|e| panic!("{label}: {e}"));
     let result = model.forward(ids, mask);
     if let Some(rules) = refusal(setup, python_error) {
@@ -180,14 +180,14 @@ fn blocks_match_python() {
 
 /// Loads the case's fusion layer from Python's files (safetensors and .bin), runs the setup
 /// and compares the output and the fusion attention of every layer. Returns the loads checked.
-fn check_fusion(label: &str, model: &mut dyn DynAdaptedModel, setup: &AdapterSetup, info: &Value, ids: &Tensor, mask: &Tensor) -> usize {
+fn check_fusion(label: &str, model: &mut DynAdaptedModel, setup: &AdapterSetup, info: &Value, ids: &Tensor, mask: &Tensor) -> usize {
     let expected = read(&fixtures().join(info["output"].as_str().unwrap()));
     let mut checked = 0;
     // The manifest names the folders: safetensors always, .bin where Python could write it.
     let folders = [&info["fusion"]["dir"], &info["fusion"]["dir_bin"]];
     for folder in folders.into_iter().filter_map(Value::as_str) {
         let fdir = fixture_path(&fixtures().join(folder));
-        for name in model.fusion_names() {
+        for name in model.fusion_names().map(String::from).collect::<Vec<_>>() {
             model.delete_adapter_fusion(&name).unwrap();
         }
         let name = model.load_adapter_fusion(&fdir, None).unwrap_or_else(|e| panic!("{label}/{folder}: {e}"));
@@ -215,7 +215,7 @@ fn fusion_files_round_trip_and_train() {
     let dir = fixtures().join("composition/bert/fuse_dynamic");
     let (ids, mask) = inputs(&fixtures().join("tiny/bert"));
     let mut model = load_case("bert", &dir, false);
-    model.load_adapter_fusion(&dir.join("fusion"), None).unwrap();
+    model.load_adapter_fusion(dir.join("fusion"), None).unwrap();
     let setup = setup_of(&dir);
     model.set_active_adapters(setup.clone()).unwrap();
     let before = model.forward(&ids, &mask).unwrap();
@@ -326,7 +326,7 @@ fn setups_python_refuses_are_refused_or_checked() {
             if adapters.values().all(|c| c == "seq_bn") {
                 model.add_adapter(name, adapters_runtime::AdapterConfig::parse(config).unwrap()).unwrap();
             } else {
-                model.load_adapter(&adapter_with_config(&m, config), Some(name)).unwrap();
+                model.load_adapter(adapter_with_config(&m, config), Some(name)).unwrap();
             }
         }
         let mut setup = AdapterSetup::from_json(&case["setup_dict"]).unwrap_or_else(|e| panic!("{label}: {e}"));

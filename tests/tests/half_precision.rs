@@ -37,7 +37,7 @@ fn check_arch(arch: &str, dtype: DType) -> (usize, f32) {
     let mut model = load_model_with(&data.join("model"), options).unwrap();
     let mut worst = 0f32;
     let mut checks = 0;
-    let mut check = |model: &dyn DynAdaptedModel, reference: &str, label: &str| {
+    let mut check = |model: &DynAdaptedModel, reference: &str, label: &str| {
         let out = model.forward(&ids, &mask).unwrap_or_else(|e| panic!("{label}: {e}"));
         let err = relative_error(&out, &expected(&data.join(reference)), dtype, label);
         let tolerance = tolerance(dtype, reference == "base.safetensors");
@@ -48,7 +48,7 @@ fn check_arch(arch: &str, dtype: DType) -> (usize, f32) {
     check(model.as_ref(), "base.safetensors", &format!("{arch} {dtype:?} base"));
     for (case, info) in cases(arch) {
         let label = format!("{arch} {dtype:?} {case}");
-        let name = model.load_adapter(&fixture_path(&data.join(&case).join("adapter")), None).unwrap_or_else(|e| panic!("{label}: {e}"));
+        let name = model.load_adapter(fixture_path(&data.join(&case).join("adapter")), None).unwrap_or_else(|e| panic!("{label}: {e}"));
         for (param, var) in model.named_params(&name).unwrap() {
             assert_eq!(var.dtype(), dtype, "{label}: {param} was not loaded in the model's dtype");
         }

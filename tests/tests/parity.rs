@@ -18,7 +18,7 @@ struct Row {
     diff: f32,
 }
 
-fn check(rows: &mut Vec<Row>, arch: &str, case: &str, what: &'static str, model: &dyn DynAdaptedModel, (ids, mask): &(Tensor, Tensor), expected: &Path) {
+fn check(rows: &mut Vec<Row>, arch: &str, case: &str, what: &'static str, model: &DynAdaptedModel, (ids, mask): &(Tensor, Tensor), expected: &Path) {
     let out = model.forward(ids, mask).unwrap_or_else(|e| panic!("{arch}/{case} {what}: {e}"));
     let diff = max_abs_diff(&out, &adapters_tests::expected(expected));
     rows.push(Row { arch: arch.into(), case: case.into(), what, diff });
@@ -68,7 +68,7 @@ fn run_arch(arch: &str, data: &Path, model_dir: &Path, rows: &mut Vec<Row>) {
 /// Merging: the weights equal Python's merged weights, the output equals Python's merged output,
 /// deactivating keeps the merged output (the update is in the weights, as in Python), and
 /// `reset_adapter` restores the original weights exactly.
-fn check_merge(rows: &mut Vec<Row>, arch: &str, case: &str, info: &Value, model: &mut dyn DynAdaptedModel, input: &(Tensor, Tensor), case_dir: &Path) {
+fn check_merge(rows: &mut Vec<Row>, arch: &str, case: &str, info: &Value, model: &mut DynAdaptedModel, input: &(Tensor, Tensor), case_dir: &Path) {
     let original: HashMap<String, Tensor> = model.lora_linear_weights().into_iter().collect();
     model.merge_adapter(case).unwrap();
     let merged_output = case_dir.join("output_merged.safetensors");
@@ -90,7 +90,7 @@ fn check_merge(rows: &mut Vec<Row>, arch: &str, case: &str, info: &Value, model:
 }
 
 /// The merged weights equal Python's; modules without the adapter keep theirs.
-fn check_merged_weights(rows: &mut Vec<Row>, arch: &str, case: &str, info: &Value, model: &dyn DynAdaptedModel, original: &HashMap<String, Tensor>) {
+fn check_merged_weights(rows: &mut Vec<Row>, arch: &str, case: &str, info: &Value, model: &DynAdaptedModel, original: &HashMap<String, Tensor>) {
     let python = read(&fixtures().join(info["merged_weights"].as_str().unwrap_or_else(|| panic!("manifest: {arch}/{case} has no merged_weights"))));
     assert_eq!(python.len() as u64, info["n_merged_weights"].as_u64().unwrap(), "{arch}/{case}: merged weight count");
     let ours: HashMap<String, Tensor> = model.lora_linear_weights().into_iter().collect();
@@ -115,7 +115,7 @@ fn run_stacks(arch: &str, data: &Path, model_dir: &Path, rows: &mut Vec<Row>) {
     for (case, info) in stacks {
         let mut model = load_model(model_dir).unwrap();
         for child in ["a", "b"] {
-            model.load_adapter(&fixture_path(&data.join(case).join(child)), None).unwrap();
+            model.load_adapter(fixture_path(&data.join(case).join(child)), None).unwrap();
         }
         let setup = AdapterSetup::from_json(&info["setup_json"]).unwrap();
         assert_eq!(setup.to_string(), info["setup"].as_str().unwrap());

@@ -293,7 +293,7 @@ fn weights_loader_never_panics_nor_half_loads() {
                 Ok(true)
             }
             Err(_) => {
-                prop_assert!(model.adapter_names().is_empty(), "nothing half-loaded");
+                prop_assert!(model.adapter_names().next().is_none(), "nothing half-loaded");
                 Ok(false)
             }
         }

@@ -139,8 +139,8 @@ fn python_loads_what_we_save() {
         let mut model = load_model(&model_path(&e.arch)).unwrap();
         let mut saved = Vec::new();
         for (name, dir) in &e.adapters {
-            model.load_adapter(&fixture_path(dir), Some(name)).unwrap_or_else(|err| panic!("{}: {err}", e.id));
-            model.save_adapter(&root.join(&e.id).join(name), name).unwrap();
+            model.load_adapter(fixture_path(dir), Some(name)).unwrap_or_else(|err| panic!("{}: {err}", e.id));
+            model.save_adapter(root.join(&e.id).join(name), name).unwrap();
             saved.push(json!([name, format!("{}/{name}", e.id)]));
         }
         index.push(json!({
@@ -178,7 +178,7 @@ fn python_loads_what_we_save() {
         // Our files reloaded here give the output Python computed from them.
         let mut fresh = load_model(&model_path(&e.arch)).unwrap();
         for (name, _) in &e.adapters {
-            fresh.load_adapter(&root.join(&e.id).join(name), None).unwrap();
+            fresh.load_adapter(root.join(&e.id).join(name), None).unwrap();
         }
         fresh.set_active_adapters(AdapterSetup::parse(&e.setup).unwrap()).unwrap();
         let (ids, mask) = inputs(fixtures().join(inputs_ref(&e.arch)).parent().unwrap());

@@ -18,10 +18,10 @@ fn step_dir(case: &str) -> std::path::PathBuf {
 
 /// Every trainable tensor of the model under its Python name (`bert.` prefixed, as Python's
 /// AdapterModel names them).
-fn trained(model: &dyn DynAdaptedModel, case: &str) -> HashMap<String, Var> {
+fn trained(model: &DynAdaptedModel, case: &str) -> HashMap<String, Var> {
     let mut out: HashMap<String, Var> = model.head_params(case).unwrap().into_iter().collect();
     if case == "full" {
-        out.extend(model.base_vars());
+        out.extend(model.base_vars().iter().cloned());
     } else {
         out.extend(model.named_params(case).unwrap().into_iter().map(|(n, v)| (format!("bert.{n}"), v)));
     }
@@ -53,10 +53,10 @@ fn run(case: &str) -> (f32, f32) {
     }
     let mut model = load_model_with(&ckpt, LoadOptions { base, ..LoadOptions::default() }).unwrap();
     let vars = if case == "full" {
-        model.load_head(&step_dir(case).join("initial"), None).unwrap();
+        model.load_head(step_dir(case).join("initial"), None).unwrap();
         model.train_full().unwrap()
     } else {
-        model.load_adapter(&step_dir(case).join("initial"), None).unwrap();
+        model.load_adapter(step_dir(case).join("initial"), None).unwrap();
         model.train_adapter(AdapterSetup::from(case)).unwrap()
     };
     let hp = &info["hyper_parameters"];

@@ -6,21 +6,21 @@ use std::sync::Arc;
 
 use candle_core::Var;
 
+use crate::body::BaseModel;
 use crate::config::AdapterConfig;
 use crate::error::{AdapterError, Result};
 use crate::heads::HeadSetup;
-use crate::mixin::AdaptableModel;
 use crate::setup::{AdapterSetup, BlockKind};
 
 use super::{AdaptedModel, ADAPTER_SETUP_NAME, PYTHON_ADAPTERS_VERSION};
 
-impl<M: AdaptableModel> AdaptedModel<M> {
+impl<M: BaseModel + ?Sized> AdaptedModel<M> {
     /// Activates a setup (`"a"`, `AdapterSetup::stack(["a", "b"])`, or a parsed repr). The
     /// setup must follow the Python library's nesting rules, name only adapters of this model,
     /// and use blocks their methods support; the error names the rule that is broken.
     ///
     /// ```no_run
-    /// # fn demo<M: adapters_runtime::AdaptableModel>(model: &mut adapters_runtime::AdaptedModel<M>) -> adapters_runtime::Result<()> {
+    /// # fn demo(model: &mut adapters_runtime::DynAdaptedModel) -> adapters_runtime::Result<()> {
     /// use adapters_runtime::AdapterSetup;
     /// model.set_active_adapters(AdapterSetup::parse("Stack[lang, Parallel[task_a, task_b]]")?)?;
     /// # Ok(()) }

@@ -7,11 +7,12 @@ use std::collections::HashMap;
 use candle_core::{DType, Tensor, Var};
 
 use super::AdaptedModel;
+use crate::body::BaseModel;
 use crate::config::AdapterConfig;
 use crate::error::{AdapterError, Result};
 use crate::methods::svd::svd;
 use crate::methods::NamedParam;
-use crate::mixin::{AdaptableModel, SlotRef};
+use crate::mixin::SlotRef;
 
 /// How the source adapters' weights combine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,13 +51,13 @@ fn comparable(config: &AdapterConfig) -> serde_json::Value {
     v
 }
 
-impl<M: AdaptableModel> AdaptedModel<M> {
+impl<M: BaseModel + ?Sized> AdaptedModel<M> {
     /// Adds adapter `name` as a weighted combination of `sources` (equal weights when `weights`
     /// is `None`; weights normalised to sum to 1 when `normalize`). The sources must share one
     /// config (dropout and init aside). The new adapter is not activated.
     ///
     /// ```no_run
-    /// # fn demo<M: adapters_runtime::AdaptableModel>(model: &mut adapters_runtime::AdaptedModel<M>) -> adapters_runtime::Result<()> {
+    /// # fn demo(model: &mut adapters_runtime::DynAdaptedModel) -> adapters_runtime::Result<()> {
     /// use adapters_runtime::model::CombineStrategy;
     /// model.average_adapter("avg", &["a", "b"], Some(&[0.3, 0.7]), true, CombineStrategy::Linear)?;
     /// # Ok(()) }

@@ -5,14 +5,15 @@ use std::path::Path;
 
 use candle_core::{Tensor, Var};
 
+use crate::body::BaseModel;
 use crate::config::{AdapterConfig, AdapterFile};
 use crate::error::{AdapterError, Result};
-use crate::mixin::{AdaptableModel, SlotRef};
+use crate::mixin::SlotRef;
 use crate::state_dict::{with_or_without_root, Expected, Resolved};
 
 use super::{AdaptedModel, ADAPTER_WEIGHTS_PICKLE, ADAPTER_WEIGHTS_SAFE, PYTHON_ADAPTERS_VERSION};
 
-impl<M: AdaptableModel> AdaptedModel<M> {
+impl<M: BaseModel + ?Sized> AdaptedModel<M> {
     /// Every parameter of an adapter under the name the Python library gives it on the bare
     /// base model (`encoder.layer.0.output.adapters.NAME.adapter_up.weight`).
     pub fn named_params(&self, name: &str) -> Result<Vec<(String, Var)>> {
@@ -114,7 +115,7 @@ impl<M: AdaptableModel> AdaptedModel<M> {
         // previous files as they were.
         let mut batch = crate::io::FileBatch::new();
         batch.add_safetensors(&dir.join(ADAPTER_WEIGHTS_SAFE), &tensors)?;
-        let mapping = M::MAPPING;
+        let mapping = self.model.mapping();
         AdapterFile {
             config: config.clone(),
             name: name.to_string(),

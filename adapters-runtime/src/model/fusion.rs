@@ -9,11 +9,13 @@ use candle_core::{Tensor, Var};
 use serde_json::{json, Value};
 
 use super::{AdaptedModel, PYTHON_ADAPTERS_VERSION};
+use crate::body::BaseModel;
 use crate::config::{AdapterConfig, FusionConfig};
 use crate::context::FusionAttention;
 use crate::error::{AdapterError, Result};
 use crate::methods::bottleneck::FusionLayer;
-use crate::mixin::{AdaptableModel, BottleneckLocation, EncoderForward, SlotMut, SlotRef};
+use crate::mixin::{BottleneckLocation, SlotMut, SlotRef};
+use crate::model_io::ModelInputs;
 use crate::setup::AdapterSetup;
 use crate::state_dict::{with_or_without_root, Expected, Resolved};
 
@@ -39,13 +41,13 @@ fn fuse_members(setup: &AdapterSetup) -> Result<(String, Vec<String>)> {
     Ok((setup.fusion_name().unwrap_or_default(), names))
 }
 
-impl<M: AdaptableModel> AdaptedModel<M> {
+impl<M: BaseModel + ?Sized> AdaptedModel<M> {
     /// Adds an AdapterFusion layer over bottleneck adapters (`Fuse[a, b]`) at every slot where
     /// all of them are placed, as Python's `add_adapter_fusion`. The adapters must agree on
     /// `mh_adapter` and `output_adapter`.
     ///
     /// ```no_run
-    /// # fn demo<M: adapters_runtime::AdaptableModel>(model: &mut adapters_runtime::AdaptedModel<M>) -> adapters_runtime::Result<()> {
+    /// # fn demo(model: &mut adapters_runtime::DynAdaptedModel) -> adapters_runtime::Result<()> {
     /// use adapters_runtime::{config::FusionConfig, AdapterSetup};
     /// let fuse = AdapterSetup::parse("Fuse[sst2, mnli]")?;
     /// model.add_adapter_fusion(fuse.clone(), FusionConfig::dynamic())?;
@@ -215,7 +217,7 @@ impl<M: AdaptableModel> AdaptedModel<M> {
         let tensors: HashMap<String, Tensor> = self.fusion_params(name)?.into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
         let mut batch = crate::io::FileBatch::new();
         batch.add_safetensors(&dir.join(FUSION_WEIGHTS_SAFE), &tensors)?;
-        let mapping = M::MAPPING;
+        let mapping = self.model.mapping();
         let file = json!({
             "adapter_names": members,
             "config": config.to_json(),
@@ -271,15 +273,15 @@ impl<M: AdaptableModel> AdaptedModel<M> {
     }
 }
 
-impl<M: AdaptableModel + EncoderForward> AdaptedModel<M> {
+impl<M: BaseModel + ?Sized> AdaptedModel<M> {
     /// `last_hidden_state` and the attention of every fusion layer over its adapters
     /// (`[batch, seq, adapters]`), by fusion, layer and location, as Python returns them with
     /// `output_adapter_fusion_attentions=True`.
     pub fn forward_with_fusion_attentions(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<(Tensor, Vec<FusionAttention>)> {
         let sink = Arc::new(Mutex::new(Vec::new()));
-        let (ids, mask) = self.prepare_inputs(input_ids, attention_mask)?;
-        let ctx = self.forward_context(&mask)?.with_fusion_attentions(sink.clone());
-        let hidden = self.model.forward_with(&ids, &mask, &ctx)?;
+        let (inputs, ctx) = self.prepare(&ModelInputs::text(input_ids.clone(), attention_mask.clone()))?;
+        let ctx = ctx.with_fusion_attentions(sink.clone());
+        let hidden = self.model.forward_with(&inputs, &ctx)?.last_hidden_state;
         let mut attentions = sink.lock().map(|v| v.clone()).unwrap_or_default();
         let mut places: HashMap<String, (usize, &'static str)> = HashMap::new();
         self.each_slot(&mut |layer, slot| {

@@ -8,10 +8,11 @@ use std::path::Path;
 use candle_core::{Tensor, Var};
 
 use super::{AdaptedModel, PYTHON_ADAPTERS_VERSION};
+use crate::body::BaseModel;
 use crate::error::{AdapterError, Result};
 use crate::heads::{head_loss, HeadConfig, HeadDims, HeadFile, HeadOutput, HeadSetup, HeadType, PredictionHead};
 use crate::heads::{HEAD_WEIGHTS_PICKLE, HEAD_WEIGHTS_SAFE};
-use crate::mixin::{AdaptableModel, EncoderForward};
+use crate::model_io::ModelInputs;
 use crate::setup::AdapterSetup;
 use crate::state_dict::{Expected, Resolved};
 
@@ -39,7 +40,7 @@ pub struct HeadResult {
     pub output: HeadOutput,
 }
 
-impl<M: AdaptableModel> AdaptedModel<M> {
+impl<M: BaseModel + ?Sized> AdaptedModel<M> {
     /// The head called `name`, or the error that says there is none.
     pub(crate) fn head_named(&self, name: &str) -> Result<&PredictionHead> {
         self.heads.get(name).ok_or_else(|| AdapterError::InvalidConfig(format!("no head named `{name}` in this model")))
@@ -66,7 +67,7 @@ impl<M: AdaptableModel> AdaptedModel<M> {
         let head = self.head_named(name)?;
         let tensors: HashMap<String, Tensor> = self.head_params(name)?.into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
         batch.add_safetensors(&dir.join(HEAD_WEIGHTS_SAFE), &tensors)?;
-        let mapping = M::MAPPING;
+        let mapping = self.model.mapping();
         HeadFile {
             config: head.config().clone(),
             name: name.to_string(),
@@ -81,7 +82,7 @@ impl<M: AdaptableModel> AdaptedModel<M> {
     }
 }
 
-impl<M: AdaptableModel + EncoderForward> AdaptedModel<M> {
+impl<M: BaseModel + ?Sized> AdaptedModel<M> {
     /// Loads an adapter folder written by `save_adapter` here or in Python (`adapter.safetensors`
     /// or `pytorch_adapter.bin`), under its own name or `load_as`, with its head if the folder
     /// holds one (`head_config.json`). Returns the name. Either everything loads or the model is
@@ -121,7 +122,7 @@ impl<M: AdaptableModel + EncoderForward> AdaptedModel<M> {
         if config.use_pooler() && !self.model.has_pooler() {
             return Err(AdapterError::InvalidConfig(format!(
                 "head `{name}` sets use_pooler, but this {} model has no pooler; use the first token instead (use_pooler = false)",
-                M::MAPPING.model_type
+                self.model.mapping().model_type
             )));
         }
         let mut init = self.init_for(name, 0x4845_4144);
@@ -135,7 +136,7 @@ impl<M: AdaptableModel + EncoderForward> AdaptedModel<M> {
     /// optional label names (index = class id).
     ///
     /// ```no_run
-    /// # fn demo<M: adapters_runtime::AdaptableModel + adapters_runtime::EncoderForward>(model: &mut adapters_runtime::AdaptedModel<M>) -> adapters_runtime::Result<()> {
+    /// # fn demo(model: &mut adapters_runtime::DynAdaptedModel) -> adapters_runtime::Result<()> {
     /// let labels = ["negative".to_string(), "positive".to_string()];
     /// model.add_classification_head("mr", 2, Some(&labels))?;
     /// # Ok(()) }
@@ -169,7 +170,7 @@ impl<M: AdaptableModel + EncoderForward> AdaptedModel<M> {
         let vocab = self.model.input_embeddings().map(|e| e.dim(0)).transpose()?.ok_or_else(|| {
             AdapterError::InvalidConfig(format!(
                 "a masked LM head ties its decoder to the input embeddings, and this {} model exposes none",
-                M::MAPPING.model_type
+                self.model.mapping().model_type
             ))
         })?;
         let hidden = self.model.dims().hidden_size;
@@ -188,9 +189,8 @@ impl<M: AdaptableModel + EncoderForward> AdaptedModel<M> {
     /// The base output and the active heads' outputs: one head over the batch, or one per
     /// Parallel channel or BatchSplit part over its rows (Python's `MultiHeadOutput`).
     pub fn forward_with_head(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<ModelOutput> {
-        let (ids, mask) = self.prepare_inputs(input_ids, attention_mask)?;
-        let ctx = self.forward_context(&mask)?;
-        let hidden = self.model.forward_with(&ids, &mask, &ctx)?;
+        let (inputs, ctx) = self.prepare(&ModelInputs::text(input_ids.clone(), attention_mask.clone()))?;
+        let hidden = self.model.forward_with(&inputs, &ctx)?.last_hidden_state;
         let rows = hidden.dim(0)?;
         let mut heads = Vec::new();
         if let Some(setup) = &self.active_head {

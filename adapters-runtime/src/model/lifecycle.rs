@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::body::BaseModel;
 use crate::config::AdapterConfig;
 use crate::error::{AdapterError, Result};
 use crate::methods::bottleneck::{BottleneckAdapter, SharedPhm};
@@ -11,15 +12,15 @@ use crate::methods::lora::{LoraModule, SharedVera};
 use crate::methods::prefix::PrefixGate;
 use crate::methods::reft::ReftModule;
 use crate::methods::NamedParam;
-use crate::mixin::{AdaptableModel, BottleneckLocation, SlotMut, SlotRef};
+use crate::mixin::{BottleneckLocation, SlotMut, SlotRef};
 
 use super::{bottleneck_size, AdaptedModel};
 
-impl<M: AdaptableModel> AdaptedModel<M> {
+impl<M: BaseModel + ?Sized> AdaptedModel<M> {
     /// Adds a new adapter (not active until `set_active_adapters` or `train_adapter`).
     ///
     /// ```no_run
-    /// # fn demo<M: adapters_runtime::AdaptableModel>(model: &mut adapters_runtime::AdaptedModel<M>) -> adapters_runtime::Result<()> {
+    /// # fn demo(model: &mut adapters_runtime::DynAdaptedModel) -> adapters_runtime::Result<()> {
     /// use adapters_runtime::AdapterConfig;
     /// model.add_adapter("sst2", AdapterConfig::parse("seq_bn[reduction_factor=16]")?)?;
     /// model.set_active_adapters("sst2")?;
@@ -39,7 +40,7 @@ impl<M: AdaptableModel> AdaptedModel<M> {
     /// repeated or cut to the prompt length, as Python does.
     ///
     /// ```no_run
-    /// # fn demo<M: adapters_runtime::AdaptableModel>(model: &mut adapters_runtime::AdaptedModel<M>) -> adapters_runtime::Result<()> {
+    /// # fn demo(model: &mut adapters_runtime::DynAdaptedModel) -> adapters_runtime::Result<()> {
     /// use adapters_runtime::AdapterConfig;
     /// let config = AdapterConfig::parse("prompt_tuning[prompt_length=8, prompt_init='from_string', prompt_init_text='classify the sentiment']")?;
     /// // [CLS] classify the sentiment [SEP], as the model's tokenizer gives them.

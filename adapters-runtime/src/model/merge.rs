@@ -2,13 +2,14 @@
 
 use candle_core::Tensor;
 
+use crate::body::BaseModel;
 use crate::config::AdapterConfig;
 use crate::error::{AdapterError, Result};
-use crate::mixin::{AdaptableModel, SlotRef};
+use crate::mixin::SlotRef;
 
 use super::AdaptedModel;
 
-impl<M: AdaptableModel> AdaptedModel<M> {
+impl<M: BaseModel + ?Sized> AdaptedModel<M> {
     /// Folds a LoRA-family adapter into the base weights. The forward then skips LoRA modules
     /// until `reset_adapter`.
     pub fn merge_adapter(&mut self, name: &str) -> Result<()> {

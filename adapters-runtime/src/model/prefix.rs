@@ -8,6 +8,7 @@ use std::sync::Arc;
 use candle_core::{DType, Tensor};
 
 use super::{AdaptedModel, Planned};
+use crate::body::BaseModel;
 use crate::config::AdapterConfig;
 use crate::context::ForwardContext;
 use crate::error::{AdapterError, Result};
@@ -15,9 +16,9 @@ use crate::methods::init::Init;
 use crate::methods::invertible::InvertibleAdapter;
 use crate::methods::prefix::{PrefixGroup, PrefixModule, PrefixShape, PrefixStates};
 use crate::methods::prompt::PromptTuning;
-use crate::mixin::{AdaptableModel, SlotRef};
+use crate::mixin::SlotRef;
 
-impl<M: AdaptableModel> AdaptedModel<M> {
+impl<M: BaseModel + ?Sized> AdaptedModel<M> {
     /// The prefix modules of a new adapter: one per location key, producing the prefixes of the
     /// layers `planned` puts a prefix on (Python's `confirm_prefix`).
     pub(super) fn plan_prefix_group(&self, config: &AdapterConfig, planned: &[Option<Planned>], init: &mut Init) -> Result<Option<PrefixGroup>> {
@@ -48,7 +49,7 @@ impl<M: AdaptableModel> AdaptedModel<M> {
             return Err(AdapterError::NothingToAdd {
                 adapter: name.into(),
                 method: "prompt_tuning".into(),
-                reason: format!("{} marks no embedding slot (`#[with_adapters(..., embeddings = ...)]`)", M::MAPPING.model_class),
+                reason: format!("{} marks no embedding slot (`#[with_adapters(..., embeddings = ...)]`)", self.model.mapping().model_class),
             });
         };
         let (length, hidden) = (prompt_config.prompt_length, slot.hidden_size());
@@ -87,7 +88,7 @@ impl<M: AdaptableModel> AdaptedModel<M> {
             return Err(AdapterError::NothingToAdd {
                 adapter: name.into(),
                 method: "invertible adapter".into(),
-                reason: format!("{} marks no embedding slot (`#[with_adapters(..., embeddings = ...)]`)", M::MAPPING.model_class),
+                reason: format!("{} marks no embedding slot (`#[with_adapters(..., embeddings = ...)]`)", self.model.mapping().model_class),
             });
         };
         let reduction = c.inv_adapter_reduction_factor.as_ref().and_then(serde_json::Number::as_f64).unwrap_or(2.0);
@@ -126,7 +127,7 @@ impl<M: AdaptableModel> AdaptedModel<M> {
     /// `flat: true` and one `control_trans` tensor per location.
     ///
     /// ```no_run
-    /// # fn demo<M: adapters_runtime::AdaptableModel>(model: &mut adapters_runtime::AdaptedModel<M>) -> adapters_runtime::Result<()> {
+    /// # fn demo(model: &mut adapters_runtime::DynAdaptedModel) -> adapters_runtime::Result<()> {
     /// use adapters_runtime::AdapterConfig;
     /// model.add_adapter("p", AdapterConfig::parse("prefix_tuning[prefix_length=30]")?)?;
     /// // ... train ...

@@ -23,6 +23,28 @@ pub fn additive_mask(attention_mask: &Tensor, dtype: DType) -> Result<Tensor> {
     ((1.0 - mask)? * mask_min(dtype))?.to_dtype(dtype)?.reshape((batch, 1, 1, seq))
 }
 
+/// [`additive_mask`] for causal self-attention, `[batch, 1, seq, seq]`: position `q` attends to
+/// keys `k <= q` that the padding mask keeps (as `transformers` builds a decoder's mask: one
+/// 0/1 mask, then one bias, so two masked reasons never add up to an infinity).
+pub fn causal_additive_mask(attention_mask: &Tensor, dtype: DType) -> Result<Tensor> {
+    let (batch, seq) = attention_mask.dims2()?;
+    let device = attention_mask.device();
+    let rows = Tensor::arange(0u32, seq as u32, device)?.reshape((seq, 1))?;
+    let cols = Tensor::arange(0u32, seq as u32, device)?.reshape((1, seq))?;
+    let causal = cols.broadcast_le(&rows)?.to_dtype(DType::F32)?; // [seq, seq], 1 where k <= q
+    let keep = attention_mask.to_dtype(DType::F32)?.reshape((batch, 1, 1, seq))?.broadcast_mul(&causal.reshape((1, 1, seq, seq))?)?;
+    ((1.0 - keep)? * mask_min(dtype))?.to_dtype(dtype)
+}
+
+/// The additive attention bias of a pass: [`causal_additive_mask`] or [`additive_mask`].
+pub fn attention_bias(attention_mask: &Tensor, dtype: DType, causal: bool) -> Result<Tensor> {
+    if causal {
+        causal_additive_mask(attention_mask, dtype)
+    } else {
+        additive_mask(attention_mask, dtype)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -36,5 +58,15 @@ mod tests {
             assert_eq!(bias[0], 0.0, "{dtype:?}");
             assert!(bias[1].is_finite() && bias[1] < -6e4, "{dtype:?}: {}", bias[1]);
         }
+    }
+
+    #[test]
+    fn causal_mask_keeps_earlier_unpadded_keys() {
+        let mask = Tensor::new(&[[1i64, 1, 0]], &Device::Cpu).unwrap();
+        let bias = causal_additive_mask(&mask, DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let keep: Vec<bool> = bias.iter().map(|b| *b == 0.0).collect();
+        // rows q = 0, 1, 2; columns k = 0, 1, 2 (k = 2 is padding)
+        assert_eq!(keep, [true, false, false, true, true, false, true, true, false]);
+        assert!(bias.iter().all(|b| b.is_finite()));
     }
 }

@@ -11,9 +11,9 @@ use serde::Serialize;
 use super::optim::AdamWStep;
 use super::schedule::LinearSchedule;
 use super::text::TextEncoder;
-use crate::dynamic::DynAdaptedModel;
 use crate::error::{AdapterError, Result};
 use crate::methods::init::Rng;
+use crate::DynAdaptedModel;
 
 /// Hyper-parameters. The defaults are the protocol of the reference results on MR
 /// (REFERENCE.md): batch 32, max length 64, warm-up ratio 0.06, no weight decay, no clipping,
@@ -102,7 +102,7 @@ fn labels_tensor(labels: &[u32], device: &Device) -> Result<Tensor> {
 }
 
 /// Runs the active head over `data` in evaluation mode (dropout off) and scores it.
-pub fn evaluate(model: &mut dyn DynAdaptedModel, encoder: &TextEncoder, data: &LabelledTexts<'_>, batch_size: usize, progress: bool) -> Result<Evaluation> {
+pub fn evaluate(model: &mut DynAdaptedModel, encoder: &TextEncoder, data: &LabelledTexts<'_>, batch_size: usize, progress: bool) -> Result<Evaluation> {
     let was_training = model.is_training();
     model.set_training(false);
     let start = Instant::now();
@@ -142,7 +142,7 @@ pub fn evaluate(model: &mut dyn DynAdaptedModel, encoder: &TextEncoder, data: &L
 /// ```no_run
 /// use adapters_runtime::training::{train_classifier, Dataset, LabelledTexts, TextEncoder, TrainConfig};
 /// use adapters_runtime::{AdapterConfig, AdapterSetup, DynAdaptedModel, HeadConfig};
-/// # fn demo(model: &mut dyn DynAdaptedModel) -> adapters_runtime::Result<()> {
+/// # fn demo(model: &mut DynAdaptedModel) -> adapters_runtime::Result<()> {
 /// let train = Dataset::read_tsv("data/mr/train.tsv".as_ref())?;
 /// let labels = train.labels();
 /// model.add_adapter("mr", AdapterConfig::parse("seq_bn")?)?;
@@ -154,11 +154,11 @@ pub fn evaluate(model: &mut dyn DynAdaptedModel, encoder: &TextEncoder, data: &L
 ///     labels: train.label_ids(&labels, "data/mr/train.tsv")?,
 /// };
 /// let report = train_classifier(model, vars, &encoder, &set, None, &TrainConfig::default())?;
-/// model.save_adapter("out/mr".as_ref(), "mr")?; // adapter + head, loadable in Python
+/// model.save_adapter("out/mr", "mr")?; // adapter + head, loadable in Python
 /// # Ok(()) }
 /// ```
 pub fn train_classifier(
-    model: &mut dyn DynAdaptedModel,
+    model: &mut DynAdaptedModel,
     vars: Vec<Var>,
     encoder: &TextEncoder,
     train: &LabelledTexts<'_>,
@@ -195,7 +195,7 @@ pub fn train_classifier(
             let loss = model.head_loss(&out, &labels_tensor(&labels, &model.placement().device)?, Some(&enc.attention_mask))?;
             // Training a dynamic fusion adds its regularisation, as Python's AdapterTrainer does.
             let objective = match model.fusion_regularization_loss()? {
-                Some(reg) if model.active_adapters().is_some_and(|s| has_fuse(&s)) => (&loss + reg)?,
+                Some(reg) if model.active_adapters().is_some_and(has_fuse) => (&loss + reg)?,
                 _ => loss.clone(),
             };
             optimiser.step(&objective, schedule.rate(step), config.max_grad_norm)?;
