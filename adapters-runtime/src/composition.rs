@@ -7,8 +7,9 @@
 //! Every layer before that slot computes the same rows either way, so the outputs are identical,
 //! and no model has to know about Parallel.
 
-use candle_core::{Error, Result, Tensor};
+use candle_core::{Result, Tensor};
 
+use crate::error::{internal, invalid_input};
 use crate::setup::AdapterSetup;
 
 /// Row ranges `(start, len)` of the children of a Parallel or BatchSplit block over a batch of
@@ -18,7 +19,7 @@ pub(crate) fn row_ranges(setup: &AdapterSetup, rows: usize) -> Result<Vec<(usize
         AdapterSetup::Parallel(children) => {
             let n = children.len();
             if n == 0 || rows % n != 0 {
-                return Err(Error::Msg(format!("{setup}: the batch of {rows} rows is not a multiple of its {n} parallel channels")));
+                return Err(invalid_input(format!("{setup}: the batch of {rows} rows is not a multiple of its {n} parallel channels")));
             }
             let each = rows / n;
             Ok((0..n).map(|i| (i * each, each)).collect())
@@ -26,11 +27,11 @@ pub(crate) fn row_ranges(setup: &AdapterSetup, rows: usize) -> Result<Vec<(usize
         AdapterSetup::BatchSplit { batch_sizes, .. } => {
             let total: usize = batch_sizes.iter().sum();
             if total != rows {
-                return Err(Error::Msg(format!("{setup}: the batch has {rows} rows, which is not the sum of batch_sizes {batch_sizes:?} ({total})")));
+                return Err(invalid_input(format!("{setup}: the batch has {rows} rows, which is not the sum of batch_sizes {batch_sizes:?} ({total})")));
             }
             Ok(consecutive(batch_sizes))
         }
-        other => Err(Error::Msg(format!("{other} does not split the batch"))),
+        other => Err(internal(format!("{other} does not split the batch"))),
     }
 }
 
@@ -38,7 +39,7 @@ pub(crate) fn row_ranges(setup: &AdapterSetup, rows: usize) -> Result<Vec<(usize
 pub(crate) fn split_ranges(splits: &[usize], positions: usize, setup: &AdapterSetup) -> Result<Vec<(usize, usize)>> {
     let total: usize = splits.iter().sum();
     if total != positions {
-        return Err(Error::Msg(format!("{setup}: the input has sequence length {positions}, which is not the sum of splits {splits:?} ({total})")));
+        return Err(invalid_input(format!("{setup}: the input has sequence length {positions}, which is not the sum of splits {splits:?} ({total})")));
     }
     Ok(consecutive(splits))
 }
@@ -67,7 +68,7 @@ pub(crate) fn weighted_mean(items: &[Tensor], weights: &[f64]) -> Result<Tensor>
             Some(a) => (a + term)?,
         });
     }
-    acc.ok_or_else(|| Error::Msg("Average over no outputs".into()))
+    acc.ok_or_else(|| internal("Average over no outputs"))
 }
 
 /// Concatenates optional tensors along `dim`: all present, or all absent.
@@ -77,7 +78,7 @@ pub(crate) fn cat_optional(items: &[Option<Tensor>], dim: usize) -> Result<Optio
     }
     let present: Vec<&Tensor> = items.iter().flatten().collect();
     if present.len() != items.len() {
-        return Err(Error::Msg("some children have a module at this layer and some have none (Python raises here too)".into()));
+        return Err(invalid_input("some children have a module at this layer and some have none (Python raises here too)"));
     }
     Ok(Some(Tensor::cat(&present, dim)?))
 }

@@ -58,8 +58,44 @@ pub enum AdapterError {
         source: std::io::Error,
     },
 
+    /// A broken internal invariant (a bug in this library; please report it).
+    #[error("internal error: {0}")]
+    Internal(String),
+
     #[error(transparent)]
-    Candle(#[from] candle_core::Error),
+    Candle(candle_core::Error),
+}
+
+/// A typed error raised where candle's `Result` is the return type (forward passes, module
+/// construction) travels wrapped; converting back unwraps it, so callers match the variant.
+impl From<candle_core::Error> for AdapterError {
+    fn from(e: candle_core::Error) -> Self {
+        match e {
+            candle_core::Error::WrappedContext { wrapped, context } => match wrapped.downcast::<AdapterError>() {
+                Ok(typed) => *typed,
+                Err(other) => AdapterError::Candle(candle_core::Error::WrappedContext { wrapped: other, context }),
+            },
+            other => AdapterError::Candle(other),
+        }
+    }
+}
+
+impl AdapterError {
+    /// This error as a candle error, for code that returns candle's `Result`.
+    pub(crate) fn into_candle(self) -> candle_core::Error {
+        // The one candle variant that keeps a `std::error::Error`, so `From` can downcast it.
+        candle_core::Error::WrappedContext { wrapped: Box::new(self), context: String::new() }
+    }
+}
+
+/// An input the active adapters cannot run on, as a candle error (see [`AdapterError::into_candle`]).
+pub(crate) fn invalid_input(message: impl Into<String>) -> candle_core::Error {
+    AdapterError::InvalidInput(message.into()).into_candle()
+}
+
+/// A broken invariant, as a candle error.
+pub(crate) fn internal(message: impl Into<String>) -> candle_core::Error {
+    AdapterError::Internal(message.into()).into_candle()
 }
 
 impl AdapterError {
@@ -73,3 +109,15 @@ impl AdapterError {
 
 /// Result alias used across the runtime.
 pub type Result<T> = std::result::Result<T, AdapterError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typed_errors_survive_a_trip_through_candle() {
+        assert!(matches!(AdapterError::from(invalid_input("bad rows")), AdapterError::InvalidInput(m) if m == "bad rows"));
+        assert!(matches!(AdapterError::from(internal("broken")), AdapterError::Internal(m) if m == "broken"));
+        assert!(matches!(AdapterError::from(candle_core::Error::Msg("candle's own".into())), AdapterError::Candle(_)));
+    }
+}

@@ -56,7 +56,7 @@ impl KvCache {
     /// `keys`/`values` (`[batch, heads, new, head_dim]`) appended to layer `layer`'s cache;
     /// returns the whole cached keys and values.
     pub fn append(&self, layer: usize, keys: &Tensor, values: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
-        let mut layers = self.layers.lock().map_err(|_| candle_core::Error::Msg("KV cache poisoned".into()))?;
+        let mut layers = self.layers.lock().map_err(|_| crate::error::internal("KV cache poisoned"))?;
         if layers.len() <= layer {
             layers.resize(layer + 1, None);
         }
@@ -162,7 +162,7 @@ impl<'a> ModelInputs<'a> {
 
     /// The input ids, which text models require (checked first by [`ModelInputs::check`]).
     pub fn ids(&self) -> candle_core::Result<&Tensor> {
-        self.input_ids.as_ref().ok_or_else(|| candle_core::Error::Msg("input_ids are required".into()))
+        self.input_ids.as_ref().ok_or_else(|| crate::error::invalid_input("input_ids are required"))
     }
 
     /// The attention mask, or all ones over the input ids.

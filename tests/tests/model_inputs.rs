@@ -127,3 +127,20 @@ fn the_kv_cache_appends_per_layer() {
     assert_eq!(keys.dims(), [1, 2, 4, 4]);
     assert_eq!(cache.len(), 4);
 }
+
+/// An error raised inside the forward pass (here: batch sizes that do not fit the batch) reaches
+/// the caller as its typed variant, not as a candle message.
+#[test]
+fn errors_inside_the_forward_keep_their_type() {
+    let data = fixtures().join("tiny").join("bert");
+    let (ids, mask) = inputs(&data);
+    let mut model = load_model(&data.join("model")).unwrap();
+    let a = model.load_adapter(fixture_path(&data.join("stack/a")), Some("a")).unwrap();
+    let b = model.load_adapter(fixture_path(&data.join("stack/b")), Some("b")).unwrap();
+    let rows = ids.dim(0).unwrap();
+    model.set_active_adapters(AdapterSetup::parse(&format!("BatchSplit[{a}, {b}, batch_sizes=[1, {}]]", rows + 5)).unwrap()).unwrap();
+    match model.forward(&ids, &mask) {
+        Err(AdapterError::InvalidInput(message)) => assert!(message.contains("batch_sizes"), "{message}"),
+        other => panic!("expected InvalidInput, got {:?}", other.map(|t| t.dims().to_vec())),
+    }
+}

@@ -156,7 +156,7 @@ impl PredictionHead {
         let head_type = self.config.head_type();
         let mut x = if head_type.is_sequence_level() {
             if self.config.use_pooler() {
-                pooled.cloned().ok_or_else(|| candle_core::Error::Msg("this head uses the pooler, and the model has none".into()))?
+                pooled.cloned().ok_or_else(|| crate::error::invalid_input("this head uses the pooler, and the model has none"))?
             } else {
                 hidden.narrow(1, 0, 1)?.squeeze(1)?
             }
@@ -177,7 +177,7 @@ impl PredictionHead {
                 HeadLayer::Linear { weight, bias } => {
                     let w = match weight {
                         Some(w) => w.as_tensor(),
-                        None => embeddings.ok_or_else(|| candle_core::Error::Msg("a tied head needs the input embeddings".into()))?,
+                        None => embeddings.ok_or_else(|| crate::error::invalid_input("a tied head needs the input embeddings"))?,
                     };
                     linear(&x, w, bias.as_ref().map(Var::as_tensor))?
                 }

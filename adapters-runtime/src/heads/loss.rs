@@ -64,7 +64,7 @@ pub fn head_loss(config: &HeadConfig, output: &HeadOutput, labels: &Tensor, atte
             cross_entropy(&logits.reshape(((), classes))?, &labels, IGNORE_INDEX)
         }
         (_, HeadOutput::Logits(logits)) => cross_entropy(logits, labels, IGNORE_INDEX),
-        (t, HeadOutput::Span { .. }) => Err(candle_core::Error::Msg(format!("a {} head does not give span logits", t.name()))),
+        (t, HeadOutput::Span { .. }) => Err(crate::error::internal(format!("a {} head does not give span logits", t.name()))),
     }
 }
 

@@ -16,7 +16,7 @@ pub fn dropout(x: &Tensor, p: f64, ctx: &ForwardContext) -> candle_core::Result<
     let keep = 1.0 - p as f32;
     let scale = 1.0 / keep;
     let mask: Vec<f32> = {
-        let mut rng = rng.lock().map_err(|_| candle_core::Error::Msg("dropout generator poisoned".into()))?;
+        let mut rng = rng.lock().map_err(|_| crate::error::internal("dropout generator poisoned"))?;
         (0..x.elem_count()).map(|_| if rng.uniform() < keep { scale } else { 0.0 }).collect()
     };
     let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;

@@ -99,7 +99,7 @@ impl FusionLayer {
         let scores = q.unsqueeze(2)?.contiguous()?.matmul(&k.transpose(2, 3)?.contiguous()?)?.squeeze(2)?;
         let scores = dropout(&scores, self.dropout, ctx)?;
         let t = {
-            let mut t = self.temperature.lock().map_err(|_| candle_core::Error::Msg("fusion temperature poisoned".into()))?;
+            let mut t = self.temperature.lock().map_err(|_| crate::error::internal("fusion temperature poisoned"))?;
             let current = *t;
             *t = (current - self.reduction).max(1.0);
             current

@@ -165,7 +165,9 @@ impl BottleneckAdapter {
         if self.residual_before_ln == ResidualBeforeLn::Flag(false) {
             residual = Some(hidden.clone());
         }
-        let residual = residual.ok_or_else(|| candle_core::Error::Msg("residual_before_ln = \"post_add\" needs original_ln_before = true".into()))?;
+        let residual = residual.ok_or_else(|| {
+            crate::error::AdapterError::InvalidConfig("residual_before_ln = \"post_add\" needs original_ln_before = true".into()).into_candle()
+        })?;
         Ok((hidden, residual))
     }
 
@@ -248,7 +250,7 @@ fn drop_rows(x: &Tensor, p: f64, ctx: &crate::context::ForwardContext) -> CResul
     let keep = 1.0 - p;
     let draws: Vec<f32> = match ctx.dropout_rng() {
         Some(rng) => {
-            let mut rng = rng.lock().map_err(|_| candle_core::Error::Msg("dropout generator poisoned".into()))?;
+            let mut rng = rng.lock().map_err(|_| crate::error::internal("dropout generator poisoned"))?;
             (0..rows).map(|_| if f64::from(rng.uniform()) < keep { (1.0 / keep) as f32 } else { 0.0 }).collect()
         }
         None => vec![1.0; rows],

@@ -133,9 +133,9 @@ impl PhmLayer {
         let phm = phm(config);
         let p = phm.p;
         if p == 0 || i % p != 0 || o % p != 0 {
-            return Err(candle_core::Error::Msg(format!(
+            return Err(crate::error::AdapterError::InvalidConfig(format!(
                 "Compacter: in_features {i} and out_features {o} must both be divisible by phm_dim {p}; choose a reduction_factor that gives a bottleneck divisible by {p}"
-            )));
+            )).into_candle());
         }
         let w = match (if up { &shared.w_up } else { &shared.w_down }, config.shared_W_phm.unwrap_or(false)) {
             (Some(w), true) => w.clone(),

@@ -130,7 +130,7 @@ impl BottleneckSlot {
                 let hiddens: Vec<Tensor> = outs.iter().map(|s| s.hidden.clone()).collect();
                 let hidden = composition::weighted_mean(&hiddens, weights)?;
                 let last = outs.last().and_then(|s| s.last.clone());
-                let first = outs.into_iter().next().ok_or_else(|| candle_core::Error::Msg("Average without children".into()))?;
+                let first = outs.into_iter().next().ok_or_else(|| crate::error::internal("Average without children"))?;
                 Ok(BnState { hidden, last, ..first })
             }
             AdapterSetup::Split { children, splits } => {
@@ -161,7 +161,7 @@ impl BottleneckSlot {
         if absent.is_empty() {
             return Ok(());
         }
-        Err(candle_core::Error::Msg(format!(
+        Err(crate::error::invalid_input(format!(
             "{setup}: {} has no bottleneck module at `{}` while other children do; every child of {} must have a module at each location the block reaches",
             absent.join(", "),
             self.path,
@@ -176,10 +176,10 @@ impl BottleneckSlot {
         let fusion = self
             .fusions
             .get(&name)
-            .ok_or_else(|| candle_core::Error::Msg(format!("{setup}: no fusion layer `{name}` at `{}`; add it with add_adapter_fusion", self.path)))?;
+            .ok_or_else(|| crate::error::invalid_input(format!("{setup}: no fusion layer `{name}` at `{}`; add it with add_adapter_fusion", self.path)))?;
         let last = setup.last().unwrap_or_default().to_string();
         let last_adapter =
-            self.adapters.get(&last).ok_or_else(|| candle_core::Error::Msg(format!("{setup}: adapter `{last}` has no module at `{}`", self.path)))?;
+            self.adapters.get(&last).ok_or_else(|| crate::error::invalid_input(format!("{setup}: adapter `{last}` has no module at `{}`", self.path)))?;
         let (hidden, query, residual) = last_adapter.pre_forward_with_query(&state.hidden, &state.input, &self.layer_norm, fusion.config().query_before_ln)?;
         let state = BnState { hidden, residual, ..state };
         let mut ups = Vec::with_capacity(children.len());

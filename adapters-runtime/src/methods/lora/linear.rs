@@ -97,7 +97,7 @@ impl LoRALinear {
                 for (child, (start, len)) in children.iter().zip(ranges) {
                     outs.push(self.compose(child, state.narrow(start, len)?, ctx)?);
                 }
-                LoraState::cat(outs).map_err(|e| candle_core::Error::Msg(format!("{setup} at `{}`: {e}", self.path)))
+                LoraState::cat(outs).map_err(|e| crate::error::invalid_input(format!("{setup} at `{}`: {e}", self.path)))
             }
             AdapterSetup::Average { children, weights } => {
                 let mut outs = Vec::with_capacity(children.len());
@@ -111,7 +111,11 @@ impl LoRALinear {
             }
             AdapterSetup::Fuse { .. } | AdapterSetup::Split { .. } => {
                 if setup.any_adapter(&|n| self.loras.contains_key(n)) {
-                    return Err(candle_core::Error::Msg(format!("{setup}: LoRA-family adapters compose with Stack, Parallel, BatchSplit and Average only")));
+                    return Err(crate::error::AdapterError::Setup {
+                        setup: setup.to_string(),
+                        reason: "LoRA-family adapters compose with Stack, Parallel, BatchSplit and Average only".into(),
+                    }
+                    .into_candle());
                 }
                 Ok(state)
             }

@@ -54,13 +54,13 @@ impl LoraModule {
         let mut vera = None;
         match kind {
             _ if config.is_vera() => {
-                let shared = shared.ok_or_else(|| candle_core::Error::Msg("VeRA module without its shared matrices".into()))?;
+                let shared = shared.ok_or_else(|| crate::error::internal("VeRA module without its shared matrices"))?;
                 if shared.a.dims() != a_shape || shared.b.dims() != b_shape {
-                    return Err(candle_core::Error::Msg(format!(
+                    return Err(crate::error::AdapterError::InvalidConfig(format!(
                         "VeRA shares one A {:?} and B {:?} across an adapter; this linear needs A {a_shape:?} and B {b_shape:?}: target linears of one shape only",
                         shared.a.dims(),
                         shared.b.dims()
-                    )));
+                    )).into_candle());
                 }
                 let d = init.eye(r, config.vera_d.unwrap_or(0.1))?;
                 let b = init.eye(out_features, config.vera_b.unwrap_or(0.0))?;
@@ -110,7 +110,7 @@ impl LoraModule {
         let gate = handle("gate.weight").zip(handle("gate.bias"));
         let b = match &vera {
             Some((_, _, vera_b)) => vera_b.clone(),
-            None => handle("lora_B").ok_or_else(|| candle_core::Error::Msg("lora_B is always created".into()))?,
+            None => handle("lora_B").ok_or_else(|| crate::error::internal("lora_B is always created"))?,
         };
         Ok(LoraModule { kind, vera, a, b, magnitude, params, scaling, dropout: config.dropout, gate })
     }
@@ -135,7 +135,7 @@ impl LoraModule {
     }
 
     fn magnitude(&self) -> Result<&Tensor> {
-        self.magnitude.as_ref().map(Var::as_tensor).ok_or_else(|| candle_core::Error::Msg("DoRA module without magnitude".into()))
+        self.magnitude.as_ref().map(Var::as_tensor).ok_or_else(|| crate::error::internal("DoRA module without magnitude"))
     }
 
     /// The composed module output given the previous module's output in a stack (`None` first).

@@ -126,7 +126,11 @@ impl PrefixSlot {
             }
             // A block with no prefix adapter here leaves the state alone (Python's compose).
             other if !other.any_adapter(&|n| self.prefixes.contains_key(n)) => Ok(state),
-            other => Err(candle_core::Error::Msg(format!("prefix tuning supports Stack, Parallel and BatchSplit blocks, not {}", other.kind().name()))),
+            other => Err(crate::error::AdapterError::Setup {
+                setup: other.to_string(),
+                reason: format!("prefix tuning supports Stack, Parallel and BatchSplit blocks, not {}", other.kind().name()),
+            }
+            .into_candle()),
         }
     }
 
@@ -134,7 +138,7 @@ impl PrefixSlot {
         let Some(&index) = self.prefixes.get(name) else { return Ok(state) };
         let all = ctx
             .prefix_states(name, self.location)
-            .ok_or_else(|| candle_core::Error::Msg(format!("no prefix states for adapter `{name}` at `{}` in this forward", self.location)))?;
+            .ok_or_else(|| crate::error::internal(format!("no prefix states for adapter `{name}` at `{}` in this forward", self.location)))?;
         let rows = state.keys.dim(0)?;
         let mut prefix_keys = all.get(2 * index)?.narrow(0, state.row, rows)?;
         let mut prefix_values = all.get(2 * index + 1)?.narrow(0, state.row, rows)?;

@@ -73,7 +73,7 @@ impl ReftSlot {
         let s = module.suffix_positions.min(seq);
         let mut prefix_idx = Vec::with_capacity(batch * p);
         let mut suffix_idx = Vec::with_capacity(batch * s);
-        check_positions(name, module.prefix_positions, module.suffix_positions, &rows, seq).map_err(candle_core::Error::Msg)?;
+        check_positions(name, module.prefix_positions, module.suffix_positions, &rows, seq).map_err(crate::error::invalid_input)?;
         for (b, &(offset, length)) in rows.iter().enumerate() {
             prefix_idx.extend((offset..offset + p).map(|i| (b * seq + i) as u32));
             suffix_idx.extend((offset + length - s..offset + length).map(|i| (b * seq + i) as u32));
