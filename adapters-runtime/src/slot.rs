@@ -22,8 +22,8 @@ pub trait AdapterSlot {
         None
     }
     /// Folds adapter `name` into the slot's weights; `Ok(false)` when it has nothing of it here
-    /// or cannot hold merged weights, `Err` with the reason when the adapter cannot be merged.
-    fn merge(&mut self, _name: &str) -> std::result::Result<bool, String> {
+    /// or cannot hold merged weights, `Err` when the adapter cannot be merged.
+    fn merge(&mut self, _name: &str) -> crate::error::Result<bool> {
         Ok(false)
     }
     /// Restores the weights from before any merge.
@@ -58,7 +58,7 @@ impl AdapterSlot for LoRALinear {
     fn merged(&self) -> Option<&str> {
         LoRALinear::merged(self)
     }
-    fn merge(&mut self, name: &str) -> std::result::Result<bool, String> {
+    fn merge(&mut self, name: &str) -> crate::error::Result<bool> {
         LoRALinear::merge(self, name)
     }
     fn unmerge(&mut self) {

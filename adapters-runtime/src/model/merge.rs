@@ -44,9 +44,9 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
             }
         });
         match failure {
-            Some(reason) => {
+            Some(error) => {
                 self.reset_adapter();
-                Err(AdapterError::Unsupported { adapter: name.into(), operation: "merge_adapter".into(), reason })
+                Err(error)
             }
             None => Ok(()),
         }

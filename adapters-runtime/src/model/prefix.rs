@@ -107,8 +107,7 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
         let ctx = match reft {
             Some((name, config)) => {
                 let rows = sequence_rows(attention_mask)?;
-                crate::methods::reft::check_positions(name, config.prefix_positions, config.suffix_positions, &rows, attention_mask.dim(1)?)
-                    .map_err(AdapterError::InvalidInput)?;
+                crate::methods::reft::check_positions(name, config.prefix_positions, config.suffix_positions, &rows, attention_mask.dim(1)?)?;
                 ctx.with_sequence_rows(Some(rows.into()))
             }
             None => ctx,

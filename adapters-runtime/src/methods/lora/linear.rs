@@ -121,17 +121,18 @@ impl LoRALinear {
             }
         }
     }
-    pub(crate) fn merge(&mut self, name: &str) -> std::result::Result<bool, String> {
+    pub(crate) fn merge(&mut self, name: &str) -> crate::error::Result<bool> {
+        let refuse = |reason: String| crate::error::AdapterError::Unsupported { adapter: name.into(), operation: "merge_adapter".into(), reason };
         let Some(module) = self.loras.get(name) else { return Ok(false) };
         if module.is_gated() {
-            return Err("a gated LoRA module (UniPELT) cannot be merged: its gate depends on the input".into());
+            return Err(refuse("a gated LoRA module (UniPELT) cannot be merged: its gate depends on the input".into()));
         }
         match &self.merged {
             Some((merged, _)) if merged == name => return Ok(true),
-            Some((merged, _)) => return Err(format!("`{merged}` is already merged here; reset it first")),
+            Some((merged, _)) => return Err(refuse(format!("`{merged}` is already merged here; reset it first"))),
             None => {}
         }
-        let merged = module.merged_weight(&self.weight).map_err(|e| e.to_string())?;
+        let merged = module.merged_weight(&self.weight)?;
         let original = std::mem::replace(&mut self.weight, merged);
         self.merged = Some((name.to_string(), original));
         Ok(true)

@@ -73,7 +73,7 @@ impl ReftSlot {
         let s = module.suffix_positions.min(seq);
         let mut prefix_idx = Vec::with_capacity(batch * p);
         let mut suffix_idx = Vec::with_capacity(batch * s);
-        check_positions(name, module.prefix_positions, module.suffix_positions, &rows, seq).map_err(crate::error::invalid_input)?;
+        check_positions(name, module.prefix_positions, module.suffix_positions, &rows, seq).map_err(crate::error::AdapterError::into_candle)?;
         for (b, &(offset, length)) in rows.iter().enumerate() {
             prefix_idx.extend((offset..offset + p).map(|i| (b * seq + i) as u32));
             suffix_idx.extend((offset + length - s..offset + length).map(|i| (b * seq + i) as u32));
@@ -107,25 +107,19 @@ impl ReftSlot {
 /// Python gathers prefix positions from each row's first real token and suffix positions back
 /// from its last; positions outside the sequence make it fail with an index error. Says which
 /// row does not fit and what would.
-pub(crate) fn check_positions(
-    name: &str,
-    prefix_positions: usize,
-    suffix_positions: usize,
-    rows: &[(usize, usize)],
-    seq: usize,
-) -> std::result::Result<(), String> {
+pub(crate) fn check_positions(name: &str, prefix_positions: usize, suffix_positions: usize, rows: &[(usize, usize)], seq: usize) -> crate::error::Result<()> {
     let (prefix, suffix) = (prefix_positions.min(seq), suffix_positions.min(seq));
     for (row, &(offset, length)) in rows.iter().enumerate() {
         if offset + prefix > seq {
-            return Err(format!(
+            return Err(crate::error::AdapterError::InvalidInput(format!(
                 "ReFT adapter `{name}`: prefix_positions {prefix_positions} from the first token of row {row} (position {offset}) run past the sequence length {seq}; use at most {}",
                 seq - offset
-            ));
+            )));
         }
         if suffix > offset + length {
-            return Err(format!(
+            return Err(crate::error::AdapterError::InvalidInput(format!(
                 "ReFT adapter `{name}`: suffix_positions {suffix_positions} reach before the first token of row {row}, which has {length} tokens; use at most {length}"
-            ));
+            )));
         }
     }
     Ok(())
