@@ -5,7 +5,7 @@ use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
 
 use crate::ast::{self, Value};
-use crate::expand::Errors;
+use crate::expand::{Errors, Options};
 use crate::suggest::hint;
 
 /// The keys adapters need, and whether each is an integer (else a float).
@@ -17,7 +17,7 @@ const NEEDED: &[(&str, bool)] = &[
     ("attention_probs_dropout_prob", false),
 ];
 
-pub(crate) fn expand(args: TokenStream, strukt: &syn::ItemStruct) -> syn::Result<TokenStream> {
+pub(crate) fn expand(options: &Options, args: TokenStream, strukt: &syn::ItemStruct) -> syn::Result<TokenStream> {
     let entries = ast::parse_key_values(args)?;
     let names: Vec<&str> = NEEDED.iter().map(|(n, _)| *n).collect();
     let fields = ast::field_names(strukt);
@@ -68,7 +68,7 @@ pub(crate) fn expand(args: TokenStream, strukt: &syn::ItemStruct) -> syn::Result
         mapping.push(quote!((#key, #field_name)));
     }
     errors.finish()?;
-    let rt = quote!(::adapters_runtime::mixin);
+    let rt = options.mixin();
     let (impl_generics, ty_generics, where_clause) = strukt.generics.split_for_impl();
     Ok(quote! {
         impl #impl_generics #rt::AdapterModelConfig for #ident #ty_generics #where_clause {
@@ -81,4 +81,20 @@ pub(crate) fn expand(args: TokenStream, strukt: &syn::ItemStruct) -> syn::Result
             }
         }
     })
+}
+
+/// What a config with wrong marks still gets: the trait with no key mapping and zero sizes
+/// (never read: the crate does not compile), so that models using it report nothing more.
+pub(crate) fn fallback(options: &Options, strukt: &syn::ItemStruct) -> TokenStream {
+    let ident = &strukt.ident;
+    let (impl_generics, ty_generics, where_clause) = strukt.generics.split_for_impl();
+    let rt = options.mixin();
+    quote! {
+        impl #impl_generics #rt::AdapterModelConfig for #ident #ty_generics #where_clause {
+            const KEY_MAPPING: &'static [(&'static str, &'static str)] = &[];
+            fn dims(&self) -> #rt::ModelDims {
+                #rt::ModelDims { hidden_size: 0, num_attention_heads: 0, num_hidden_layers: 0, hidden_dropout_prob: 0.0, attention_probs_dropout_prob: 0.0 }
+            }
+        }
+    }
 }

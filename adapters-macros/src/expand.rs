@@ -1,16 +1,44 @@
-//! The shared driver: parse the item, run one macro, and on error emit the item unchanged plus
-//! the `compile_error!`s, so one mistake does not bury the crate in follow-on errors.
+//! The shared driver of the three macros, in thiserror's shape: split off the options every
+//! macro takes (`crate = path`), parse and validate the macro's own arguments, expand. On error
+//! it emits the item unchanged, the `compile_error!`s, and the macro's fallback impl, so one
+//! mistake gives one error: code that uses the type (a model naming a broken layer as its
+//! `layer_mixin`) still sees the trait implemented and reports nothing more.
 
-use proc_macro2::TokenStream;
-use quote::ToTokens;
+use proc_macro2::{TokenStream, TokenTree};
+use quote::{quote, ToTokens};
 
-pub(crate) type Expander = fn(TokenStream, &syn::ItemStruct) -> syn::Result<TokenStream>;
+/// Options shared by every macro.
+pub(crate) struct Options {
+    /// The path of the runtime crate in generated code: `::adapters_runtime`, or what
+    /// `crate = path` names (for a crate that re-exports it under another name).
+    pub krate: TokenStream,
+}
 
-pub(crate) fn run(args: proc_macro::TokenStream, item: proc_macro::TokenStream, expander: Expander) -> proc_macro::TokenStream {
+impl Default for Options {
+    fn default() -> Self {
+        Options { krate: quote!(::adapters_runtime) }
+    }
+}
+
+impl Options {
+    /// `<krate>::mixin`, where the generated traits live.
+    pub fn mixin(&self) -> TokenStream {
+        let krate = &self.krate;
+        quote!(#krate::mixin)
+    }
+}
+
+/// One macro: its expansion, and the impl it emits when its arguments are wrong.
+pub(crate) struct Macro {
+    pub expand: fn(&Options, TokenStream, &syn::ItemStruct) -> syn::Result<TokenStream>,
+    pub fallback: fn(&Options, &syn::ItemStruct) -> TokenStream,
+}
+
+pub(crate) fn run(args: proc_macro::TokenStream, item: proc_macro::TokenStream, m: Macro) -> proc_macro::TokenStream {
     let item: TokenStream = item.into();
     let parsed: syn::Item = match syn::parse2(item.clone()) {
         Ok(parsed) => parsed,
-        Err(e) => return with_errors(item, e),
+        Err(e) => return with_errors(item, e, TokenStream::new()),
     };
     let syn::Item::Struct(strukt) = parsed else {
         let err = syn::Error::new_spanned(
@@ -18,25 +46,64 @@ pub(crate) fn run(args: proc_macro::TokenStream, item: proc_macro::TokenStream, 
             "adapter macros go on a struct with named fields (a layer, a model or a config); \
              this item is not a struct",
         );
-        return with_errors(item, err);
+        return with_errors(item, err, TokenStream::new());
     };
     if !matches!(strukt.fields, syn::Fields::Named(_)) {
         let err = syn::Error::new_spanned(&strukt.fields, "adapter macros need named fields, e.g. `struct BertLayer { attention: BertAttention, ... }`");
-        return with_errors(item, err);
+        return with_errors(item, err, (m.fallback)(&Options::default(), &strukt));
     }
-    match expander(args.into(), &strukt) {
+    let (options, args) = match split_options(args.into()) {
+        Ok(split) => split,
+        Err(e) => return with_errors(item, e, (m.fallback)(&Options::default(), &strukt)),
+    };
+    match (m.expand)(&options, args, &strukt) {
         Ok(generated) => {
             let mut out = strukt.to_token_stream();
             out.extend(generated);
             out.into()
         }
-        Err(e) => with_errors(item, e),
+        Err(e) => with_errors(item, e, (m.fallback)(&options, &strukt)),
     }
 }
 
-fn with_errors(item: TokenStream, err: syn::Error) -> proc_macro::TokenStream {
+/// Takes `crate = path` out of the arguments (anywhere among the comma-separated entries).
+pub(crate) fn split_options(args: TokenStream) -> syn::Result<(Options, TokenStream)> {
+    let mut options = Options::default();
+    let mut rest = TokenStream::new();
+    let mut entries: Vec<Vec<TokenTree>> = vec![Vec::new()];
+    for tt in args {
+        match &tt {
+            TokenTree::Punct(p) if p.as_char() == ',' => entries.push(Vec::new()),
+            _ => entries.last_mut().expect("one entry at least").push(tt),
+        }
+    }
+    let mut first = true;
+    for entry in entries.into_iter().filter(|e| !e.is_empty()) {
+        if matches!(&entry[0], TokenTree::Ident(i) if i == "crate") {
+            let key = entry[0].clone();
+            let is_eq = matches!(entry.get(1), Some(TokenTree::Punct(p)) if p.as_char() == '=');
+            let path: TokenStream = entry.iter().skip(2).cloned().collect();
+            if !is_eq || path.is_empty() {
+                return Err(syn::Error::new_spanned(key, "write `crate = path::to::adapters_runtime` (the path under which this crate can reach the runtime)"));
+            }
+            let path: syn::Path = syn::parse2(path.clone())
+                .map_err(|_| syn::Error::new_spanned(&path, "`crate = ...` takes a path, e.g. `crate = my_crate::adapters_runtime`"))?;
+            options.krate = path.to_token_stream();
+            continue;
+        }
+        if !first {
+            rest.extend(quote!(,));
+        }
+        first = false;
+        rest.extend(entry);
+    }
+    Ok((options, rest))
+}
+
+fn with_errors(item: TokenStream, err: syn::Error, fallback: TokenStream) -> proc_macro::TokenStream {
     let mut out = item;
     out.extend(err.to_compile_error());
+    out.extend(fallback);
     out.into()
 }
 
@@ -66,5 +133,22 @@ impl Errors {
 
     pub(crate) fn finish(self) -> syn::Result<()> {
         self.0.map_or(Ok(()), Err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crate_option_is_taken_from_anywhere_in_the_arguments() {
+        let (options, rest) = split_options(quote!(lora(q = a.b), crate = my::rt, bottleneck(mh_adapter = c))).unwrap();
+        assert_eq!(options.krate.to_string(), quote!(my::rt).to_string());
+        assert_eq!(rest.to_string(), quote!(lora(q = a.b), bottleneck(mh_adapter = c)).to_string());
+        let (options, rest) = split_options(quote!(model_type = "bert")).unwrap();
+        assert_eq!(options.krate.to_string(), quote!(::adapters_runtime).to_string());
+        assert_eq!(rest.to_string(), quote!(model_type = "bert").to_string());
+        assert!(split_options(quote!(crate)).is_err());
+        assert!(split_options(quote!(crate = 3)).is_err());
     }
 }

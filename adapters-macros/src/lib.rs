@@ -7,9 +7,11 @@
 //! - `#[adapter_config(hidden_size = dim, ...)]` on a config struct: maps its key names onto the
 //!   names adapters need.
 //!
+//! Each takes `crate = path` for a crate that reaches the runtime under another path.
+//!
 //! Each macro parses, validates and expands; every error carries the span of the offending token
-//! and says what to write. On error the item is still emitted, so the rest of the crate keeps
-//! compiling and IDEs keep working.
+//! and says what to write. On error the item is still emitted with a fallback impl of the macro's
+//! trait, so one mistake gives one error and IDEs keep working.
 
 mod ast;
 mod config;
@@ -23,17 +25,17 @@ use proc_macro::TokenStream;
 /// Marks the adapter insertion points of a transformer layer. See the crate docs.
 #[proc_macro_attribute]
 pub fn adapter_mixin(args: TokenStream, item: TokenStream) -> TokenStream {
-    expand::run(args, item, mixin::expand)
+    expand::run(args, item, expand::Macro { expand: mixin::expand, fallback: mixin::fallback })
 }
 
 /// Makes a base model adapter-aware. See the crate docs.
 #[proc_macro_attribute]
 pub fn with_adapters(args: TokenStream, item: TokenStream) -> TokenStream {
-    expand::run(args, item, model::expand)
+    expand::run(args, item, expand::Macro { expand: model::expand, fallback: model::fallback })
 }
 
 /// Maps a model config's key names onto the names adapters need. See the crate docs.
 #[proc_macro_attribute]
 pub fn adapter_config(args: TokenStream, item: TokenStream) -> TokenStream {
-    expand::run(args, item, config::expand)
+    expand::run(args, item, expand::Macro { expand: config::expand, fallback: config::fallback })
 }

@@ -7,7 +7,7 @@ use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
 
 use crate::ast::{self, FieldPath, Value};
-use crate::expand::Errors;
+use crate::expand::{Errors, Options};
 use crate::suggest::hint;
 
 const GROUPS: &[&str] = &["lora", "bottleneck", "prefix", "reft"];
@@ -107,12 +107,12 @@ fn parse_marks(args: TokenStream, strukt: &syn::ItemStruct) -> syn::Result<Vec<M
     Ok(marks)
 }
 
-pub(crate) fn expand(args: TokenStream, strukt: &syn::ItemStruct) -> syn::Result<TokenStream> {
+pub(crate) fn expand(options: &Options, args: TokenStream, strukt: &syn::ItemStruct) -> syn::Result<TokenStream> {
     let marks = parse_marks(args, strukt)?;
     let ident = &strukt.ident;
     let name = ident.to_string();
     let (impl_generics, ty_generics, where_clause) = strukt.generics.split_for_impl();
-    let rt = quote!(::adapters_runtime::mixin);
+    let rt = options.mixin();
     let specs = marks.iter().map(|m| {
         let family = match m.family {
             Family::Lora => quote!(#rt::SlotFamily::Lora),
@@ -170,4 +170,20 @@ pub(crate) fn expand(args: TokenStream, strukt: &syn::ItemStruct) -> syn::Result
             }
         }
     })
+}
+
+/// What a layer with wrong marks still gets: the trait, with no slots, so that a model naming it
+/// as its `layer_mixin` reports nothing more.
+pub(crate) fn fallback(options: &Options, strukt: &syn::ItemStruct) -> TokenStream {
+    let ident = &strukt.ident;
+    let name = ident.to_string();
+    let (impl_generics, ty_generics, where_clause) = strukt.generics.split_for_impl();
+    let rt = options.mixin();
+    quote! {
+        impl #impl_generics #rt::AdapterMixin for #ident #ty_generics #where_clause {
+            const MIXIN: #rt::MixinInfo = #rt::MixinInfo { name: #name, slots: &[] };
+            fn for_each_slot(&self, _f: &mut dyn FnMut(#rt::SlotRef<'_>)) {}
+            fn for_each_slot_mut(&mut self, _f: &mut dyn FnMut(#rt::SlotMut<'_>)) {}
+        }
+    }
 }

@@ -5,12 +5,12 @@ use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
 
 use crate::ast::{self, FieldPath, Value};
-use crate::expand::Errors;
+use crate::expand::{Errors, Options};
 use crate::suggest::hint;
 
 const KEYS: &[&str] = &["model_type", "layers", "layer_mixin", "config", "layer_type", "embeddings"];
 
-pub(crate) fn expand(args: TokenStream, strukt: &syn::ItemStruct) -> syn::Result<TokenStream> {
+pub(crate) fn expand(options: &Options, args: TokenStream, strukt: &syn::ItemStruct) -> syn::Result<TokenStream> {
     let entries = ast::parse_key_values(args)?;
     let mut errors = Errors::default();
     let (mut model_type, mut layers, mut layer_mixin, mut config, mut layer_type, mut embeddings) = (None, None, None, None, None, None);
@@ -97,17 +97,9 @@ pub(crate) fn expand(args: TokenStream, strukt: &syn::ItemStruct) -> syn::Result
     let alias = syn::Ident::new(&adapter_class, ident.span());
     let vis = &strukt.vis;
     let alias_doc = format!("`{class}` with adapters and prediction heads: Python's `{adapter_class}`.");
-    // A generic model has no single AdapterModel type to name.
-    let alias_item = if strukt.generics.params.is_empty() {
-        quote! {
-            #[doc = #alias_doc]
-            #[allow(dead_code)]
-            #vis type #alias = ::adapters_runtime::AdaptedModel<#ident>;
-        }
-    } else {
-        quote!()
-    };
-    let rt = quote!(::adapters_runtime::mixin);
+    let alias_item = alias_item(options, strukt, &alias, &alias_doc, vis);
+    let rt = options.mixin();
+    let krate = &options.krate;
     let (impl_generics, ty_generics, where_clause) = strukt.generics.split_for_impl();
     let layers_span = layers.span();
     let layers_ref = quote_spanned!(layers_span=> ::std::iter::IntoIterator::into_iter(&self.#layers).collect());
@@ -117,10 +109,10 @@ pub(crate) fn expand(args: TokenStream, strukt: &syn::ItemStruct) -> syn::Result
         Some(path) => {
             let span = path.span();
             quote_spanned! {span=>
-                fn embedding_slot(&self) -> ::std::option::Option<&::adapters_runtime::EmbeddingSlot> {
+                fn embedding_slot(&self) -> ::std::option::Option<&#krate::EmbeddingSlot> {
                     ::std::option::Option::Some(#rt::assert::embedding(&self.#path))
                 }
-                fn embedding_slot_mut(&mut self) -> ::std::option::Option<&mut ::adapters_runtime::EmbeddingSlot> {
+                fn embedding_slot_mut(&mut self) -> ::std::option::Option<&mut #krate::EmbeddingSlot> {
                     ::std::option::Option::Some(#rt::assert::embedding_mut(&mut self.#path))
                 }
             }
@@ -177,4 +169,60 @@ fn path_arg(errors: &mut Errors, strukt: &syn::ItemStruct, value: Option<&Value>
 /// All arguments were checked above; this only turns an impossible state into an error, not a panic.
 fn unreachable_error<T>(ident: &syn::Ident) -> syn::Result<T> {
     Err(syn::Error::new(ident.span(), "internal: incomplete `with_adapters` arguments"))
+}
+
+/// `pub type BertAdapterModel = AdaptedModel<BertModel>` (a generic model has no single type to
+/// name).
+fn alias_item(options: &Options, strukt: &syn::ItemStruct, alias: &syn::Ident, doc: &str, vis: &syn::Visibility) -> TokenStream {
+    if !strukt.generics.params.is_empty() {
+        return quote!();
+    }
+    let (ident, krate) = (&strukt.ident, &options.krate);
+    quote! {
+        #[doc = #doc]
+        #[allow(dead_code)]
+        #vis type #alias = #krate::AdaptedModel<#ident>;
+    }
+}
+
+/// What a model with wrong arguments still gets: the trait over no layers (the model stands in
+/// as its own slot-less layer type, so no helper type shows up in other errors) and its
+/// `...AdapterModel` alias, so that code using the model reports nothing more.
+pub(crate) fn fallback(options: &Options, strukt: &syn::ItemStruct) -> TokenStream {
+    let ident = &strukt.ident;
+    let class = ident.to_string();
+    let adapter_class = format!("{}AdapterModel", class.strip_suffix("Model").unwrap_or(&class));
+    let alias_ident = syn::Ident::new(&adapter_class, ident.span());
+    let alias_item = alias_item(options, strukt, &alias_ident, "(fallback after an error in `#[with_adapters]`)", &strukt.vis);
+    let (impl_generics, ty_generics, where_clause) = strukt.generics.split_for_impl();
+    let rt = options.mixin();
+    quote! {
+        impl #impl_generics #rt::AdapterMixin for #ident #ty_generics #where_clause {
+            const MIXIN: #rt::MixinInfo = #rt::MixinInfo { name: #class, slots: &[] };
+            fn for_each_slot(&self, _f: &mut dyn FnMut(#rt::SlotRef<'_>)) {}
+            fn for_each_slot_mut(&mut self, _f: &mut dyn FnMut(#rt::SlotMut<'_>)) {}
+        }
+        impl #impl_generics #rt::AdaptableModel for #ident #ty_generics #where_clause {
+            type Layer = Self;
+            const MAPPING: #rt::ModelMapping = #rt::ModelMapping {
+                model_type: "",
+                model_class: #class,
+                adapter_model_class: #adapter_class,
+                layer_type: "",
+                layer_mixin: <Self as #rt::AdapterMixin>::MIXIN,
+                config_keys: &[],
+                has_embedding_slot: false,
+            };
+            fn dims(&self) -> #rt::ModelDims {
+                #rt::ModelDims { hidden_size: 0, num_attention_heads: 0, num_hidden_layers: 0, hidden_dropout_prob: 0.0, attention_probs_dropout_prob: 0.0 }
+            }
+            fn layers(&self) -> ::std::vec::Vec<&Self> {
+                ::std::vec::Vec::new()
+            }
+            fn layers_mut(&mut self) -> ::std::vec::Vec<&mut Self> {
+                ::std::vec::Vec::new()
+            }
+        }
+        #alias_item
+    }
 }

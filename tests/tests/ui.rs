@@ -5,4 +5,6 @@
 fn macro_errors_teach_the_fix() {
     let t = trybuild::TestCases::new();
     t.compile_fail("ui/*.rs");
+    // What must compile: `crate = path`.
+    t.pass("ui/pass/*.rs");
 }
