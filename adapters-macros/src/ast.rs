@@ -59,9 +59,11 @@ impl ParseAnyIdent for Ident {
     }
 }
 
-/// `key = value` where value is a field path, a type path or a literal.
+/// `key = value` where value is a field path, a type path or a literal; a key may name
+/// arguments, `key(a, b) = value` (a bottleneck location naming its inputs).
 pub(crate) struct KeyValue {
     pub key: Ident,
+    pub args: Option<Punctuated<Ident, Token![,]>>,
     pub value: Value,
 }
 
@@ -83,9 +85,16 @@ impl Parse for KeyValue {
     fn parse(input: ParseStream) -> syn::Result<Self> {
         use syn::ext::IdentExt;
         let key = Ident::parse_any(input)?;
+        let args = if input.peek(syn::token::Paren) {
+            let content;
+            syn::parenthesized!(content in input);
+            Some(content.parse_terminated(Ident::parse_any, Token![,])?)
+        } else {
+            None
+        };
         input.parse::<Token![=]>().map_err(|e| syn::Error::new(e.span(), format!("expected `{key} = ...`")))?;
         let value = if input.peek(syn::Lit) { Value::Lit(input.parse()?) } else { Value::Path(input.parse()?) };
-        Ok(KeyValue { key, value })
+        Ok(KeyValue { key, args, value })
     }
 }
 

@@ -25,6 +25,10 @@ pub(crate) fn expand(options: &Options, args: TokenStream, strukt: &syn::ItemStr
     let mut mapped: Vec<(String, syn::Ident)> = Vec::new();
     for entry in &entries {
         let key = entry.key.to_string();
+        if entry.args.is_some() {
+            errors.push(syn::Error::new(entry.key.span(), format!("`{key}` takes no arguments here; write `{key} = ...`")));
+            continue;
+        }
         if !names.contains(&key.as_str()) {
             errors.push(syn::Error::new(entry.key.span(), format!("`{key}` is not a key adapters read{}", hint(&key, &names))));
             continue;

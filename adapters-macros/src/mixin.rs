@@ -30,6 +30,30 @@ struct Mark {
     location: String,
     variant: &'static str,
     path: FieldPath,
+    /// A bottleneck location whose sublayer passes `(input, projected)`.
+    input_first: bool,
+}
+
+/// `mh_adapter(input, projected)`: the order Python's `bottleneck_layer_forward` gets the two
+/// tensors in. `Ok(true)` for `(input, projected)`, `Ok(false)` for the default order.
+fn input_order(family: Family, entry: &ast::KeyValue) -> syn::Result<bool> {
+    let Some(args) = &entry.args else { return Ok(false) };
+    let key = &entry.key;
+    if !matches!(family, Family::Bottleneck) {
+        return Err(syn::Error::new(key.span(), format!("only bottleneck locations name their inputs; write `{key} = field.path`")));
+    }
+    let names: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    match names.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["projected", "input"] => Ok(false),
+        ["input", "projected"] => Ok(true),
+        _ => Err(syn::Error::new(
+            args.first().map_or(key.span(), |a| a.span()),
+            format!(
+                "name the two tensors in the order the Python library passes them to `bottleneck_layer_forward`: \
+                 `{key}(projected, input) = ...` (the default, as BERT) or `{key}(input, projected) = ...` (as ALBERT's attention)"
+            ),
+        )),
+    }
 }
 
 fn parse_marks(args: TokenStream, strukt: &syn::ItemStruct) -> syn::Result<Vec<Mark>> {
@@ -100,7 +124,14 @@ fn parse_marks(args: TokenStream, strukt: &syn::ItemStruct) -> syn::Result<Vec<M
                 errors.push(e);
                 continue;
             }
-            marks.push(Mark { family, location, variant, path: path.clone() });
+            let input_first = match input_order(family, entry) {
+                Ok(order) => order,
+                Err(e) => {
+                    errors.push(e);
+                    continue;
+                }
+            };
+            marks.push(Mark { family, location, variant, path: path.clone(), input_first });
         }
     }
     errors.finish()?;
@@ -125,6 +156,23 @@ pub(crate) fn expand(options: &Options, args: TokenStream, strukt: &syn::ItemStr
     });
     let mut visit = Vec::new();
     let mut visit_mut = Vec::new();
+    let configure: Vec<TokenStream> = marks
+        .iter()
+        .filter(|m| m.input_first)
+        .map(|m| {
+            let (path, span) = (&m.path, m.path.span());
+            quote_spanned!(span=> #rt::assert::bottleneck_mut(&mut self.#path).set_inputs(#rt::BottleneckInputs::InputFirst);)
+        })
+        .collect();
+    let configure_fn = if configure.is_empty() {
+        quote!()
+    } else {
+        quote! {
+            fn configure_slots(&mut self) {
+                #(#configure)*
+            }
+        }
+    };
     for m in &marks {
         let path = &m.path;
         let span = m.path.span();
@@ -168,6 +216,7 @@ pub(crate) fn expand(options: &Options, args: TokenStream, strukt: &syn::ItemStr
             fn for_each_slot_mut(&mut self, f: &mut dyn FnMut(#rt::SlotMut<'_>)) {
                 #(#visit_mut)*
             }
+            #configure_fn
         }
     })
 }

@@ -16,6 +16,10 @@ pub(crate) fn expand(options: &Options, args: TokenStream, strukt: &syn::ItemStr
     let (mut model_type, mut layers, mut layer_mixin, mut config, mut layer_type, mut embeddings) = (None, None, None, None, None, None);
     for entry in &entries {
         let key = entry.key.to_string();
+        if entry.args.is_some() {
+            errors.push(syn::Error::new(entry.key.span(), format!("`{key}` takes no arguments here; write `{key} = ...`")));
+            continue;
+        }
         let slot = match key.as_str() {
             "model_type" => &mut model_type,
             "layers" => &mut layers,

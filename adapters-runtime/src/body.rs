@@ -23,6 +23,8 @@ pub trait BaseModel {
     /// Every slot with its layer index.
     fn for_each_slot(&self, f: &mut dyn FnMut(usize, SlotRef<'_>));
     fn for_each_slot_mut(&mut self, f: &mut dyn FnMut(usize, SlotMut<'_>));
+    /// Applies the marks' slot settings once (see [`AdapterMixin::configure_slots`]).
+    fn configure_slots(&mut self);
     fn embedding_slot(&self) -> Option<&EmbeddingSlot>;
     fn embedding_slot_mut(&mut self) -> Option<&mut EmbeddingSlot>;
     /// The inputs the model takes and those it requires.
@@ -53,6 +55,11 @@ impl<M: AdaptableModel + ModelForward> BaseModel for M {
     fn for_each_slot_mut(&mut self, f: &mut dyn FnMut(usize, SlotMut<'_>)) {
         for (i, layer) in self.layers_mut().into_iter().enumerate() {
             layer.for_each_slot_mut(&mut |slot| f(i, slot));
+        }
+    }
+    fn configure_slots(&mut self) {
+        for layer in self.layers_mut() {
+            layer.configure_slots();
         }
     }
     fn embedding_slot(&self) -> Option<&EmbeddingSlot> {

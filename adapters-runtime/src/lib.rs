@@ -36,7 +36,7 @@ pub use config::{AdapterConfig, AdapterFile, BnConfig, LoRAConfig, PrefixTuningC
 pub use context::{ForwardContext, FusionAttention};
 pub use error::{AdapterError, Result};
 pub use heads::{HeadConfig, HeadOutput, HeadSetup, HeadType};
-pub use methods::bottleneck::BottleneckSlot;
+pub use methods::bottleneck::{BottleneckInputs, BottleneckSlot};
 pub use methods::lora::LoRALinear;
 pub use methods::prefix::{PrefixPadding, PrefixSlot};
 pub use methods::prompt::EmbeddingSlot;

@@ -2,6 +2,7 @@
 //! and the config key view. Model authors do not implement these traits by hand;
 //! `#[adapter_mixin]`, `#[with_adapters]` and `#[adapter_config]` do.
 
+pub use crate::methods::bottleneck::BottleneckInputs;
 use crate::methods::bottleneck::BottleneckSlot;
 use crate::methods::lora::LoRALinear;
 use crate::methods::prefix::PrefixSlot;
@@ -86,6 +87,9 @@ pub trait AdapterMixin {
     const MIXIN: MixinInfo;
     fn for_each_slot(&self, f: &mut dyn FnMut(SlotRef<'_>));
     fn for_each_slot_mut(&mut self, f: &mut dyn FnMut(SlotMut<'_>));
+    /// Applies what the marks say beyond where the slots are (the input order of bottleneck
+    /// slots); called once when the model is wrapped.
+    fn configure_slots(&mut self) {}
 }
 
 /// The config values adapters need, under the names the Python library uses

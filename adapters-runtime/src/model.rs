@@ -122,6 +122,7 @@ impl<M: BaseModel> AdaptedModel<M> {
             prefixes: BTreeMap::new(),
             shared: BTreeMap::new(),
         };
+        adapted.model.configure_slots();
         // Slots learn their layer index once, for AdapterDrop (prefix slots also their key).
         adapted.each_slot_mut(&mut |layer, mut slot| {
             slot.adapter_slot().set_layer(layer);

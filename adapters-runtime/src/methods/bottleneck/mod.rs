@@ -8,4 +8,4 @@ mod slot;
 pub use fusion::FusionLayer;
 pub use module::BottleneckAdapter;
 pub use phm::SharedPhm;
-pub use slot::BottleneckSlot;
+pub use slot::{BottleneckInputs, BottleneckSlot};

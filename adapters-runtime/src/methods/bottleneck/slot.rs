@@ -12,8 +12,24 @@ use crate::context::{ForwardContext, FusionAttention};
 use crate::nn::LayerNorm;
 use crate::setup::AdapterSetup;
 
+/// The order in which a sublayer hands its two tensors to the adapters, as the Python library's
+/// `bottleneck_layer_forward(hidden_states, residual_input, layer_norm)` receives them: the
+/// adapters run on the first and add the second as the residual.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BottleneckInputs {
+    /// `(projected, input)`: the sublayer's projected output, then its input (BERT and most
+    /// models). The default.
+    #[default]
+    ProjectedFirst,
+    /// `(input, projected)`: ALBERT's attention. Marked as `mh_adapter(input, projected) = ...`.
+    InputFirst,
+}
+
 pub struct BottleneckSlot {
     layer_norm: LayerNorm,
+    /// Which of the two tensors `forward_parts` gets is Python's `hidden_states` (set from the
+    /// mark when the model is wrapped).
+    inputs: BottleneckInputs,
     /// Module path under which the adapters' weights are named (`...output` for BERT,
     /// `...output_adapters` for DistilBERT).
     path: String,
@@ -28,12 +44,40 @@ impl BottleneckSlot {
     /// Wraps the pretrained LayerNorm of a sublayer. `adapter_path` is the module path the
     /// Python library registers the adapters under (use `vb.prefix()`).
     pub fn new(layer_norm: LayerNorm, adapter_path: impl Into<String>) -> Self {
-        BottleneckSlot { layer_norm, path: adapter_path.into(), adapters: BTreeMap::new(), fusions: BTreeMap::new(), layer: 0 }
+        BottleneckSlot {
+            layer_norm,
+            inputs: BottleneckInputs::default(),
+            path: adapter_path.into(),
+            adapters: BTreeMap::new(),
+            fusions: BTreeMap::new(),
+            layer: 0,
+        }
     }
 
     /// Loads the pretrained LayerNorm from `ln_vb`; adapters are named under `adapter_vb`'s path.
     pub fn load(size: usize, eps: f64, ln_vb: candle_nn::VarBuilder, adapter_vb: &candle_nn::VarBuilder) -> Result<Self> {
         Ok(Self::new(LayerNorm::load(size, eps, ln_vb)?, adapter_vb.prefix()))
+    }
+
+    /// The order the mark declared (see [`BottleneckInputs`]).
+    pub fn inputs(&self) -> BottleneckInputs {
+        self.inputs
+    }
+
+    /// Set by the code `#[adapter_mixin]` generates for a mark that names its inputs.
+    pub fn set_inputs(&mut self, inputs: BottleneckInputs) {
+        self.inputs = inputs;
+    }
+
+    /// The sublayer's output with its tensors named: `projected` (the sublayer's projection) and
+    /// `input` (what entered the sublayer). The mark says which one the Python library passes
+    /// first, so a model whose sublayer passes them the other way round is one mark, not a
+    /// silent mismatch at the call site.
+    pub fn forward_parts(&self, projected: &Tensor, input: &Tensor, ctx: &ForwardContext) -> Result<Tensor> {
+        match self.inputs {
+            BottleneckInputs::ProjectedFirst => self.forward(projected, input, ctx),
+            BottleneckInputs::InputFirst => self.forward(input, projected, ctx),
+        }
     }
 
     pub fn path(&self) -> &str {
@@ -232,5 +276,45 @@ impl BnState {
             up: states.iter().map(|s| s.up.clone()).collect::<Option<Vec<_>>>().map(|ups| Tensor::cat(&ups, dim)).transpose()?,
             last: states.last().and_then(|s| s.last.clone()),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use candle_core::{DType, Device, Tensor};
+
+    use super::*;
+    use crate::config::AdapterConfig;
+    use crate::methods::bottleneck::{BottleneckAdapter, SharedPhm};
+    use crate::methods::init::{Init, Placement, Rng};
+
+    /// `forward_parts` hands Python's `hidden_states` the tensor the mark names first.
+    #[test]
+    fn named_inputs_follow_the_marked_order() {
+        let placement = Placement::new(Device::Cpu, DType::F32);
+        let mut init = Init::new(Rng::new(3), placement);
+        let config = AdapterConfig::parse("double_seq_bn[reduction_factor=2]").unwrap();
+        let adapter = BottleneckAdapter::new(config.bottleneck().unwrap(), 8, 4, &SharedPhm::default(), &mut init).unwrap();
+        // Trained-size weights (the N(0, 0.02) start barely moves the output).
+        for p in adapter.params() {
+            p.var.set(&init.normal(p.var.dims(), 1.0).unwrap()).unwrap();
+        }
+        let ln = LayerNorm::new(init.ones(8).unwrap(), init.zeros(8).unwrap(), 1e-12);
+        let mut slot = BottleneckSlot::new(ln, "layer.0.output");
+        slot.adapters.insert("a".into(), adapter);
+        let ctx = ForwardContext::with_setup(Some(Arc::new(AdapterSetup::from("a"))), false);
+        let projected = init.normal(&[2, 3, 8], 1.0).unwrap();
+        let input = init.normal(&[2, 3, 8], 1.0).unwrap();
+        let diff = |a: &Tensor, b: &Tensor| crate::compare::compare(a, b).unwrap().max_abs;
+        let python_bert = slot.forward(&projected, &input, &ctx).unwrap();
+        let python_albert = slot.forward(&input, &projected, &ctx).unwrap();
+        // Houlsby-style (no original LayerNorm before the adapter): the adapter sees only the first.
+        assert!(diff(&python_bert, &python_albert) > 1e-3, "the order matters with an adapter active");
+        assert_eq!(slot.inputs(), BottleneckInputs::ProjectedFirst);
+        assert_eq!(diff(&slot.forward_parts(&projected, &input, &ctx).unwrap(), &python_bert), 0.0);
+        slot.set_inputs(BottleneckInputs::InputFirst);
+        assert_eq!(diff(&slot.forward_parts(&projected, &input, &ctx).unwrap(), &python_albert), 0.0);
     }
 }
