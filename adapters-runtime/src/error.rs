@@ -81,8 +81,9 @@ impl From<candle_core::Error> for AdapterError {
 }
 
 impl AdapterError {
-    /// This error as a candle error, for code that returns candle's `Result`.
-    pub(crate) fn into_candle(self) -> candle_core::Error {
+    /// This error as a candle error, for code that returns candle's `Result` (a model's
+    /// forward); the model API gives it back as this variant.
+    pub fn into_candle(self) -> candle_core::Error {
         // The one candle variant that keeps a `std::error::Error`, so `From` can downcast it.
         candle_core::Error::WrappedContext { wrapped: Box::new(self), context: String::new() }
     }

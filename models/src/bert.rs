@@ -7,12 +7,13 @@ use adapters_runtime::nn::dropout;
 use adapters_runtime::nn::fused::linear_module;
 use adapters_runtime::{adapter_config, adapter_mixin, with_adapters};
 use adapters_runtime::{BottleneckSlot, EmbeddingSlot, ForwardContext, LayerNorm, LoRALinear, PrefixPadding, PrefixSlot, ReftSlot};
-use adapters_runtime::{InputKind, ModelForward, ModelInputs, ModelOutputs};
+use adapters_runtime::{InputKind, KvCache, ModelForward, ModelInputs, ModelOutputs};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder};
 use serde::Deserialize;
 
 use crate::attention::{attend, attention_bias, split_heads};
+use adapters_runtime::nn::causal_additive_mask_for;
 
 fn default_eps() -> f64 {
     1e-12
@@ -112,10 +113,16 @@ impl BertSelfAttention {
         })
     }
 
-    fn forward(&self, x: &Tensor, mask: &Tensor, ctx: &ForwardContext) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, mask: &Tensor, cache: Option<(&KvCache, usize)>, ctx: &ForwardContext) -> Result<Tensor> {
         let q = split_heads(&self.query.forward(x, ctx)?, self.heads)?;
         let k = split_heads(&self.key.forward(x, ctx)?, self.heads)?;
         let v = split_heads(&self.value.forward(x, ctx)?, self.heads)?;
+        // Earlier steps' keys and values come from the cache; prefixes are prepended after it,
+        // as they are not part of the sequence.
+        let (k, v) = match cache {
+            Some((cache, layer)) => cache.append(layer, &k, &v)?,
+            None => (k, v),
+        };
         let (k, v, mask) = self.prefix.forward(&k, &v, mask, x, ctx)?;
         let scale = 1.0 / (q.dim(3)? as f64).sqrt();
         attend(&q, &k, &v, &mask, scale, self.dropout, ctx)
@@ -186,7 +193,7 @@ pub struct BertLayer {
 impl BertLayer {
     fn load(vb: VarBuilder, cfg: &BertConfig) -> Result<Self> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
-        let act = Activation::parse(&cfg.hidden_act).map_err(candle_core::Error::wrap)?;
+        let act = Activation::parse(&cfg.hidden_act).map_err(adapters_runtime::AdapterError::into_candle)?;
         let out_vb = vb.pp("output");
         Ok(BertLayer {
             attention: BertAttention {
@@ -203,8 +210,8 @@ impl BertLayer {
         })
     }
 
-    fn forward(&self, x: &Tensor, mask: &Tensor, ctx: &ForwardContext) -> Result<Tensor> {
-        let attended = self.attention.self_attention.forward(x, mask, ctx)?;
+    fn forward(&self, x: &Tensor, mask: &Tensor, cache: Option<(&KvCache, usize)>, ctx: &ForwardContext) -> Result<Tensor> {
+        let attended = self.attention.self_attention.forward(x, mask, cache, ctx)?;
         let attention_out = self.attention.output.forward(&attended, x, ctx)?;
         let intermediate = self.intermediate.activation.forward(&self.intermediate.dense.forward(&attention_out, ctx)?)?;
         let out = dropout(&self.output.dense.forward(&intermediate, ctx)?, self.output.dropout, ctx)?;
@@ -236,17 +243,51 @@ pub struct BertEncoder {
     pub(crate) layers: Vec<BertLayer>,
 }
 
+/// What BERT and RoBERTa take: Python's models take position ids, and as decoders are causal
+/// and keep a KV cache.
+pub(crate) const DECODER_INPUTS: &[InputKind] = &[InputKind::InputIds, InputKind::AttentionMask, InputKind::PositionIds, InputKind::Causal, InputKind::KvCache];
+
+/// The positions already in the pass's KV cache (0 without one); a cache needs a causal pass.
+pub(crate) fn cached_positions(inputs: &ModelInputs<'_>) -> Result<usize> {
+    match inputs.cache {
+        Some(_) if !inputs.causal => {
+            Err(adapters_runtime::AdapterError::InvalidInput("a KV cache is kept by a causal (decoder) pass; add `.causal()` to the inputs".into())
+                .into_candle())
+        }
+        Some(cache) => Ok(cache.len()),
+        None => Ok(0),
+    }
+}
+
 impl BertEncoder {
+    /// The layers over embedded tokens: the embedding slot (prompt tuning), then the stack.
+    /// `past` positions are already in the inputs' cache.
+    pub(crate) fn run(&self, embeddings: Tensor, slot: &EmbeddingSlot, inputs: &ModelInputs<'_>, past: usize, ctx: &ForwardContext) -> Result<ModelOutputs> {
+        let new = embeddings.dim(1)?;
+        let (embeddings, attention_mask) = slot.forward(&embeddings, &inputs.mask()?, ctx)?;
+        if past > 0 && embeddings.dim(1)? != new {
+            return Err(adapters_runtime::AdapterError::InvalidInput("prompt tuning prepends its prompt to every pass; it cannot extend a KV cache".into())
+                .into_candle());
+        }
+        Ok(ModelOutputs::hidden(self.forward(&embeddings, &attention_mask, inputs.causal, inputs.cache, ctx)?))
+    }
+
     pub(crate) fn load(vb: VarBuilder, cfg: &BertConfig) -> Result<Self> {
         let layers = (0..cfg.num_hidden_layers).map(|i| BertLayer::load(vb.pp("layer").pp(i), cfg)).collect::<Result<_>>()?;
         Ok(BertEncoder { layers })
     }
 
-    pub(crate) fn forward(&self, embeddings: &Tensor, attention_mask: &Tensor, causal: bool, ctx: &ForwardContext) -> Result<Tensor> {
-        let mask = attention_bias(attention_mask, embeddings.dtype(), causal)?;
+    /// `attention_mask` covers the cached positions too; `causal` with a cache masks each new
+    /// position against everything before it.
+    pub(crate) fn forward(&self, embeddings: &Tensor, attention_mask: &Tensor, causal: bool, cache: Option<&KvCache>, ctx: &ForwardContext) -> Result<Tensor> {
+        let mask = if causal {
+            causal_additive_mask_for(attention_mask, embeddings.dim(1)?, embeddings.dtype())?
+        } else {
+            attention_bias(attention_mask, embeddings.dtype(), false)?
+        };
         let mut hidden = embeddings.clone();
-        for layer in &self.layers {
-            hidden = layer.forward(&hidden, &mask, ctx)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            hidden = layer.forward(&hidden, &mask, cache.map(|c| (c, i)), ctx)?;
         }
         Ok(hidden)
     }
@@ -278,18 +319,19 @@ impl BertModel {
 }
 
 impl ModelForward for BertModel {
-    /// Python's `BertModel` takes position ids, and is causal as a decoder (`is_decoder`).
-    const ACCEPTS: &'static [InputKind] = &[InputKind::InputIds, InputKind::AttentionMask, InputKind::PositionIds, InputKind::Causal];
+    /// Python's `BertModel` takes position ids, and as a decoder (`is_decoder`) is causal and
+    /// keeps a KV cache (`past_key_values`).
+    const ACCEPTS: &'static [InputKind] = DECODER_INPUTS;
 
     fn forward_with(&self, inputs: &ModelInputs<'_>, ctx: &ForwardContext) -> Result<ModelOutputs> {
         let input_ids = inputs.ids()?;
+        let past = cached_positions(inputs)?;
         let positions = match &inputs.position_ids {
             Some(p) => p.clone(),
-            None => Tensor::arange(0u32, input_ids.dim(1)? as u32, input_ids.device())?.unsqueeze(0)?,
+            None => Tensor::arange(past as u32, (past + input_ids.dim(1)?) as u32, input_ids.device())?.unsqueeze(0)?,
         };
         let embeddings = self.embeddings.forward(input_ids, &positions, ctx)?;
-        let (embeddings, attention_mask) = self.embeddings.adapters.forward(&embeddings, &inputs.mask()?, ctx)?;
-        Ok(ModelOutputs::hidden(self.encoder.forward(&embeddings, &attention_mask, inputs.causal, ctx)?))
+        self.encoder.run(embeddings, &self.embeddings.adapters, inputs, past, ctx)
     }
 
     fn has_pooler(&self) -> bool {

@@ -114,7 +114,7 @@ impl TransformerBlock {
             ffn: FeedForward {
                 lin1: LoRALinear::load(h, i, vb.pp("ffn").pp("lin1"))?,
                 lin2: LoRALinear::load(i, h, vb.pp("ffn").pp("lin2"))?,
-                activation: Activation::parse(&cfg.activation).map_err(candle_core::Error::wrap)?,
+                activation: Activation::parse(&cfg.activation).map_err(adapters_runtime::AdapterError::into_candle)?,
                 dropout: cfg.dropout,
             },
             output_layer_norm: BottleneckSlot::load(h, LN_EPS, vb.pp("output_layer_norm"), &vb.pp("output_adapters"))?,

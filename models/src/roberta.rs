@@ -5,7 +5,7 @@ use adapters_runtime::{with_adapters, ForwardContext, InputKind, ModelForward, M
 use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::bert::{BertConfig, BertEmbeddings, BertEncoder, BertLayer, BertPooler};
+use crate::bert::{cached_positions, BertConfig, BertEmbeddings, BertEncoder, BertLayer, BertPooler, DECODER_INPUTS};
 
 /// RoBERTa checkpoints use BERT's config keys.
 pub type RobertaConfig = BertConfig;
@@ -30,8 +30,10 @@ impl RobertaModel {
     }
 }
 
-/// `cumsum(ids != pad) * (ids != pad) + pad`, as `create_position_ids_from_input_ids`.
-fn position_ids(input_ids: &Tensor, padding_idx: usize) -> Result<Tensor> {
+/// `(cumsum(ids != pad) + past) * (ids != pad) + pad`, as `create_position_ids_from_input_ids`
+/// (`past`: positions already in the KV cache).
+fn position_ids(input_ids: &Tensor, padding_idx: usize, past: usize) -> Result<Tensor> {
+    let past = past as i64;
     let pad = padding_idx as i64;
     let rows: Vec<Vec<i64>> = input_ids.to_dtype(DType::I64)?.to_vec2()?;
     let positions: Vec<i64> = rows
@@ -42,7 +44,7 @@ fn position_ids(input_ids: &Tensor, padding_idx: usize) -> Result<Tensor> {
                     Some(pad)
                 } else {
                     *count += 1;
-                    Some(*count + pad)
+                    Some(*count + past + pad)
                 }
             })
         })
@@ -51,18 +53,19 @@ fn position_ids(input_ids: &Tensor, padding_idx: usize) -> Result<Tensor> {
 }
 
 impl ModelForward for RobertaModel {
-    /// Python's `RobertaModel` takes position ids, and is causal as a decoder (`is_decoder`).
-    const ACCEPTS: &'static [InputKind] = &[InputKind::InputIds, InputKind::AttentionMask, InputKind::PositionIds, InputKind::Causal];
+    /// Python's `RobertaModel` takes position ids, and as a decoder (`is_decoder`) is causal and
+    /// keeps a KV cache.
+    const ACCEPTS: &'static [InputKind] = DECODER_INPUTS;
 
     fn forward_with(&self, inputs: &ModelInputs<'_>, ctx: &ForwardContext) -> Result<ModelOutputs> {
         let input_ids = inputs.ids()?;
+        let past = cached_positions(inputs)?;
         let positions = match &inputs.position_ids {
             Some(p) => p.clone(),
-            None => position_ids(input_ids, self.config.pad_token_id)?,
+            None => position_ids(input_ids, self.config.pad_token_id, past)?,
         };
         let embeddings = self.embeddings.forward(input_ids, &positions, ctx)?;
-        let (embeddings, attention_mask) = self.embeddings.adapters.forward(&embeddings, &inputs.mask()?, ctx)?;
-        Ok(ModelOutputs::hidden(self.encoder.forward(&embeddings, &attention_mask, inputs.causal, ctx)?))
+        self.encoder.run(embeddings, &self.embeddings.adapters, inputs, past, ctx)
     }
 
     fn has_pooler(&self) -> bool {

@@ -2,7 +2,8 @@
 //! mask (what decoders need) against the Python library running BERT and RoBERTa as decoders
 //! (`is_decoder=True`) and with explicit position ids, bare and with adapters
 //! (`tests/fixtures/generate_model_io.py`); causality checked directly for every case, including
-//! those Python cannot run as decoders; inputs a model does not take refused with a typed error.
+//! those Python cannot run as decoders; a KV cache, where decoding token by token equals the
+//! full causal pass; inputs a model does not take refused with a typed error.
 
 use adapters_models::load_model;
 use adapters_runtime::{AdapterError, AdapterSetup, InputKind, KvCache, ModelInputs};
@@ -95,7 +96,7 @@ fn inputs_a_model_does_not_take_are_refused_by_name() {
     let cases: Vec<(&str, ModelInputs, InputKind)> = vec![
         ("distilbert", ModelInputs::text(ids.clone(), mask.clone()).causal(), InputKind::Causal),
         ("distilbert", ModelInputs::text(ids.clone(), mask.clone()).with_position_ids(ids.clone()), InputKind::PositionIds),
-        ("bert", ModelInputs::text(ids.clone(), mask.clone()).with_cache(&cache), InputKind::KvCache),
+        ("distilbert", ModelInputs::text(ids.clone(), mask.clone()).causal().with_cache(&cache), InputKind::Causal),
         ("roberta", ModelInputs::text(ids.clone(), mask.clone()).with_encoder_hidden_states(ids.clone(), None), InputKind::EncoderHiddenStates),
         ("bert", ModelInputs::text(ids.clone(), mask.clone()).with_decoder_input_ids(ids.clone(), None), InputKind::DecoderInputIds),
         ("bert", ModelInputs::pixels(pixels), InputKind::PixelValues),
@@ -142,5 +143,72 @@ fn errors_inside_the_forward_keep_their_type() {
     match model.forward(&ids, &mask) {
         Err(AdapterError::InvalidInput(message)) => assert!(message.contains("batch_sizes"), "{message}"),
         other => panic!("expected InvalidInput, got {:?}", other.map(|t| t.dims().to_vec())),
+    }
+}
+
+/// Decoding with a KV cache: the prompt, then one token per pass, each pass given only its new
+/// tokens and a mask over everything so far, gives the full causal pass's output position by
+/// position (bare, with a bottleneck, LoRA, and prefix tuning, whose prefixes are not cached).
+#[test]
+fn decoding_with_a_kv_cache_equals_the_full_causal_pass() {
+    let adapters = [None, Some("tiny/{arch}/seq_bn/adapter"), Some("tiny/{arch}/lora/adapter"), Some("prefix/{arch}/prefix_tuning/adapter")];
+    let mut checked = 0;
+    for arch in ["bert", "roberta"] {
+        let data = fixtures().join("tiny").join(arch);
+        let ids = Tensor::new(&[[5i64, 17, 23, 42, 8, 13, 30], [7, 9, 11, 60, 2, 44, 3]], &Device::Cpu).unwrap();
+        let seq = ids.dim(1).unwrap();
+        for adapter in adapters {
+            let mut model = load_model(&data.join("model")).unwrap();
+            let label = format!("{arch} {adapter:?}");
+            if let Some(path) = adapter {
+                let name = model.load_adapter(fixtures().join(path.replace("{arch}", arch)), None).unwrap_or_else(|e| panic!("{label}: {e}"));
+                model.set_active_adapters(AdapterSetup::from(name.as_str())).unwrap();
+            }
+            let full = model.forward_inputs(&ModelInputs::text(ids.clone(), ids.ones_like().unwrap()).causal()).unwrap().last_hidden_state;
+            let cache = KvCache::new();
+            let mut steps = Vec::new();
+            for (start, len) in [(0, 4), (4, 1), (5, 2)] {
+                let new = ids.i((.., start..start + len)).unwrap();
+                let mask = ids.i((.., ..start + len)).unwrap().ones_like().unwrap();
+                let out = model.forward_inputs(&ModelInputs::text(new, mask).causal().with_cache(&cache)).unwrap_or_else(|e| panic!("{label}: {e}"));
+                assert_eq!(cache.len(), start + len, "{label}: cached positions");
+                steps.push(out.last_hidden_state);
+            }
+            let stepped = Tensor::cat(&steps, 1).unwrap();
+            assert_eq!(stepped.dims(), full.dims());
+            let diff = max_abs_diff(&stepped, &full);
+            assert!(diff <= TOLERANCE, "{label}: decoding with the cache differs from the full pass by {diff:e}");
+            // The cache is what makes it work: the last step alone, without it, differs.
+            let alone = model
+                .forward_inputs(&ModelInputs::text(ids.i((.., seq - 2..)).unwrap(), ids.i((.., seq - 2..)).unwrap().ones_like().unwrap()).causal())
+                .unwrap();
+            assert!(max_abs_diff(&alone.last_hidden_state, &full.i((.., seq - 2..)).unwrap()) > 1e-3, "{label}: the cache changed nothing");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 8);
+}
+
+#[test]
+fn a_kv_cache_is_refused_where_it_cannot_work() {
+    let data = fixtures().join("tiny").join("bert");
+    let ids = Tensor::new(&[[5i64, 17, 23]], &Device::Cpu).unwrap();
+    let mask = ids.ones_like().unwrap();
+    let mut model = load_model(&data.join("model")).unwrap();
+    let cache = KvCache::new();
+    match model.forward_inputs(&ModelInputs::text(ids.clone(), mask.clone()).with_cache(&cache)) {
+        Err(AdapterError::InvalidInput(message)) => assert!(message.contains("causal"), "{message}"),
+        other => panic!("expected a refusal, got {:?}", other.map(|o| o.last_hidden_state.dims().to_vec())),
+    }
+    // Prompt tuning would prepend its prompt again on every pass.
+    let name = model.load_adapter(fixture_path(&fixtures().join("prefix/bert/prompt_tuning/adapter")), None).unwrap();
+    model.set_active_adapters(AdapterSetup::from(name.as_str())).unwrap();
+    let first = model.forward_inputs(&ModelInputs::text(ids.clone(), mask.clone()).causal().with_cache(&cache));
+    assert!(first.is_ok(), "the first pass fills the cache: {:?}", first.err());
+    let next = Tensor::new(&[[8i64]], &Device::Cpu).unwrap();
+    let mask = Tensor::ones((1, cache.len() + 1), DType::I64, &Device::Cpu).unwrap();
+    match model.forward_inputs(&ModelInputs::text(next, mask).causal().with_cache(&cache)) {
+        Err(AdapterError::InvalidInput(message)) => assert!(message.contains("prompt tuning"), "{message}"),
+        other => panic!("expected a refusal, got {:?}", other.map(|o| o.last_hidden_state.dims().to_vec())),
     }
 }

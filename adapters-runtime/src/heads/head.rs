@@ -68,7 +68,7 @@ impl PredictionHead {
     /// decoder weight is the input embedding matrix, passed at forward time (tied, not a parameter).
     pub fn new(config: HeadConfig, dims: HeadDims, init: &mut Init) -> CResult<Self> {
         let h = dims.hidden_size;
-        let act = config.activation().map(Activation::parse).transpose().map_err(candle_core::Error::wrap)?;
+        let act = config.activation().map(Activation::parse).transpose().map_err(crate::error::AdapterError::into_candle)?;
         let mut layers = Vec::new();
         let mut params = Vec::new();
         let add_linear =

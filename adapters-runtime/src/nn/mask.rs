@@ -27,12 +27,24 @@ pub fn additive_mask(attention_mask: &Tensor, dtype: DType) -> Result<Tensor> {
 /// keys `k <= q` that the padding mask keeps (as `transformers` builds a decoder's mask: one
 /// 0/1 mask, then one bias, so two masked reasons never add up to an infinity).
 pub fn causal_additive_mask(attention_mask: &Tensor, dtype: DType) -> Result<Tensor> {
-    let (batch, seq) = attention_mask.dims2()?;
+    causal_additive_mask_for(attention_mask, attention_mask.dim(1)?, dtype)
+}
+
+/// [`causal_additive_mask`] for the last `queries` positions of the keys `attention_mask` covers
+/// (a pass that extends a KV cache: earlier keys are cached), `[batch, 1, queries, keys]`.
+pub fn causal_additive_mask_for(attention_mask: &Tensor, queries: usize, dtype: DType) -> Result<Tensor> {
+    let (batch, keys) = attention_mask.dims2()?;
+    if queries > keys {
+        return Err(crate::error::invalid_input(format!(
+            "{queries} new positions but an attention mask over {keys}; with a KV cache the mask covers the cached positions too"
+        )));
+    }
     let device = attention_mask.device();
-    let rows = Tensor::arange(0u32, seq as u32, device)?.reshape((seq, 1))?;
-    let cols = Tensor::arange(0u32, seq as u32, device)?.reshape((1, seq))?;
-    let causal = cols.broadcast_le(&rows)?.to_dtype(DType::F32)?; // [seq, seq], 1 where k <= q
-    let keep = attention_mask.to_dtype(DType::F32)?.reshape((batch, 1, 1, seq))?.broadcast_mul(&causal.reshape((1, 1, seq, seq))?)?;
+    let past = (keys - queries) as u32;
+    let rows = Tensor::arange(past, past + queries as u32, device)?.reshape((queries, 1))?;
+    let cols = Tensor::arange(0u32, keys as u32, device)?.reshape((1, keys))?;
+    let causal = cols.broadcast_le(&rows)?.to_dtype(DType::F32)?; // 1 where key <= query position
+    let keep = attention_mask.to_dtype(DType::F32)?.reshape((batch, 1, 1, keys))?.broadcast_mul(&causal.reshape((1, 1, queries, keys))?)?;
     ((1.0 - keep)? * mask_min(dtype))?.to_dtype(dtype)
 }
 

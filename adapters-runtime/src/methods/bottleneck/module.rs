@@ -118,7 +118,7 @@ impl BottleneckAdapter {
             norm_after,
             gate,
             params,
-            activation: Activation::parse(&config.non_linearity).map_err(candle_core::Error::wrap)?,
+            activation: Activation::parse(&config.non_linearity).map_err(crate::error::AdapterError::into_candle)?,
             is_parallel: config.is_parallel,
             residual_before_ln: config.residual_before_ln.clone(),
             adapter_residual_before_ln: config.adapter_residual_before_ln,

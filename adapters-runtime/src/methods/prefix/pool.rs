@@ -60,7 +60,7 @@ impl PrefixModule {
                 wte: param(p, "wte.weight", init.normal(&[config.prefix_length, h], 1.0)?)?,
                 w1: param(p, "control_trans.0.weight", init.kaiming_uniform(&[b, h])?)?,
                 b1: param(p, "control_trans.0.bias", bias(init, b, h)?)?,
-                activation: Activation::parse(&config.non_linearity).map_err(candle_core::Error::wrap)?,
+                activation: Activation::parse(&config.non_linearity).map_err(crate::error::AdapterError::into_candle)?,
                 w2: param(p, "control_trans.2.weight", init.kaiming_uniform(&[out, b])?)?,
                 b2: param(p, "control_trans.2.bias", bias(init, out, b)?)?,
             }

@@ -51,7 +51,7 @@ impl ReftUnit {
             Projection::Plain(push(NamedParam::new(format!("{prefix}.projection.weight"), init.kaiming_uniform(&[r, hidden])?)?))
         };
         let activation = match &config.non_linearity {
-            Some(name) => Activation::parse(name).map_err(candle_core::Error::wrap)?,
+            Some(name) => Activation::parse(name).map_err(crate::error::AdapterError::into_candle)?,
             None => Activation::Identity,
         };
         Ok(ReftUnit { source_weight, source_bias, projection, activation, subtract_projection: config.subtract_projection, dropout: config.dropout })
