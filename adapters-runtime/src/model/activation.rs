@@ -7,9 +7,11 @@ use std::sync::Arc;
 use candle_core::Var;
 
 use crate::body::BaseModel;
+use crate::composition::supported_blocks;
 use crate::config::AdapterConfig;
 use crate::error::{AdapterError, Result};
 use crate::heads::HeadSetup;
+use crate::mixin::SlotFamily;
 use crate::setup::{AdapterSetup, BlockKind};
 
 use super::{AdaptedModel, ADAPTER_SETUP_NAME, PYTHON_ADAPTERS_VERSION};
@@ -70,7 +72,7 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
         if kind != BlockKind::Single {
             for name in setup.flatten() {
                 for member in self.configs.get(name).map(AdapterConfig::members).unwrap_or_default() {
-                    if let Some((what, blocks)) = supported_blocks(member).filter(|(_, blocks)| !blocks.contains(&kind)) {
+                    if let Some((what, blocks)) = member_family(member).and_then(supported_blocks).filter(|(_, blocks)| !blocks.contains(&kind)) {
                         let list: Vec<&str> = blocks.iter().map(|b| b.name()).collect();
                         let list = match list.split_last() {
                             Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
@@ -141,13 +143,11 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
     }
 }
 
-/// Python's `supported_compositions`: the blocks a method family composes with (bottleneck
-/// adapters: every block). ReFT and prompt tuning have no block rule in Python, and none here.
-fn supported_blocks(member: &AdapterConfig) -> Option<(&'static str, &'static [BlockKind])> {
-    use BlockKind::*;
+/// The slot family whose block rule (`composition::supported_blocks`) a member follows.
+fn member_family(member: &AdapterConfig) -> Option<SlotFamily> {
     match member {
-        AdapterConfig::LoRA(_) => Some(("is a LoRA-family adapter", &[Stack, Parallel, BatchSplit, Average])),
-        AdapterConfig::PrefixTuning(_) => Some(("has prefix tuning", &[Stack, Parallel, BatchSplit])),
+        AdapterConfig::LoRA(_) => Some(SlotFamily::Lora),
+        AdapterConfig::PrefixTuning(_) => Some(SlotFamily::Prefix),
         _ => None,
     }
 }

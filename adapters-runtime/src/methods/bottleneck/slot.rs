@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 use candle_core::{Result, Tensor};
 
 use super::{BottleneckAdapter, FusionLayer};
-use crate::composition;
+use crate::composition::{self, Composer};
 use crate::context::{ForwardContext, FusionAttention};
+use crate::mixin::SlotFamily;
 use crate::nn::LayerNorm;
 use crate::setup::AdapterSetup;
 
@@ -102,8 +103,8 @@ impl BottleneckSlot {
         let state = BnState { hidden: hidden.clone(), input: residual.clone(), residual: residual.clone(), up: None, last: None };
         // A bare name is a one-adapter Stack, as Python parses it.
         let state = match setup {
-            AdapterSetup::Single(_) => self.compose_stack(std::slice::from_ref(setup), state, ctx)?,
-            other => self.compose(other, state, ctx)?,
+            AdapterSetup::Single(name) => self.stack_child(name, state, ctx)?,
+            other => composition::run(self, other, state, ctx)?,
         };
         match state.last.as_deref().and_then(|n| self.adapters.get(n)) {
             // The last adapter's post_forward closes the block for every row (as in Python).
@@ -118,8 +119,17 @@ impl BottleneckSlot {
         let (hidden, residual) = adapter.pre_forward(&state.hidden, &state.input, &self.layer_norm)?;
         Ok(BnState { hidden, residual, ..state })
     }
+}
 
-    fn compose_single(&self, name: &str, state: BnState, ctx: &ForwardContext) -> Result<BnState> {
+impl Composer for BottleneckSlot {
+    type State = BnState;
+    const FAMILY: SlotFamily = SlotFamily::Bottleneck;
+
+    fn has(&self, name: &str) -> bool {
+        self.adapters.contains_key(name)
+    }
+
+    fn single(&self, name: &str, state: BnState, ctx: &ForwardContext) -> Result<BnState> {
         match self.adapters.get(name) {
             Some(adapter) => {
                 let (hidden, up) = adapter.forward_with_up(&state.hidden, &state.residual, ctx)?;
@@ -129,68 +139,56 @@ impl BottleneckSlot {
         }
     }
 
-    fn compose_stack(&self, children: &[AdapterSetup], mut state: BnState, ctx: &ForwardContext) -> Result<BnState> {
-        for child in children {
-            state = match child {
-                AdapterSetup::Single(name) if self.adapters.contains_key(name) => {
-                    let state = self.pre_block(Some(name), state)?;
-                    self.compose_single(name, state, ctx)?
-                }
-                AdapterSetup::Single(_) => state,
-                block => self.compose(block, state, ctx)?,
-            };
+    /// In a Stack each adapter runs its own `pre_forward` first.
+    fn stack_child(&self, name: &str, state: BnState, ctx: &ForwardContext) -> Result<BnState> {
+        if !self.has(name) {
+            return Ok(state);
         }
-        Ok(state)
+        let state = self.pre_block(Some(name), state)?;
+        self.single(name, state, ctx)
     }
 
-    fn compose_child(&self, child: &AdapterSetup, state: BnState, ctx: &ForwardContext) -> Result<BnState> {
-        match child {
-            AdapterSetup::Single(name) => self.compose_single(name, state, ctx),
-            block => self.compose(block, state, ctx),
+    /// The block's first adapter runs `pre_forward` for all its children (Python's
+    /// `pre_block`); Parallel, BatchSplit and Average need every child here.
+    fn open_block(&self, setup: &AdapterSetup, state: BnState) -> Result<BnState> {
+        if let AdapterSetup::Parallel(children) | AdapterSetup::BatchSplit { children, .. } | AdapterSetup::Average { children, .. } = setup {
+            self.check_children_here(setup, children)?;
         }
+        self.pre_block(setup.first(), state)
     }
 
-    fn compose(&self, setup: &AdapterSetup, state: BnState, ctx: &ForwardContext) -> Result<BnState> {
-        match setup {
-            AdapterSetup::Single(name) => self.compose_single(name, state, ctx),
-            AdapterSetup::Stack(children) => self.compose_stack(children, state, ctx),
-            AdapterSetup::Parallel(children) | AdapterSetup::BatchSplit { children, .. } => {
-                self.check_children_here(setup, children)?;
-                let ranges = composition::row_ranges(setup, state.hidden.dim(0)?)?;
-                let state = self.pre_block(setup.first(), state)?;
-                let mut outs = Vec::with_capacity(children.len());
-                for (child, (start, len)) in children.iter().zip(ranges) {
-                    outs.push(self.compose_child(child, state.narrow(0, start, len)?, ctx)?);
-                }
-                BnState::cat(outs, 0)
-            }
-            AdapterSetup::Average { children, weights } => {
-                self.check_children_here(setup, children)?;
-                let state = self.pre_block(setup.first(), state)?;
-                let mut outs = Vec::with_capacity(children.len());
-                for child in children {
-                    outs.push(self.compose_child(child, state.clone(), ctx)?);
-                }
-                let hiddens: Vec<Tensor> = outs.iter().map(|s| s.hidden.clone()).collect();
-                let hidden = composition::weighted_mean(&hiddens, weights)?;
-                let last = outs.last().and_then(|s| s.last.clone());
-                let first = outs.into_iter().next().ok_or_else(|| crate::error::internal("Average without children"))?;
-                Ok(BnState { hidden, last, ..first })
-            }
-            AdapterSetup::Split { children, splits } => {
-                let ranges = composition::split_ranges(splits, state.hidden.dim(1)?, setup)?;
-                let state = self.pre_block(setup.first(), state)?;
-                let mut hiddens = Vec::with_capacity(children.len());
-                let mut last = None;
-                for (child, (start, len)) in children.iter().zip(ranges) {
-                    let out = self.compose_child(child, state.narrow(1, start, len)?, ctx)?;
-                    last = out.last.clone().or(last);
-                    hiddens.push(out.hidden);
-                }
-                Ok(BnState { hidden: Tensor::cat(&hiddens, 1)?, last, ..state })
-            }
-            AdapterSetup::Fuse { children, .. } => self.compose_fuse(setup, children, state, ctx),
+    fn rows(&self, state: &BnState) -> Result<usize> {
+        state.hidden.dim(0)
+    }
+
+    fn positions(&self, state: &BnState) -> Result<usize> {
+        state.hidden.dim(1)
+    }
+
+    fn narrow(&self, state: &BnState, dim: usize, start: usize, len: usize) -> Result<BnState> {
+        state.narrow(dim, start, len)
+    }
+
+    fn join(&self, _setup: &AdapterSetup, parts: Vec<BnState>, dim: usize, opened: &BnState) -> Result<BnState> {
+        if dim == 0 {
+            return BnState::cat(parts, 0);
         }
+        // Split: the positions' hidden states side by side; the rest as the block opened.
+        let last = parts.iter().fold(None, |last, p| p.last.clone().or(last));
+        let hidden = Tensor::cat(&parts.iter().map(|p| &p.hidden).collect::<Vec<_>>(), 1)?;
+        Ok(BnState { hidden, last, ..opened.clone() })
+    }
+
+    fn average(&self, outs: Vec<BnState>, weights: &[f64], _opened: BnState) -> Result<BnState> {
+        let hiddens: Vec<Tensor> = outs.iter().map(|s| s.hidden.clone()).collect();
+        let hidden = composition::weighted_mean(&hiddens, weights)?;
+        let last = outs.last().and_then(|s| s.last.clone());
+        let first = outs.into_iter().next().ok_or_else(|| crate::error::internal("Average without children"))?;
+        Ok(BnState { hidden, last, ..first })
+    }
+
+    fn fuse(&self, setup: &AdapterSetup, children: &[AdapterSetup], state: BnState, ctx: &ForwardContext) -> Result<BnState> {
+        self.compose_fuse(setup, children, state, ctx)
     }
 }
 
@@ -228,7 +226,7 @@ impl BottleneckSlot {
         let state = BnState { hidden, residual, ..state };
         let mut ups = Vec::with_capacity(children.len());
         for child in children {
-            let out = self.compose_child(child, state.clone(), ctx)?;
+            let out = composition::run(self, child, state.clone(), ctx)?;
             if let (Some(up), Some(_)) = (out.up, out.last) {
                 ups.push(up);
             }
@@ -247,7 +245,7 @@ impl BottleneckSlot {
 /// the adapter residual, the last adapter's up-projection (for fusion), and the last adapter
 /// that ran.
 #[derive(Clone)]
-struct BnState {
+pub(crate) struct BnState {
     hidden: Tensor,
     input: Tensor,
     residual: Tensor,

@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use candle_core::{Result, Tensor};
 
 use super::LoraModule;
-use crate::composition;
+use crate::composition::{self, Composer};
 use crate::context::ForwardContext;
+use crate::mixin::SlotFamily;
 use crate::setup::AdapterSetup;
 
 pub struct LoRALinear {
@@ -68,59 +69,13 @@ impl LoRALinear {
             return Ok(layer_output);
         };
         let state = LoraState { input: x.clone(), hidden: None, output: layer_output, last: None };
-        let state = self.compose(setup, state, ctx)?;
+        let state = composition::run(self, setup, state, ctx)?;
         match (state.last.as_deref().and_then(|n| self.loras.get(n)), state.hidden) {
             (Some(module), Some(hidden)) => module.combine(&state.output, &hidden, &self.weight),
             _ => Ok(state.output),
         }
     }
 
-    fn compose(&self, setup: &AdapterSetup, state: LoraState, ctx: &ForwardContext) -> Result<LoraState> {
-        match setup {
-            AdapterSetup::Single(name) => match self.loras.get(name) {
-                Some(module) => {
-                    let hidden = module.forward(state.hidden.as_ref(), &state.input, ctx)?;
-                    Ok(LoraState { hidden: Some(hidden), last: Some(name.clone()), ..state })
-                }
-                None => Ok(state),
-            },
-            AdapterSetup::Stack(children) => {
-                let mut state = state;
-                for child in children {
-                    state = self.compose(child, state, ctx)?;
-                }
-                Ok(state)
-            }
-            AdapterSetup::Parallel(children) | AdapterSetup::BatchSplit { children, .. } => {
-                let ranges = composition::row_ranges(setup, state.input.dim(0)?)?;
-                let mut outs = Vec::with_capacity(children.len());
-                for (child, (start, len)) in children.iter().zip(ranges) {
-                    outs.push(self.compose(child, state.narrow(start, len)?, ctx)?);
-                }
-                LoraState::cat(outs).map_err(|e| crate::error::invalid_input(format!("{setup} at `{}`: {e}", self.path)))
-            }
-            AdapterSetup::Average { children, weights } => {
-                let mut outs = Vec::with_capacity(children.len());
-                for child in children {
-                    outs.push(self.compose(child, state.clone(), ctx)?);
-                }
-                let hiddens: Option<Vec<Tensor>> = outs.iter().map(|s| s.hidden.clone()).collect();
-                let hidden = hiddens.map(|h| composition::weighted_mean(&h, weights)).transpose()?;
-                let last = outs.last().and_then(|s| s.last.clone());
-                Ok(LoraState { hidden, last, ..state })
-            }
-            AdapterSetup::Fuse { .. } | AdapterSetup::Split { .. } => {
-                if setup.any_adapter(&|n| self.loras.contains_key(n)) {
-                    return Err(crate::error::AdapterError::Setup {
-                        setup: setup.to_string(),
-                        reason: "LoRA-family adapters compose with Stack, Parallel, BatchSplit and Average only".into(),
-                    }
-                    .into_candle());
-                }
-                Ok(state)
-            }
-        }
-    }
     pub(crate) fn merge(&mut self, name: &str) -> crate::error::Result<bool> {
         let refuse = |reason: String| crate::error::AdapterError::Unsupported { adapter: name.into(), operation: "merge_adapter".into(), reason };
         let Some(module) = self.loras.get(name) else { return Ok(false) };
@@ -145,10 +100,52 @@ impl LoRALinear {
     }
 }
 
+impl Composer for LoRALinear {
+    type State = LoraState;
+    const FAMILY: SlotFamily = SlotFamily::Lora;
+
+    fn has(&self, name: &str) -> bool {
+        self.loras.contains_key(name)
+    }
+
+    fn single(&self, name: &str, state: LoraState, ctx: &ForwardContext) -> Result<LoraState> {
+        match self.loras.get(name) {
+            Some(module) => {
+                let hidden = module.forward(state.hidden.as_ref(), &state.input, ctx)?;
+                Ok(LoraState { hidden: Some(hidden), last: Some(name.to_string()), ..state })
+            }
+            None => Ok(state),
+        }
+    }
+
+    fn rows(&self, state: &LoraState) -> Result<usize> {
+        state.input.dim(0)
+    }
+
+    fn positions(&self, state: &LoraState) -> Result<usize> {
+        state.input.dim(1)
+    }
+
+    fn narrow(&self, state: &LoraState, dim: usize, start: usize, len: usize) -> Result<LoraState> {
+        state.narrow(dim, start, len)
+    }
+
+    fn join(&self, setup: &AdapterSetup, parts: Vec<LoraState>, dim: usize, _opened: &LoraState) -> Result<LoraState> {
+        LoraState::cat(parts, dim).map_err(|e| crate::error::invalid_input(format!("{setup} at `{}`: {e}", self.path)))
+    }
+
+    fn average(&self, outs: Vec<LoraState>, weights: &[f64], opened: LoraState) -> Result<LoraState> {
+        let hiddens: Option<Vec<Tensor>> = outs.iter().map(|s| s.hidden.clone()).collect();
+        let hidden = hiddens.map(|h| composition::weighted_mean(&h, weights)).transpose()?;
+        let last = outs.last().and_then(|s| s.last.clone());
+        Ok(LoraState { hidden, last, ..opened })
+    }
+}
+
 /// Python's `LoRAState`: the layer input, the composed module output so far, the base output,
 /// and the last module that ran.
 #[derive(Clone)]
-struct LoraState {
+pub(crate) struct LoraState {
     input: Tensor,
     hidden: Option<Tensor>,
     output: Tensor,
@@ -156,21 +153,21 @@ struct LoraState {
 }
 
 impl LoraState {
-    fn narrow(&self, start: usize, len: usize) -> Result<Self> {
+    fn narrow(&self, dim: usize, start: usize, len: usize) -> Result<Self> {
         Ok(LoraState {
-            input: self.input.narrow(0, start, len)?,
-            hidden: self.hidden.as_ref().map(|h| h.narrow(0, start, len)).transpose()?,
-            output: self.output.narrow(0, start, len)?,
+            input: self.input.narrow(dim, start, len)?,
+            hidden: self.hidden.as_ref().map(|h| h.narrow(dim, start, len)).transpose()?,
+            output: self.output.narrow(dim, start, len)?,
             last: self.last.clone(),
         })
     }
 
-    fn cat(states: Vec<LoraState>) -> Result<Self> {
-        let hidden = composition::cat_optional(&states.iter().map(|s| s.hidden.clone()).collect::<Vec<_>>(), 0)?;
+    fn cat(states: Vec<LoraState>, dim: usize) -> Result<Self> {
+        let hidden = composition::cat_optional(&states.iter().map(|s| s.hidden.clone()).collect::<Vec<_>>(), dim)?;
         Ok(LoraState {
-            input: Tensor::cat(&states.iter().map(|s| &s.input).collect::<Vec<_>>(), 0)?,
+            input: Tensor::cat(&states.iter().map(|s| &s.input).collect::<Vec<_>>(), dim)?,
             hidden,
-            output: Tensor::cat(&states.iter().map(|s| &s.output).collect::<Vec<_>>(), 0)?,
+            output: Tensor::cat(&states.iter().map(|s| &s.output).collect::<Vec<_>>(), dim)?,
             last: states.last().and_then(|s| s.last.clone()),
         })
     }

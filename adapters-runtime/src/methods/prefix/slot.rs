@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 
 use candle_core::{Result, Tensor, Var};
 
-use crate::composition;
+use crate::composition::{self, Composer};
 use crate::context::ForwardContext;
 use crate::methods::NamedParam;
+use crate::mixin::SlotFamily;
 use crate::nn::linear;
 use crate::setup::AdapterSetup;
 
@@ -60,7 +61,8 @@ pub struct PrefixSlot {
 }
 
 /// Keys, values and mask as they travel through the composition blocks.
-struct PrefixState {
+#[derive(Clone)]
+pub(crate) struct PrefixState {
     keys: Tensor,
     values: Tensor,
     mask: Tensor,
@@ -107,34 +109,11 @@ impl PrefixSlot {
         let rows = keys.dim(0)?;
         let mask = if mask.dim(0)? == rows { mask.clone() } else { mask.broadcast_as((rows, mask.dim(1)?, mask.dim(2)?, mask.dim(3)?))?.contiguous()? };
         let state = PrefixState { keys: keys.clone(), values: values.clone(), mask, residual: residual.clone(), row: 0 };
-        let state = self.compose(setup, state, ctx)?;
+        let state = composition::run(self, setup, state, ctx)?;
         Ok((state.keys, state.values, state.mask))
     }
 
-    fn compose(&self, setup: &AdapterSetup, state: PrefixState, ctx: &ForwardContext) -> Result<PrefixState> {
-        match setup {
-            AdapterSetup::Single(name) => self.compose_single(name, state, ctx),
-            AdapterSetup::Stack(children) => children.iter().try_fold(state, |s, child| self.compose(child, s, ctx)),
-            AdapterSetup::Parallel(children) | AdapterSetup::BatchSplit { children, .. } => {
-                let ranges = composition::row_ranges(setup, state.keys.dim(0)?)?;
-                let parts = children
-                    .iter()
-                    .zip(ranges)
-                    .map(|(child, (start, len))| self.compose(child, slice_rows(&state, start, len)?, ctx))
-                    .collect::<Result<Vec<_>>>()?;
-                self.pad_and_concat(parts, state.row)
-            }
-            // A block with no prefix adapter here leaves the state alone (Python's compose).
-            other if !other.any_adapter(&|n| self.prefixes.contains_key(n)) => Ok(state),
-            other => Err(crate::error::AdapterError::Setup {
-                setup: other.to_string(),
-                reason: format!("prefix tuning supports Stack, Parallel and BatchSplit blocks, not {}", other.kind().name()),
-            }
-            .into_candle()),
-        }
-    }
-
-    fn compose_single(&self, name: &str, state: PrefixState, ctx: &ForwardContext) -> Result<PrefixState> {
+    fn prefixed(&self, name: &str, state: PrefixState, ctx: &ForwardContext) -> Result<PrefixState> {
         let Some(&index) = self.prefixes.get(name) else { return Ok(state) };
         let all = ctx
             .prefix_states(name, self.location)
@@ -208,4 +187,34 @@ fn slice_rows(state: &PrefixState, start: usize, len: usize) -> Result<PrefixSta
         residual: state.residual.narrow(0, start, len)?,
         row: state.row + start,
     })
+}
+
+impl Composer for PrefixSlot {
+    type State = PrefixState;
+    const FAMILY: SlotFamily = SlotFamily::Prefix;
+
+    fn has(&self, name: &str) -> bool {
+        self.prefixes.contains_key(name)
+    }
+
+    fn single(&self, name: &str, state: PrefixState, ctx: &ForwardContext) -> Result<PrefixState> {
+        self.prefixed(name, state, ctx)
+    }
+
+    fn rows(&self, state: &PrefixState) -> Result<usize> {
+        state.keys.dim(0)
+    }
+
+    fn positions(&self, state: &PrefixState) -> Result<usize> {
+        state.keys.dim(2)
+    }
+
+    /// Rows only: prefix tuning takes no Split (the table says so; activation refuses it).
+    fn narrow(&self, state: &PrefixState, _dim: usize, start: usize, len: usize) -> Result<PrefixState> {
+        slice_rows(state, start, len)
+    }
+
+    fn join(&self, _setup: &AdapterSetup, parts: Vec<PrefixState>, _dim: usize, opened: &PrefixState) -> Result<PrefixState> {
+        self.pad_and_concat(parts, opened.row)
+    }
 }
