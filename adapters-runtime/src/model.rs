@@ -13,7 +13,7 @@ mod prefix;
 pub use averaging::CombineStrategy;
 pub use fusion::{FUSION_CONFIG_NAME, FUSION_WEIGHTS_PICKLE, FUSION_WEIGHTS_SAFE};
 pub use heads::{HeadResult, ModelOutput};
-pub(crate) use lifecycle::Planned;
+pub(crate) use lifecycle::SharedModules;
 
 use std::collections::BTreeMap;
 use std::fmt;

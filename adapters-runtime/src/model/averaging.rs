@@ -12,7 +12,6 @@ use crate::config::AdapterConfig;
 use crate::error::{AdapterError, Result};
 use crate::methods::svd::svd;
 use crate::methods::NamedParam;
-use crate::mixin::SlotRef;
 
 /// How the source adapters' weights combine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,24 +115,9 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
             if failure.is_some() {
                 return;
             }
-            let (target, inputs): (&[NamedParam], Option<Vec<&[NamedParam]>>) = match slot {
-                SlotRef::Bottleneck(_, s) => match s.adapters.get(name) {
-                    Some(t) => (t.params(), sources.iter().map(|n| s.adapters.get(*n).map(|m| m.params())).collect()),
-                    None => return,
-                },
-                SlotRef::Lora(_, s) => match s.loras.get(name) {
-                    Some(t) => (t.params(), sources.iter().map(|n| s.loras.get(*n).map(|m| m.params())).collect()),
-                    None => return,
-                },
-                SlotRef::Reft(s) => match s.refts.get(name) {
-                    Some(t) => (t.params(), sources.iter().map(|n| s.refts.get(*n).map(|m| m.params())).collect()),
-                    None => return,
-                },
-                SlotRef::Prefix(_, s) => match s.gates.get(name) {
-                    Some(t) => (&t.params, sources.iter().map(|n| s.gates.get(*n).map(|g| &g.params[..])).collect()),
-                    None => return,
-                },
-            };
+            let slot = slot.adapter_slot();
+            let Some((_, target)) = slot.adapter_params(name) else { return };
+            let inputs: Option<Vec<&[NamedParam]>> = sources.iter().map(|n| slot.adapter_params(n).map(|(_, params)| params)).collect();
             let Some(inputs) = inputs else {
                 failure = Some(AdapterError::InvalidConfig(format!("a source adapter has no module where `{name}` has one; cannot average")));
                 return;

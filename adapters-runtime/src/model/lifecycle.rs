@@ -1,18 +1,15 @@
 //! Adding and deleting adapters: the modules each method puts on each slot, and the parameters
 //! an adapter shares across its layers.
 
-use std::collections::BTreeMap;
-
 use crate::body::BaseModel;
 use crate::config::AdapterConfig;
 use crate::error::{AdapterError, Result};
-use crate::methods::bottleneck::{BottleneckAdapter, SharedPhm};
+use crate::methods::bottleneck::SharedPhm;
 use crate::methods::init::Init;
-use crate::methods::lora::{LoraModule, SharedVera};
-use crate::methods::prefix::PrefixGate;
-use crate::methods::reft::ReftModule;
+use crate::methods::lora::SharedVera;
 use crate::methods::NamedParam;
-use crate::mixin::{BottleneckLocation, SlotMut, SlotRef};
+use crate::mixin::SlotRef;
+use crate::slot::{Planned, Planning};
 
 use super::{bottleneck_size, AdaptedModel};
 
@@ -97,11 +94,12 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
         let shared = SharedModules { phm, vera };
         let mut planned: Vec<Option<Planned>> = Vec::new();
         let mut failure = None;
+        let mut planning = Planning::new(&shared, &mut init);
         self.each_slot(&mut |layer, slot| {
             if failure.is_some() {
                 return;
             }
-            match plan_module(&config, layer, &slot, &shared, &mut init) {
+            match slot.plan(&config, layer, &mut planning) {
                 Ok(p) => planned.push(p),
                 Err(e) => failure = Some(e),
             }
@@ -120,26 +118,10 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
             });
         }
         let mut planned = planned.into_iter();
-        let mut counts: BTreeMap<&'static str, usize> = BTreeMap::new();
-        self.each_slot_mut(&mut |_, slot| match (planned.next().flatten(), slot) {
-            (Some(Planned::Bottleneck(m)), SlotMut::Bottleneck(_, s)) => {
-                s.adapters.insert(name.to_string(), m);
+        self.each_slot_mut(&mut |_, mut slot| {
+            if let Some(module) = planned.next().flatten() {
+                slot.adapter_slot().install(name, module);
             }
-            (Some(Planned::Lora(m)), SlotMut::Lora(_, s)) => {
-                s.loras.insert(name.to_string(), m);
-            }
-            (Some(Planned::Reft(m)), SlotMut::Reft(s)) => {
-                s.refts.insert(name.to_string(), m);
-            }
-            (Some(Planned::Prefix(gate)), SlotMut::Prefix(location, s)) => {
-                let index = counts.entry(location).or_insert(0);
-                s.prefixes.insert(name.to_string(), *index);
-                *index += 1;
-                if let Some(gate) = gate {
-                    s.gates.insert(name.to_string(), gate);
-                }
-            }
-            _ => {}
         });
         if let Some(group) = group {
             self.prefixes.insert(name.to_string(), group);
@@ -205,82 +187,7 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
 }
 
 /// Parameters one adapter shares across its layers, created before its modules.
-pub(super) struct SharedModules {
-    phm: SharedPhm,
-    vera: Option<SharedVera>,
-}
-
-pub(crate) enum Planned {
-    Bottleneck(BottleneckAdapter),
-    Lora(LoraModule),
-    /// A prefix at this slot, with its gate (UniPELT).
-    Prefix(Option<PrefixGate>),
-    Reft(ReftModule),
-}
-
-/// The module `config` (or the member of a union for this slot's family) puts on one slot.
-pub(super) fn plan_module(config: &AdapterConfig, layer: usize, slot: &SlotRef<'_>, shared: &SharedModules, init: &mut Init) -> Result<Option<Planned>> {
-    for member in config.members() {
-        if let Some(planned) = plan_member(member, layer, slot, shared, init)? {
-            return Ok(Some(planned));
-        }
-    }
-    Ok(None)
-}
-
-fn plan_member(config: &AdapterConfig, layer: usize, slot: &SlotRef<'_>, shared: &SharedModules, init: &mut Init) -> Result<Option<Planned>> {
-    if config.leave_out().contains(&layer) {
-        return Ok(None);
-    }
-    Ok(match (config, slot) {
-        (AdapterConfig::Reft(c), SlotRef::Reft(s)) => {
-            if !c.layers.contains(layer) {
-                return Ok(None);
-            }
-            Some(Planned::Reft(ReftModule::new(c, s.hidden_size(), init)?))
-        }
-        (AdapterConfig::PrefixTuning(c), SlotRef::Prefix(location, s)) => {
-            // Python matches the `encoder`/`cross` flags only for keys named that way.
-            let wanted = if location.starts_with("encoder") {
-                c.encoder_prefix
-            } else if location.starts_with("cross") {
-                c.cross_prefix
-            } else {
-                true
-            };
-            if !wanted {
-                return Ok(None);
-            }
-            let gate = if c.use_gating {
-                let (hidden, _, _) = s.dims();
-                let outputs = if c.shared_gating { 1 } else { 2 };
-                let bias = init.uniform(&[outputs], 1.0 / (hidden as f32).sqrt())?;
-                Some(PrefixGate::new(init.normal(&[outputs, hidden], 0.02)?, bias)?)
-            } else {
-                None
-            };
-            Some(Planned::Prefix(gate))
-        }
-        (AdapterConfig::Bottleneck(c), SlotRef::Bottleneck(location, s)) => {
-            let wanted = match location {
-                BottleneckLocation::MhAdapter => c.mh_adapter,
-                BottleneckLocation::OutputAdapter => c.output_adapter,
-            };
-            if !wanted {
-                return Ok(None);
-            }
-            let hidden = s.hidden_size();
-            // Python: int(hidden_size // reduction_factor), at least 1.
-            let down = bottleneck_size(hidden, c.reduction_factor.for_layer(layer)?);
-            Some(Planned::Bottleneck(BottleneckAdapter::new(c, hidden, down, &shared.phm, init)?))
-        }
-        (AdapterConfig::LoRA(c), SlotRef::Lora(location, s)) => {
-            if !c.targets(*location) {
-                return Ok(None);
-            }
-            let (inp, out) = s.dims();
-            Some(Planned::Lora(LoraModule::new(c, inp, out, s.weight(), shared.vera.as_ref(), init)?))
-        }
-        _ => None,
-    })
+pub(crate) struct SharedModules {
+    pub(crate) phm: SharedPhm,
+    pub(crate) vera: Option<SharedVera>,
 }

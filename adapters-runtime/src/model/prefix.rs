@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Tensor};
 
-use super::{AdaptedModel, Planned};
+use super::AdaptedModel;
 use crate::body::BaseModel;
 use crate::config::AdapterConfig;
 use crate::context::ForwardContext;
@@ -17,6 +17,7 @@ use crate::methods::invertible::InvertibleAdapter;
 use crate::methods::prefix::{PrefixGroup, PrefixModule, PrefixShape, PrefixStates};
 use crate::methods::prompt::PromptTuning;
 use crate::mixin::SlotRef;
+use crate::slot::{Planned, PlannedModule};
 
 impl<M: BaseModel + ?Sized> AdaptedModel<M> {
     /// The prefix modules of a new adapter: one per location key, producing the prefixes of the
@@ -27,7 +28,7 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
         let mut planned = planned.iter();
         self.each_slot(&mut |_, slot| {
             let here = planned.next();
-            if let (Some(Some(Planned::Prefix(_))), SlotRef::Prefix(location, s)) = (here, slot) {
+            if let (Some(Some(Planned(PlannedModule::Prefix { .. }))), SlotRef::Prefix(location, s)) = (here, slot) {
                 let (hidden, n_heads, head_dim) = s.dims();
                 shapes.entry(location).or_insert(PrefixShape { n_layers: 0, n_heads, head_dim, hidden }).n_layers += 1;
             }
