@@ -5,7 +5,7 @@ use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
 
 use crate::ast::{self, Value};
-use crate::expand::{Errors, Options};
+use crate::expand::{AttributeMacro, Errors, Options};
 use crate::suggest::hint;
 
 /// The keys adapters need, and whether each is an integer (else a float).
@@ -17,8 +17,37 @@ const NEEDED: &[(&str, bool)] = &[
     ("attention_probs_dropout_prob", false),
 ];
 
-pub(crate) fn expand(options: &Options, args: TokenStream, strukt: &syn::ItemStruct) -> syn::Result<TokenStream> {
-    let entries = ast::parse_key_values(args)?;
+pub(crate) struct AdapterConfigMacro;
+
+/// One key adapters read, the config field it comes from, and whether it is an integer.
+pub(crate) struct ConfigKey {
+    key: &'static str,
+    field: syn::Ident,
+    integer: bool,
+}
+
+impl AttributeMacro for AdapterConfigMacro {
+    type Ast = syn::punctuated::Punctuated<ast::KeyValue, syn::Token![,]>;
+    type Valid = Vec<ConfigKey>;
+
+    fn parse(args: TokenStream) -> syn::Result<Self::Ast> {
+        ast::parse_key_values(args)
+    }
+
+    fn validate(entries: Self::Ast, strukt: &syn::ItemStruct) -> syn::Result<Vec<ConfigKey>> {
+        validate(entries, strukt)
+    }
+
+    fn expand(keys: Vec<ConfigKey>, options: &Options, strukt: &syn::ItemStruct) -> TokenStream {
+        expand(keys, options, strukt)
+    }
+
+    fn fallback(options: &Options, strukt: &syn::ItemStruct) -> TokenStream {
+        fallback(options, strukt)
+    }
+}
+
+fn validate(entries: syn::punctuated::Punctuated<ast::KeyValue, syn::Token![,]>, strukt: &syn::ItemStruct) -> syn::Result<Vec<ConfigKey>> {
     let names: Vec<&str> = NEEDED.iter().map(|(n, _)| *n).collect();
     let fields = ast::field_names(strukt);
     let mut errors = Errors::default();
@@ -51,8 +80,7 @@ pub(crate) fn expand(options: &Options, args: TokenStream, strukt: &syn::ItemStr
         mapped.push((key, field));
     }
     let ident = &strukt.ident;
-    let mut getters = Vec::new();
-    let mut mapping = Vec::new();
+    let mut keys = Vec::new();
     for (key, integer) in NEEDED {
         let field = match mapped.iter().find(|(k, _)| k == key) {
             Some((_, f)) => f.clone(),
@@ -65,16 +93,26 @@ pub(crate) fn expand(options: &Options, args: TokenStream, strukt: &syn::ItemStr
                 continue;
             }
         };
+        keys.push(ConfigKey { key, field, integer: *integer });
+    }
+    errors.finish()?;
+    Ok(keys)
+}
+
+fn expand(keys: Vec<ConfigKey>, options: &Options, strukt: &syn::ItemStruct) -> TokenStream {
+    let ident = &strukt.ident;
+    let mut getters = Vec::new();
+    let mut mapping = Vec::new();
+    for ConfigKey { key, field, integer } in &keys {
         let key_ident = syn::Ident::new(key, proc_macro2::Span::call_site());
         let span = field.span();
         getters.push(if *integer { quote_spanned!(span=> #key_ident: self.#field as usize,) } else { quote_spanned!(span=> #key_ident: self.#field as f64,) });
         let field_name = field.to_string();
         mapping.push(quote!((#key, #field_name)));
     }
-    errors.finish()?;
     let rt = options.mixin();
     let (impl_generics, ty_generics, where_clause) = strukt.generics.split_for_impl();
-    Ok(quote! {
+    quote! {
         impl #impl_generics #rt::AdapterModelConfig for #ident #ty_generics #where_clause {
             const KEY_MAPPING: &'static [(&'static str, &'static str)] = &[#(#mapping),*];
             // A config field may be any integer or float type; when it already is usize / f64
@@ -84,12 +122,12 @@ pub(crate) fn expand(options: &Options, args: TokenStream, strukt: &syn::ItemStr
                 #rt::ModelDims { #(#getters)* }
             }
         }
-    })
+    }
 }
 
 /// What a config with wrong marks still gets: the trait with no key mapping and zero sizes
 /// (never read: the crate does not compile), so that models using it report nothing more.
-pub(crate) fn fallback(options: &Options, strukt: &syn::ItemStruct) -> TokenStream {
+fn fallback(options: &Options, strukt: &syn::ItemStruct) -> TokenStream {
     let ident = &strukt.ident;
     let (impl_generics, ty_generics, where_clause) = strukt.generics.split_for_impl();
     let rt = options.mixin();

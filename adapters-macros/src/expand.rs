@@ -1,7 +1,8 @@
 //! The shared driver of the three macros, in thiserror's shape: split off the options every
-//! macro takes (`crate = path`), parse and validate the macro's own arguments, expand. On error
-//! it emits the item unchanged, the `compile_error!`s, and the macro's fallback impl, so one
-//! mistake gives one error: code that uses the type (a model naming a broken layer as its
+//! macro takes (`crate = path`), then three passes: parse the arguments (syntax only, `ast`),
+//! validate them against the struct (every error, with its span), expand (cannot fail). On
+//! error it emits the item unchanged, the `compile_error!`s, and the macro's fallback impl, so
+//! one mistake gives one error: code that uses the type (a model naming a broken layer as its
 //! `layer_mixin`) still sees the trait implemented and reports nothing more.
 
 use proc_macro2::{TokenStream, TokenTree};
@@ -28,13 +29,20 @@ impl Options {
     }
 }
 
-/// One macro: its expansion, and the impl it emits when its arguments are wrong.
-pub(crate) struct Macro {
-    pub expand: fn(&Options, TokenStream, &syn::ItemStruct) -> syn::Result<TokenStream>,
-    pub fallback: fn(&Options, &syn::ItemStruct) -> TokenStream,
+/// One attribute macro, as three passes and a fallback.
+pub(crate) trait AttributeMacro {
+    /// The arguments as written.
+    type Ast;
+    /// The arguments checked against the struct: all the expansion needs.
+    type Valid;
+    fn parse(args: TokenStream) -> syn::Result<Self::Ast>;
+    fn validate(ast: Self::Ast, strukt: &syn::ItemStruct) -> syn::Result<Self::Valid>;
+    fn expand(valid: Self::Valid, options: &Options, strukt: &syn::ItemStruct) -> TokenStream;
+    /// The trait impl emitted when the arguments are wrong.
+    fn fallback(options: &Options, strukt: &syn::ItemStruct) -> TokenStream;
 }
 
-pub(crate) fn run(args: proc_macro::TokenStream, item: proc_macro::TokenStream, m: Macro) -> proc_macro::TokenStream {
+pub(crate) fn run<M: AttributeMacro>(args: proc_macro::TokenStream, item: proc_macro::TokenStream) -> proc_macro::TokenStream {
     let item: TokenStream = item.into();
     let parsed: syn::Item = match syn::parse2(item.clone()) {
         Ok(parsed) => parsed,
@@ -50,19 +58,19 @@ pub(crate) fn run(args: proc_macro::TokenStream, item: proc_macro::TokenStream, 
     };
     if !matches!(strukt.fields, syn::Fields::Named(_)) {
         let err = syn::Error::new_spanned(&strukt.fields, "adapter macros need named fields, e.g. `struct BertLayer { attention: BertAttention, ... }`");
-        return with_errors(item, err, (m.fallback)(&Options::default(), &strukt));
+        return with_errors(item, err, M::fallback(&Options::default(), &strukt));
     }
     let (options, args) = match split_options(args.into()) {
         Ok(split) => split,
-        Err(e) => return with_errors(item, e, (m.fallback)(&Options::default(), &strukt)),
+        Err(e) => return with_errors(item, e, M::fallback(&Options::default(), &strukt)),
     };
-    match (m.expand)(&options, args, &strukt) {
-        Ok(generated) => {
+    match M::parse(args).and_then(|ast| M::validate(ast, &strukt)) {
+        Ok(valid) => {
             let mut out = strukt.to_token_stream();
-            out.extend(generated);
+            out.extend(M::expand(valid, &options, &strukt));
             out.into()
         }
-        Err(e) => with_errors(item, e, (m.fallback)(&options, &strukt)),
+        Err(e) => with_errors(item, e, M::fallback(&options, &strukt)),
     }
 }
 

@@ -25,17 +25,17 @@ use proc_macro::TokenStream;
 /// Marks the adapter insertion points of a transformer layer. See the crate docs.
 #[proc_macro_attribute]
 pub fn adapter_mixin(args: TokenStream, item: TokenStream) -> TokenStream {
-    expand::run(args, item, expand::Macro { expand: mixin::expand, fallback: mixin::fallback })
+    expand::run::<mixin::AdapterMixinMacro>(args, item)
 }
 
 /// Makes a base model adapter-aware. See the crate docs.
 #[proc_macro_attribute]
 pub fn with_adapters(args: TokenStream, item: TokenStream) -> TokenStream {
-    expand::run(args, item, expand::Macro { expand: model::expand, fallback: model::fallback })
+    expand::run::<model::WithAdaptersMacro>(args, item)
 }
 
 /// Maps a model config's key names onto the names adapters need. See the crate docs.
 #[proc_macro_attribute]
 pub fn adapter_config(args: TokenStream, item: TokenStream) -> TokenStream {
-    expand::run(args, item, expand::Macro { expand: config::expand, fallback: config::fallback })
+    expand::run::<config::AdapterConfigMacro>(args, item)
 }

@@ -1,5 +1,6 @@
-//! `#[adapter_mixin(lora(...), bottleneck(...))]`: parse the marks, validate them against the
-//! struct, and generate the `AdapterMixin` impl (slot walks and the mixin entry).
+//! `#[adapter_mixin(lora(...), bottleneck(...))]`: parse the marks (groups of `location = field`),
+//! validate them against the struct into [`Mark`]s, and expand them into the `AdapterMixin` impl
+//! (slot walks, slot settings and the mixin entry).
 
 use std::collections::HashMap;
 
@@ -7,7 +8,7 @@ use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
 
 use crate::ast::{self, FieldPath, Value};
-use crate::expand::{Errors, Options};
+use crate::expand::{AttributeMacro, Errors, Options};
 use crate::suggest::hint;
 
 const GROUPS: &[&str] = &["lora", "bottleneck", "prefix", "reft"];
@@ -25,7 +26,7 @@ enum Family {
     Reft,
 }
 
-struct Mark {
+pub(crate) struct Mark {
     family: Family,
     location: String,
     variant: &'static str,
@@ -56,8 +57,31 @@ fn input_order(family: Family, entry: &ast::KeyValue) -> syn::Result<bool> {
     }
 }
 
-fn parse_marks(args: TokenStream, strukt: &syn::ItemStruct) -> syn::Result<Vec<Mark>> {
-    if args.is_empty() {
+pub(crate) struct AdapterMixinMacro;
+
+impl AttributeMacro for AdapterMixinMacro {
+    type Ast = syn::punctuated::Punctuated<ast::Group, syn::Token![,]>;
+    type Valid = Vec<Mark>;
+
+    fn parse(args: TokenStream) -> syn::Result<Self::Ast> {
+        ast::parse_groups(args)
+    }
+
+    fn validate(groups: Self::Ast, strukt: &syn::ItemStruct) -> syn::Result<Vec<Mark>> {
+        validate(groups, strukt)
+    }
+
+    fn expand(marks: Vec<Mark>, options: &Options, strukt: &syn::ItemStruct) -> TokenStream {
+        expand(marks, options, strukt)
+    }
+
+    fn fallback(options: &Options, strukt: &syn::ItemStruct) -> TokenStream {
+        fallback(options, strukt)
+    }
+}
+
+fn validate(groups: syn::punctuated::Punctuated<ast::Group, syn::Token![,]>, strukt: &syn::ItemStruct) -> syn::Result<Vec<Mark>> {
+    if groups.is_empty() {
         return Err(syn::Error::new(
             strukt.ident.span(),
             format!(
@@ -67,7 +91,6 @@ fn parse_marks(args: TokenStream, strukt: &syn::ItemStruct) -> syn::Result<Vec<M
             ),
         ));
     }
-    let groups = ast::parse_groups(args)?;
     let mut errors = Errors::default();
     let mut marks = Vec::new();
     let mut seen_keys: HashMap<String, proc_macro2::Span> = HashMap::new();
@@ -138,8 +161,7 @@ fn parse_marks(args: TokenStream, strukt: &syn::ItemStruct) -> syn::Result<Vec<M
     Ok(marks)
 }
 
-pub(crate) fn expand(options: &Options, args: TokenStream, strukt: &syn::ItemStruct) -> syn::Result<TokenStream> {
-    let marks = parse_marks(args, strukt)?;
+fn expand(marks: Vec<Mark>, options: &Options, strukt: &syn::ItemStruct) -> TokenStream {
     let ident = &strukt.ident;
     let name = ident.to_string();
     let (impl_generics, ty_generics, where_clause) = strukt.generics.split_for_impl();
@@ -207,7 +229,7 @@ pub(crate) fn expand(options: &Options, args: TokenStream, strukt: &syn::ItemStr
         visit.push(quote_spanned!(span=> f(#slot);));
         visit_mut.push(quote_spanned!(span=> f(#slot_mut);));
     }
-    Ok(quote! {
+    quote! {
         impl #impl_generics #rt::AdapterMixin for #ident #ty_generics #where_clause {
             const MIXIN: #rt::MixinInfo = #rt::MixinInfo { name: #name, slots: &[#(#specs),*] };
             fn for_each_slot(&self, f: &mut dyn FnMut(#rt::SlotRef<'_>)) {
@@ -218,12 +240,12 @@ pub(crate) fn expand(options: &Options, args: TokenStream, strukt: &syn::ItemStr
             }
             #configure_fn
         }
-    })
+    }
 }
 
 /// What a layer with wrong marks still gets: the trait, with no slots, so that a model naming it
 /// as its `layer_mixin` reports nothing more.
-pub(crate) fn fallback(options: &Options, strukt: &syn::ItemStruct) -> TokenStream {
+fn fallback(options: &Options, strukt: &syn::ItemStruct) -> TokenStream {
     let ident = &strukt.ident;
     let name = ident.to_string();
     let (impl_generics, ty_generics, where_clause) = strukt.generics.split_for_impl();

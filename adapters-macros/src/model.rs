@@ -5,13 +5,46 @@ use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
 
 use crate::ast::{self, FieldPath, Value};
-use crate::expand::{Errors, Options};
+use crate::expand::{AttributeMacro, Errors, Options};
 use crate::suggest::hint;
 
 const KEYS: &[&str] = &["model_type", "layers", "layer_mixin", "config", "layer_type", "embeddings"];
 
-pub(crate) fn expand(options: &Options, args: TokenStream, strukt: &syn::ItemStruct) -> syn::Result<TokenStream> {
-    let entries = ast::parse_key_values(args)?;
+pub(crate) struct WithAdaptersMacro;
+
+/// The arguments of `#[with_adapters]`, checked.
+pub(crate) struct ModelArgs {
+    model_type: String,
+    layers: FieldPath,
+    layer_mixin: FieldPath,
+    config_field: syn::Ident,
+    config_ty: syn::Type,
+    layer_type: Option<String>,
+    embeddings: Option<FieldPath>,
+}
+
+impl AttributeMacro for WithAdaptersMacro {
+    type Ast = syn::punctuated::Punctuated<ast::KeyValue, syn::Token![,]>;
+    type Valid = ModelArgs;
+
+    fn parse(args: TokenStream) -> syn::Result<Self::Ast> {
+        ast::parse_key_values(args)
+    }
+
+    fn validate(entries: Self::Ast, strukt: &syn::ItemStruct) -> syn::Result<ModelArgs> {
+        validate(entries, strukt)
+    }
+
+    fn expand(args: ModelArgs, options: &Options, strukt: &syn::ItemStruct) -> TokenStream {
+        expand(args, options, strukt)
+    }
+
+    fn fallback(options: &Options, strukt: &syn::ItemStruct) -> TokenStream {
+        fallback(options, strukt)
+    }
+}
+
+fn validate(entries: syn::punctuated::Punctuated<ast::KeyValue, syn::Token![,]>, strukt: &syn::ItemStruct) -> syn::Result<ModelArgs> {
     let mut errors = Errors::default();
     let (mut model_type, mut layers, mut layer_mixin, mut config, mut layer_type, mut embeddings) = (None, None, None, None, None, None);
     for entry in &entries {
@@ -93,6 +126,12 @@ pub(crate) fn expand(options: &Options, args: TokenStream, strukt: &syn::ItemStr
         .find(|f| f.ident.as_ref() == Some(config_field))
         .map(|f| f.ty.clone())
         .ok_or_else(|| syn::Error::new(config_field.span(), "no such field"))?;
+    Ok(ModelArgs { model_type, layers, layer_mixin, config_field: config_field.clone(), config_ty, layer_type, embeddings })
+}
+
+fn expand(args: ModelArgs, options: &Options, strukt: &syn::ItemStruct) -> TokenStream {
+    let ModelArgs { model_type, layers, layer_mixin, config_field, config_ty, layer_type, embeddings } = args;
+    let ident = &strukt.ident;
     let mixin_segments = &layer_mixin.segments;
     let mixin_ty = quote!(#(#mixin_segments)::*);
     let class = ident.to_string();
@@ -123,7 +162,7 @@ pub(crate) fn expand(options: &Options, args: TokenStream, strukt: &syn::ItemStr
         }
         None => quote!(),
     };
-    Ok(quote! {
+    quote! {
         impl #impl_generics #rt::AdaptableModel for #ident #ty_generics #where_clause {
             type Layer = #mixin_ty;
             const MAPPING: #rt::ModelMapping = #rt::ModelMapping {
@@ -147,7 +186,7 @@ pub(crate) fn expand(options: &Options, args: TokenStream, strukt: &syn::ItemStr
             #embedding_fns
         }
         #alias_item
-    })
+    }
 }
 
 fn path_arg(errors: &mut Errors, strukt: &syn::ItemStruct, value: Option<&Value>, key: &str, missing: impl FnOnce() -> syn::Error) -> Option<FieldPath> {
@@ -192,7 +231,7 @@ fn alias_item(options: &Options, strukt: &syn::ItemStruct, alias: &syn::Ident, d
 /// What a model with wrong arguments still gets: the trait over no layers (the model stands in
 /// as its own slot-less layer type, so no helper type shows up in other errors) and its
 /// `...AdapterModel` alias, so that code using the model reports nothing more.
-pub(crate) fn fallback(options: &Options, strukt: &syn::ItemStruct) -> TokenStream {
+fn fallback(options: &Options, strukt: &syn::ItemStruct) -> TokenStream {
     let ident = &strukt.ident;
     let class = ident.to_string();
     let adapter_class = format!("{}AdapterModel", class.strip_suffix("Model").unwrap_or(&class));
