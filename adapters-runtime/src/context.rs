@@ -3,6 +3,8 @@
 
 use std::sync::{Arc, Mutex};
 
+use candle_core::Tensor;
+
 use crate::methods::init::Rng;
 use crate::setup::AdapterSetup;
 
@@ -12,6 +14,8 @@ use crate::setup::AdapterSetup;
 pub struct ForwardContext {
     setup: Option<Arc<AdapterSetup>>,
     train: bool,
+    /// Whether adapter outputs keep their autograd graph (some variable is being trained).
+    grad: bool,
     dropout_rng: Option<Arc<Mutex<Rng>>>,
     fusion_attentions: Option<Arc<Mutex<Vec<FusionAttention>>>>,
     /// AdapterDrop: layers where no adapter runs.
@@ -46,6 +50,24 @@ impl ForwardContext {
     /// The active setup, composed at every slot that holds one of its adapters.
     pub fn with_setup(setup: Option<Arc<AdapterSetup>>, train: bool) -> Self {
         ForwardContext { setup, train, ..Default::default() }
+    }
+
+    /// Keep the autograd graph through adapter outputs (the model has trained variables).
+    pub fn with_grad(mut self, grad: bool) -> Self {
+        self.grad = grad;
+        self
+    }
+
+    /// A slot's output as the rest of the model should see it: with its graph while variables
+    /// are trained, detached otherwise. An output computed from adapter variables is tracked,
+    /// and a tracked tensor sends every later op of the model down its gradient-ready path;
+    /// detached, inference keeps the fused kernels.
+    pub fn output(&self, t: Tensor) -> Tensor {
+        if self.grad {
+            t
+        } else {
+            t.detach()
+        }
     }
 
     /// Dropout masks come from `rng` (shared, so consecutive forwards continue one stream).

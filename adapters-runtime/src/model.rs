@@ -60,6 +60,8 @@ pub struct AdaptedModel<M: ?Sized> {
     /// The base model's device and dtype: where new and loaded adapters, heads and fusion
     /// layers are put.
     placement: Placement,
+    /// Whether forwards keep the autograd graph through adapters (set by the `train_*` calls).
+    grad_enabled: bool,
     /// Base weights as variables, when the model was loaded for full fine-tuning.
     base_vars: Vec<(String, Var)>,
     dropout_rng: Arc<Mutex<Rng>>,
@@ -116,6 +118,7 @@ impl<M: BaseModel> AdaptedModel<M> {
             active_head: None,
             fusions: BTreeMap::new(),
             placement,
+            grad_enabled: false,
             base_vars: Vec::new(),
             dropout_rng: Arc::new(Mutex::new(Rng::new(DEFAULT_SEED))),
             skip_layers: None,
@@ -178,6 +181,7 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
         }
         self.deactivate_adapters();
         self.training = true;
+        self.grad_enabled = true;
         let mut vars: Vec<Var> = self.base_vars.iter().map(|(_, v)| v.clone()).collect();
         vars.extend(self.head_vars());
         Ok(vars)
@@ -292,8 +296,22 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
         self.base_params
     }
 
+    /// Whether forwards keep the autograd graph through the adapters: on once `train_adapter`,
+    /// `train_adapter_fusion` or `train_full` handed out variables, off for a model that only
+    /// runs (then adapter outputs are detached, and the base keeps its fused inference kernels).
+    pub fn set_grad_enabled(&mut self, enabled: bool) {
+        self.grad_enabled = enabled;
+    }
+
+    pub fn grad_enabled(&self) -> bool {
+        self.grad_enabled
+    }
+
     fn context(&self) -> ForwardContext {
-        ForwardContext::with_setup(self.active.clone(), self.training).with_dropout_rng(self.dropout_rng.clone()).with_skip_layers(self.skip_layers.clone())
+        ForwardContext::with_setup(self.active.clone(), self.training)
+            .with_grad(self.grad_enabled || !self.base_vars.is_empty())
+            .with_dropout_rng(self.dropout_rng.clone())
+            .with_skip_layers(self.skip_layers.clone())
     }
 }
 

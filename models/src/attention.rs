@@ -12,9 +12,7 @@ pub fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
 
 /// softmax(q k^T * scale + mask) v, heads merged back to `[batch, seq, hidden]`.
 pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64, dropout: f64, ctx: &adapters_runtime::ForwardContext) -> Result<Tensor> {
-    let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
-    // candle's fused softmax has no gradient: training (a tracked graph) takes ours, which has.
-    let probs = if scores.track_op() { adapters_runtime::nn::fused::softmax_last_dim(&scores)? } else { candle_nn::ops::softmax_last_dim(&scores)? };
+    let probs = adapters_runtime::nn::scaled_masked_softmax(&q.matmul(&k.t()?)?, mask, scale)?;
     let probs = adapters_runtime::nn::dropout(&probs, dropout, ctx)?;
     let context = probs.matmul(v)?;
     let (batch, heads, seq, head_dim) = context.dims4()?;

@@ -123,6 +123,7 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
         let setup = setup.into();
         self.set_active_adapters(setup.clone())?;
         self.training = true;
+        self.grad_enabled = true;
         let names: Vec<String> = setup.flatten().into_iter().map(String::from).collect();
         let mut vars = Vec::new();
         for name in &names {

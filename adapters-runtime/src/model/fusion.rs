@@ -159,6 +159,7 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
     pub fn train_adapter_fusion(&mut self, setup: AdapterSetup, unfreeze_adapters: bool) -> Result<Vec<Var>> {
         self.set_active_adapters(setup.clone())?;
         self.training = true;
+        self.grad_enabled = true;
         let mut fuses = Vec::new();
         collect_fuses(&setup, &mut fuses);
         let mut vars = Vec::new();

@@ -200,6 +200,8 @@ impl CustomOp1 for FrozenWeightMatmul {
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let out = if x.track_op() && !weight.track_op() && x.dtype() == DType::F32 && x.device().is_cpu() {
         x.contiguous()?.apply_op1(FrozenWeightMatmul { weight: weight.clone() })?
+    } else if let Some(out) = (!x.track_op() && !weight.track_op()).then(|| super::bf16_matmul::matmul_nt(x, weight)).transpose()?.flatten() {
+        out
     } else {
         x.broadcast_matmul(&weight.t()?)?
     };

@@ -3,11 +3,14 @@
 //! weights, softmax, GELU, LayerNorm) with their own backward passes.
 
 pub mod activation;
+mod attention;
+pub mod bf16_matmul;
 mod dropout;
 pub mod fused;
 mod mask;
 mod norm;
 
+pub use attention::scaled_masked_softmax;
 pub use dropout::dropout;
 pub(crate) use fused::linear;
 pub use mask::{additive_mask, attention_bias, causal_additive_mask, causal_additive_mask_for, mask_min};

@@ -97,6 +97,10 @@ impl BottleneckSlot {
     /// `bottleneck_layer_forward`). With none of the setup's adapters here this is exactly the
     /// original computation.
     pub fn forward(&self, hidden: &Tensor, residual: &Tensor, ctx: &ForwardContext) -> Result<Tensor> {
+        Ok(ctx.output(self.composed(hidden, residual, ctx)?))
+    }
+
+    fn composed(&self, hidden: &Tensor, residual: &Tensor, ctx: &ForwardContext) -> Result<Tensor> {
         let Some(setup) = ctx.setup_at(self.layer).filter(|s| s.any_adapter(&|n| self.adapters.contains_key(n))) else {
             return self.layer_norm.forward(&(hidden + residual)?);
         };

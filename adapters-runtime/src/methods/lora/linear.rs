@@ -61,6 +61,10 @@ impl LoRALinear {
     /// `LoRALinear.forward`): the modules' outputs are composed block by block, then the last
     /// module that ran combines them with the base output (for every row, as in Python).
     pub fn forward(&self, x: &Tensor, ctx: &ForwardContext) -> Result<Tensor> {
+        Ok(ctx.output(self.composed(x, ctx)?))
+    }
+
+    fn composed(&self, x: &Tensor, ctx: &ForwardContext) -> Result<Tensor> {
         let layer_output = crate::nn::linear(x, &self.weight, self.bias.as_ref())?;
         if self.merged.is_some() {
             return Ok(layer_output);

@@ -103,6 +103,11 @@ impl PrefixSlot {
     /// zeros (attend) to the additive `mask` (`[batch, 1, q, seq]`). `residual` is the attention
     /// input, which prefix gates read. Without an active prefix here, returns the inputs.
     pub fn forward(&self, keys: &Tensor, values: &Tensor, mask: &Tensor, residual: &Tensor, ctx: &ForwardContext) -> Result<(Tensor, Tensor, Tensor)> {
+        let (keys, values, mask) = self.composed(keys, values, mask, residual, ctx)?;
+        Ok((ctx.output(keys), ctx.output(values), ctx.output(mask)))
+    }
+
+    fn composed(&self, keys: &Tensor, values: &Tensor, mask: &Tensor, residual: &Tensor, ctx: &ForwardContext) -> Result<(Tensor, Tensor, Tensor)> {
         let Some(setup) = ctx.setup_at(self.layer).filter(|s| s.any_adapter(&|n| self.prefixes.contains_key(n))) else {
             return Ok((keys.clone(), values.clone(), mask.clone()));
         };

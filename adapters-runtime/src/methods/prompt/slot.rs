@@ -48,6 +48,11 @@ impl EmbeddingSlot {
     /// `attention_mask` (`[batch, seq]`, 1 = attend), in Python's order. Without either, returns
     /// the inputs.
     pub fn forward(&self, hidden: &Tensor, attention_mask: &Tensor, ctx: &ForwardContext) -> Result<(Tensor, Tensor)> {
+        let (hidden, mask) = self.prompted(hidden, attention_mask, ctx)?;
+        Ok((ctx.output(hidden), mask))
+    }
+
+    fn prompted(&self, hidden: &Tensor, attention_mask: &Tensor, ctx: &ForwardContext) -> Result<(Tensor, Tensor)> {
         let first = ctx.setup().and_then(|s| s.first());
         let hidden = match first.and_then(|f| self.invertibles.get(f)) {
             Some(inv) => inv.forward(hidden)?,

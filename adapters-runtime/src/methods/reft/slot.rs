@@ -61,6 +61,10 @@ impl ReftSlot {
     /// Intervenes on `hidden` (`[batch, seq, D]`) at the prefix and suffix positions of every
     /// row (suffixes end at the row's last real token); other positions stay as they are.
     pub fn forward(&self, hidden: &Tensor, ctx: &ForwardContext) -> Result<Tensor> {
+        Ok(ctx.output(self.intervened(hidden, ctx)?))
+    }
+
+    fn intervened(&self, hidden: &Tensor, ctx: &ForwardContext) -> Result<Tensor> {
         let Some((name, module)) = ctx.setup_at(self.layer).and_then(|s| s.first()).and_then(|n| self.refts.get_key_value(n)) else {
             return Ok(hidden.clone());
         };

@@ -1,0 +1,128 @@
+//! The attention probabilities `softmax(scores * scale + mask)` in one pass: scale, mask,
+//! softmax and the rounding back to the scores' dtype per row, in f32. Composed of candle ops
+//! this is three passes over `[batch, heads, q, k]` and, in bf16 and f16, three slow ones (each
+//! element is converted to f32 and back per op); fused it is one.
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
+
+/// `softmax(scores * scale + mask)` over the last dimension. `scores`: `[batch, heads, q, k]`;
+/// `mask`: additive, `[batch or 1, 1, q or 1, k]`. Training graphs (tracked tensors) take the
+/// composed ops with their gradients.
+pub fn scaled_masked_softmax(scores: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
+    let tracked = scores.track_op() || mask.track_op();
+    if !tracked && scores.device().is_cpu() && fits(scores, mask)? {
+        return scores.contiguous()?.apply_op2_no_bwd(&mask.contiguous()?, &ScaledMaskedSoftmax { scale });
+    }
+    let scores = (scores * scale)?.broadcast_add(mask)?;
+    if tracked {
+        super::fused::softmax_last_dim(&scores)
+    } else {
+        candle_nn::ops::softmax_last_dim(&scores)
+    }
+}
+
+/// Whether the mask broadcasts the way the fused pass reads it.
+fn fits(scores: &Tensor, mask: &Tensor) -> Result<bool> {
+    if scores.rank() != 4 || mask.rank() != 4 || scores.dtype() != mask.dtype() {
+        return Ok(false);
+    }
+    let (b, _, q, k) = scores.dims4()?;
+    let (mb, mh, mq, mk) = mask.dims4()?;
+    Ok((mb == b || mb == 1) && mh == 1 && (mq == q || mq == 1) && mk == k)
+}
+
+struct ScaledMaskedSoftmax {
+    scale: f64,
+}
+
+impl CustomOp2 for ScaledMaskedSoftmax {
+    fn name(&self) -> &'static str {
+        "adapters-scaled-masked-softmax"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let scale = self.scale as f32;
+        let (dims, mask_dims) = (l1.shape().dims(), l2.shape().dims());
+        let (Some((a0, a1)), Some((m0, m1))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
+            candle_core::bail!("scaled masked softmax: operands must be contiguous")
+        };
+        let shape = Shape4 { heads: dims[1], q: dims[2], k: dims[3], mask_batch: mask_dims[0], mask_q: mask_dims[2] };
+        let storage = match (s1, s2) {
+            (CpuStorage::F32(s), CpuStorage::F32(m)) => CpuStorage::F32(run(&s[a0..a1], &m[m0..m1], shape, scale)),
+            (CpuStorage::BF16(s), CpuStorage::BF16(m)) => CpuStorage::BF16(run(&s[a0..a1], &m[m0..m1], shape, scale)),
+            (CpuStorage::F16(s), CpuStorage::F16(m)) => CpuStorage::F16(run(&s[a0..a1], &m[m0..m1], shape, scale)),
+            _ => candle_core::bail!("scaled masked softmax: scores and mask must share a float dtype"),
+        };
+        Ok((storage, l1.shape().clone()))
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Shape4 {
+    heads: usize,
+    q: usize,
+    k: usize,
+    mask_batch: usize,
+    mask_q: usize,
+}
+
+fn run<T: WithDType>(scores: &[T], mask: &[T], shape: Shape4, scale: f32) -> Vec<T> {
+    let Shape4 { heads, q, k, mask_batch, mask_q } = shape;
+    let mut out = vec![T::zero(); scores.len()];
+    let rows = scores.len() / k;
+    let threads = candle_core::utils::get_num_threads().clamp(1, rows.max(1));
+    let rows_per_thread = rows.div_ceil(threads);
+    std::thread::scope(|scope| {
+        for (chunk, out_chunk) in out.chunks_mut(rows_per_thread * k).enumerate() {
+            scope.spawn(move || {
+                let mut row_f32 = vec![0f32; k];
+                for (i, dst) in out_chunk.chunks_mut(k).enumerate() {
+                    let row = chunk * rows_per_thread + i;
+                    let (b, qi) = (row / (heads * q), row % q);
+                    let mask_row = (if mask_batch == 1 { 0 } else { b }) * mask_q * k + (if mask_q == 1 { 0 } else { qi }) * k;
+                    let (src, m) = (&scores[row * k..(row + 1) * k], &mask[mask_row..mask_row + k]);
+                    let mut max = f32::NEG_INFINITY;
+                    for ((v, s), m) in row_f32.iter_mut().zip(src).zip(m) {
+                        *v = s.to_f64() as f32 * scale + m.to_f64() as f32;
+                        max = max.max(*v);
+                    }
+                    let mut sum = 0f32;
+                    for v in row_f32.iter_mut() {
+                        *v = (*v - max).exp();
+                        sum += *v;
+                    }
+                    for (d, v) in dst.iter_mut().zip(&row_f32) {
+                        *d = T::from_f64(f64::from(*v / sum));
+                    }
+                }
+            });
+        }
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::methods::init::{Init, Placement, Rng};
+    use candle_core::{DType, Device};
+
+    /// Equal to the composed ops, for every mask shape attention uses.
+    #[test]
+    fn equals_scale_mask_softmax_composed() {
+        let mut init = Init::new(Rng::new(9), Placement::new(Device::Cpu, DType::F32));
+        let scores = init.normal(&[2, 3, 4, 5], 2.0).unwrap();
+        for mask_shape in [[2, 1, 1, 5], [1, 1, 1, 5], [2, 1, 4, 5], [1, 1, 4, 5]] {
+            let mask = (init.uniform(&mask_shape, 1.0).unwrap().ge(0.0).unwrap().to_dtype(DType::F32).unwrap() * -1e9).unwrap();
+            let fused = scaled_masked_softmax(&scores, &mask, 0.3).unwrap();
+            let composed = candle_nn::ops::softmax_last_dim(&(&scores * 0.3).unwrap().broadcast_add(&mask).unwrap()).unwrap();
+            let diff = crate::compare::compare(&fused, &composed).unwrap().max_abs;
+            assert!(diff <= 1e-7, "{mask_shape:?}: {diff}");
+            // bf16: within bf16 rounding of the f32 result.
+            let half = scaled_masked_softmax(&scores.to_dtype(DType::BF16).unwrap(), &mask.to_dtype(DType::BF16).unwrap(), 0.3).unwrap();
+            assert_eq!(half.dtype(), DType::BF16);
+            let diff = crate::compare::compare(&half, &composed).unwrap().max_abs;
+            assert!(diff <= 1e-2, "{mask_shape:?} bf16: {diff}");
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! `x W^T` in bf16 on CPUs with AVX-512 BF16 (`vdpbf16ps`: two bf16 products summed into each
+//! f32 lane per instruction). candle's CPU matmul widens bf16 to f32 and runs at under half its
+//! f32 speed; this kernel keeps the operands in bf16, accumulates in f32 and rounds the result
+//! once, as PyTorch's oneDNN path does.
+//!
+//! Layout: the weight `[N, K]` is packed into panels of 16 output columns, each holding, for
+//! every pair of input features, the 16 columns' two bf16 values side by side (one `u32` per
+//! column). A micro-kernel then keeps `ROWS x 32` f32 sums in registers: per feature pair it
+//! loads two panel vectors, broadcasts each row's pair of inputs, and issues one `vdpbf16ps`
+//! per row and panel. Rows are split across threads.
+
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+
+/// Rows of `x` one micro-kernel call computes.
+const ROWS: usize = 6;
+/// Output columns per panel (one zmm of f32 sums).
+const PANEL: usize = 16;
+
+/// Whether this CPU runs the kernel.
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw") && std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `x W^T` for bf16 `x` (`[..., K]`, on the CPU) and `weight` (`[N, K]`), when the kernel can
+/// run it (AVX-512 BF16, even `K`); `None` otherwise, for the caller's general path.
+pub fn matmul_nt(x: &Tensor, weight: &Tensor) -> Result<Option<Tensor>> {
+    let k = x.dim(candle_core::D::Minus1)?;
+    if x.dtype() != DType::BF16 || weight.dtype() != DType::BF16 || !x.device().is_cpu() || k % 2 != 0 || weight.dim(1)? != k || !available() {
+        return Ok(None);
+    }
+    Ok(Some(x.contiguous()?.apply_op2_no_bwd(&weight.contiguous()?, &MatmulNt)?))
+}
+
+struct MatmulNt;
+
+impl CustomOp2 for MatmulNt {
+    fn name(&self) -> &'static str {
+        "adapters-bf16-matmul-nt"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::BF16(x), CpuStorage::BF16(w)) = (s1, s2) else { candle_core::bail!("bf16 matmul: both operands must be bf16") };
+        let (Some((x0, x1)), Some((w0, w1))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
+            candle_core::bail!("bf16 matmul: operands must be contiguous")
+        };
+        let dims = l1.shape().dims();
+        let k = dims[dims.len() - 1];
+        let m = l1.shape().elem_count() / k;
+        let n = l2.shape().dims()[0];
+        let mut out = zeroed_like(x, m * n);
+        // SAFETY: `half::bf16` is `repr(transparent)` over `u16`.
+        let x: &[u16] = unsafe { std::slice::from_raw_parts(x[x0..x1].as_ptr().cast(), x1 - x0) };
+        let w: &[u16] = unsafe { std::slice::from_raw_parts(w[w0..w1].as_ptr().cast(), w1 - w0) };
+        // SAFETY: as above; `out` holds `m * n` bf16 values.
+        let out_bits: &mut [u16] = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast(), m * n) };
+        matmul_bits(x, w, out_bits, m, n, k);
+        let mut shape = dims.to_vec();
+        *shape.last_mut().expect("rank >= 1") = n;
+        Ok((CpuStorage::BF16(out), Shape::from(shape)))
+    }
+}
+
+/// `len` default values of the slice's element type (bf16, which this crate does not name).
+fn zeroed_like<T: Default + Clone>(_like: &[T], len: usize) -> Vec<T> {
+    vec![T::default(); len]
+}
+
+/// The weight packed into 16-column panels of feature pairs (zero-padded past `n`).
+fn pack(w: &[u16], n: usize, k: usize) -> Vec<u32> {
+    let panels = n.div_ceil(PANEL);
+    let pairs = k / 2;
+    let mut packed = vec![0u32; panels * pairs * PANEL];
+    for col in 0..n {
+        let (panel, lane) = (col / PANEL, col % PANEL);
+        let row = &w[col * k..(col + 1) * k];
+        for pair in 0..pairs {
+            packed[(panel * pairs + pair) * PANEL + lane] = u32::from(row[2 * pair]) | (u32::from(row[2 * pair + 1]) << 16);
+        }
+    }
+    packed
+}
+
+/// `out[m, n] = x[m, k] · w[n, k]^T` on bf16 bit patterns.
+fn matmul_bits(x: &[u16], w: &[u16], out: &mut [u16], m: usize, n: usize, k: usize) {
+    let packed = pack(w, n, k);
+    let threads = candle_core::utils::get_num_threads().clamp(1, m.div_ceil(ROWS).max(1));
+    let rows_per_thread = m.div_ceil(threads).div_ceil(ROWS) * ROWS;
+    std::thread::scope(|scope| {
+        for (chunk, out_chunk) in out.chunks_mut(rows_per_thread * n).enumerate() {
+            let start = chunk * rows_per_thread;
+            let rows = out_chunk.len() / n;
+            let x_chunk = &x[start * k..(start + rows) * k];
+            let packed = &packed;
+            scope.spawn(move || {
+                // SAFETY: `matmul_nt` checked that the CPU has AVX-512 F, BW and BF16.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    rows_block(x_chunk, packed, out_chunk, rows, n, k)
+                }
+            });
+        }
+    });
+}
+
+/// All panels for `rows` rows of `x`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn rows_block(x: &[u16], packed: &[u32], out: &mut [u16], rows: usize, n: usize, k: usize) {
+    use std::arch::x86_64::*;
+    let pairs = k / 2;
+    let panels = n.div_ceil(PANEL);
+    let mut tile = [0u16; ROWS * 2 * PANEL];
+    for panel in (0..panels).step_by(2) {
+        let two = panel + 1 < panels;
+        let b0 = packed.as_ptr().add(panel * pairs * PANEL);
+        let b1 = if two { packed.as_ptr().add((panel + 1) * pairs * PANEL) } else { b0 };
+        for row0 in (0..rows).step_by(ROWS) {
+            let r = ROWS.min(rows - row0);
+            let mut acc = [[_mm512_setzero_ps(); 2]; ROWS];
+            let a: [*const u32; ROWS] = std::array::from_fn(|i| x.as_ptr().add((row0 + i.min(r - 1)) * k).cast::<u32>());
+            for pair in 0..pairs {
+                let v0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b0.add(pair * PANEL).cast()));
+                let v1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b1.add(pair * PANEL).cast()));
+                for i in 0..ROWS {
+                    let ai: __m512bh = std::mem::transmute(_mm512_set1_epi32(a[i].add(pair).read_unaligned() as i32));
+                    acc[i][0] = _mm512_dpbf16_ps(acc[i][0], ai, v0);
+                    acc[i][1] = _mm512_dpbf16_ps(acc[i][1], ai, v1);
+                }
+            }
+            // Round once to bf16 (nearest even) and copy the valid rows and columns out.
+            for (i, sums) in acc.iter().enumerate().take(r) {
+                for (half, sum) in sums.iter().enumerate() {
+                    let rounded: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(*sum));
+                    _mm256_storeu_si256(tile.as_mut_ptr().add((i * 2 + half) * PANEL).cast(), rounded);
+                }
+            }
+            let col0 = panel * PANEL;
+            let cols = (2 * PANEL).min(n - col0);
+            for i in 0..r {
+                let dst = &mut out[(row0 + i) * n + col0..(row0 + i) * n + col0 + cols];
+                dst.copy_from_slice(&tile[i * 2 * PANEL..i * 2 * PANEL + cols]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::methods::init::{Init, Placement, Rng};
+    use candle_core::Device;
+
+    /// Against candle's f32 product of the same bf16 values: within bf16 rounding of the result.
+    #[test]
+    fn matches_the_f32_product_of_the_same_values() {
+        if !available() {
+            eprintln!("no AVX-512 BF16 on this CPU; the kernel is not used here");
+            return;
+        }
+        let mut init = Init::new(Rng::new(5), Placement::new(Device::Cpu, DType::BF16));
+        // Odd sizes: row and column tails, several threads, a rank-3 input.
+        for (m, n, k) in [(1, 1, 2), (7, 17, 6), (13, 50, 64), (64, 40, 384)] {
+            let x = init.normal(&[m, k], 1.0).unwrap();
+            let w = init.normal(&[n, k], 1.0).unwrap();
+            let got = matmul_nt(&x, &w).unwrap().expect("the kernel runs").to_dtype(DType::F32).unwrap();
+            let want = x.to_dtype(DType::F32).unwrap().matmul(&w.to_dtype(DType::F32).unwrap().t().unwrap()).unwrap();
+            let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1.0);
+            let diff = crate::compare::compare(&got, &want).unwrap().max_abs;
+            assert!(diff <= scale / 128.0, "{m}x{n}x{k}: {diff} (scale {scale})");
+        }
+        let x = init.normal(&[2, 3, 8], 1.0).unwrap();
+        let w = init.normal(&[5, 8], 1.0).unwrap();
+        assert_eq!(matmul_nt(&x, &w).unwrap().unwrap().dims(), [2, 3, 5]);
+        // Odd K and f32 inputs take the general path.
+        assert!(matmul_nt(&init.normal(&[2, 3], 1.0).unwrap(), &init.normal(&[4, 3], 1.0).unwrap()).unwrap().is_none());
+    }
+}
