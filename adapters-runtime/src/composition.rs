@@ -114,7 +114,7 @@ pub(crate) fn row_ranges(setup: &AdapterSetup, rows: usize) -> Result<Vec<(usize
     match setup {
         AdapterSetup::Parallel(children) => {
             let n = children.len();
-            if n == 0 || rows % n != 0 {
+            if n == 0 || !rows.is_multiple_of(n) {
                 return Err(invalid_input(format!("{setup}: the batch of {rows} rows is not a multiple of its {n} parallel channels")));
             }
             let each = rows / n;
