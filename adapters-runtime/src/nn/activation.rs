@@ -45,7 +45,8 @@ impl Activation {
             Activation::Silu => x.silu(),
             // candle's kernel is parallel (faster alone); in training ours is one graph node
             // with its own backward instead of candle's chain of erf/exp nodes.
-            Activation::Gelu if x.track_op() => super::fused::gelu_erf(x),
+            // Half precision on the CPU: ours computes in f32 across threads.
+            Activation::Gelu if x.track_op() || matches!(x.dtype(), candle_core::DType::BF16 | candle_core::DType::F16) => super::fused::gelu_erf(x),
             Activation::Gelu => x.gelu_erf(),
             Activation::GeluTanh => x.gelu(),
             Activation::Tanh => x.tanh(),

@@ -128,6 +128,43 @@ fn erf(x: f32) -> f32 {
     (1.0 - erfc).copysign(x)
 }
 
+/// The exact GELU in f32 for half-precision inputs, rounded once: candle's bf16/f16 GELU
+/// converts per element around libm's scalar erf and runs single-threaded.
+struct GeluErfHalf;
+
+impl CustomOp1 for GeluErfHalf {
+    fn name(&self) -> &'static str {
+        "adapters-gelu-erf-half"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let Some((start, end)) = layout.contiguous_offsets() else { candle_core::bail!("gelu: input must be contiguous") };
+        let out = match storage {
+            CpuStorage::BF16(x) => CpuStorage::BF16(gelu_half(&x[start..end])),
+            CpuStorage::F16(x) => CpuStorage::F16(gelu_half(&x[start..end])),
+            _ => candle_core::bail!("gelu: half-precision input expected"),
+        };
+        Ok((out, layout.shape().clone()))
+    }
+}
+
+fn gelu_half<T: candle_core::WithDType>(x: &[T]) -> Vec<T> {
+    let mut out = vec![T::zero(); x.len()];
+    let threads = candle_core::utils::get_num_threads().max(1);
+    let chunk = x.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        for (src, dst) in x.chunks(chunk).zip(out.chunks_mut(chunk)) {
+            scope.spawn(move || {
+                for (d, s) in dst.iter_mut().zip(src) {
+                    let v = s.to_f64() as f32;
+                    *d = T::from_f64(f64::from(0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2))));
+                }
+            });
+        }
+    });
+    out
+}
+
 struct GeluErf;
 
 impl CustomOp1 for GeluErf {
@@ -165,6 +202,9 @@ impl CustomOp1 for GeluErfGrad {
 /// The exact (erf) GELU, `0.5 x (1 + erf(x / sqrt 2))`, with a gradient (f32; other types take
 /// candle's).
 pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    if matches!(x.dtype(), DType::BF16 | DType::F16) && x.device().is_cpu() && !x.track_op() {
+        return x.contiguous()?.apply_op1_no_bwd(&GeluErfHalf);
+    }
     if x.dtype() != DType::F32 || !x.device().is_cpu() {
         return x.gelu_erf();
     }
@@ -257,6 +297,24 @@ mod tests {
         let g2 = theirs.sum_all().unwrap().backward().unwrap();
         let d = max_diff(g1.get(x.as_tensor()).unwrap(), g2.get(x.as_tensor()).unwrap());
         assert!(d < 1e-6, "gradient differs by {d}");
+    }
+
+    /// Half precision: the f32 GELU rounded once, within half a unit in the last place of
+    /// candle's (which rounds the same exact value).
+    #[test]
+    fn half_precision_gelu_rounds_the_f32_value() {
+        let mut rng = crate::methods::init::Rng::new(8);
+        let x = randn(&mut rng, 0.0, 3.0, &[4099]);
+        for dtype in [DType::BF16, DType::F16] {
+            let half = x.to_dtype(dtype).unwrap();
+            let ours = gelu_erf(&half).unwrap();
+            assert_eq!(ours.dtype(), dtype);
+            let exact = half.to_dtype(DType::F32).unwrap().gelu_erf().unwrap();
+            let ulp = if dtype == DType::BF16 { 1.0 / 128.0 } else { 1.0 / 1024.0 };
+            let scale = exact.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let d = max_diff(&ours.to_dtype(DType::F32).unwrap(), &exact);
+            assert!(d <= ulp * scale, "{dtype:?}: {d}");
+        }
     }
 
     #[test]
