@@ -5,6 +5,8 @@
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
 
+use super::bf16_bits;
+
 /// `softmax(scores * scale + mask)` over the last dimension. `scores`: `[batch, heads, q, k]`;
 /// `mask`: additive, `[batch or 1, 1, q or 1, k]`. Training graphs (tracked tensors) take the
 /// composed ops with their gradients.
@@ -48,9 +50,29 @@ impl CustomOp2 for ScaledMaskedSoftmax {
         };
         let shape = Shape4 { heads: dims[1], q: dims[2], k: dims[3], mask_batch: mask_dims[0], mask_q: mask_dims[2] };
         let storage = match (s1, s2) {
-            (CpuStorage::F32(s), CpuStorage::F32(m)) => CpuStorage::F32(run(&s[a0..a1], &m[m0..m1], shape, scale)),
-            (CpuStorage::BF16(s), CpuStorage::BF16(m)) => CpuStorage::BF16(run(&s[a0..a1], &m[m0..m1], shape, scale)),
-            (CpuStorage::F16(s), CpuStorage::F16(m)) => CpuStorage::F16(run(&s[a0..a1], &m[m0..m1], shape, scale)),
+            (CpuStorage::F32(s), CpuStorage::F32(m)) => {
+                let mut out = vec![0f32; a1 - a0];
+                run(&s[a0..a1], &m[m0..m1], &mut out, shape, scale, |v| v, |v| v);
+                CpuStorage::F32(out)
+            }
+            (CpuStorage::BF16(s), CpuStorage::BF16(m)) => {
+                let mut out = vec![s[a0]; a1 - a0];
+                run(
+                    bf16_bits::as_bits(&s[a0..a1]),
+                    bf16_bits::as_bits(&m[m0..m1]),
+                    bf16_bits::as_bits_mut(&mut out),
+                    shape,
+                    scale,
+                    bf16_bits::to_f32,
+                    bf16_bits::from_f32,
+                );
+                CpuStorage::BF16(out)
+            }
+            (CpuStorage::F16(s), CpuStorage::F16(m)) => {
+                let mut out = vec![s[a0]; a1 - a0];
+                run(&s[a0..a1], &m[m0..m1], &mut out, shape, scale, |v| v.to_f64() as f32, |v| WithDType::from_f64(f64::from(v)));
+                CpuStorage::F16(out)
+            }
             _ => candle_core::bail!("scaled masked softmax: scores and mask must share a float dtype"),
         };
         Ok((storage, l1.shape().clone()))
@@ -66,9 +88,9 @@ struct Shape4 {
     mask_q: usize,
 }
 
-fn run<T: WithDType>(scores: &[T], mask: &[T], shape: Shape4, scale: f32) -> Vec<T> {
+/// The rows in parallel; `load`/`store` convert the storage type to and from f32.
+fn run<T: Copy + Send + Sync>(scores: &[T], mask: &[T], out: &mut [T], shape: Shape4, scale: f32, load: fn(T) -> f32, store: fn(f32) -> T) {
     let Shape4 { heads, q, k, mask_batch, mask_q } = shape;
-    let mut out = vec![T::zero(); scores.len()];
     let rows = scores.len() / k;
     let threads = candle_core::utils::get_num_threads().clamp(1, rows.max(1));
     let rows_per_thread = rows.div_ceil(threads);
@@ -83,7 +105,7 @@ fn run<T: WithDType>(scores: &[T], mask: &[T], shape: Shape4, scale: f32) -> Vec
                     let (src, m) = (&scores[row * k..(row + 1) * k], &mask[mask_row..mask_row + k]);
                     let mut max = f32::NEG_INFINITY;
                     for ((v, s), m) in row_f32.iter_mut().zip(src).zip(m) {
-                        *v = s.to_f64() as f32 * scale + m.to_f64() as f32;
+                        *v = load(*s) * scale + load(*m);
                         max = max.max(*v);
                     }
                     let mut sum = 0f32;
@@ -92,13 +114,12 @@ fn run<T: WithDType>(scores: &[T], mask: &[T], shape: Shape4, scale: f32) -> Vec
                         sum += *v;
                     }
                     for (d, v) in dst.iter_mut().zip(&row_f32) {
-                        *d = T::from_f64(f64::from(*v / sum));
+                        *d = store(*v / sum);
                     }
                 }
             });
         }
     });
-    out
 }
 
 #[cfg(test)]

@@ -11,6 +11,8 @@
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
+use super::bf16_bits::{as_bits, as_bits_mut};
+
 /// Rows of `x` one micro-kernel call computes.
 const ROWS: usize = 6;
 /// Output columns per panel (one zmm of f32 sums).
@@ -55,12 +57,7 @@ impl CustomOp2 for MatmulNt {
         let m = l1.shape().elem_count() / k;
         let n = l2.shape().dims()[0];
         let mut out = zeroed_like(x, m * n);
-        // SAFETY: `half::bf16` is `repr(transparent)` over `u16`.
-        let x: &[u16] = unsafe { std::slice::from_raw_parts(x[x0..x1].as_ptr().cast(), x1 - x0) };
-        let w: &[u16] = unsafe { std::slice::from_raw_parts(w[w0..w1].as_ptr().cast(), w1 - w0) };
-        // SAFETY: as above; `out` holds `m * n` bf16 values.
-        let out_bits: &mut [u16] = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr().cast(), m * n) };
-        matmul_bits(x, w, out_bits, m, n, k);
+        matmul_bits(as_bits(&x[x0..x1]), as_bits(&w[w0..w1]), as_bits_mut(&mut out), m, n, k);
         let mut shape = dims.to_vec();
         *shape.last_mut().expect("rank >= 1") = n;
         Ok((CpuStorage::BF16(out), Shape::from(shape)))

@@ -140,29 +140,37 @@ impl CustomOp1 for GeluErfHalf {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let Some((start, end)) = layout.contiguous_offsets() else { candle_core::bail!("gelu: input must be contiguous") };
         let out = match storage {
-            CpuStorage::BF16(x) => CpuStorage::BF16(gelu_half(&x[start..end])),
-            CpuStorage::F16(x) => CpuStorage::F16(gelu_half(&x[start..end])),
+            CpuStorage::BF16(x) => {
+                let x = &x[start..end];
+                let mut out = x.to_vec();
+                gelu_half(super::bf16_bits::as_bits(x), super::bf16_bits::as_bits_mut(&mut out), super::bf16_bits::to_f32, super::bf16_bits::from_f32);
+                CpuStorage::BF16(out)
+            }
+            CpuStorage::F16(x) => {
+                let x = &x[start..end];
+                let mut out = x.to_vec();
+                gelu_half(x, &mut out, |v| v.to_f64() as f32, |v| candle_core::WithDType::from_f64(f64::from(v)));
+                CpuStorage::F16(out)
+            }
             _ => candle_core::bail!("gelu: half-precision input expected"),
         };
         Ok((out, layout.shape().clone()))
     }
 }
 
-fn gelu_half<T: candle_core::WithDType>(x: &[T]) -> Vec<T> {
-    let mut out = vec![T::zero(); x.len()];
+fn gelu_half<T: Copy + Send + Sync>(x: &[T], out: &mut [T], load: fn(T) -> f32, store: fn(f32) -> T) {
     let threads = candle_core::utils::get_num_threads().max(1);
     let chunk = x.len().div_ceil(threads).max(1);
     std::thread::scope(|scope| {
         for (src, dst) in x.chunks(chunk).zip(out.chunks_mut(chunk)) {
             scope.spawn(move || {
                 for (d, s) in dst.iter_mut().zip(src) {
-                    let v = s.to_f64() as f32;
-                    *d = T::from_f64(f64::from(0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2))));
+                    let v = load(*s);
+                    *d = store(0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2)));
                 }
             });
         }
     });
-    out
 }
 
 struct GeluErf;

@@ -4,6 +4,7 @@
 
 pub mod activation;
 mod attention;
+mod bf16_bits;
 pub mod bf16_matmul;
 mod dropout;
 pub mod fused;
