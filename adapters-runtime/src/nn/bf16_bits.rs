@@ -38,7 +38,7 @@ mod tests {
 
     #[test]
     fn round_trips_and_rounds_like_candle() {
-        let values = [0.0f32, -0.0, 1.0, -2.5, 3.141_592_7, 1e-30, 6.5e37, f32::INFINITY, 1.003_906_2, 1.011_718_8];
+        let values = [0.0f32, -0.0, 1.0, -2.5, std::f32::consts::PI, 1e-30, 6.5e37, f32::INFINITY, 1.003_906_2, 1.011_718_8];
         let tensor = candle_core::Tensor::new(&values[..], &candle_core::Device::Cpu).unwrap().to_dtype(candle_core::DType::BF16).unwrap();
         let theirs: Vec<f32> = tensor.to_dtype(candle_core::DType::F32).unwrap().to_vec1().unwrap();
         let ours: Vec<f32> = values.iter().map(|v| to_f32(from_f32(*v))).collect();
