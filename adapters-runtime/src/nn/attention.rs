@@ -5,6 +5,8 @@
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
 
+use rayon::prelude::*;
+
 use super::bf16_bits;
 
 /// `softmax(scores * scale + mask)` over the last dimension. `scores`: `[batch, heads, q, k]`;
@@ -88,38 +90,37 @@ struct Shape4 {
     mask_q: usize,
 }
 
-/// The rows in parallel; `load`/`store` convert the storage type to and from f32.
-fn run<T: Copy + Send + Sync>(scores: &[T], mask: &[T], out: &mut [T], shape: Shape4, scale: f32, load: fn(T) -> f32, store: fn(f32) -> T) {
+/// The rows in parallel on candle's thread pool; `load`/`store` convert the storage type to and
+/// from f32 (generic, so they inline into the loops: a function pointer per element costs more
+/// than the softmax).
+fn run<T, L, S>(scores: &[T], mask: &[T], out: &mut [T], shape: Shape4, scale: f32, load: L, store: S)
+where
+    T: Copy + Send + Sync,
+    L: Fn(T) -> f32 + Sync,
+    S: Fn(f32) -> T + Sync,
+{
     let Shape4 { heads, q, k, mask_batch, mask_q } = shape;
-    let rows = scores.len() / k;
-    let threads = candle_core::utils::get_num_threads().clamp(1, rows.max(1));
-    let rows_per_thread = rows.div_ceil(threads);
-    std::thread::scope(|scope| {
-        for (chunk, out_chunk) in out.chunks_mut(rows_per_thread * k).enumerate() {
-            scope.spawn(move || {
-                let mut row_f32 = vec![0f32; k];
-                for (i, dst) in out_chunk.chunks_mut(k).enumerate() {
-                    let row = chunk * rows_per_thread + i;
-                    let (b, qi) = (row / (heads * q), row % q);
-                    let mask_row = (if mask_batch == 1 { 0 } else { b }) * mask_q * k + (if mask_q == 1 { 0 } else { qi }) * k;
-                    let (src, m) = (&scores[row * k..(row + 1) * k], &mask[mask_row..mask_row + k]);
-                    let mut max = f32::NEG_INFINITY;
-                    for ((v, s), m) in row_f32.iter_mut().zip(src).zip(m) {
-                        *v = load(*s) * scale + load(*m);
-                        max = max.max(*v);
-                    }
-                    let mut sum = 0f32;
-                    for v in row_f32.iter_mut() {
-                        *v = (*v - max).exp();
-                        sum += *v;
-                    }
-                    for (d, v) in dst.iter_mut().zip(&row_f32) {
-                        *d = store(*v / sum);
-                    }
-                }
-            });
-        }
-    });
+    out.par_chunks_mut(k).enumerate().for_each_init(
+        || vec![0f32; k],
+        |row_f32, (row, dst)| {
+            let (b, qi) = (row / (heads * q), row % q);
+            let mask_row = (if mask_batch == 1 { 0 } else { b }) * mask_q * k + (if mask_q == 1 { 0 } else { qi }) * k;
+            let (src, m) = (&scores[row * k..(row + 1) * k], &mask[mask_row..mask_row + k]);
+            let mut max = f32::NEG_INFINITY;
+            for ((v, s), m) in row_f32.iter_mut().zip(src).zip(m) {
+                *v = load(*s) * scale + load(*m);
+                max = max.max(*v);
+            }
+            let mut sum = 0f32;
+            for v in row_f32.iter_mut() {
+                *v = (*v - max).exp();
+                sum += *v;
+            }
+            for (d, v) in dst.iter_mut().zip(row_f32.iter()) {
+                *d = store(*v / sum);
+            }
+        },
+    );
 }
 
 #[cfg(test)]

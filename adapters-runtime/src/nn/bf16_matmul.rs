@@ -7,9 +7,10 @@
 //! every pair of input features, the 16 columns' two bf16 values side by side (one `u32` per
 //! column). A micro-kernel then keeps `ROWS x 32` f32 sums in registers: per feature pair it
 //! loads two panel vectors, broadcasts each row's pair of inputs, and issues one `vdpbf16ps`
-//! per row and panel. Rows are split across threads.
+//! per row and panel. Blocks of rows run on candle's thread pool.
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
 
 use super::bf16_bits::{as_bits, as_bits_mut};
 
@@ -87,21 +88,14 @@ fn pack(w: &[u16], n: usize, k: usize) -> Vec<u32> {
 /// `out[m, n] = x[m, k] · w[n, k]^T` on bf16 bit patterns.
 fn matmul_bits(x: &[u16], w: &[u16], out: &mut [u16], m: usize, n: usize, k: usize) {
     let packed = pack(w, n, k);
-    let threads = candle_core::utils::get_num_threads().clamp(1, m.div_ceil(ROWS).max(1));
-    let rows_per_thread = m.div_ceil(threads).div_ceil(ROWS) * ROWS;
-    std::thread::scope(|scope| {
-        for (chunk, out_chunk) in out.chunks_mut(rows_per_thread * n).enumerate() {
-            let start = chunk * rows_per_thread;
-            let rows = out_chunk.len() / n;
-            let x_chunk = &x[start * k..(start + rows) * k];
-            let packed = &packed;
-            scope.spawn(move || {
-                // SAFETY: `matmul_nt` checked that the CPU has AVX-512 F, BW and BF16.
-                #[cfg(target_arch = "x86_64")]
-                unsafe {
-                    rows_block(x_chunk, packed, out_chunk, rows, n, k)
-                }
-            });
+    // Blocks of rows on candle's thread pool; each block runs every panel.
+    let block = (ROWS * 8).min(m.div_ceil(candle_core::utils::get_num_threads().max(1)).div_ceil(ROWS) * ROWS).max(ROWS);
+    out.par_chunks_mut(block * n).zip(x.par_chunks(block * k)).for_each(|(out_chunk, x_chunk)| {
+        let rows = out_chunk.len() / n;
+        // SAFETY: `matmul_nt` checked that the CPU has AVX-512 F, BW and BF16.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            rows_block(x_chunk, &packed, out_chunk, rows, n, k)
         }
     });
 }

@@ -128,13 +128,14 @@ fn erf(x: f32) -> f32 {
     (1.0 - erfc).copysign(x)
 }
 
-/// The exact GELU in f32 for half-precision inputs, rounded once: candle's bf16/f16 GELU
-/// converts per element around libm's scalar erf and runs single-threaded.
-struct GeluErfHalf;
+/// The exact GELU for inference, in f32 across threads with the branch-free erf (rounded once
+/// for half-precision inputs): candle's calls libm's scalar erf per element (and converts each
+/// bf16/f16 element around it).
+struct GeluErfInference;
 
-impl CustomOp1 for GeluErfHalf {
+impl CustomOp1 for GeluErfInference {
     fn name(&self) -> &'static str {
-        "adapters-gelu-erf-half"
+        "adapters-gelu-erf-inference"
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
@@ -143,32 +144,39 @@ impl CustomOp1 for GeluErfHalf {
             CpuStorage::BF16(x) => {
                 let x = &x[start..end];
                 let mut out = x.to_vec();
-                gelu_half(super::bf16_bits::as_bits(x), super::bf16_bits::as_bits_mut(&mut out), super::bf16_bits::to_f32, super::bf16_bits::from_f32);
+                gelu_inference(super::bf16_bits::as_bits(x), super::bf16_bits::as_bits_mut(&mut out), super::bf16_bits::to_f32, super::bf16_bits::from_f32);
                 CpuStorage::BF16(out)
+            }
+            CpuStorage::F32(x) => {
+                let x = &x[start..end];
+                let mut out = vec![0f32; x.len()];
+                gelu_inference(x, &mut out, |v| v, |v| v);
+                CpuStorage::F32(out)
             }
             CpuStorage::F16(x) => {
                 let x = &x[start..end];
                 let mut out = x.to_vec();
-                gelu_half(x, &mut out, |v| v.to_f64() as f32, |v| candle_core::WithDType::from_f64(f64::from(v)));
+                gelu_inference(x, &mut out, |v| v.to_f64() as f32, |v| candle_core::WithDType::from_f64(f64::from(v)));
                 CpuStorage::F16(out)
             }
-            _ => candle_core::bail!("gelu: half-precision input expected"),
+            _ => candle_core::bail!("gelu: float input expected"),
         };
         Ok((out, layout.shape().clone()))
     }
 }
 
-fn gelu_half<T: Copy + Send + Sync>(x: &[T], out: &mut [T], load: fn(T) -> f32, store: fn(f32) -> T) {
-    let threads = candle_core::utils::get_num_threads().max(1);
-    let chunk = x.len().div_ceil(threads).max(1);
-    std::thread::scope(|scope| {
-        for (src, dst) in x.chunks(chunk).zip(out.chunks_mut(chunk)) {
-            scope.spawn(move || {
-                for (d, s) in dst.iter_mut().zip(src) {
-                    let v = load(*s);
-                    *d = store(0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2)));
-                }
-            });
+fn gelu_inference<T, L, S>(x: &[T], out: &mut [T], load: L, store: S)
+where
+    T: Copy + Send + Sync,
+    L: Fn(T) -> f32 + Sync,
+    S: Fn(f32) -> T + Sync,
+{
+    use rayon::prelude::*;
+    const CHUNK: usize = 4096;
+    out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(dst, src)| {
+        for (d, s) in dst.iter_mut().zip(src) {
+            let v = load(*s);
+            *d = store(0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2)));
         }
     });
 }
@@ -210,8 +218,8 @@ impl CustomOp1 for GeluErfGrad {
 /// The exact (erf) GELU, `0.5 x (1 + erf(x / sqrt 2))`, with a gradient (f32; other types take
 /// candle's).
 pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
-    if matches!(x.dtype(), DType::BF16 | DType::F16) && x.device().is_cpu() && !x.track_op() {
-        return x.contiguous()?.apply_op1_no_bwd(&GeluErfHalf);
+    if matches!(x.dtype(), DType::F32 | DType::BF16 | DType::F16) && x.device().is_cpu() && !x.track_op() {
+        return x.contiguous()?.apply_op1_no_bwd(&GeluErfInference);
     }
     if x.dtype() != DType::F32 || !x.device().is_cpu() {
         return x.gelu_erf();
