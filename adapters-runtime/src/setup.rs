@@ -175,7 +175,10 @@ impl AdapterSetup {
         let children = children.iter().map(Self::from_json).collect::<Result<Vec<_>>>()?;
         let kwargs: Vec<(String, Value)> =
             value.get("kwargs").and_then(Value::as_object).map(|o| o.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default();
-        Self::block(kind, children, kwargs).map_err(|reason| bad(&reason))
+        Self::block(kind, children, kwargs).map_err(|e| match e {
+            AdapterError::Setup { reason, .. } => bad(&reason),
+            other => other,
+        })
     }
 
     pub fn to_json(&self) -> Value {
@@ -206,7 +209,10 @@ impl AdapterSetup {
         }
     }
 
-    fn block(kind: &str, children: Vec<AdapterSetup>, kwargs: Vec<(String, Value)>) -> std::result::Result<Self, String> {
+    /// A block from its kind, children and keyword arguments; a broken rule is a `Setup` error
+    /// naming the block (callers add where it was written).
+    fn block(kind: &str, children: Vec<AdapterSetup>, kwargs: Vec<(String, Value)>) -> Result<Self> {
+        let rule = |reason: String| AdapterError::Setup { setup: kind.to_string(), reason };
         let n = children.len();
         // The keyword arguments each block's Python constructor takes (an unknown one is a
         // TypeError there).
@@ -218,29 +224,29 @@ impl AdapterSetup {
             _ => &[],
         };
         if let Some((key, _)) = kwargs.iter().find(|(k, _)| !allowed.contains(&k.as_str())) {
-            return Err(match allowed {
+            return Err(rule(match allowed {
                 [] => format!("{kind} takes no argument `{key}`"),
                 _ => format!("{kind} takes no argument `{key}`; it takes {}", allowed.iter().map(|a| format!("`{a}`")).collect::<Vec<_>>().join(", ")),
-            });
+            }));
         }
         if n == 0 {
-            return Err(format!("{kind} needs at least one child"));
+            return Err(rule(format!("{kind} needs at least one child")));
         }
         let get = |key: &str| kwargs.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
-        let sizes = |v: Value, key: &str| -> std::result::Result<Vec<usize>, String> {
+        let sizes = |v: Value, key: &str| -> Result<Vec<usize>> {
             match v {
-                Value::Number(x) => x.as_u64().map(|x| vec![x as usize; n]).ok_or_else(|| format!("`{key}` must be non-negative integers")),
+                Value::Number(x) => x.as_u64().map(|x| vec![x as usize; n]).ok_or_else(|| rule(format!("`{key}` must be non-negative integers"))),
                 Value::Array(items) => {
-                    items.iter().map(|x| x.as_u64().map(|x| x as usize).ok_or_else(|| format!("`{key}` must be non-negative integers"))).collect()
+                    items.iter().map(|x| x.as_u64().map(|x| x as usize).ok_or_else(|| rule(format!("`{key}` must be non-negative integers")))).collect()
                 }
-                _ => Err(format!("`{key}` must be an integer or a list of integers")),
+                _ => Err(rule(format!("`{key}` must be an integer or a list of integers"))),
             }
         };
-        let check_len = |v: &[usize], key: &str| -> std::result::Result<(), String> {
+        let check_len = |v: &[usize], key: &str| -> Result<()> {
             if v.len() == n {
                 Ok(())
             } else {
-                Err(format!("`{key}` has {} entries for {n} children", v.len()))
+                Err(rule(format!("`{key}` has {} entries for {n} children", v.len())))
             }
         };
         Ok(match kind {
@@ -248,12 +254,12 @@ impl AdapterSetup {
             "Parallel" => AdapterSetup::Parallel(children),
             "Fuse" => AdapterSetup::Fuse { children, name: get("name").and_then(|v| v.as_str().map(String::from)) },
             "Split" => {
-                let splits = sizes(get("splits").ok_or("Split needs `splits` (positions per child)")?, "splits")?;
+                let splits = sizes(get("splits").ok_or_else(|| rule("Split needs `splits` (positions per child)".into()))?, "splits")?;
                 check_len(&splits, "splits")?;
                 AdapterSetup::Split { children, splits }
             }
             "BatchSplit" => {
-                let batch_sizes = sizes(get("batch_sizes").ok_or("BatchSplit needs `batch_sizes` (rows per child)")?, "batch_sizes")?;
+                let batch_sizes = sizes(get("batch_sizes").ok_or_else(|| rule("BatchSplit needs `batch_sizes` (rows per child)".into()))?, "batch_sizes")?;
                 check_len(&batch_sizes, "batch_sizes")?;
                 AdapterSetup::BatchSplit { children, batch_sizes }
             }
@@ -261,19 +267,19 @@ impl AdapterSetup {
                 let weights = match get("weights") {
                     None | Some(Value::Null) => None,
                     Some(Value::Array(items)) => {
-                        Some(items.iter().map(|x| x.as_f64().ok_or("`weights` must be numbers")).collect::<std::result::Result<Vec<f64>, _>>()?)
+                        Some(items.iter().map(|x| x.as_f64().ok_or_else(|| rule("`weights` must be numbers".into()))).collect::<Result<Vec<f64>>>()?)
                     }
-                    Some(_) => return Err("`weights` must be a list of numbers".into()),
+                    Some(_) => return Err(rule("`weights` must be a list of numbers".into())),
                 };
                 if let Some(w) = &weights {
                     if w.len() != n {
-                        return Err(format!("`weights` has {} entries for {n} children", w.len()));
+                        return Err(rule(format!("`weights` has {} entries for {n} children", w.len())));
                     }
                 }
                 let normalize = get("normalize_weights").and_then(|v| v.as_bool()).unwrap_or(true);
                 AdapterSetup::average(children, weights, normalize)
             }
-            other => return Err(format!("unknown block `{other}`; blocks are Stack, Parallel, Fuse, Split, BatchSplit, Average")),
+            other => return Err(rule(format!("unknown block `{other}`; blocks are Stack, Parallel, Fuse, Split, BatchSplit, Average"))),
         })
     }
 
@@ -464,9 +470,12 @@ impl Parser<'_> {
                 _ => return Err(self.error("expected `,` or `]`")),
             }
         }
-        AdapterSetup::block(word, children, kwargs).map_err(|reason| {
+        AdapterSetup::block(word, children, kwargs).map_err(|e| {
             self.pos = start;
-            self.error(&reason)
+            match e {
+                AdapterError::Setup { reason, .. } => self.error(&reason),
+                other => other,
+            }
         })
     }
 

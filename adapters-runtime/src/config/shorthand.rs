@@ -213,7 +213,10 @@ fn parse_one(text: &str, input: &str) -> Result<AdapterConfig> {
                 }
                 return Err(err(format!("`{name}` has no option `{key}`{hint}")));
             }
-            let value = python_literal(value.trim()).map_err(|reason| err(format!("value of `{key}`: {reason}")))?;
+            let value = python_literal(value.trim()).map_err(|e| match e {
+                AdapterError::ConfigString { input, reason } => err(format!("value of `{key}`: `{input}` is {reason}")),
+                other => other,
+            })?;
             for dict in &mut dicts {
                 dict.insert(key.to_string(), value.clone());
             }
@@ -257,7 +260,7 @@ fn split_top_level(text: &str, separator: char) -> Vec<&str> {
 }
 
 /// Reads a Python literal (numbers, True/False/None, quoted strings, lists, dicts) as JSON.
-fn python_literal(text: &str) -> std::result::Result<Value, String> {
+fn python_literal(text: &str) -> Result<Value> {
     let mut json = String::with_capacity(text.len());
     let mut quote = None;
     let mut word = String::new();
@@ -295,7 +298,7 @@ fn python_literal(text: &str) -> std::result::Result<Value, String> {
         Ok(value) => Ok(value),
         // A bare word such as `gelu` is a string, as users write it in shorthand strings.
         Err(_) if text.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '-') => Ok(Value::String(text.into())),
-        Err(e) => Err(format!("`{text}` is not a Python literal ({e})")),
+        Err(e) => Err(AdapterError::ConfigString { input: text.into(), reason: format!("not a Python literal ({e})") }),
     }
 }
 
