@@ -50,6 +50,12 @@ pub trait AdapterSlot {
     /// The parameters adapter `name` holds here, with the module path they hang under
     /// (`encoder.layer.0.output.adapters`; the adapter's name and the parameter's follow).
     fn adapter_params(&self, name: &str) -> Option<(String, &[NamedParam])>;
+    /// Second names under which the Python module registers some of adapter `name`'s
+    /// parameters here, as `(alias, parameter)` relative to the module path `adapter_params`
+    /// gives (files from Python may carry either).
+    fn param_aliases(&self, _name: &str) -> Vec<(String, String)> {
+        Vec::new()
+    }
     /// Removes adapter `name` from this slot (a merged LoRA module is unmerged first).
     fn remove_adapter(&mut self, name: &str);
     /// Records the index of the layer the slot sits in (AdapterDrop and per-layer setups).
@@ -70,6 +76,9 @@ pub trait AdapterSlot {
 }
 
 impl AdapterSlot for BottleneckSlot {
+    fn param_aliases(&self, name: &str) -> Vec<(String, String)> {
+        self.adapters.get(name).map(|a| a.aliases().iter().map(|(alias, p)| (alias.to_string(), p.to_string())).collect()).unwrap_or_default()
+    }
     fn install(&mut self, name: &str, planned: Planned) {
         if let Planned(PlannedModule::Bottleneck(module)) = planned {
             self.adapters.insert(name.to_string(), module);

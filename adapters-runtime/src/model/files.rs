@@ -72,16 +72,15 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
     pub(super) fn aliases(&self, name: &str, file_name: &str) -> Vec<(String, String)> {
         let mut out = Vec::new();
         let pool = self.prefixes.get(name);
-        self.each_slot(&mut |_, slot| match slot {
-            SlotRef::Bottleneck(_, s) => {
-                if let Some(a) = s.adapters.get(name) {
-                    let base = format!("{}.adapters.{file_name}", self.strip_root(s.path()));
-                    out.extend(a.aliases().iter().map(|(alias, p)| (format!("{base}.{alias}"), format!("{base}.{p}"))));
-                }
+        self.each_slot(&mut |_, slot| {
+            let adapter_slot = slot.adapter_slot();
+            if let Some((module, _)) = adapter_slot.adapter_params(name) {
+                let base = format!("{}.{file_name}", self.strip_root(&module));
+                out.extend(adapter_slot.param_aliases(name).into_iter().map(|(alias, p)| (format!("{base}.{alias}"), format!("{base}.{p}"))));
             }
             // Every attention module holding a prefix also registers the whole pool (`.bin` files
             // from Python carry these copies).
-            SlotRef::Prefix(_, s) => {
+            if let SlotRef::Prefix(_, s) = slot {
                 for (location, module) in pool.map(|g| &g.modules).into_iter().flatten() {
                     for p in module.params() {
                         let module = format!("prefix_tunings.{file_name}.{location}.{}", p.name);
@@ -89,7 +88,6 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
                     }
                 }
             }
-            _ => {}
         });
         out
     }
