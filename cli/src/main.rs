@@ -6,6 +6,11 @@ mod train;
 
 use std::process::ExitCode;
 
+/// candle allocates a fresh buffer for every op; glibc hands large ones back to the kernel on
+/// free, so each forward page-faults them in again. mimalloc keeps them for reuse.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]

@@ -4,6 +4,10 @@
 //! `python scripts/bench_dtype.py` (same model, batch and settings).
 //! Needs MiniLM (`scripts/fetch_minilm.sh`). `BENCH_RUNS` sets the runs per setting (default 5).
 
+/// As the shipped binary: mimalloc keeps freed buffers for reuse.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::time::Instant;
 
 use adapters_models::{load_model_with, LoadOptions};

@@ -2,6 +2,10 @@
 //! the base (medians of interleaved runs). `cargo bench -p adapters-tests --bench forward`.
 //! Needs MiniLM (`scripts/fetch_minilm.sh`). `BENCH_RUNS` sets the runs per setting (default 7).
 
+/// As the shipped binary: mimalloc keeps freed buffers for reuse.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::time::Instant;
 
 use adapters_models::load_model;

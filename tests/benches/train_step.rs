@@ -4,6 +4,10 @@
 //! The PyTorch figures to compare with are in REFERENCE.md (seq_bn 441 ms, LoRA 492 ms) and
 //! `scripts/bench_train_step.py` measures them beside this run.
 
+/// As the shipped binary: mimalloc keeps freed buffers for reuse.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::time::Instant;
 
 use adapters_models::load_model;
