@@ -151,10 +151,11 @@ impl<'a> ModelInputs<'a> {
 
     /// Refuses an input `model` does not take, and a required one that is missing.
     pub fn check(&self, model: &str, accepts: &[InputKind], requires: &[InputKind]) -> Result<()> {
-        if let Some(kind) = self.kinds().into_iter().find(|k| !accepts.contains(k)) {
+        let given = self.kinds();
+        if let Some(kind) = given.iter().find(|k| !accepts.contains(k)) {
             return Err(AdapterError::InvalidInput(format!("{model} does not take {kind:?}; it takes {accepts:?}")));
         }
-        if let Some(kind) = requires.iter().find(|k| !self.kinds().contains(k)) {
+        if let Some(kind) = requires.iter().find(|k| !given.contains(k)) {
             return Err(AdapterError::InvalidInput(format!("{model} needs {kind:?}")));
         }
         Ok(())

@@ -1,7 +1,7 @@
 //! Scaled dot-product attention shared by the encoders, as Hugging Face's eager attention
 //! computes it (additive mask with the dtype's lowest value at padded keys).
 
-pub use adapters_runtime::nn::{additive_mask, attention_bias};
+pub use adapters_runtime::nn::additive_mask;
 use candle_core::{Result, Tensor};
 
 /// `[batch, seq, heads * head_dim]` -> `[batch, heads, seq, head_dim]`.

@@ -12,7 +12,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder};
 use serde::Deserialize;
 
-use crate::attention::{attend, attention_bias, split_heads};
+use crate::attention::{additive_mask, attend, split_heads};
 use adapters_runtime::nn::causal_additive_mask_for;
 
 fn default_eps() -> f64 {
@@ -247,8 +247,27 @@ pub struct BertEncoder {
 /// and keep a KV cache.
 pub(crate) const DECODER_INPUTS: &[InputKind] = &[InputKind::InputIds, InputKind::AttentionMask, InputKind::PositionIds, InputKind::Causal, InputKind::KvCache];
 
+/// The pass BERT and RoBERTa share: embeddings at the given positions, or at those
+/// `default_positions(ids, past)` numbers (after `past` cached ones), then the encoder.
+pub(crate) fn forward_text(
+    embeddings: &BertEmbeddings,
+    encoder: &BertEncoder,
+    inputs: &ModelInputs<'_>,
+    ctx: &ForwardContext,
+    default_positions: impl FnOnce(&Tensor, usize) -> Result<Tensor>,
+) -> Result<ModelOutputs> {
+    let input_ids = inputs.ids()?;
+    let past = cached_positions(inputs)?;
+    let positions = match &inputs.position_ids {
+        Some(p) => p.clone(),
+        None => default_positions(input_ids, past)?,
+    };
+    let hidden = embeddings.forward(input_ids, &positions, ctx)?;
+    encoder.run(hidden, &embeddings.adapters, inputs, past, ctx)
+}
+
 /// The positions already in the pass's KV cache (0 without one); a cache needs a causal pass.
-pub(crate) fn cached_positions(inputs: &ModelInputs<'_>) -> Result<usize> {
+fn cached_positions(inputs: &ModelInputs<'_>) -> Result<usize> {
     match inputs.cache {
         Some(_) if !inputs.causal => {
             Err(adapters_runtime::AdapterError::InvalidInput("a KV cache is kept by a causal (decoder) pass; add `.causal()` to the inputs".into())
@@ -283,7 +302,7 @@ impl BertEncoder {
         let mask = if causal {
             causal_additive_mask_for(attention_mask, embeddings.dim(1)?, embeddings.dtype())?
         } else {
-            attention_bias(attention_mask, embeddings.dtype(), false)?
+            additive_mask(attention_mask, embeddings.dtype())?
         };
         let mut hidden = embeddings.clone();
         for (i, layer) in self.layers.iter().enumerate() {
@@ -324,14 +343,9 @@ impl ModelForward for BertModel {
     const ACCEPTS: &'static [InputKind] = DECODER_INPUTS;
 
     fn forward_with(&self, inputs: &ModelInputs<'_>, ctx: &ForwardContext) -> Result<ModelOutputs> {
-        let input_ids = inputs.ids()?;
-        let past = cached_positions(inputs)?;
-        let positions = match &inputs.position_ids {
-            Some(p) => p.clone(),
-            None => Tensor::arange(past as u32, (past + input_ids.dim(1)?) as u32, input_ids.device())?.unsqueeze(0)?,
-        };
-        let embeddings = self.embeddings.forward(input_ids, &positions, ctx)?;
-        self.encoder.run(embeddings, &self.embeddings.adapters, inputs, past, ctx)
+        forward_text(&self.embeddings, &self.encoder, inputs, ctx, |ids, past| {
+            Tensor::arange(past as u32, (past + ids.dim(1)?) as u32, ids.device())?.unsqueeze(0)
+        })
     }
 
     fn has_pooler(&self) -> bool {

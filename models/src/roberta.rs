@@ -5,7 +5,7 @@ use adapters_runtime::{with_adapters, ForwardContext, InputKind, ModelForward, M
 use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::bert::{cached_positions, BertConfig, BertEmbeddings, BertEncoder, BertLayer, BertPooler, DECODER_INPUTS};
+use crate::bert::{forward_text, BertConfig, BertEmbeddings, BertEncoder, BertLayer, BertPooler, DECODER_INPUTS};
 
 /// RoBERTa checkpoints use BERT's config keys.
 pub type RobertaConfig = BertConfig;
@@ -58,14 +58,7 @@ impl ModelForward for RobertaModel {
     const ACCEPTS: &'static [InputKind] = DECODER_INPUTS;
 
     fn forward_with(&self, inputs: &ModelInputs<'_>, ctx: &ForwardContext) -> Result<ModelOutputs> {
-        let input_ids = inputs.ids()?;
-        let past = cached_positions(inputs)?;
-        let positions = match &inputs.position_ids {
-            Some(p) => p.clone(),
-            None => position_ids(input_ids, self.config.pad_token_id, past)?,
-        };
-        let embeddings = self.embeddings.forward(input_ids, &positions, ctx)?;
-        self.encoder.run(embeddings, &self.embeddings.adapters, inputs, past, ctx)
+        forward_text(&self.embeddings, &self.encoder, inputs, ctx, |ids, past| position_ids(ids, self.config.pad_token_id, past))
     }
 
     fn has_pooler(&self) -> bool {

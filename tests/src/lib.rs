@@ -62,6 +62,14 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     }
 }
 
+/// [`max_abs_diff`] as a share of the largest |value| of `reference` (the half-precision
+/// tolerance measure); `out` may be in any float dtype.
+#[track_caller]
+pub fn max_rel_diff(out: &Tensor, reference: &Tensor) -> f32 {
+    let scale = reference.abs().and_then(|a| a.max_all()).and_then(|m| m.to_scalar::<f32>()).unwrap_or_else(|e| panic!("reference scale: {e}"));
+    max_abs_diff(out, reference) / scale
+}
+
 /// The case names of one architecture in the manifest, sorted.
 pub fn cases(arch: &str) -> Vec<(String, Value)> {
     let m = manifest();

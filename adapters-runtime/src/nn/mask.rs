@@ -23,15 +23,11 @@ pub fn additive_mask(attention_mask: &Tensor, dtype: DType) -> Result<Tensor> {
     ((1.0 - mask)? * mask_min(dtype))?.to_dtype(dtype)?.reshape((batch, 1, 1, seq))
 }
 
-/// [`additive_mask`] for causal self-attention, `[batch, 1, seq, seq]`: position `q` attends to
-/// keys `k <= q` that the padding mask keeps (as `transformers` builds a decoder's mask: one
-/// 0/1 mask, then one bias, so two masked reasons never add up to an infinity).
-pub fn causal_additive_mask(attention_mask: &Tensor, dtype: DType) -> Result<Tensor> {
-    causal_additive_mask_for(attention_mask, attention_mask.dim(1)?, dtype)
-}
-
-/// [`causal_additive_mask`] for the last `queries` positions of the keys `attention_mask` covers
-/// (a pass that extends a KV cache: earlier keys are cached), `[batch, 1, queries, keys]`.
+/// [`additive_mask`] for causal self-attention over the last `queries` positions of the keys
+/// `attention_mask` covers (all of them, or the new ones of a pass that extends a KV cache),
+/// `[batch, 1, queries, keys]`: a query attends to keys up to its own position that the padding
+/// mask keeps. As `transformers` builds a decoder's mask: one 0/1 mask, then one bias, so two
+/// masked reasons never add up to an infinity.
 pub fn causal_additive_mask_for(attention_mask: &Tensor, queries: usize, dtype: DType) -> Result<Tensor> {
     let (batch, keys) = attention_mask.dims2()?;
     if queries > keys {
@@ -46,15 +42,6 @@ pub fn causal_additive_mask_for(attention_mask: &Tensor, queries: usize, dtype: 
     let causal = cols.broadcast_le(&rows)?.to_dtype(DType::F32)?; // 1 where key <= query position
     let keep = attention_mask.to_dtype(DType::F32)?.reshape((batch, 1, 1, keys))?.broadcast_mul(&causal.reshape((1, 1, queries, keys))?)?;
     ((1.0 - keep)? * mask_min(dtype))?.to_dtype(dtype)
-}
-
-/// The additive attention bias of a pass: [`causal_additive_mask`] or [`additive_mask`].
-pub fn attention_bias(attention_mask: &Tensor, dtype: DType, causal: bool) -> Result<Tensor> {
-    if causal {
-        causal_additive_mask(attention_mask, dtype)
-    } else {
-        additive_mask(attention_mask, dtype)
-    }
 }
 
 #[cfg(test)]
@@ -75,7 +62,7 @@ mod tests {
     #[test]
     fn causal_mask_keeps_earlier_unpadded_keys() {
         let mask = Tensor::new(&[[1i64, 1, 0]], &Device::Cpu).unwrap();
-        let bias = causal_additive_mask(&mask, DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let bias = causal_additive_mask_for(&mask, 3, DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let keep: Vec<bool> = bias.iter().map(|b| *b == 0.0).collect();
         // rows q = 0, 1, 2; columns k = 0, 1, 2 (k = 2 is padding)
         assert_eq!(keep, [true, false, false, true, true, false, true, true, false]);

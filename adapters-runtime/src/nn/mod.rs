@@ -14,5 +14,5 @@ mod norm;
 pub use attention::scaled_masked_softmax;
 pub use dropout::dropout;
 pub(crate) use fused::linear;
-pub use mask::{additive_mask, attention_bias, causal_additive_mask, causal_additive_mask_for, mask_min};
+pub use mask::{additive_mask, causal_additive_mask_for, mask_min};
 pub use norm::LayerNorm;
