@@ -8,7 +8,7 @@ use crate::ast::{self, FieldPath, Value};
 use crate::expand::{AttributeMacro, Errors, Options};
 use crate::suggest::hint;
 
-const KEYS: &[&str] = &["model_type", "layers", "layer_mixin", "config", "layer_type", "embeddings"];
+const KEYS: &[&str] = &["model_type", "layers", "layer_mixin", "config", "layer_type", "embeddings", "prompt_tuning"];
 
 pub(crate) struct WithAdaptersMacro;
 
@@ -21,6 +21,9 @@ pub(crate) struct ModelArgs {
     config_ty: syn::Type,
     layer_type: Option<String>,
     embeddings: Option<FieldPath>,
+    /// `prompt_tuning = false`: the embedding slot takes invertible adapters only (Python's
+    /// `support_prompt_tuning = False`, e.g. on Llama).
+    prompt_tuning: bool,
 }
 
 impl AttributeMacro for WithAdaptersMacro {
@@ -47,6 +50,7 @@ impl AttributeMacro for WithAdaptersMacro {
 fn validate(entries: syn::punctuated::Punctuated<ast::KeyValue, syn::Token![,]>, strukt: &syn::ItemStruct) -> syn::Result<ModelArgs> {
     let mut errors = Errors::default();
     let (mut model_type, mut layers, mut layer_mixin, mut config, mut layer_type, mut embeddings) = (None, None, None, None, None, None);
+    let mut prompt_tuning = None;
     for entry in &entries {
         let key = entry.key.to_string();
         if entry.args.is_some() {
@@ -60,6 +64,7 @@ fn validate(entries: syn::punctuated::Punctuated<ast::KeyValue, syn::Token![,]>,
             "config" => &mut config,
             "layer_type" => &mut layer_type,
             "embeddings" => &mut embeddings,
+            "prompt_tuning" => &mut prompt_tuning,
             other => {
                 errors.push(syn::Error::new(entry.key.span(), format!("unknown `with_adapters` argument `{other}`{}", hint(other, KEYS))));
                 continue;
@@ -112,6 +117,19 @@ fn validate(entries: syn::punctuated::Punctuated<ast::KeyValue, syn::Token![,]>,
         None => None,
         some => path_arg(&mut errors, strukt, some, "embeddings", || syn::Error::new(ident.span(), "`embeddings` needs a field path")),
     };
+    let prompt_tuning = match prompt_tuning {
+        None => true,
+        Some(Value::Lit(syn::Lit::Bool(b))) if embeddings.is_some() || b.value => b.value,
+        Some(Value::Lit(syn::Lit::Bool(b))) => {
+            errors.push(syn::Error::new(b.span(), "`prompt_tuning` refines the embedding slot; add `embeddings = <field path of the EmbeddingSlot>` first"));
+            false
+        }
+        Some(other) => {
+            errors
+                .push(syn::Error::new(other.span(), "`prompt_tuning` is `true` or `false`, e.g. `prompt_tuning = false` where the model cannot take a prompt"));
+            false
+        }
+    };
     if let Some(config) = &config {
         if config.segments.len() != 1 {
             errors.push(syn::Error::new(config.span(), "`config` names a field of this struct directly, e.g. `config = config`"));
@@ -126,11 +144,11 @@ fn validate(entries: syn::punctuated::Punctuated<ast::KeyValue, syn::Token![,]>,
         .find(|f| f.ident.as_ref() == Some(config_field))
         .map(|f| f.ty.clone())
         .ok_or_else(|| syn::Error::new(config_field.span(), "no such field"))?;
-    Ok(ModelArgs { model_type, layers, layer_mixin, config_field: config_field.clone(), config_ty, layer_type, embeddings })
+    Ok(ModelArgs { model_type, layers, layer_mixin, config_field: config_field.clone(), config_ty, layer_type, embeddings, prompt_tuning })
 }
 
 fn expand(args: ModelArgs, options: &Options, strukt: &syn::ItemStruct) -> TokenStream {
-    let ModelArgs { model_type, layers, layer_mixin, config_field, config_ty, layer_type, embeddings } = args;
+    let ModelArgs { model_type, layers, layer_mixin, config_field, config_ty, layer_type, embeddings, prompt_tuning } = args;
     let ident = &strukt.ident;
     let mixin_segments = &layer_mixin.segments;
     let mixin_ty = quote!(#(#mixin_segments)::*);
@@ -148,6 +166,7 @@ fn expand(args: ModelArgs, options: &Options, strukt: &syn::ItemStruct) -> Token
     let layers_ref = quote_spanned!(layers_span=> ::std::iter::IntoIterator::into_iter(&self.#layers).collect());
     let layers_mut = quote_spanned!(layers_span=> ::std::iter::IntoIterator::into_iter(&mut self.#layers).collect());
     let has_embedding_slot = embeddings.is_some();
+    let supports_prompt_tuning = has_embedding_slot && prompt_tuning;
     let embedding_fns = match &embeddings {
         Some(path) => {
             let span = path.span();
@@ -173,6 +192,7 @@ fn expand(args: ModelArgs, options: &Options, strukt: &syn::ItemStruct) -> Token
                 layer_mixin: <#mixin_ty as #rt::AdapterMixin>::MIXIN,
                 config_keys: <#config_ty as #rt::AdapterModelConfig>::KEY_MAPPING,
                 has_embedding_slot: #has_embedding_slot,
+                supports_prompt_tuning: #supports_prompt_tuning,
             };
             fn dims(&self) -> #rt::ModelDims {
                 #rt::AdapterModelConfig::dims(&self.#config_field)
@@ -255,6 +275,7 @@ fn fallback(options: &Options, strukt: &syn::ItemStruct) -> TokenStream {
                 layer_mixin: <Self as #rt::AdapterMixin>::MIXIN,
                 config_keys: &[],
                 has_embedding_slot: false,
+                supports_prompt_tuning: false,
             };
             fn dims(&self) -> #rt::ModelDims {
                 #rt::ModelDims { hidden_size: 0, num_attention_heads: 0, num_hidden_layers: 0, hidden_dropout_prob: 0.0, attention_probs_dropout_prob: 0.0 }

@@ -35,6 +35,9 @@ pub trait BaseModel {
     fn input_embeddings(&self) -> Option<&Tensor>;
     fn classifier_dropout(&self) -> Option<f64>;
     fn layer_norm_eps(&self) -> f64;
+    fn tie_word_embeddings(&self) -> bool;
+    fn lm_head(&self) -> Option<&Tensor>;
+    fn sequence_output(&self, last_hidden_state: &Tensor, input_ids: &Tensor) -> Result<Tensor>;
 }
 
 impl<M: AdaptableModel + ModelForward> BaseModel for M {
@@ -88,5 +91,14 @@ impl<M: AdaptableModel + ModelForward> BaseModel for M {
     }
     fn layer_norm_eps(&self) -> f64 {
         ModelForward::layer_norm_eps(self)
+    }
+    fn tie_word_embeddings(&self) -> bool {
+        ModelForward::tie_word_embeddings(self)
+    }
+    fn lm_head(&self) -> Option<&Tensor> {
+        ModelForward::lm_head(self)
+    }
+    fn sequence_output(&self, last_hidden_state: &Tensor, input_ids: &Tensor) -> Result<Tensor> {
+        ModelForward::sequence_output(self, last_hidden_state, input_ids)
     }
 }

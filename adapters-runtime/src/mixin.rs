@@ -130,6 +130,9 @@ pub struct ModelMapping {
     pub config_keys: &'static [(&'static str, &'static str)],
     /// Whether the model marks an `EmbeddingSlot` (prompt tuning, invertible adapters).
     pub has_embedding_slot: bool,
+    /// Whether that slot takes prompt tuning (`#[with_adapters(..., prompt_tuning = false)]`
+    /// says it does not, as Python's `support_prompt_tuning = False`).
+    pub supports_prompt_tuning: bool,
 }
 
 impl ModelMapping {
@@ -148,7 +151,7 @@ impl ModelMapping {
         if self.layer_mixin.has(SlotFamily::Prefix) {
             methods.extend(["prefix_tuning", "prefix_tuning_flat"]);
         }
-        if self.has_embedding_slot {
+        if self.supports_prompt_tuning {
             methods.push("prompt_tuning");
         }
         if self.layer_mixin.has(SlotFamily::Reft) {
@@ -216,6 +219,24 @@ pub trait ModelForward {
     /// The epsilon of the model's LayerNorms (used by heads with a LayerNorm).
     fn layer_norm_eps(&self) -> f64 {
         1e-12
+    }
+
+    /// The config's `tie_word_embeddings`: language-model heads decode with the input
+    /// embeddings (BERT-family checkpoints do; many decoders do not).
+    fn tie_word_embeddings(&self) -> bool {
+        true
+    }
+
+    /// The checkpoint's own language-model decoder `[vocab, hidden]` (its `lm_head`, or the input
+    /// embeddings when tied), which generation uses when no causal LM head is active.
+    fn lm_head(&self) -> Option<&candle_core::Tensor> {
+        None
+    }
+
+    /// The vector per sequence that classification heads read: the first token for encoders;
+    /// decoders override it with the last non-padding token, as Python's decoder models do.
+    fn sequence_output(&self, last_hidden_state: &candle_core::Tensor, _input_ids: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
+        last_hidden_state.narrow(1, 0, 1)?.squeeze(1)
     }
 }
 

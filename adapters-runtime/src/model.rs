@@ -5,6 +5,8 @@ mod activation;
 mod averaging;
 mod files;
 mod fusion;
+#[cfg(feature = "generate")]
+mod generation;
 mod heads;
 mod lifecycle;
 mod merge;
@@ -12,6 +14,8 @@ mod prefix;
 
 pub use averaging::CombineStrategy;
 pub use fusion::{FUSION_CONFIG_NAME, FUSION_WEIGHTS_PICKLE, FUSION_WEIGHTS_SAFE};
+#[cfg(feature = "generate")]
+pub use generation::GenerateOptions;
 pub use heads::{HeadResult, ModelOutput};
 pub(crate) use lifecycle::SharedModules;
 

@@ -59,7 +59,7 @@ pub fn summary(args: SummaryArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn load_with_adapters(dir: &Path, specs: &[String], options: LoadOptions) -> Result<(Box<adapters_runtime::DynAdaptedModel>, Vec<String>), String> {
+pub(crate) fn load_with_adapters(dir: &Path, specs: &[String], options: LoadOptions) -> Result<(Box<adapters_runtime::DynAdaptedModel>, Vec<String>), String> {
     let mut model = adapters_models::load_model_with(dir, options).map_err(|e| e.to_string())?;
     let mut loaded = Vec::new();
     for spec in specs {
@@ -76,27 +76,7 @@ pub fn run(args: ForwardArgs) -> Result<(), String> {
     for dir in &args.fusions {
         model.load_adapter_fusion(dir, None).map_err(|e| format!("--fusion {}: {e}", dir.display()))?;
     }
-    let setup = match &args.setup {
-        Some(text) => Some(parse_setup(text)?),
-        None => match loaded.as_slice() {
-            [] => None,
-            [one] => Some(AdapterSetup::from(one.as_str())),
-            many => {
-                return Err(format!(
-                    "{} adapters loaded ({}); say which are active with --setup, e.g. --setup \"Stack[{}]\"",
-                    many.len(),
-                    many.join(", "),
-                    many.join(", ")
-                ))
-            }
-        },
-    };
-    if let Some(setup) = setup {
-        model.set_active_adapters(setup).map_err(|e| format!("--setup: {e}"))?;
-    }
-    if let Some(name) = &args.merge {
-        model.merge_adapter(name).map_err(|e| format!("--merge {name}: {e}"))?;
-    }
+    activate(model.as_mut(), &loaded, args.setup.as_deref(), args.merge.as_deref())?;
     let (input_ids, attention_mask) = read_inputs(&args.inputs)?;
     let output = model.forward_with_head(&input_ids, &attention_mask).map_err(|e| e.to_string())?;
     let mut tensors = HashMap::from([("last_hidden_state".to_string(), output.last_hidden_state)]);
@@ -125,6 +105,33 @@ pub fn run(args: ForwardArgs) -> Result<(), String> {
         .collect::<candle_core::Result<HashMap<_, _>>>()
         .map_err(|e| format!("--out: {e}"))?;
     adapters_runtime::io::save_safetensors(&args.out, &tensors).map_err(|e| format!("--out: {e}"))
+}
+
+/// Activates `--setup` (or the one loaded adapter) and merges `--merge`, as forward and generate
+/// both take them.
+pub(crate) fn activate(model: &mut adapters_runtime::DynAdaptedModel, loaded: &[String], setup: Option<&str>, merge: Option<&str>) -> Result<(), String> {
+    let setup = match setup {
+        Some(text) => Some(parse_setup(text)?),
+        None => match loaded {
+            [] => None,
+            [one] => Some(AdapterSetup::from(one.as_str())),
+            many => {
+                return Err(format!(
+                    "{} adapters loaded ({}); say which are active with --setup, e.g. --setup \"Stack[{}]\"",
+                    many.len(),
+                    many.join(", "),
+                    many.join(", ")
+                ))
+            }
+        },
+    };
+    if let Some(setup) = setup {
+        model.set_active_adapters(setup).map_err(|e| format!("--setup: {e}"))?;
+    }
+    if let Some(name) = merge {
+        model.merge_adapter(name).map_err(|e| format!("--merge {name}: {e}"))?;
+    }
+    Ok(())
 }
 
 /// `NAME=DIR` or `DIR`. A `=` inside a path with no name before it is kept as part of the path.

@@ -1,6 +1,7 @@
 //! `adapters`: run candle transformer models with AdapterHub adapters from the command line.
 
 mod forward;
+mod generate;
 mod placement;
 mod train;
 
@@ -24,6 +25,8 @@ struct Cli {
 enum Command {
     /// Run a model (with adapters) on token ids and write `last_hidden_state`.
     Forward(forward::ForwardArgs),
+    /// Continue a prompt with a decoder (and adapters), streaming the text to stdout.
+    Generate(generate::GenerateArgs),
     /// Load a model and adapters and print the adapter summary (name, method, parameters, % of base).
     Summary(forward::SummaryArgs),
     /// Train an adapter (or the full model) with a classification head on labelled text.
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Forward(args) => forward::run(args),
+        Command::Generate(args) => generate::run(args),
         Command::Summary(args) => forward::summary(args),
         Command::Train(args) => train::train(args),
         Command::Eval(args) => train::eval(args),

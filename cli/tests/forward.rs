@@ -250,3 +250,33 @@ fn half_precision_outputs_are_f32_and_close_to_python() {
         }
     }
 }
+
+/// `adapters generate` streams the greedy continuation Python's `generate` gives on the tiny
+/// Llama (its word-level tokenizer spells id `i` as `w<i>`), with and without an adapter.
+#[test]
+fn generate_streams_pythons_greedy_continuation() {
+    let manifest = adapters_tests::read_json(&fixtures().join("decoders_manifest.json"));
+    let model = fixtures().join("decoders").join("llama").join("model");
+    for case in ["base", "lora"] {
+        let entry = &manifest["archs"]["llama"]["generate"][case];
+        let data = adapters_tests::read(&fixtures().join(entry["file"].as_str().unwrap()));
+        // Row 0 is the prompt `<s> w17 w33 w5`, left-padded: the same continuation as unpadded.
+        let row: Vec<i64> = data["sequences"].to_dtype(candle_core::DType::I64).unwrap().to_vec2::<i64>().unwrap().remove(0);
+        let new = &row[row.len() - 6..];
+        let words: Vec<String> = new.iter().filter(|&&id| id > 2).map(|id| format!("w{id}")).collect();
+        let mut args =
+            vec!["generate".to_string(), "--model".into(), s(&model).into(), "--prompt".into(), "w17 w33 w5".into(), "--max-new-tokens".into(), "6".into()];
+        if let Some(dir) = entry["adapter"].as_str() {
+            args.extend(["--adapter".into(), fixtures().join(dir).to_str().unwrap().into()]);
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_adapters")).args(&args).output().expect("the binary runs");
+        assert!(out.status.success(), "{case}: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(text.split_whitespace().collect::<Vec<_>>(), words, "{case}: {text}");
+    }
+    // An encoder checkpoint has no language-model decoder: a one-line error that says what to add.
+    let bert = tiny("bert").join("model");
+    let out = Command::new(env!("CARGO_BIN_EXE_adapters")).args(["generate", "--model", s(&bert), "--prompt", "hello"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.lines().count() == 1, "{stderr}");
+}

@@ -1,4 +1,4 @@
-//! BERT, RoBERTa and DistilBERT as candle models annotated for adapters, and a loader for
+//! BERT, RoBERTa, DistilBERT, Llama and Mistral as candle models annotated for adapters, and a loader for
 //! Hugging Face checkpoint folders (`config.json` + `model.safetensors`).
 //!
 //! ```no_run
@@ -12,19 +12,21 @@
 mod attention;
 pub mod bert;
 pub mod distilbert;
+pub mod llama;
 mod load;
 pub mod roberta;
 
 pub use bert::{BertConfig, BertModel};
 pub use distilbert::{DistilBertConfig, DistilBertModel};
-pub use load::{load_model, load_model_with, load_typed, BaseWeights, LoadOptions, MODEL_WEIGHTS};
+pub use llama::{LlamaConfig, LlamaModel, MistralConfig, MistralModel};
+pub use load::{load_model, load_model_with, load_typed, BaseWeights, Build, Layout, LoadOptions, LLAMA_LAYOUT, MODEL_WEIGHTS, SUPPORTED_MODEL_TYPES};
 pub use roberta::{RobertaConfig, RobertaModel};
 
 use adapters_runtime::{AdaptableModel, ModelMapping};
 
 /// The mapping entries of every model in this crate (for docs and generic tests).
 pub fn all_mappings() -> Vec<ModelMapping> {
-    vec![BertModel::MAPPING, RobertaModel::MAPPING, DistilBertModel::MAPPING]
+    vec![BertModel::MAPPING, RobertaModel::MAPPING, DistilBertModel::MAPPING, LlamaModel::MAPPING, MistralModel::MAPPING]
 }
 
 /// `docs/model_overview.md`, generated from the mapping entries the macros produce.
@@ -64,8 +66,11 @@ pub fn overview_markdown() -> String {
     }
     out.push_str(
         "\nEvery model takes every head type (classification, multilabel classification, tagging, \
-         question answering, multiple choice, masked LM tied to the input embeddings); heads with \
-         `use_pooler` need a pooler, which BERT and RoBERTa checkpoints carry and DistilBERT has not.\n",
+         question answering, multiple choice, masked LM and causal LM, whose decoders are tied to the input \
+         embeddings when the config ties word embeddings); heads with `use_pooler` need a pooler, which BERT \
+         and RoBERTa checkpoints carry and the others have not. Sequence-level heads read the first token of \
+         an encoder and the last non-padding token of a decoder (Llama, Mistral), as in Python. Decoders keep \
+         a KV cache for generation (`AdaptedModel::generate`).\n",
     );
     out.push_str("\n## Insertion points per mixin\n\n| mixin | family | location | field |\n| --- | --- | --- | --- |\n");
     let mut seen = Vec::new();

@@ -13,7 +13,7 @@ use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
 use serde::de::DeserializeOwned;
 
-use crate::{BertModel, DistilBertModel, RobertaModel};
+use crate::{BertModel, DistilBertModel, LlamaModel, MistralModel, RobertaModel};
 
 /// The weight file of a checkpoint folder.
 pub const MODEL_WEIGHTS: &str = "model.safetensors";
@@ -91,22 +91,36 @@ fn typed_config<C: DeserializeOwned>(dir: &Path, raw: serde_json::Value) -> Resu
     })
 }
 
-/// Loads one architecture, typed. `prefix` is the task-model prefix the checkpoint may carry.
-pub fn load_typed<M, C>(dir: &Path, prefix: &str, build: impl FnOnce(VarBuilder, &C) -> candle_core::Result<M>) -> Result<AdaptedModel<M>>
+/// Where a checkpoint's base model sits: the task-model prefix it may carry (`bert`, `model`)
+/// and a tensor of the base model that tells whether it does.
+#[derive(Clone, Copy, Debug)]
+pub struct Layout {
+    pub prefix: &'static str,
+    pub probe: &'static str,
+}
+
+/// BERT-family checkpoints: `<prefix>.embeddings.word_embeddings.weight`.
+const fn encoder(prefix: &'static str) -> Layout {
+    Layout { prefix, probe: "embeddings.word_embeddings.weight" }
+}
+
+/// Llama-family checkpoints: `model.embed_tokens.weight` in `*ForCausalLM` files.
+pub const LLAMA_LAYOUT: Layout = Layout { prefix: "model", probe: "embed_tokens.weight" };
+
+/// What builds a model: the `VarBuilder` at the base model, the one at the checkpoint root (for
+/// weights outside the base model, such as an untied `lm_head`) and the config.
+pub type Build<M, C> = fn(VarBuilder, &VarBuilder, &C) -> candle_core::Result<M>;
+
+/// Loads one architecture, typed.
+pub fn load_typed<M, C>(dir: &Path, layout: Layout, build: Build<M, C>) -> Result<AdaptedModel<M>>
 where
     M: AdaptableModel + ModelForward,
     C: DeserializeOwned,
 {
-    load_with_config(dir, read_config(dir)?, prefix, &LoadOptions::default(), build)
+    load_with_config(dir, read_config(dir)?, layout, &LoadOptions::default(), build)
 }
 
-fn load_with_config<M, C>(
-    dir: &Path,
-    raw: serde_json::Value,
-    prefix: &str,
-    options: &LoadOptions,
-    build: impl FnOnce(VarBuilder, &C) -> candle_core::Result<M>,
-) -> Result<AdaptedModel<M>>
+fn load_with_config<M, C>(dir: &Path, raw: serde_json::Value, layout: Layout, options: &LoadOptions, build: Build<M, C>) -> Result<AdaptedModel<M>>
 where
     M: AdaptableModel + ModelForward,
     C: DeserializeOwned,
@@ -125,9 +139,9 @@ where
     let backend: Box<dyn SimpleBackend> = Box::new(CountingBackend { inner, count: count.clone(), vars: vars.clone() });
     let Placement { device, dtype } = options.placement.clone();
     let vb = VarBuilder::from_backend(backend, dtype, device);
-    let root = if vb.contains_tensor(&format!("{prefix}.embeddings.word_embeddings.weight")) { prefix } else { "" };
-    let vb = if root.is_empty() { vb } else { vb.pp(root) };
-    let model = build(vb, &config).map_err(|e| AdapterError::File { file: origin, reason: format!("does not fit config.json: {e}") })?;
+    let root = if vb.contains_tensor(&format!("{}.{}", layout.prefix, layout.probe)) { layout.prefix } else { "" };
+    let base_vb = if root.is_empty() { vb.clone() } else { vb.pp(root) };
+    let model = build(base_vb, &vb, &config).map_err(|e| AdapterError::File { file: origin, reason: format!("does not fit config.json: {e}") })?;
     let model = AdaptedModel::new(model, count.load(Ordering::Relaxed), root, options.placement.clone());
     Ok(match vars {
         Some(vars) => model.with_base_vars(std::mem::take(&mut *vars.lock().map_err(|_| AdapterError::InvalidConfig("variable list poisoned".into()))?)),
@@ -138,6 +152,9 @@ where
 fn boxed<M: AdaptableModel + ModelForward + 'static>(m: AdaptedModel<M>) -> Box<DynAdaptedModel> {
     Box::new(m)
 }
+
+/// The `model_type`s [`load_model`] takes.
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["bert", "roberta", "distilbert", "llama", "mistral"];
 
 /// Loads a checkpoint folder, choosing the architecture from `model_type` in `config.json`:
 /// frozen base weights, f32 on the CPU.
@@ -152,14 +169,16 @@ pub fn load_model_with(dir: &Path, options: LoadOptions) -> Result<Box<DynAdapte
     let raw = read_config(dir)?;
     let model_type = raw.get("model_type").and_then(|v| v.as_str()).unwrap_or_default().to_string();
     Ok(match model_type.as_str() {
-        "bert" => boxed(load_with_config(dir, raw, "bert", base, BertModel::load)?),
-        "roberta" => boxed(load_with_config(dir, raw, "roberta", base, RobertaModel::load)?),
-        "distilbert" => boxed(load_with_config(dir, raw, "distilbert", base, DistilBertModel::load)?),
+        "bert" => boxed(load_with_config(dir, raw, encoder("bert"), base, |vb, _, c| BertModel::load(vb, c))?),
+        "roberta" => boxed(load_with_config(dir, raw, encoder("roberta"), base, |vb, _, c| RobertaModel::load(vb, c))?),
+        "distilbert" => boxed(load_with_config(dir, raw, encoder("distilbert"), base, |vb, _, c| DistilBertModel::load(vb, c))?),
+        "llama" => boxed(load_with_config(dir, raw, LLAMA_LAYOUT, base, LlamaModel::load)?),
+        "mistral" => boxed(load_with_config(dir, raw, LLAMA_LAYOUT, base, MistralModel::load)?),
         other => {
             return Err(AdapterError::ConfigKey {
                 file: path.display().to_string(),
                 key: "model_type".into(),
-                reason: format!("`{other}` is not supported; supported: bert, roberta, distilbert"),
+                reason: format!("`{other}` is not supported; supported: {}", SUPPORTED_MODEL_TYPES.join(", ")),
             })
         }
     })

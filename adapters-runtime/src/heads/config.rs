@@ -17,16 +17,18 @@ pub enum HeadType {
     QuestionAnswering,
     MultipleChoice,
     MaskedLm,
+    CausalLm,
 }
 
 impl HeadType {
-    pub const ALL: [HeadType; 6] = [
+    pub const ALL: [HeadType; 7] = [
         HeadType::Classification,
         HeadType::MultiLabelClassification,
         HeadType::Tagging,
         HeadType::QuestionAnswering,
         HeadType::MultipleChoice,
         HeadType::MaskedLm,
+        HeadType::CausalLm,
     ];
 
     pub fn name(self) -> &'static str {
@@ -37,6 +39,7 @@ impl HeadType {
             HeadType::QuestionAnswering => "question_answering",
             HeadType::MultipleChoice => "multiple_choice",
             HeadType::MaskedLm => "masked_lm",
+            HeadType::CausalLm => "causal_lm",
         }
     }
 
@@ -45,6 +48,12 @@ impl HeadType {
             let known: Vec<&str> = Self::ALL.iter().map(|t| t.name()).collect();
             AdapterError::InvalidConfig(format!("unknown head type `{name}`; known: {}", known.join(", ")))
         })
+    }
+
+    /// Language-modeling heads: a decoder to the vocabulary, tied to the input embeddings
+    /// when the model ties its word embeddings.
+    pub fn is_language_model(self) -> bool {
+        matches!(self, HeadType::MaskedLm | HeadType::CausalLm)
     }
 
     /// Heads that read one vector per sequence (the first token or the pooler output).
@@ -141,6 +150,30 @@ impl HeadConfig {
         Self::built(HeadType::MaskedLm, raw)
     }
 
+    /// `add_causal_lm_head(activation_function, layers)` (Python's defaults: `gelu`, 2): dense,
+    /// activation and LayerNorm per extra layer, then a decoder with a bias. A checkpoint's own
+    /// `lm_head` converts to `causal_lm(vocab, hidden, 1, None, false, false)`.
+    pub fn causal_lm(vocab_size: usize, hidden_size: usize, layers: usize, activation: Option<&str>, layer_norm: bool, bias: bool) -> Self {
+        let raw = json!({
+            "head_type": "causal_lm",
+            "vocab_size": vocab_size,
+            "embedding_size": hidden_size,
+            "layers": layers,
+            "activation_function": activation,
+            "layer_norm": layer_norm,
+            "bias": bias,
+            "shift_labels": true,
+            "label2id": null,
+            "dropout_prob": null,
+        });
+        Self::built(HeadType::CausalLm, raw)
+    }
+
+    /// Whether the loss compares position `i`'s logits with label `i + 1` (causal LM).
+    pub fn shift_labels(&self) -> bool {
+        self.raw.get("shift_labels").and_then(Value::as_bool).unwrap_or(self.head_type == HeadType::CausalLm)
+    }
+
     /// A config the constructors build: the keys are right by construction; the activation name
     /// is checked when the head is built.
     fn built(head_type: HeadType, raw: Value) -> Self {
@@ -166,7 +199,7 @@ impl HeadConfig {
             HeadType::MultipleChoice => {
                 config.usize_key("num_choices")?;
             }
-            HeadType::MaskedLm => {
+            HeadType::MaskedLm | HeadType::CausalLm => {
                 config.usize_key("vocab_size")?;
             }
             _ => {
@@ -203,7 +236,7 @@ impl HeadConfig {
     pub fn out_features(&self) -> usize {
         match self.head_type {
             HeadType::MultipleChoice => 1,
-            HeadType::MaskedLm => self.usize_key("vocab_size").unwrap_or(0),
+            HeadType::MaskedLm | HeadType::CausalLm => self.usize_key("vocab_size").unwrap_or(0),
             _ => self.usize_key("num_labels").unwrap_or(0),
         }
     }

@@ -19,6 +19,9 @@ pub struct HeadDims {
     pub layer_norm_eps: f64,
     /// Python's `initializer_range`: new head weights are drawn from N(0, std).
     pub init_std: f32,
+    /// The model's `tie_word_embeddings`: language-modeling heads then decode with the input
+    /// embedding matrix instead of a weight of their own (Python's `tie_weights`).
+    pub tie_word_embeddings: bool,
 }
 
 enum HeadLayer {
@@ -61,11 +64,13 @@ pub struct PredictionHead {
     config: HeadConfig,
     layers: Vec<HeadLayer>,
     params: Vec<NamedParam>,
+    tied: bool,
 }
 
 impl PredictionHead {
-    /// Builds a freshly initialised head, as Python's `PredictionHead.build`. A masked LM head's
-    /// decoder weight is the input embedding matrix, passed at forward time (tied, not a parameter).
+    /// Builds a freshly initialised head, as Python's `PredictionHead.build`. A language-model
+    /// head's decoder weight is the input embedding matrix when the model ties its embeddings,
+    /// passed at forward time (tied, not a parameter).
     pub fn new(config: HeadConfig, dims: HeadDims, init: &mut Init) -> CResult<Self> {
         let h = dims.hidden_size;
         let act = config.activation().map(Activation::parse).transpose().map_err(crate::error::AdapterError::into_candle)?;
@@ -94,7 +99,8 @@ impl PredictionHead {
                 Ok(())
             };
         let n = config.layers();
-        if config.head_type() == HeadType::MaskedLm {
+        let tied = config.head_type().is_language_model() && dims.tie_word_embeddings;
+        if config.head_type().is_language_model() {
             for _ in 0..n.saturating_sub(1) {
                 add_linear(init, &mut layers, &mut params, h, h, true, false)?;
                 if let Some(a) = act {
@@ -108,7 +114,7 @@ impl PredictionHead {
                     params.extend([weight, bias]);
                 }
             }
-            add_linear(init, &mut layers, &mut params, h, config.out_features(), config.bias(), true)?;
+            add_linear(init, &mut layers, &mut params, h, config.out_features(), config.bias(), tied)?;
         } else {
             let p = config.dropout_prob().unwrap_or(dims.dropout);
             for l in 0..n {
@@ -123,7 +129,7 @@ impl PredictionHead {
                 }
             }
         }
-        Ok(PredictionHead { config, layers, params })
+        Ok(PredictionHead { config, layers, params, tied })
     }
 
     pub fn config(&self) -> &HeadConfig {
@@ -135,37 +141,40 @@ impl PredictionHead {
         &self.params
     }
 
-    /// Whether the head's decoder is tied to the input embeddings (masked LM).
+    /// Whether the head's decoder is tied to the input embeddings (language-model heads on a
+    /// model that ties its word embeddings).
     pub fn is_tied(&self) -> bool {
-        self.config.head_type() == HeadType::MaskedLm
+        self.tied
     }
 
-    /// Runs the head. `hidden`: `last_hidden_state` `[batch, seq, hidden]`; `pooled`: the
-    /// model's pooler output, required when the config says `use_pooler`; `embeddings`: the
-    /// input embedding matrix, required by tied heads.
-    /// `inverse`: an invertible adapter, run in reverse before the decoder of a language-modeling
-    /// head (as Python's LM heads do).
+    /// Runs the head. `hidden`: `last_hidden_state` `[batch, seq, hidden]`; `summary`: the
+    /// vector per sequence that sequence-level heads read (the pooler output under `use_pooler`,
+    /// else the model's sequence output), required by them; `embeddings`: the input embedding
+    /// matrix, required by tied heads. `inverse`: an invertible adapter, run in reverse before
+    /// the decoder of a language-modeling head (as Python's LM heads do).
     pub fn forward(
         &self,
         hidden: &Tensor,
-        pooled: Option<&Tensor>,
+        summary: Option<&Tensor>,
         embeddings: Option<&Tensor>,
         inverse: Option<&crate::methods::invertible::InvertibleAdapter>,
         ctx: &ForwardContext,
     ) -> CResult<HeadOutput> {
         let head_type = self.config.head_type();
         let mut x = if head_type.is_sequence_level() {
-            if self.config.use_pooler() {
-                pooled.cloned().ok_or_else(|| crate::error::invalid_input("this head uses the pooler, and the model has none"))?
-            } else {
-                hidden.narrow(1, 0, 1)?.squeeze(1)?
-            }
+            summary.cloned().ok_or_else(|| {
+                crate::error::invalid_input(if self.config.use_pooler() {
+                    "this head uses the pooler, and the model has none"
+                } else {
+                    "a sequence-level head needs the model's sequence output"
+                })
+            })?
         } else {
             hidden.clone()
         };
         let last = self.layers.len().saturating_sub(1);
         for (index, layer) in self.layers.iter().enumerate() {
-            if index == last && self.is_tied() {
+            if index == last && self.config.head_type().is_language_model() {
                 if let Some(inverse) = inverse {
                     x = inverse.reverse(&x)?;
                 }

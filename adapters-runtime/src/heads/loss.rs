@@ -32,6 +32,8 @@ pub fn bce_with_logits(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
 /// - classification: cross entropy (mean squared error with one label), labels `[batch]`;
 /// - multilabel: BCE with logits, labels `[batch, labels]` of 0/1;
 /// - multiple choice: cross entropy over choices, labels `[batch]`;
+/// - causal LM: cross entropy of each position's logits against the next label
+///   (`shift_labels`), labels `[batch, seq]`, `-100` ignored;
 /// - tagging and masked LM: cross entropy over tokens, labels `[batch, seq]`, `-100` ignored;
 ///   tagging also ignores padded tokens (`attention_mask` 0);
 /// - question answering: mean of start and end cross entropies, labels `[batch, 2]`; positions
@@ -53,6 +55,20 @@ pub fn head_loss(config: &HeadConfig, output: &HeadOutput, labels: &Tensor, atte
         (HeadType::Classification, HeadOutput::Logits(logits)) if config.num_labels() == 1 => {
             let diff = (logits.flatten_all()? - labels.to_dtype(DType::F32)?.flatten_all()?)?;
             diff.sqr()?.mean_all()
+        }
+        (HeadType::CausalLm, HeadOutput::Logits(logits)) => {
+            let classes = logits.dim(D::Minus1)?;
+            let labels = labels.to_dtype(DType::I64)?;
+            let (logits, labels) = if config.shift_labels() {
+                let seq = logits.dim(1)?;
+                if seq < 2 {
+                    return Err(crate::error::invalid_input("a causal LM loss needs at least two positions (labels shift by one)"));
+                }
+                (logits.narrow(1, 0, seq - 1)?, labels.narrow(1, 1, seq - 1)?)
+            } else {
+                (logits.clone(), labels)
+            };
+            cross_entropy(&logits.reshape(((), classes))?, &labels.flatten_all()?, IGNORE_INDEX)
         }
         (HeadType::Tagging | HeadType::MaskedLm, HeadOutput::Logits(logits)) => {
             let classes = logits.dim(D::Minus1)?;

@@ -106,6 +106,7 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
             dropout: self.model.classifier_dropout().unwrap_or(dims.hidden_dropout_prob),
             layer_norm_eps: self.model.layer_norm_eps(),
             init_std: INIT_STD,
+            tie_word_embeddings: self.model.tie_word_embeddings(),
         }
     }
 
@@ -167,14 +168,28 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
 
     /// `add_masked_lm_head(name)`: decoder tied to the input embeddings.
     pub fn add_masked_lm_head(&mut self, name: &str) -> Result<()> {
-        let vocab = self.model.input_embeddings().map(|e| e.dim(0)).transpose()?.ok_or_else(|| {
-            AdapterError::InvalidConfig(format!(
-                "a masked LM head ties its decoder to the input embeddings, and this {} model exposes none",
-                self.model.mapping().model_type
-            ))
-        })?;
+        let vocab = self.vocab_size("a masked LM head")?;
         let hidden = self.model.dims().hidden_size;
         self.add_head(name, HeadConfig::masked_lm(vocab, hidden, 2, "gelu"), false)
+    }
+
+    /// `add_causal_lm_head(name)` with Python's defaults (`gelu`, 2 layers: dense, activation,
+    /// LayerNorm, then the decoder with a bias), its decoder tied to the input embeddings when
+    /// the model ties its word embeddings.
+    pub fn add_causal_lm_head(&mut self, name: &str) -> Result<()> {
+        let vocab = self.vocab_size("a causal LM head")?;
+        let hidden = self.model.dims().hidden_size;
+        self.add_head(name, HeadConfig::causal_lm(vocab, hidden, 2, Some("gelu"), true, true), false)
+    }
+
+    /// The vocabulary size, from the input embeddings.
+    fn vocab_size(&self, what: &str) -> Result<usize> {
+        self.model.input_embeddings().map(|e| e.dim(0)).transpose()?.ok_or_else(|| {
+            AdapterError::InvalidConfig(format!(
+                "{what} decodes to the vocabulary of the input embeddings, and this {} model exposes none",
+                self.model.mapping().model_type
+            ))
+        })
     }
 
     pub fn delete_head(&mut self, name: &str) -> Result<()> {
@@ -189,7 +204,13 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
     /// The base output and the active heads' outputs: one head over the batch, or one per
     /// Parallel channel or BatchSplit part over its rows (Python's `MultiHeadOutput`).
     pub fn forward_with_head(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<ModelOutput> {
-        let (inputs, ctx) = self.prepare(&ModelInputs::text(input_ids.clone(), attention_mask.clone()))?;
+        self.forward_inputs_with_head(&ModelInputs::text(input_ids.clone(), attention_mask.clone()))
+    }
+
+    /// [`AdaptedModel::forward_with_head`] on any inputs the model takes (a KV cache, position
+    /// ids, ...).
+    pub fn forward_inputs_with_head(&self, inputs: &ModelInputs<'_>) -> Result<ModelOutput> {
+        let (inputs, ctx) = self.prepare(inputs)?;
         let hidden = self.model.forward_with(&inputs, &ctx)?.last_hidden_state;
         let rows = hidden.dim(0)?;
         let mut heads = Vec::new();
@@ -220,14 +241,25 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
             for (name, (start, len)) in names.into_iter().zip(ranges) {
                 let head = self.head_named(name)?;
                 let part = if len == rows { hidden.clone() } else { hidden.narrow(0, start, len)? };
-                let pooled = if head.config().use_pooler() { self.model.pooled_output(&part).transpose()? } else { None };
+                let head_type = head.config().head_type();
+                // The vector per sequence: the pooler output, or what the model reads (the first
+                // token of an encoder, the last real token of a decoder).
+                let summary = match (head_type.is_sequence_level(), head.config().use_pooler()) {
+                    (false, _) => None,
+                    (true, true) => self.model.pooled_output(&part).transpose()?,
+                    (true, false) => {
+                        let ids = inputs.ids()?;
+                        let ids = if len == rows { ids.clone() } else { ids.narrow(0, start, len)? };
+                        Some(self.model.sequence_output(&part, &ids)?)
+                    }
+                };
                 let embeddings = if head.is_tied() { self.model.input_embeddings() } else { None };
                 // Python reverses the invertible adapter of the setup's first adapter.
-                let inverse = match (head.is_tied(), self.active.as_deref().and_then(AdapterSetup::first)) {
+                let inverse = match (head_type.is_language_model(), self.active.as_deref().and_then(AdapterSetup::first)) {
                     (true, Some(first)) => self.model.embedding_slot().and_then(|s| s.invertible(first)),
                     _ => None,
                 };
-                let output = head.forward(&part, pooled.as_ref(), embeddings, inverse, &ctx)?;
+                let output = head.forward(&part, summary.as_ref(), embeddings, inverse, &ctx)?;
                 heads.push(HeadResult { name: name.to_string(), rows: (start, len), output });
             }
         }

@@ -53,6 +53,13 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
                 reason: format!("{} marks no embedding slot (`#[with_adapters(..., embeddings = ...)]`)", self.model.mapping().model_class),
             });
         };
+        if !self.model.mapping().supports_prompt_tuning {
+            return Err(AdapterError::NothingToAdd {
+                adapter: name.into(),
+                method: "prompt_tuning".into(),
+                reason: format!("{} does not take prompt tuning (as in the Python library)", self.model.mapping().model_class),
+            });
+        }
         let (length, hidden) = (prompt_config.prompt_length, slot.hidden_size());
         if length > slot.max_positions() {
             return Err(AdapterError::InvalidConfig(format!(

@@ -29,6 +29,12 @@ pub fn additive_mask(attention_mask: &Tensor, dtype: DType) -> Result<Tensor> {
 /// mask keeps. As `transformers` builds a decoder's mask: one 0/1 mask, then one bias, so two
 /// masked reasons never add up to an infinity.
 pub fn causal_additive_mask_for(attention_mask: &Tensor, queries: usize, dtype: DType) -> Result<Tensor> {
+    causal_additive_mask_windowed(attention_mask, queries, None, dtype)
+}
+
+/// [`causal_additive_mask_for`] with sliding-window attention (Mistral): with `Some(window)` a
+/// query also ignores keys `window` or more positions before it.
+pub fn causal_additive_mask_windowed(attention_mask: &Tensor, queries: usize, window: Option<usize>, dtype: DType) -> Result<Tensor> {
     let (batch, keys) = attention_mask.dims2()?;
     if queries > keys {
         return Err(crate::error::invalid_input(format!(
@@ -36,10 +42,14 @@ pub fn causal_additive_mask_for(attention_mask: &Tensor, queries: usize, dtype: 
         )));
     }
     let device = attention_mask.device();
-    let past = (keys - queries) as u32;
-    let rows = Tensor::arange(past, past + queries as u32, device)?.reshape((queries, 1))?;
-    let cols = Tensor::arange(0u32, keys as u32, device)?.reshape((1, keys))?;
-    let causal = cols.broadcast_le(&rows)?.to_dtype(DType::F32)?; // 1 where key <= query position
+    let past = keys - queries;
+    // 1 where the key is at or before the query's position (and, with a window, less than
+    // `window` positions before it).
+    let causal: Vec<f32> = (0..queries)
+        .flat_map(|q| (0..keys).map(move |k| (q + past, k)))
+        .map(|(position, k)| f32::from(u8::from(k <= position && window.is_none_or(|w| k + w > position))))
+        .collect();
+    let causal = Tensor::from_vec(causal, (queries, keys), device)?;
     let keep = attention_mask.to_dtype(DType::F32)?.reshape((batch, 1, 1, keys))?.broadcast_mul(&causal.reshape((1, 1, queries, keys))?)?;
     ((1.0 - keep)? * mask_min(dtype))?.to_dtype(dtype)
 }
@@ -67,5 +77,14 @@ mod tests {
         // rows q = 0, 1, 2; columns k = 0, 1, 2 (k = 2 is padding)
         assert_eq!(keep, [true, false, false, true, true, false, true, true, false]);
         assert!(bias.iter().all(|b| b.is_finite()));
+    }
+
+    #[test]
+    fn sliding_window_drops_keys_too_far_back() {
+        let mask = Tensor::new(&[[1i64, 1, 1, 1]], &Device::Cpu).unwrap();
+        let bias = causal_additive_mask_windowed(&mask, 2, Some(2), DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let keep: Vec<bool> = bias.iter().map(|b| *b == 0.0).collect();
+        // queries at positions 2 and 3 (two cached), window 2: keys q-1 and q only
+        assert_eq!(keep, [false, true, true, false, false, false, true, true]);
     }
 }

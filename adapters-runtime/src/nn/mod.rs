@@ -10,9 +10,10 @@ mod dropout;
 pub mod fused;
 mod mask;
 mod norm;
+pub mod rope;
 
 pub use attention::scaled_masked_softmax;
 pub use dropout::dropout;
 pub(crate) use fused::linear;
-pub use mask::{additive_mask, causal_additive_mask_for, mask_min};
-pub use norm::LayerNorm;
+pub use mask::{additive_mask, causal_additive_mask_for, causal_additive_mask_windowed, mask_min};
+pub use norm::{LayerNorm, RmsNorm};

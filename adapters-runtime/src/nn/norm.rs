@@ -39,3 +39,35 @@ impl LayerNorm {
         super::fused::layer_norm(x, &self.weight, &self.bias, self.eps as f32)
     }
 }
+
+/// RMSNorm over the last dimension, as Llama-family models compute it: in f32,
+/// `x / sqrt(mean(x^2) + eps)`, back to the input dtype, times `weight` (Gemma: `1 + weight`,
+/// folded in when loaded).
+#[derive(Clone, Debug)]
+pub struct RmsNorm {
+    pub weight: Tensor,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    pub fn new(weight: Tensor, eps: f64) -> Self {
+        RmsNorm { weight, eps }
+    }
+
+    pub fn load(size: usize, eps: f64, vb: candle_nn::VarBuilder) -> Result<Self> {
+        Ok(RmsNorm { weight: vb.get(size, "weight")?, eps })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let tracked = x.track_op() || self.weight.track_op();
+        if !tracked && x.is_contiguous() && x.device().is_cpu() {
+            // candle's kernel (no gradient) accumulates in f32 for every dtype, as PyTorch's does.
+            return candle_nn::ops::rms_norm(x, &self.weight, self.eps as f32);
+        }
+        // Composed of differentiable ops: candle's kernel has no backward.
+        let dtype = x.dtype();
+        let x32 = x.to_dtype(candle_core::DType::F32)?;
+        let rms = (x32.sqr()?.mean_keepdim(candle_core::D::Minus1)? + self.eps)?.sqrt()?;
+        x32.broadcast_div(&rms)?.to_dtype(dtype)?.broadcast_mul(&self.weight)
+    }
+}

@@ -40,6 +40,18 @@ impl TextEncoder {
         Ok(TextEncoder { tokenizer })
     }
 
+    /// The ids of one text, with the tokenizer's special tokens (a BOS for Llama-family
+    /// tokenizers) when `special` is set.
+    pub fn ids(&self, text: &str, special: bool) -> Result<Vec<u32>> {
+        let encoding = self.tokenizer.encode(text, special).map_err(|e| AdapterError::InvalidConfig(format!("tokenizing failed: {e}")))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// The text of `ids`, special tokens left out.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizer.decode(ids, true).map_err(|e| AdapterError::InvalidConfig(format!("detokenizing failed: {e}")))
+    }
+
     /// Encodes a batch of texts (with special tokens), as tensors on `device`.
     pub fn encode(&self, texts: &[&str], device: &Device) -> Result<Encoded> {
         let encodings = self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| AdapterError::InvalidConfig(format!("tokenizing failed: {e}")))?;

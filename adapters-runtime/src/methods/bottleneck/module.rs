@@ -146,7 +146,9 @@ impl BottleneckAdapter {
 
     /// `pre_forward`: the adapter input and the residual, from the sublayer output `hidden`
     /// and the sublayer input `input_tensor`.
-    pub fn pre_forward(&self, hidden: &Tensor, input_tensor: &Tensor, layer_norm: &LayerNorm) -> CResult<(Tensor, Tensor)> {
+    /// Without a `layer_norm` (pre-norm models) the original residual is added and nothing is
+    /// normalised, as Python does for `layer_norm=None`.
+    pub fn pre_forward(&self, hidden: &Tensor, input_tensor: &Tensor, layer_norm: Option<&LayerNorm>) -> CResult<(Tensor, Tensor)> {
         if self.is_parallel {
             return Ok((input_tensor.clone(), input_tensor.clone()));
         }
@@ -160,7 +162,9 @@ impl BottleneckAdapter {
             if matches!(self.residual_before_ln, ResidualBeforeLn::Mode(_)) {
                 residual = Some(hidden.clone());
             }
-            hidden = layer_norm.forward(&hidden)?;
+            if let Some(norm) = layer_norm {
+                hidden = norm.forward(&hidden)?;
+            }
         }
         if self.residual_before_ln == ResidualBeforeLn::Flag(false) {
             residual = Some(hidden.clone());
@@ -177,7 +181,7 @@ impl BottleneckAdapter {
         &self,
         hidden: &Tensor,
         input_tensor: &Tensor,
-        layer_norm: &LayerNorm,
+        layer_norm: Option<&LayerNorm>,
         query_before_ln: bool,
     ) -> CResult<(Tensor, Tensor, Tensor)> {
         let (out, residual) = self.pre_forward(hidden, input_tensor, layer_norm)?;
@@ -230,12 +234,12 @@ impl BottleneckAdapter {
     }
 
     /// `post_forward`: the original residual and LayerNorm after the adapter(s).
-    pub fn post_forward(&self, hidden: &Tensor, input_hidden: &Tensor, input_tensor: &Tensor, layer_norm: &LayerNorm) -> CResult<Tensor> {
+    pub fn post_forward(&self, hidden: &Tensor, input_hidden: &Tensor, input_tensor: &Tensor, layer_norm: Option<&LayerNorm>) -> CResult<Tensor> {
         let hidden = if self.is_parallel { (hidden + input_hidden)? } else { hidden.clone() };
-        if self.original_ln_after {
-            layer_norm.forward(&(hidden + input_tensor)?)
-        } else {
-            Ok(hidden)
+        match (self.original_ln_after, layer_norm) {
+            (true, Some(norm)) => norm.forward(&(hidden + input_tensor)?),
+            (true, None) => hidden + input_tensor,
+            (false, _) => Ok(hidden),
         }
     }
 }

@@ -27,7 +27,10 @@ pub enum BottleneckInputs {
 }
 
 pub struct BottleneckSlot {
-    layer_norm: LayerNorm,
+    /// The sublayer's LayerNorm after the residual (BERT); `None` where the model adds the
+    /// residual with no norm after it (pre-norm decoders such as Llama).
+    layer_norm: Option<LayerNorm>,
+    hidden_size: usize,
     /// Which of the two tensors `forward_parts` gets is Python's `hidden_states` (set from the
     /// mark when the model is wrapped).
     inputs: BottleneckInputs,
@@ -45,14 +48,18 @@ impl BottleneckSlot {
     /// Wraps the pretrained LayerNorm of a sublayer. `adapter_path` is the module path the
     /// Python library registers the adapters under (use `vb.prefix()`).
     pub fn new(layer_norm: LayerNorm, adapter_path: impl Into<String>) -> Self {
-        BottleneckSlot {
-            layer_norm,
-            inputs: BottleneckInputs::default(),
-            path: adapter_path.into(),
-            adapters: BTreeMap::new(),
-            fusions: BTreeMap::new(),
-            layer: 0,
-        }
+        let hidden_size = layer_norm.size();
+        Self::with_norm(Some(layer_norm), hidden_size, adapter_path.into())
+    }
+
+    /// A slot where the sublayer ends in a plain residual sum, `hidden + residual` (Python passes
+    /// `layer_norm=None`): pre-norm models such as Llama, whose norms come before each sublayer.
+    pub fn residual_only(hidden_size: usize, adapter_vb: &candle_nn::VarBuilder) -> Self {
+        Self::with_norm(None, hidden_size, adapter_vb.prefix())
+    }
+
+    fn with_norm(layer_norm: Option<LayerNorm>, hidden_size: usize, path: String) -> Self {
+        BottleneckSlot { layer_norm, hidden_size, inputs: BottleneckInputs::default(), path, adapters: BTreeMap::new(), fusions: BTreeMap::new(), layer: 0 }
     }
 
     /// Loads the pretrained LayerNorm from `ln_vb`; adapters are named under `adapter_vb`'s path.
@@ -86,7 +93,16 @@ impl BottleneckSlot {
     }
 
     pub fn hidden_size(&self) -> usize {
-        self.layer_norm.size()
+        self.hidden_size
+    }
+
+    /// The sublayer's own closing: `LayerNorm(hidden + residual)`, or the plain sum.
+    fn close(&self, hidden: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        let sum = (hidden + residual)?;
+        match &self.layer_norm {
+            Some(norm) => norm.forward(&sum),
+            None => Ok(sum),
+        }
     }
 
     pub fn adapter_names(&self) -> impl Iterator<Item = &str> {
@@ -102,7 +118,7 @@ impl BottleneckSlot {
 
     fn composed(&self, hidden: &Tensor, residual: &Tensor, ctx: &ForwardContext) -> Result<Tensor> {
         let Some(setup) = ctx.setup_at(self.layer).filter(|s| s.any_adapter(&|n| self.adapters.contains_key(n))) else {
-            return self.layer_norm.forward(&(hidden + residual)?);
+            return self.close(hidden, residual);
         };
         let state = BnState { hidden: hidden.clone(), input: residual.clone(), residual: residual.clone(), up: None, last: None };
         // A bare name is a one-adapter Stack, as Python parses it.
@@ -112,15 +128,15 @@ impl BottleneckSlot {
         };
         match state.last.as_deref().and_then(|n| self.adapters.get(n)) {
             // The last adapter's post_forward closes the block for every row (as in Python).
-            Some(last) => last.post_forward(&state.hidden, hidden, &state.input, &self.layer_norm),
-            None => self.layer_norm.forward(&(hidden + residual)?),
+            Some(last) => last.post_forward(&state.hidden, hidden, &state.input, self.layer_norm.as_ref()),
+            None => self.close(hidden, residual),
         }
     }
 
     /// The first adapter's `pre_forward` (Python's `pre_block`).
     fn pre_block(&self, name: Option<&str>, state: BnState) -> Result<BnState> {
         let Some(adapter) = name.and_then(|n| self.adapters.get(n)) else { return Ok(state) };
-        let (hidden, residual) = adapter.pre_forward(&state.hidden, &state.input, &self.layer_norm)?;
+        let (hidden, residual) = adapter.pre_forward(&state.hidden, &state.input, self.layer_norm.as_ref())?;
         Ok(BnState { hidden, residual, ..state })
     }
 }
@@ -226,7 +242,8 @@ impl BottleneckSlot {
         let last = setup.last().unwrap_or_default().to_string();
         let last_adapter =
             self.adapters.get(&last).ok_or_else(|| crate::error::invalid_input(format!("{setup}: adapter `{last}` has no module at `{}`", self.path)))?;
-        let (hidden, query, residual) = last_adapter.pre_forward_with_query(&state.hidden, &state.input, &self.layer_norm, fusion.config().query_before_ln)?;
+        let (hidden, query, residual) =
+            last_adapter.pre_forward_with_query(&state.hidden, &state.input, self.layer_norm.as_ref(), fusion.config().query_before_ln)?;
         let state = BnState { hidden, residual, ..state };
         let mut ups = Vec::with_capacity(children.len());
         for child in children {

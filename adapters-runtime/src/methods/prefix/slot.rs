@@ -76,10 +76,16 @@ impl PrefixSlot {
     /// named under). `heads` and `head_dim` are the key/value heads; `pad_token_id` is the
     /// model config's (Python pads shorter prefixes with it).
     pub fn new(vb: &candle_nn::VarBuilder, hidden: usize, heads: usize, pad_token_id: usize, padding: PrefixPadding) -> Self {
+        Self::grouped(vb, hidden, heads, hidden / heads.max(1), pad_token_id, padding)
+    }
+
+    /// A slot in a grouped-query attention (Llama, Mistral): prefixes have the `kv_heads`
+    /// key/value heads of `head_dim` each, as Python sizes them from `num_key_value_heads`.
+    pub fn grouped(vb: &candle_nn::VarBuilder, hidden: usize, kv_heads: usize, head_dim: usize, pad_token_id: usize, padding: PrefixPadding) -> Self {
         PrefixSlot {
             path: vb.prefix(),
-            heads,
-            head_dim: hidden / heads.max(1),
+            heads: kv_heads,
+            head_dim,
             hidden,
             pad_value: pad_token_id as f64,
             padding,

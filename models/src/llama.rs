@@ -1,0 +1,388 @@
+//! The Llama family (Llama, Mistral) as a candle model annotated for adapters: pre-norm decoder
+//! layers with RMSNorm, rotary positions, grouped-query attention and a gated SiLU MLP. The marks
+//! follow the Python library's `LlamaAttentionMixin` and `LlamaDecoderLayerMixin`.
+
+use adapters_runtime::nn::activation::Activation;
+use adapters_runtime::nn::fused::linear_module;
+use adapters_runtime::nn::rope::{apply_rotary, repeat_kv, RopeScaling, RotaryEmbedding};
+use adapters_runtime::nn::{causal_additive_mask_windowed, RmsNorm};
+use adapters_runtime::{adapter_config, adapter_mixin, with_adapters, AdapterError};
+use adapters_runtime::{BottleneckSlot, EmbeddingSlot, ForwardContext, LoRALinear, PrefixPadding, PrefixSlot, ReftSlot};
+use adapters_runtime::{InputKind, KvCache, ModelForward, ModelInputs, ModelOutputs};
+use candle_core::{DType, Module, Result, Tensor};
+use candle_nn::{Embedding, Linear, VarBuilder};
+use serde::Deserialize;
+
+use crate::attention::attend;
+
+fn default_rms_eps() -> f64 {
+    1e-6
+}
+fn default_rope_theta() -> f64 {
+    10000.0
+}
+fn default_max_positions() -> usize {
+    2048
+}
+fn default_act() -> String {
+    "silu".into()
+}
+
+/// `config.json` of Llama and Mistral checkpoints. Llama has no hidden dropout, so
+/// `hidden_dropout_prob` is 0 unless the file names one.
+#[adapter_config(attention_probs_dropout_prob = attention_dropout)]
+#[derive(Clone, Debug, Deserialize)]
+pub struct LlamaConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    /// Grouped-query attention: fewer key/value heads than query heads (default: as many).
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    /// Per-head size when not `hidden_size / num_attention_heads`.
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    #[serde(default = "default_rms_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default = "default_rope_theta")]
+    pub rope_theta: f64,
+    #[serde(default)]
+    pub rope_scaling: Option<RopeScaling>,
+    #[serde(default = "default_max_positions")]
+    pub max_position_embeddings: usize,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    #[serde(default)]
+    pub attention_bias: bool,
+    #[serde(default)]
+    pub mlp_bias: bool,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    #[serde(default)]
+    pub attention_dropout: f64,
+    #[serde(default)]
+    pub hidden_dropout_prob: f64,
+    #[serde(default)]
+    pub pad_token_id: Option<usize>,
+    /// Mistral: each position attends to at most this many positions (itself included).
+    #[serde(default)]
+    pub sliding_window: Option<usize>,
+    #[serde(default)]
+    pub model_type: Option<String>,
+}
+
+impl LlamaConfig {
+    pub fn kv_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    pub fn head_size(&self) -> usize {
+        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads)
+    }
+
+    /// The attention window (Mistral's `sliding_window`; Llama configs have none).
+    fn window(&self) -> Option<usize> {
+        self.sliding_window
+    }
+}
+
+pub(crate) struct LlamaAttention {
+    q_proj: LoRALinear,
+    k_proj: LoRALinear,
+    v_proj: LoRALinear,
+    o_proj: Linear,
+    /// Prefix tuning prepends its keys and values here (as many heads as keys and values).
+    prefix: PrefixSlot,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    dropout: f64,
+}
+
+impl LlamaAttention {
+    fn load(vb: VarBuilder, cfg: &LlamaConfig) -> Result<Self> {
+        let (h, heads, kv_heads, d) = (cfg.hidden_size, cfg.num_attention_heads, cfg.kv_heads(), cfg.head_size());
+        let bias = cfg.attention_bias;
+        let o_proj = if bias { candle_nn::linear(heads * d, h, vb.pp("o_proj"))? } else { candle_nn::linear_no_bias(heads * d, h, vb.pp("o_proj"))? };
+        Ok(LlamaAttention {
+            q_proj: LoRALinear::load_with_bias(h, heads * d, bias, vb.pp("q_proj"))?,
+            k_proj: LoRALinear::load_with_bias(h, kv_heads * d, bias, vb.pp("k_proj"))?,
+            v_proj: LoRALinear::load_with_bias(h, kv_heads * d, bias, vb.pp("v_proj"))?,
+            o_proj,
+            prefix: PrefixSlot::grouped(&vb, h, kv_heads, d, cfg.pad_token_id.unwrap_or(0), PrefixPadding::InvertedMask),
+            heads,
+            kv_heads,
+            head_dim: d,
+            dropout: cfg.attention_dropout,
+        })
+    }
+
+    fn split(&self, x: &Tensor, heads: usize) -> Result<Tensor> {
+        let (b, s, _) = x.dims3()?;
+        x.reshape((b, s, heads, self.head_dim))?.transpose(1, 2)?.contiguous()
+    }
+
+    /// As the Python library's `LlamaAttentionWithAdapters`: rotary positions, then the KV cache,
+    /// then the prefixes (not part of the sequence, so neither rotated nor cached), then the
+    /// key/value heads repeated for the query heads.
+    fn forward(&self, x: &Tensor, rope: (&Tensor, &Tensor), mask: &Tensor, cache: Option<(&KvCache, usize)>, ctx: &ForwardContext) -> Result<Tensor> {
+        let q = self.split(&self.q_proj.forward(x, ctx)?, self.heads)?;
+        let k = self.split(&self.k_proj.forward(x, ctx)?, self.kv_heads)?;
+        let v = self.split(&self.v_proj.forward(x, ctx)?, self.kv_heads)?;
+        let (cos, sin) = rope;
+        let (q, k) = (apply_rotary(&q, cos, sin)?, apply_rotary(&k, cos, sin)?);
+        let (k, v) = match cache {
+            Some((cache, layer)) => cache.append(layer, &k, &v)?,
+            None => (k, v),
+        };
+        let (k, v, mask) = self.prefix.forward(&k, &v, mask, x, ctx)?;
+        let groups = self.heads / self.kv_heads;
+        let (k, v) = (repeat_kv(&k, groups)?, repeat_kv(&v, groups)?);
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        linear_module(&attend(&q, &k.contiguous()?, &v.contiguous()?, &mask, scale, self.dropout, ctx)?, &self.o_proj)
+    }
+}
+
+pub(crate) struct LlamaMlp {
+    gate_proj: Linear,
+    up_proj: LoRALinear,
+    down_proj: LoRALinear,
+    activation: Activation,
+}
+
+impl LlamaMlp {
+    fn load(vb: VarBuilder, cfg: &LlamaConfig) -> Result<Self> {
+        let (h, i, bias) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
+        let gate_proj = if bias { candle_nn::linear(h, i, vb.pp("gate_proj"))? } else { candle_nn::linear_no_bias(h, i, vb.pp("gate_proj"))? };
+        Ok(LlamaMlp {
+            gate_proj,
+            up_proj: LoRALinear::load_with_bias(h, i, bias, vb.pp("up_proj"))?,
+            down_proj: LoRALinear::load_with_bias(i, h, bias, vb.pp("down_proj"))?,
+            activation: Activation::parse(&cfg.hidden_act).map_err(AdapterError::into_candle)?,
+        })
+    }
+
+    /// `down(act(gate(x)) * up(x))`.
+    fn forward(&self, x: &Tensor, ctx: &ForwardContext) -> Result<Tensor> {
+        let gate = self.activation.forward(&linear_module(x, &self.gate_proj)?)?;
+        self.down_proj.forward(&(gate * self.up_proj.forward(x, ctx)?)?, ctx)
+    }
+}
+
+/// One decoder layer. Python wraps `down_proj` as LoRA's `intermediate` location and `up_proj`
+/// as `output` (the names are the library's, not the layers' roles), and calls its bottleneck
+/// layers with no LayerNorm: each sublayer ends in a plain residual sum.
+#[adapter_mixin(
+    lora(q = self_attn.q_proj, k = self_attn.k_proj, v = self_attn.v_proj, intermediate = mlp.down_proj, output = mlp.up_proj),
+    bottleneck(mh_adapter = attention_adapters, output_adapter = output_adapters),
+    prefix(self_prefix = self_attn.prefix),
+    reft(output = reft),
+)]
+pub struct LlamaDecoderLayer {
+    input_layernorm: RmsNorm,
+    self_attn: LlamaAttention,
+    attention_adapters: BottleneckSlot,
+    post_attention_layernorm: RmsNorm,
+    mlp: LlamaMlp,
+    output_adapters: BottleneckSlot,
+    /// ReFT intervenes on the layer's output here.
+    reft: ReftSlot,
+}
+
+impl LlamaDecoderLayer {
+    fn load(vb: VarBuilder, cfg: &LlamaConfig) -> Result<Self> {
+        let (h, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
+        Ok(LlamaDecoderLayer {
+            input_layernorm: RmsNorm::load(h, eps, vb.pp("input_layernorm"))?,
+            self_attn: LlamaAttention::load(vb.pp("self_attn"), cfg)?,
+            attention_adapters: BottleneckSlot::residual_only(h, &vb.pp("attention_adapters")),
+            post_attention_layernorm: RmsNorm::load(h, eps, vb.pp("post_attention_layernorm"))?,
+            mlp: LlamaMlp::load(vb.pp("mlp"), cfg)?,
+            output_adapters: BottleneckSlot::residual_only(h, &vb.pp("output_adapters")),
+            reft: ReftSlot::new(&vb, h),
+        })
+    }
+
+    fn forward(&self, x: &Tensor, rope: (&Tensor, &Tensor), mask: &Tensor, cache: Option<(&KvCache, usize)>, ctx: &ForwardContext) -> Result<Tensor> {
+        let attended = self.self_attn.forward(&self.input_layernorm.forward(x)?, rope, mask, cache, ctx)?;
+        let hidden = self.attention_adapters.forward_parts(&attended, x, ctx)?;
+        let projected = self.mlp.forward(&self.post_attention_layernorm.forward(&hidden)?, ctx)?;
+        let out = self.output_adapters.forward_parts(&projected, &hidden, ctx)?;
+        self.reft.forward(&out, ctx)
+    }
+}
+
+/// Everything of a Llama-family decoder but its config: embeddings, layers, final norm, rotary
+/// frequencies and the checkpoint's LM decoder. Llama and Mistral differ only in the config they
+/// read (Mistral's sliding window) and in the names they carry.
+pub struct LlamaStack {
+    embed_tokens: Embedding,
+    pub(crate) embedding_adapters: EmbeddingSlot,
+    pub(crate) layers: Vec<LlamaDecoderLayer>,
+    norm: RmsNorm,
+    rotary: RotaryEmbedding,
+    /// The checkpoint's language-model decoder: its `lm_head`, or the input embeddings when tied.
+    lm_head: Option<Tensor>,
+}
+
+impl LlamaStack {
+    /// Loads from `vb` rooted at the base model (`model.` of a `*ForCausalLM` checkpoint
+    /// already applied); `root` is the checkpoint's root, where an untied `lm_head` lives.
+    pub fn load(vb: VarBuilder, root: &VarBuilder, config: &LlamaConfig) -> Result<Self> {
+        let embed_tokens = candle_nn::embedding(config.vocab_size, config.hidden_size, vb.pp("embed_tokens"))?;
+        let layers = (0..config.num_hidden_layers).map(|i| LlamaDecoderLayer::load(vb.pp("layers").pp(i), config)).collect::<Result<_>>()?;
+        let lm_head = if config.tie_word_embeddings {
+            Some(embed_tokens.embeddings().clone())
+        } else if root.contains_tensor("lm_head.weight") {
+            Some(root.get((config.vocab_size, config.hidden_size), "lm_head.weight")?)
+        } else {
+            None
+        };
+        Ok(LlamaStack {
+            embedding_adapters: EmbeddingSlot::new(embed_tokens.embeddings(), config.max_position_embeddings),
+            embed_tokens,
+            layers,
+            norm: RmsNorm::load(config.hidden_size, config.rms_norm_eps, vb.pp("norm"))?,
+            rotary: RotaryEmbedding::new(config.head_size(), config.rope_theta, config.rope_scaling.as_ref(), vb.device())?,
+            lm_head,
+        })
+    }
+
+    fn forward(&self, config: &LlamaConfig, inputs: &ModelInputs<'_>, ctx: &ForwardContext) -> Result<ModelOutputs> {
+        let ids = inputs.ids()?;
+        let seq = ids.dim(1)?;
+        let past = inputs.cache.map_or(0, KvCache::len);
+        check_positions(past, seq, config.max_position_embeddings)?;
+        let embedded = self.embed_tokens.forward(ids)?;
+        let (hidden, mask) = self.embedding_adapters.forward(&embedded, &inputs.mask()?, ctx)?;
+        let positions = decoder_positions(inputs, seq, past)?;
+        let (cos, sin) = self.rotary.cos_sin(&positions, hidden.dtype())?;
+        let mask = causal_additive_mask_windowed(&mask, seq, config.window(), hidden.dtype())?;
+        let mut hidden = hidden;
+        for (i, layer) in self.layers.iter().enumerate() {
+            hidden = layer.forward(&hidden, (&cos, &sin), &mask, inputs.cache.map(|c| (c, i)), ctx)?;
+        }
+        Ok(ModelOutputs::hidden(self.norm.forward(&hidden)?))
+    }
+}
+
+/// The Llama decoder: `last_hidden_state` after the final norm. Python's Llama takes no prompt
+/// tuning; its embedding output takes invertible adapters.
+#[with_adapters(
+    model_type = "llama",
+    layers = stack.layers,
+    layer_mixin = LlamaDecoderLayer,
+    layer_type = "LlamaDecoderLayer",
+    config = config,
+    embeddings = stack.embedding_adapters,
+    prompt_tuning = false
+)]
+pub struct LlamaModel {
+    stack: LlamaStack,
+    config: LlamaConfig,
+}
+
+/// Mistral: Llama's layers (and so Llama's mixin, as in Python) with a sliding attention window.
+#[with_adapters(
+    model_type = "mistral",
+    layers = stack.layers,
+    layer_mixin = LlamaDecoderLayer,
+    layer_type = "MistralDecoderLayer",
+    config = config,
+    embeddings = stack.embedding_adapters,
+    prompt_tuning = false
+)]
+pub struct MistralModel {
+    stack: LlamaStack,
+    config: LlamaConfig,
+}
+
+/// Mistral checkpoints use Llama's config keys (plus `sliding_window`).
+pub type MistralConfig = LlamaConfig;
+
+macro_rules! llama_family {
+    ($model:ident) => {
+        impl $model {
+            /// Loads from `vb` rooted at the base model; `root` is the checkpoint root (for an
+            /// untied `lm_head`).
+            pub fn load(vb: VarBuilder, root: &VarBuilder, config: &LlamaConfig) -> Result<Self> {
+                Ok($model { stack: LlamaStack::load(vb, root, config)?, config: config.clone() })
+            }
+
+            pub fn config(&self) -> &LlamaConfig {
+                &self.config
+            }
+        }
+
+        impl ModelForward for $model {
+            const ACCEPTS: &'static [InputKind] = DECODER_ONLY_INPUTS;
+
+            fn forward_with(&self, inputs: &ModelInputs<'_>, ctx: &ForwardContext) -> Result<ModelOutputs> {
+                self.stack.forward(&self.config, inputs, ctx)
+            }
+
+            fn input_embeddings(&self) -> Option<&Tensor> {
+                Some(self.stack.embed_tokens.embeddings())
+            }
+
+            fn tie_word_embeddings(&self) -> bool {
+                self.config.tie_word_embeddings
+            }
+
+            fn lm_head(&self) -> Option<&Tensor> {
+                self.stack.lm_head.as_ref()
+            }
+
+            fn sequence_output(&self, last_hidden_state: &Tensor, input_ids: &Tensor) -> Result<Tensor> {
+                last_token(last_hidden_state, input_ids, self.config.pad_token_id)
+            }
+        }
+    };
+}
+
+llama_family!(LlamaModel);
+llama_family!(MistralModel);
+
+/// A pass may not run past the position limit (the rotary table has no meaning beyond it for a
+/// checkpoint trained to it; `transformers` fails there too for learned positions).
+pub(crate) fn check_positions(past: usize, seq: usize, limit: usize) -> Result<()> {
+    if past + seq > limit {
+        return Err(
+            AdapterError::InvalidInput(format!("{} positions ({past} cached + {seq} new) exceed max_position_embeddings {limit}", past + seq)).into_candle()
+        );
+    }
+    Ok(())
+}
+
+/// What decoder-only models take: ids, a padding mask, position ids and a KV cache. They are
+/// causal whether or not the inputs say so.
+pub(crate) const DECODER_ONLY_INPUTS: &[InputKind] =
+    &[InputKind::InputIds, InputKind::AttentionMask, InputKind::PositionIds, InputKind::Causal, InputKind::KvCache];
+
+/// The positions of this pass: the given ones, or `past..past + seq` (`transformers` numbers
+/// positions by cache position in a plain forward).
+pub(crate) fn decoder_positions(inputs: &ModelInputs<'_>, seq: usize, past: usize) -> Result<Tensor> {
+    match &inputs.position_ids {
+        Some(p) => Ok(p.clone()),
+        None => Tensor::arange(past as u32, (past + seq) as u32, inputs.ids()?.device())?.unsqueeze(0),
+    }
+}
+
+/// The last non-padding token of each row, as Python's decoder models pick the vector that
+/// classification heads read (`pad_token_id` unset: the last position).
+pub(crate) fn last_token(last_hidden_state: &Tensor, input_ids: &Tensor, pad_token_id: Option<usize>) -> Result<Tensor> {
+    let (batch, seq, _) = last_hidden_state.dims3()?;
+    let lengths: Vec<u32> = match pad_token_id {
+        None => vec![(seq - 1) as u32; batch],
+        Some(pad) => {
+            let rows: Vec<Vec<i64>> = input_ids.to_dtype(DType::I64)?.to_vec2()?;
+            // Python's `(ids != pad).sum(-1) - 1`, which wraps to the last position at -1.
+            rows.iter().map(|r| (r.iter().filter(|&&id| id != pad as i64).count() as i64 - 1).rem_euclid(seq as i64) as u32).collect()
+        }
+    };
+    let index = Tensor::new(lengths, last_hidden_state.device())?.reshape((batch, 1, 1))?;
+    let index = index.broadcast_as((batch, 1, last_hidden_state.dim(2)?))?.contiguous()?;
+    last_hidden_state.gather(&index, 1)?.squeeze(1)
+}
