@@ -87,7 +87,7 @@ pub fn run(args: GenerateArgs) -> Result<(), String> {
             let text = encoder.decode(&generated)?;
             if text.len() > printed && text.is_char_boundary(printed) && !text.ends_with('\u{fffd}') {
                 stdout
-                    .write_all(text[printed..].as_bytes())
+                    .write_all(&text.as_bytes()[printed..])
                     .and_then(|_| stdout.flush())
                     .map_err(|e| adapters_runtime::AdapterError::Io { path: PathBuf::from("<stdout>"), source: e })?;
                 printed = text.len();
