@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use adapters_models::LoadOptions;
 use adapters_runtime::model::GenerateOptions;
-use adapters_runtime::training::TextEncoder;
+use adapters_runtime::training::{ByteLevelBpe, TextEncoder};
 use candle_core::{Device, Tensor};
 use clap::Args;
 
@@ -16,7 +16,8 @@ use crate::placement::PlacementArgs;
 
 #[derive(Args)]
 pub struct GenerateArgs {
-    /// Checkpoint folder: config.json, model.safetensors and tokenizer.json.
+    /// Checkpoint folder (config.json, model.safetensors and tokenizer.json), or a llama-architecture
+    /// GGUF file (weights and tokenizer in one).
     #[arg(long)]
     model: PathBuf,
     /// An adapter folder, as `[NAME=]DIR` (a folder with a causal LM head makes it the decoder).
@@ -56,7 +57,12 @@ pub fn run(args: GenerateArgs) -> Result<(), String> {
     if let Some(p) = args.top_p.filter(|p| !(*p > 0.0 && *p <= 1.0)) {
         return Err(format!("--top-p {p}: must be in (0, 1]"));
     }
-    let encoder = TextEncoder::from_model_dir(&args.model, usize::MAX).map_err(|e| e.to_string())?;
+    let gguf = args.model.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+    let (encoder, (eos_token_ids, pad_token_id)) = if gguf {
+        gguf_tokenizer(&args.model)?
+    } else {
+        (TextEncoder::from_model_dir(&args.model, usize::MAX).map_err(|e| e.to_string())?, special_ids(&args.model)?)
+    };
     let options = LoadOptions { placement: args.placement.placement()?, ..LoadOptions::default() };
     let (mut model, loaded) = load_with_adapters(&args.model, &args.adapters, options)?;
     activate(model.as_mut(), &loaded, args.setup.as_deref(), args.merge.as_deref())?;
@@ -65,7 +71,6 @@ pub fn run(args: GenerateArgs) -> Result<(), String> {
         return Err("--prompt: tokenizes to no tokens".into());
     }
     let ids = Tensor::new(prompt.as_slice(), &Device::Cpu).and_then(|t| t.unsqueeze(0)).map_err(|e| e.to_string())?;
-    let (eos_token_ids, pad_token_id) = special_ids(&args.model)?;
     let options = GenerateOptions {
         max_new_tokens: args.max_new_tokens,
         temperature: args.temperature,
@@ -96,6 +101,15 @@ pub fn run(args: GenerateArgs) -> Result<(), String> {
         })
         .map_err(|e| e.to_string())?;
     writeln!(stdout).map_err(|e| e.to_string())
+}
+
+/// The tokenizer a GGUF file carries, and its end-of-sequence and padding ids.
+fn gguf_tokenizer(path: &Path) -> Result<(TextEncoder, (Vec<u32>, u32)), String> {
+    let t = adapters_models::gguf::read_gguf_tokenizer(path).map_err(|e| e.to_string())?;
+    let spec = ByteLevelBpe { tokens: t.tokens, merges: t.merges, special_ids: t.special_ids, add_bos: t.bos.filter(|_| t.add_bos) };
+    let encoder = TextEncoder::from_byte_level_bpe(&spec, &path.display().to_string()).map_err(|e| e.to_string())?;
+    let eos: Vec<u32> = t.eos.into_iter().collect();
+    Ok((encoder, (eos.clone(), t.pad.or(t.eos).unwrap_or(0))))
 }
 
 /// End-of-sequence ids (config.json's `eos_token_id`, one or a list, and generation_config.json's

@@ -98,6 +98,56 @@ pub fn read_gguf(path: &Path) -> Result<GgufCheckpoint> {
     Ok(GgufCheckpoint { config, backend: GgufBackend { origin, content, reader: Mutex::new(reader), heads, kv_heads } })
 }
 
+/// The tokenizer a GGUF file carries: `tokenizer.ggml.*` (a byte-level BPE, `model = "gpt2"`).
+#[derive(Clone, Debug)]
+pub struct GgufTokenizer {
+    pub tokens: Vec<String>,
+    pub merges: Vec<String>,
+    /// Ids of control tokens (`token_type` 3), kept whole when tokenizing.
+    pub special_ids: Vec<u32>,
+    pub bos: Option<u32>,
+    pub eos: Option<u32>,
+    pub pad: Option<u32>,
+    /// `tokenizer.ggml.add_bos_token` (false when absent).
+    pub add_bos: bool,
+    pub chat_template: Option<String>,
+}
+
+/// Reads the tokenizer of a GGUF file; only byte-level BPE (`gpt2`) vocabularies are built.
+pub fn read_gguf_tokenizer(path: &Path) -> Result<GgufTokenizer> {
+    let origin = path.display().to_string();
+    let file = File::open(path).map_err(|e| AdapterError::Io { path: path.to_path_buf(), source: e })?;
+    let content =
+        Content::read(&mut BufReader::new(file)).map_err(|e| AdapterError::File { file: origin.clone(), reason: format!("not a readable GGUF file: {e}") })?;
+    let meta = Metadata { origin: &origin, values: &content.metadata };
+    let kind = meta.string("tokenizer.ggml.model")?;
+    if kind != "gpt2" {
+        return Err(AdapterError::ConfigKey {
+            file: origin,
+            key: "tokenizer.ggml.model".into(),
+            reason: format!("`{kind}` tokenizers are not supported; supported: gpt2 (byte-level BPE)"),
+        });
+    }
+    let strings = |key: &str| -> Result<Vec<String>> {
+        meta.get(key)?.to_vec().map_err(|e| meta.wrong(key, e))?.iter().map(|v| v.to_string().cloned().map_err(|e| meta.wrong(key, e))).collect()
+    };
+    let types: Vec<i32> = match content.metadata.get("tokenizer.ggml.token_type") {
+        Some(v) => v.to_vec().map_err(|e| meta.wrong("tokenizer.ggml.token_type", e))?.iter().map(|t| t.to_i32().unwrap_or(1)).collect(),
+        None => Vec::new(),
+    };
+    let id = |key: &str| meta.usize(key).ok().map(|v| v as u32);
+    Ok(GgufTokenizer {
+        tokens: strings("tokenizer.ggml.tokens")?,
+        merges: strings("tokenizer.ggml.merges")?,
+        special_ids: types.iter().enumerate().filter(|(_, t)| **t == 3).map(|(i, _)| i as u32).collect(),
+        bos: id("tokenizer.ggml.bos_token_id"),
+        eos: id("tokenizer.ggml.eos_token_id"),
+        pad: id("tokenizer.ggml.padding_token_id"),
+        add_bos: content.metadata.get("tokenizer.ggml.add_bos_token").and_then(|v| v.to_bool().ok()).unwrap_or(false),
+        chat_template: meta.string("tokenizer.chat_template").ok(),
+    })
+}
+
 /// Typed reads of GGUF metadata, with errors that name the file and key.
 struct Metadata<'a> {
     origin: &'a str,

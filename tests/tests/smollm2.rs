@@ -81,3 +81,26 @@ fn smollm2_greedy_generation_matches_python() {
         assert_eq!(out.to_vec2::<i64>().unwrap(), data["sequences"].to_dtype(DType::I64).unwrap().to_vec2::<i64>().unwrap(), "{case}");
     }
 }
+
+/// The GGUF file's own tokenizer (byte-level BPE from its metadata) gives the ids transformers'
+/// GGUF tokenizer gave the fixtures (which prepends a BOS the file's `add_bos_token` leaves out).
+#[test]
+fn smollm2_gguf_tokenizer_matches_transformers() {
+    use adapters_runtime::training::{ByteLevelBpe, TextEncoder};
+    let gguf = fixture_path(&smollm2_gguf());
+    let t = adapters_models::gguf::read_gguf_tokenizer(&gguf).unwrap();
+    assert!(!t.add_bos && t.bos == Some(1) && t.eos == Some(2), "{:?} {:?} {:?}", t.add_bos, t.bos, t.eos);
+    let spec = ByteLevelBpe { tokens: t.tokens, merges: t.merges, special_ids: t.special_ids, add_bos: None };
+    let encoder = TextEncoder::from_byte_level_bpe(&spec, "smollm2").unwrap();
+    let manifest = smollm2_manifest();
+    let (ids, mask) = inputs(&fixtures().join("smollm2"));
+    let (ids, mask): (Vec<Vec<i64>>, Vec<Vec<i64>>) = (ids.to_vec2().unwrap(), mask.to_vec2().unwrap());
+    for (row, text) in manifest["texts"].as_array().unwrap().iter().enumerate() {
+        let python: Vec<u32> = ids[row].iter().zip(&mask[row]).filter(|(_, m)| **m == 1).map(|(id, _)| *id as u32).skip(1).collect();
+        let ours = encoder.ids(text.as_str().unwrap(), true).unwrap();
+        assert_eq!(ours, python, "{text}");
+        assert_eq!(encoder.decode(&ours).unwrap(), text.as_str().unwrap());
+    }
+    // Control tokens stay whole.
+    assert_eq!(encoder.ids("<|im_start|>user", true).unwrap()[0], 1);
+}

@@ -15,6 +15,6 @@ pub use data::{Dataset, Example};
 pub use optim::AdamWStep;
 pub use schedule::LinearSchedule;
 #[cfg(feature = "train")]
-pub use text::{Encoded, TextEncoder, TOKENIZER_FILE};
+pub use text::{ByteLevelBpe, Encoded, TextEncoder, TOKENIZER_FILE};
 #[cfg(feature = "train")]
 pub use trainer::{evaluate, train_classifier, EpochReport, Evaluation, LabelledTexts, TrainConfig, TrainReport};

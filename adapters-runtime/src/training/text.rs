@@ -15,6 +15,17 @@ pub struct TextEncoder {
     tokenizer: Tokenizer,
 }
 
+/// A byte-level BPE vocabulary as GGUF files carry it (`tokenizer.ggml.model = "gpt2"`): tokens
+/// by id, merges as `"a b"`, the ids of special (control) tokens, and the BOS id when the
+/// tokenizer adds one.
+#[derive(Clone, Debug, Default)]
+pub struct ByteLevelBpe {
+    pub tokens: Vec<String>,
+    pub merges: Vec<String>,
+    pub special_ids: Vec<u32>,
+    pub add_bos: Option<u32>,
+}
+
 /// `input_ids` and `attention_mask`, I64 `[batch, seq]`.
 #[derive(Clone, Debug)]
 pub struct Encoded {
@@ -37,6 +48,40 @@ impl TextEncoder {
         tokenizer
             .with_truncation(Some(TruncationParams { max_length, ..Default::default() }))
             .map_err(|e| AdapterError::file(&origin, format!("cannot truncate to {max_length}: {e}")))?;
+        Ok(TextEncoder { tokenizer })
+    }
+
+    /// A tokenizer from a byte-level BPE vocabulary (a GGUF file's): GPT-2's byte-level
+    /// pre-tokenizer and decoder, the special tokens kept whole, BOS prepended when the
+    /// vocabulary says so. `origin` names the file in errors.
+    pub fn from_byte_level_bpe(spec: &ByteLevelBpe, origin: &str) -> Result<Self> {
+        use tokenizers::models::bpe::{Vocab, BPE};
+        use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+        let bad = |reason: String| AdapterError::file(origin, reason);
+        let vocab: Vocab = spec.tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+        let merges = spec
+            .merges
+            .iter()
+            .map(|m| m.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())).ok_or_else(|| bad(format!("merge `{m}` is not two tokens"))))
+            .collect::<Result<Vec<_>>>()?;
+        let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(|e| bad(format!("not a usable BPE vocabulary: {e}")))?;
+        let mut tokenizer = Tokenizer::new(bpe);
+        tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+        tokenizer.with_decoder(Some(ByteLevel::default()));
+        let token = |id: u32| spec.tokens.get(id as usize).cloned().ok_or_else(|| bad(format!("special token id {id} is outside the vocabulary")));
+        let special = spec.special_ids.iter().map(|&id| Ok(tokenizers::AddedToken::from(token(id)?, true))).collect::<Result<Vec<_>>>()?;
+        tokenizer.add_special_tokens(special).map_err(|e| bad(format!("special tokens: {e}")))?;
+        if let Some(bos) = spec.add_bos {
+            let name = token(bos)?;
+            let template = tokenizers::processors::template::TemplateProcessing::builder()
+                .try_single(format!("{name} $A"))
+                .and_then(|b| b.try_pair(format!("{name} $A {name} $B")))
+                .map_err(|e| bad(format!("BOS template: {e}")))?
+                .special_tokens(vec![(name.clone(), bos)])
+                .build()
+                .map_err(|e| bad(format!("BOS template: {e}")))?;
+            tokenizer.with_post_processor(Some(template));
+        }
         Ok(TextEncoder { tokenizer })
     }
 
