@@ -8,6 +8,7 @@ mod fusion;
 #[cfg(feature = "generate")]
 mod generation;
 mod heads;
+mod language_model;
 mod lifecycle;
 mod merge;
 mod prefix;

@@ -230,7 +230,7 @@ impl SlotRef<'_> {
                     return Ok(None);
                 }
                 let (inp, out) = s.dims();
-                Some(Planned(PlannedModule::Lora(LoraModule::new(c, inp, out, s.weight(), planning.shared.vera.as_ref(), init)?)))
+                Some(Planned(PlannedModule::Lora(LoraModule::new(c, inp, out, &s.weight()?, planning.shared.vera.as_ref(), init)?)))
             }
             _ => None,
         })

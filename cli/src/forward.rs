@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use adapters_models::LoadOptions;
+
 use adapters_runtime::{AdapterSetup, HeadOutput};
 use candle_core::{DType, Device, Tensor};
 use clap::Args;
@@ -71,7 +72,7 @@ pub(crate) fn load_with_adapters(dir: &Path, specs: &[String], options: LoadOpti
 }
 
 pub fn run(args: ForwardArgs) -> Result<(), String> {
-    let options = LoadOptions { placement: args.placement.placement()?, ..LoadOptions::default() };
+    let options = args.placement.load_options()?;
     let (mut model, loaded) = load_with_adapters(&args.model, &args.adapters, options)?;
     for dir in &args.fusions {
         model.load_adapter_fusion(dir, None).map_err(|e| format!("--fusion {}: {e}", dir.display()))?;

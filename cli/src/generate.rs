@@ -5,7 +5,6 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use adapters_models::LoadOptions;
 use adapters_runtime::model::GenerateOptions;
 use adapters_runtime::training::{ByteLevelBpe, TextEncoder};
 use candle_core::{Device, Tensor};
@@ -63,7 +62,7 @@ pub fn run(args: GenerateArgs) -> Result<(), String> {
     } else {
         (TextEncoder::from_model_dir(&args.model, usize::MAX).map_err(|e| e.to_string())?, special_ids(&args.model)?)
     };
-    let options = LoadOptions { placement: args.placement.placement()?, ..LoadOptions::default() };
+    let options = args.placement.load_options()?;
     let (mut model, loaded) = load_with_adapters(&args.model, &args.adapters, options)?;
     activate(model.as_mut(), &loaded, args.setup.as_deref(), args.merge.as_deref())?;
     let prompt: Vec<i64> = encoder.ids(&args.prompt, true).map_err(|e| e.to_string())?.into_iter().map(i64::from).collect();

@@ -32,11 +32,21 @@ pub struct PlacementArgs {
     /// `--features metal`).
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// A GGUF `--model`: dequantize its weights to --dtype instead of keeping them quantized
+    /// (exact outputs of the dequantized model; more memory).
+    #[arg(long)]
+    dequantize: bool,
 }
 
 impl PlacementArgs {
     pub fn placement(&self) -> Result<Placement, String> {
         Ok(Placement::new(parse_device(&self.device)?, self.dtype.into()))
+    }
+
+    /// Where, in what precision and (for GGUF bases) in what form to load a model.
+    pub fn load_options(&self) -> Result<adapters_models::LoadOptions, String> {
+        let gguf = if self.dequantize { adapters_models::GgufWeights::Dequantized } else { adapters_models::GgufWeights::Quantized };
+        Ok(adapters_models::LoadOptions { placement: self.placement()?, gguf, ..Default::default() })
     }
 }
 

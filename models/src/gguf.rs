@@ -16,11 +16,15 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use adapters_runtime::{AdapterError, Result};
+use std::sync::Arc;
+
 use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::Init;
 
+use crate::llama::QuantizedSource;
 use crate::LlamaConfig;
 
 /// The GGUF architectures [`read_gguf`] builds.
@@ -33,8 +37,14 @@ pub struct GgufCheckpoint {
 }
 
 /// Serves a GGUF file's tensors under Hugging Face names (`model.layers.0.self_attn.q_proj.weight`),
-/// dequantized, with llama.cpp's row permutation of the query and key projections undone.
+/// dequantized, with llama.cpp's row permutation of the query and key projections undone; as a
+/// [`QuantizedSource`], the linear weights still quantized (rows reordered block by block).
+#[derive(Clone)]
 pub struct GgufBackend {
+    file: Arc<GgufFile>,
+}
+
+struct GgufFile {
     origin: String,
     content: Content,
     reader: Mutex<BufReader<File>>,
@@ -95,7 +105,8 @@ pub fn read_gguf(path: &Path) -> Result<GgufCheckpoint> {
         sliding_window: None,
         model_type: Some("llama".into()),
     };
-    Ok(GgufCheckpoint { config, backend: GgufBackend { origin, content, reader: Mutex::new(reader), heads, kv_heads } })
+    let file = GgufFile { origin, content, reader: Mutex::new(reader), heads, kv_heads };
+    Ok(GgufCheckpoint { config, backend: GgufBackend { file: Arc::new(file) } })
 }
 
 /// The tokenizer a GGUF file carries: `tokenizer.ggml.*` (a byte-level BPE, `model = "gpt2"`).
@@ -241,13 +252,20 @@ fn unpermute(t: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
     t.reshape(shape)?.transpose(1, 2)?.contiguous()?.reshape(dims)
 }
 
-impl GgufBackend {
-    fn load(&self, name: &str, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+impl GgufFile {
+    /// The GGUF tensor behind a Hugging Face name, as stored, and its permutation's head count.
+    fn read(&self, name: &str, device: &Device) -> candle_core::Result<(QTensor, Option<usize>)> {
         let (gguf, permuted) = gguf_name(name, self.heads, self.kv_heads)
             .ok_or_else(|| candle_core::Error::Msg(format!("{}: no GGUF tensor corresponds to `{name}`", self.origin)))?;
         let mut reader = self.reader.lock().map_err(|_| candle_core::Error::Msg("GGUF reader poisoned".into()))?;
-        let q =
-            self.content.tensor(&mut *reader, &gguf, &Device::Cpu).map_err(|e| candle_core::Error::Msg(format!("{}: tensor `{gguf}`: {e}", self.origin)))?;
+        let q = self.content.tensor(&mut *reader, &gguf, device).map_err(|e| candle_core::Error::Msg(format!("{}: tensor `{gguf}`: {e}", self.origin)))?;
+        Ok((q, permuted))
+    }
+}
+
+impl GgufBackend {
+    fn load(&self, name: &str, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+        let (q, permuted) = self.file.read(name, &Device::Cpu)?;
         let t = q.dequantize(&Device::Cpu)?;
         let t = match permuted {
             Some(heads) => unpermute(&t, heads)?,
@@ -261,7 +279,7 @@ impl SimpleBackend for GgufBackend {
     fn get(&self, s: Shape, name: &str, _h: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         let t = self.load(name, dtype, dev)?;
         if t.shape() != &s {
-            candle_core::bail!("{}: `{name}` has shape {:?}, the model expects {:?}", self.origin, t.dims(), s.dims());
+            candle_core::bail!("{}: `{name}` has shape {:?}, the model expects {:?}", self.file.origin, t.dims(), s.dims());
         }
         Ok(t)
     }
@@ -271,8 +289,46 @@ impl SimpleBackend for GgufBackend {
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        gguf_name(name, self.heads, self.kv_heads).is_some_and(|(gguf, _)| self.content.tensor_infos.contains_key(&gguf))
+        let f = &self.file;
+        gguf_name(name, f.heads, f.kv_heads).is_some_and(|(gguf, _)| f.content.tensor_infos.contains_key(&gguf))
     }
+}
+
+impl QuantizedSource for GgufBackend {
+    /// The quantized projection weights of the decoder layers (`blk.N.attn_*`, `blk.N.ffn_*`);
+    /// embeddings, norms and the LM head load dense.
+    fn quantized(&self, name: &str) -> Option<candle_core::Result<QTensor>> {
+        let (gguf, _) = gguf_name(name, self.file.heads, self.file.kv_heads)?;
+        let info = self.file.content.tensor_infos.get(&gguf)?;
+        let is_projection = gguf.starts_with("blk.") && gguf.ends_with(".weight") && info.shape.rank() == 2;
+        if !is_projection || matches!(info.ggml_dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
+            return None;
+        }
+        Some(self.file.read(name, &Device::Cpu).and_then(|(q, permuted)| match permuted {
+            Some(heads) => unpermute_rows(&q, heads),
+            None => Ok(q),
+        }))
+    }
+}
+
+/// [`unpermute`] on quantized rows: each row is whole blocks, so rows move as bytes.
+fn unpermute_rows(q: &QTensor, heads: usize) -> candle_core::Result<QTensor> {
+    let (rows, cols) = q.shape().dims2()?;
+    let dtype = q.dtype();
+    let row_bytes = cols / dtype.block_size() * dtype.type_size();
+    let data = q.data()?;
+    let half = rows / heads / 2;
+    let mut out = Vec::with_capacity(data.len());
+    // HF row (h, j, i) (j: rotary half, i: pair index) is stored at GGUF row (h, i, j).
+    for h in 0..heads {
+        for j in 0..2 {
+            for i in 0..half {
+                let from = (h * half * 2 + i * 2 + j) * row_bytes;
+                out.extend_from_slice(&data[from..from + row_bytes]);
+            }
+        }
+    }
+    candle_core::quantized::ggml_file::qtensor_from_ggml(dtype, &out, vec![rows, cols], &Device::Cpu)
 }
 
 #[cfg(test)]
@@ -298,5 +354,12 @@ mod tests {
         let back = unpermute(&permuted, heads).unwrap();
         assert_eq!(back.to_vec2::<f32>().unwrap(), hf.to_vec2::<f32>().unwrap());
         assert_ne!(permuted.to_vec2::<f32>().unwrap(), hf.to_vec2::<f32>().unwrap());
+        // The same on quantized rows (Q8_0: blocks of 32 along a row).
+        let wide = Tensor::arange(0f32, (rows * 32) as f32, &Device::Cpu).unwrap().reshape((rows, 32)).unwrap();
+        let wide_permuted = wide.reshape((heads, 2, rows / heads / 2, 32)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap().reshape((rows, 32)).unwrap();
+        let q = QTensor::quantize(&wide_permuted, GgmlDType::Q8_0).unwrap();
+        let back = unpermute_rows(&q, heads).unwrap().dequantize(&Device::Cpu).unwrap();
+        let expected = unpermute(&q.dequantize(&Device::Cpu).unwrap(), heads).unwrap();
+        assert_eq!(back.to_vec2::<f32>().unwrap(), expected.to_vec2::<f32>().unwrap());
     }
 }

@@ -19,8 +19,10 @@ pub mod roberta;
 
 pub use bert::{BertConfig, BertModel};
 pub use distilbert::{DistilBertConfig, DistilBertModel};
-pub use llama::{LlamaConfig, LlamaModel, MistralConfig, MistralModel};
-pub use load::{load_model, load_model_with, load_typed, BaseWeights, Build, Layout, LoadOptions, LLAMA_LAYOUT, MODEL_WEIGHTS, SUPPORTED_MODEL_TYPES};
+pub use llama::{LlamaConfig, LlamaModel, MistralConfig, MistralModel, QuantizedSource};
+pub use load::{
+    load_model, load_model_with, load_typed, BaseWeights, Build, GgufWeights, Layout, LoadOptions, LLAMA_LAYOUT, MODEL_WEIGHTS, SUPPORTED_MODEL_TYPES,
+};
 pub use roberta::{RobertaConfig, RobertaModel};
 
 use adapters_runtime::{AdaptableModel, ModelMapping};

@@ -3,17 +3,50 @@
 //! follow the Python library's `LlamaAttentionMixin` and `LlamaDecoderLayerMixin`.
 
 use adapters_runtime::nn::activation::Activation;
-use adapters_runtime::nn::fused::linear_module;
 use adapters_runtime::nn::rope::{apply_rotary, repeat_kv, RopeScaling, RotaryEmbedding};
-use adapters_runtime::nn::{causal_additive_mask_windowed, RmsNorm};
+use adapters_runtime::nn::{causal_additive_mask_windowed, BaseWeight, FrozenLinear, RmsNorm};
 use adapters_runtime::{adapter_config, adapter_mixin, with_adapters, AdapterError};
 use adapters_runtime::{BottleneckSlot, EmbeddingSlot, ForwardContext, LoRALinear, PrefixPadding, PrefixSlot, ReftSlot};
 use adapters_runtime::{InputKind, KvCache, ModelForward, ModelInputs, ModelOutputs};
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{Embedding, Linear, VarBuilder};
+use candle_nn::{Embedding, VarBuilder};
 use serde::Deserialize;
 
 use crate::attention::attend;
+
+/// A source of quantized weights by module path (a GGUF file kept quantized). Linear weights it
+/// has stay quantized; everything else loads dense from the `VarBuilder`.
+pub trait QuantizedSource {
+    /// The quantized `[out, in]` weight named `name` (`model.layers.0.self_attn.q_proj.weight`),
+    /// if the source keeps it quantized.
+    fn quantized(&self, name: &str) -> Option<Result<candle_core::quantized::QTensor>>;
+}
+
+/// `Option<&dyn QuantizedSource>`, passed down while a model loads.
+type Quantized<'a> = Option<&'a dyn QuantizedSource>;
+
+/// A linear layer's frozen weight `[out, in]`: quantized when the source keeps it so, else dense.
+fn base_weight(vb: &VarBuilder, out: usize, inp: usize, quantized: Quantized<'_>) -> Result<BaseWeight> {
+    let name = format!("{}.weight", vb.prefix());
+    if let Some(q) = quantized.and_then(|q| q.quantized(&name)) {
+        let q = q?;
+        if q.shape().dims() != [out, inp] {
+            candle_core::bail!("`{name}` has shape {:?}, the model expects [{out}, {inp}]", q.shape().dims());
+        }
+        return Ok(BaseWeight::Quantized(std::sync::Arc::new(q)));
+    }
+    Ok(BaseWeight::Dense(vb.get((out, inp), "weight")?))
+}
+
+fn lora_linear(vb: VarBuilder, inp: usize, out: usize, bias: bool, quantized: Quantized<'_>) -> Result<LoRALinear> {
+    let weight = base_weight(&vb, out, inp, quantized)?;
+    let bias = if bias { Some(vb.get(out, "bias")?) } else { None };
+    Ok(LoRALinear::over(weight, bias, vb.prefix()))
+}
+
+fn frozen_linear(vb: VarBuilder, inp: usize, out: usize, bias: bool, quantized: Quantized<'_>) -> Result<FrozenLinear> {
+    Ok(FrozenLinear { weight: base_weight(&vb, out, inp, quantized)?, bias: if bias { Some(vb.get(out, "bias")?) } else { None } })
+}
 
 fn default_rms_eps() -> f64 {
     1e-6
@@ -92,7 +125,7 @@ pub(crate) struct LlamaAttention {
     q_proj: LoRALinear,
     k_proj: LoRALinear,
     v_proj: LoRALinear,
-    o_proj: Linear,
+    o_proj: FrozenLinear,
     /// Prefix tuning prepends its keys and values here (as many heads as keys and values).
     prefix: PrefixSlot,
     heads: usize,
@@ -102,15 +135,14 @@ pub(crate) struct LlamaAttention {
 }
 
 impl LlamaAttention {
-    fn load(vb: VarBuilder, cfg: &LlamaConfig) -> Result<Self> {
+    fn load(vb: VarBuilder, cfg: &LlamaConfig, q: Quantized<'_>) -> Result<Self> {
         let (h, heads, kv_heads, d) = (cfg.hidden_size, cfg.num_attention_heads, cfg.kv_heads(), cfg.head_size());
         let bias = cfg.attention_bias;
-        let o_proj = if bias { candle_nn::linear(heads * d, h, vb.pp("o_proj"))? } else { candle_nn::linear_no_bias(heads * d, h, vb.pp("o_proj"))? };
         Ok(LlamaAttention {
-            q_proj: LoRALinear::load_with_bias(h, heads * d, bias, vb.pp("q_proj"))?,
-            k_proj: LoRALinear::load_with_bias(h, kv_heads * d, bias, vb.pp("k_proj"))?,
-            v_proj: LoRALinear::load_with_bias(h, kv_heads * d, bias, vb.pp("v_proj"))?,
-            o_proj,
+            q_proj: lora_linear(vb.pp("q_proj"), h, heads * d, bias, q)?,
+            k_proj: lora_linear(vb.pp("k_proj"), h, kv_heads * d, bias, q)?,
+            v_proj: lora_linear(vb.pp("v_proj"), h, kv_heads * d, bias, q)?,
+            o_proj: frozen_linear(vb.pp("o_proj"), heads * d, h, bias, q)?,
             prefix: PrefixSlot::grouped(&vb, h, kv_heads, d, cfg.pad_token_id.unwrap_or(0), PrefixPadding::InvertedMask),
             heads,
             kv_heads,
@@ -141,32 +173,31 @@ impl LlamaAttention {
         let groups = self.heads / self.kv_heads;
         let (k, v) = (repeat_kv(&k, groups)?, repeat_kv(&v, groups)?);
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        linear_module(&attend(&q, &k.contiguous()?, &v.contiguous()?, &mask, scale, self.dropout, ctx)?, &self.o_proj)
+        self.o_proj.forward(&attend(&q, &k.contiguous()?, &v.contiguous()?, &mask, scale, self.dropout, ctx)?)
     }
 }
 
 pub(crate) struct LlamaMlp {
-    gate_proj: Linear,
+    gate_proj: FrozenLinear,
     up_proj: LoRALinear,
     down_proj: LoRALinear,
     activation: Activation,
 }
 
 impl LlamaMlp {
-    fn load(vb: VarBuilder, cfg: &LlamaConfig) -> Result<Self> {
+    fn load(vb: VarBuilder, cfg: &LlamaConfig, q: Quantized<'_>) -> Result<Self> {
         let (h, i, bias) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
-        let gate_proj = if bias { candle_nn::linear(h, i, vb.pp("gate_proj"))? } else { candle_nn::linear_no_bias(h, i, vb.pp("gate_proj"))? };
         Ok(LlamaMlp {
-            gate_proj,
-            up_proj: LoRALinear::load_with_bias(h, i, bias, vb.pp("up_proj"))?,
-            down_proj: LoRALinear::load_with_bias(i, h, bias, vb.pp("down_proj"))?,
+            gate_proj: frozen_linear(vb.pp("gate_proj"), h, i, bias, q)?,
+            up_proj: lora_linear(vb.pp("up_proj"), h, i, bias, q)?,
+            down_proj: lora_linear(vb.pp("down_proj"), i, h, bias, q)?,
             activation: Activation::parse(&cfg.hidden_act).map_err(AdapterError::into_candle)?,
         })
     }
 
     /// `down(act(gate(x)) * up(x))`.
     fn forward(&self, x: &Tensor, ctx: &ForwardContext) -> Result<Tensor> {
-        let gate = self.activation.forward(&linear_module(x, &self.gate_proj)?)?;
+        let gate = self.activation.forward(&self.gate_proj.forward(x)?)?;
         self.down_proj.forward(&(gate * self.up_proj.forward(x, ctx)?)?, ctx)
     }
 }
@@ -192,14 +223,14 @@ pub struct LlamaDecoderLayer {
 }
 
 impl LlamaDecoderLayer {
-    fn load(vb: VarBuilder, cfg: &LlamaConfig) -> Result<Self> {
+    fn load(vb: VarBuilder, cfg: &LlamaConfig, q: Quantized<'_>) -> Result<Self> {
         let (h, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
         Ok(LlamaDecoderLayer {
             input_layernorm: RmsNorm::load(h, eps, vb.pp("input_layernorm"))?,
-            self_attn: LlamaAttention::load(vb.pp("self_attn"), cfg)?,
+            self_attn: LlamaAttention::load(vb.pp("self_attn"), cfg, q)?,
             attention_adapters: BottleneckSlot::residual_only(h, &vb.pp("attention_adapters")),
             post_attention_layernorm: RmsNorm::load(h, eps, vb.pp("post_attention_layernorm"))?,
-            mlp: LlamaMlp::load(vb.pp("mlp"), cfg)?,
+            mlp: LlamaMlp::load(vb.pp("mlp"), cfg, q)?,
             output_adapters: BottleneckSlot::residual_only(h, &vb.pp("output_adapters")),
             reft: ReftSlot::new(&vb, h),
         })
@@ -230,9 +261,10 @@ pub struct LlamaStack {
 impl LlamaStack {
     /// Loads from `vb` rooted at the base model (`model.` of a `*ForCausalLM` checkpoint
     /// already applied); `root` is the checkpoint's root, where an untied `lm_head` lives.
-    pub fn load(vb: VarBuilder, root: &VarBuilder, config: &LlamaConfig) -> Result<Self> {
+    /// Linear weights `quantized` has stay quantized.
+    pub fn load(vb: VarBuilder, root: &VarBuilder, config: &LlamaConfig, quantized: Option<&dyn QuantizedSource>) -> Result<Self> {
         let embed_tokens = candle_nn::embedding(config.vocab_size, config.hidden_size, vb.pp("embed_tokens"))?;
-        let layers = (0..config.num_hidden_layers).map(|i| LlamaDecoderLayer::load(vb.pp("layers").pp(i), config)).collect::<Result<_>>()?;
+        let layers = (0..config.num_hidden_layers).map(|i| LlamaDecoderLayer::load(vb.pp("layers").pp(i), config, quantized)).collect::<Result<_>>()?;
         let lm_head = if config.tie_word_embeddings {
             Some(embed_tokens.embeddings().clone())
         } else if root.contains_tensor("lm_head.weight") {
@@ -308,7 +340,12 @@ macro_rules! llama_family {
             /// Loads from `vb` rooted at the base model; `root` is the checkpoint root (for an
             /// untied `lm_head`).
             pub fn load(vb: VarBuilder, root: &VarBuilder, config: &LlamaConfig) -> Result<Self> {
-                Ok($model { stack: LlamaStack::load(vb, root, config)?, config: config.clone() })
+                Self::load_quantized(vb, root, config, None)
+            }
+
+            /// [`Self::load`], keeping the linear weights `quantized` has quantized (QLoRA).
+            pub fn load_quantized(vb: VarBuilder, root: &VarBuilder, config: &LlamaConfig, quantized: Option<&dyn QuantizedSource>) -> Result<Self> {
+                Ok($model { stack: LlamaStack::load(vb, root, config, quantized)?, config: config.clone() })
             }
 
             pub fn config(&self) -> &LlamaConfig {

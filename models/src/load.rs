@@ -42,6 +42,20 @@ pub enum BaseWeights {
 pub struct LoadOptions {
     pub base: BaseWeights,
     pub placement: Placement,
+    /// A GGUF base: keep its linear weights quantized (the default: QLoRA-style, a fraction of
+    /// the memory) or dequantize everything to `placement`'s dtype (exact f32 parity).
+    pub gguf: GgufWeights,
+}
+
+/// How a GGUF file's quantized linear weights are held.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GgufWeights {
+    /// Quantized, multiplied with candle's quantized kernels (activations are quantized to 8
+    /// bits on the way, so outputs differ from the dequantized model's by about 1 %).
+    #[default]
+    Quantized,
+    /// Dequantized to the placement's dtype when loaded.
+    Dequantized,
 }
 
 type VarList = Arc<Mutex<Vec<(String, Var)>>>;
@@ -145,7 +159,7 @@ fn load_from_backend<M, C>(
     config: &C,
     layout: Layout,
     options: &LoadOptions,
-    build: Build<M, C>,
+    build: impl FnOnce(VarBuilder, &VarBuilder, &C) -> candle_core::Result<M>,
 ) -> Result<AdaptedModel<M>>
 where
     M: AdaptableModel + ModelForward,
@@ -185,7 +199,21 @@ pub fn load_model_with(dir: &Path, options: LoadOptions) -> Result<Box<DynAdapte
     if dir.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
         let checkpoint = crate::gguf::read_gguf(dir)?;
         let origin = dir.display().to_string();
-        return Ok(boxed(load_from_backend(origin, Box::new(checkpoint.backend), &checkpoint.config, LLAMA_LAYOUT, base, LlamaModel::load)?));
+        let quantized = match options.gguf {
+            GgufWeights::Quantized if options.base == BaseWeights::Trainable => {
+                return Err(AdapterError::File {
+                    file: origin,
+                    reason: "a quantized base cannot be trained in full; load it dequantized (GgufWeights::Dequantized)".into(),
+                })
+            }
+            GgufWeights::Quantized => Some(checkpoint.backend.clone()),
+            GgufWeights::Dequantized => None,
+        };
+        let source = quantized.as_ref().map(|q| q as &dyn crate::QuantizedSource);
+        let model = load_from_backend(origin, Box::new(checkpoint.backend), &checkpoint.config, LLAMA_LAYOUT, base, |vb, root, c| {
+            LlamaModel::load_quantized(vb, root, c, source)
+        })?;
+        return Ok(boxed(model));
     }
     let path = dir.join("config.json");
     let raw = read_config(dir)?;

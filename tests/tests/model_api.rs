@@ -191,10 +191,10 @@ fn merged_lora_equals_unmerged() {
     perturb(&m.train_adapter(AdapterSetup::from("x")).unwrap(), "merged_lora");
     m.set_training(false);
     let params: std::collections::HashMap<String, Tensor> = m.named_params("x").unwrap().into_iter().map(|(n, v)| (n, v.as_tensor().copy().unwrap())).collect();
-    let original: Vec<(String, Tensor)> = m.lora_linear_weights().into_iter().map(|(n, w)| (n, w.copy().unwrap())).collect();
+    let original: Vec<(String, Tensor)> = m.lora_linear_weights().unwrap().into_iter().map(|(n, w)| (n, w.copy().unwrap())).collect();
     let unmerged = m.forward(&ids, &mask).unwrap();
     m.merge_adapter("x").unwrap();
-    let merged = m.lora_linear_weights();
+    let merged = m.lora_linear_weights().unwrap();
     assert_eq!(
         merged.iter().map(|(n, _)| n).collect::<Vec<_>>(),
         original.iter().map(|(n, _)| n).collect::<Vec<_>>(),
@@ -224,7 +224,7 @@ fn merged_lora_equals_unmerged() {
     let d = max_abs_diff(&m.forward(&ids, &mask).unwrap(), &unmerged);
     assert!(d <= TOLERANCE, "merged output vs unmerged: {d}");
     m.reset_adapter();
-    for ((name, w0), (_, w)) in original.iter().zip(&m.lora_linear_weights()) {
+    for ((name, w0), (_, w)) in original.iter().zip(&m.lora_linear_weights().unwrap()) {
         assert_eq!(max_abs_diff(w, w0), 0.0, "{name}: reset_adapter restores the exact weight");
     }
     let d = max_abs_diff(&m.forward(&ids, &mask).unwrap(), &unmerged);
@@ -325,9 +325,9 @@ fn add_adapter_rejects_duplicates_and_bad_setups() {
     perturb(&vars, "add_adapter/b");
     m.set_active_adapters(AdapterSetup::from("b")).unwrap();
     let (ids, mask) = inputs(&fixtures().join("tiny/distilbert"));
-    let (before, unmerged) = (m.lora_linear_weights(), m.forward(&ids, &mask).unwrap());
+    let (before, unmerged) = (m.lora_linear_weights().unwrap(), m.forward(&ids, &mask).unwrap());
     m.merge_adapter("b").unwrap();
-    let moved = before.iter().zip(m.lora_linear_weights()).filter(|((_, w0), (_, w1))| max_abs_diff(w0, w1) > 1e-3).count();
+    let moved = before.iter().zip(m.lora_linear_weights().unwrap()).filter(|((_, w0), (_, w1))| max_abs_diff(w0, w1) > 1e-3).count();
     assert_eq!(moved, 6, "q and v of 3 layers merged");
     let d = max_abs_diff(&m.forward(&ids, &mask).unwrap(), &unmerged);
     assert!(d <= TOLERANCE, "distilbert: merged output vs unmerged: {d}");

@@ -69,7 +69,7 @@ fn run_arch(arch: &str, data: &Path, model_dir: &Path, rows: &mut Vec<Row>) {
 /// deactivating keeps the merged output (the update is in the weights, as in Python), and
 /// `reset_adapter` restores the original weights exactly.
 fn check_merge(rows: &mut Vec<Row>, arch: &str, case: &str, info: &Value, model: &mut DynAdaptedModel, input: &(Tensor, Tensor), case_dir: &Path) {
-    let original: HashMap<String, Tensor> = model.lora_linear_weights().into_iter().collect();
+    let original: HashMap<String, Tensor> = model.lora_linear_weights().unwrap().into_iter().collect();
     model.merge_adapter(case).unwrap();
     let merged_output = case_dir.join("output_merged.safetensors");
     check(rows, arch, case, "merged", &*model, input, &merged_output);
@@ -82,7 +82,7 @@ fn check_merge(rows: &mut Vec<Row>, arch: &str, case: &str, info: &Value, model:
     model.deactivate_adapters();
     check(rows, arch, case, "merged, deactivated", &*model, input, &merged_output);
     model.reset_adapter();
-    for (key, w) in model.lora_linear_weights() {
+    for (key, w) in model.lora_linear_weights().unwrap() {
         assert_eq!(max_abs_diff(&w, &original[&key]), 0.0, "{arch}/{case}: reset restores `{key}` exactly");
     }
     model.set_active_adapters(AdapterSetup::from(case)).unwrap();
@@ -93,7 +93,7 @@ fn check_merge(rows: &mut Vec<Row>, arch: &str, case: &str, info: &Value, model:
 fn check_merged_weights(rows: &mut Vec<Row>, arch: &str, case: &str, info: &Value, model: &DynAdaptedModel, original: &HashMap<String, Tensor>) {
     let python = read(&fixtures().join(info["merged_weights"].as_str().unwrap_or_else(|| panic!("manifest: {arch}/{case} has no merged_weights"))));
     assert_eq!(python.len() as u64, info["n_merged_weights"].as_u64().unwrap(), "{arch}/{case}: merged weight count");
-    let ours: HashMap<String, Tensor> = model.lora_linear_weights().into_iter().collect();
+    let ours: HashMap<String, Tensor> = model.lora_linear_weights().unwrap().into_iter().collect();
     let mut worst = 0f32;
     for (key, want) in &python {
         let got = ours.get(key).unwrap_or_else(|| panic!("{arch}/{case}: Python merged `{key}`, which this model does not hold"));

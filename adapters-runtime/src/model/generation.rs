@@ -17,7 +17,6 @@ use candle_transformers::generation::{LogitsProcessor, Sampling};
 use super::AdaptedModel;
 use crate::body::BaseModel;
 use crate::error::{AdapterError, Result};
-use crate::heads::{HeadSetup, HeadType};
 use crate::model_io::{KvCache, ModelInputs};
 use crate::setup::AdapterSetup;
 
@@ -63,37 +62,6 @@ impl GenerateOptions {
 }
 
 impl<M: BaseModel + ?Sized> AdaptedModel<M> {
-    /// Language-model logits `[batch, seq, vocab]` for one pass: the active causal LM head's,
-    /// or, with no head active, the checkpoint's own decoder (`lm_head`, or the tied input
-    /// embeddings).
-    pub fn lm_logits(&self, inputs: &ModelInputs<'_>) -> Result<Tensor> {
-        match &self.active_head {
-            Some(HeadSetup::Single(name)) => {
-                let head = self.head_named(name)?;
-                if head.config().head_type() != HeadType::CausalLm {
-                    return Err(AdapterError::InvalidConfig(format!(
-                        "the active head `{name}` is a {} head; language-model logits need a causal_lm head (or no active head, to use the checkpoint's lm_head)",
-                        head.config().head_type().name()
-                    )));
-                }
-                let out = self.forward_inputs_with_head(inputs)?;
-                let head = out.head.ok_or_else(|| AdapterError::InvalidConfig(format!("head `{name}` gave no output")))?;
-                Ok(head.logits().clone())
-            }
-            Some(other) => Err(AdapterError::InvalidConfig(format!("language-model logits need one active head, not {:?}", other.names()))),
-            None => {
-                let decoder = self.model.lm_head().ok_or_else(|| {
-                    AdapterError::InvalidConfig(format!(
-                        "this {} checkpoint has no lm_head (and does not tie its embeddings); add a causal LM head (add_causal_lm_head) or load one with an adapter",
-                        self.model.mapping().model_type
-                    ))
-                })?;
-                let hidden = self.forward_inputs(inputs)?.last_hidden_state;
-                Ok(crate::nn::linear(&hidden, decoder, None)?)
-            }
-        }
-    }
-
     /// Generates up to `options.max_new_tokens` tokens after each row of `prompt_ids`
     /// (`[batch, len]`; left-pad rows of different lengths and mark padding in `prompt_mask`).
     /// `on_step` sees each step's new token per row. Returns the prompt with the new tokens

@@ -57,14 +57,15 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
     /// parameter name on the bare base model (`encoder.layer.0.attention.self.query.weight`).
     /// After `merge_adapter` these are the merged weights, as Python's `merge_adapter` leaves them
     /// in the module's `weight`.
-    pub fn lora_linear_weights(&self) -> Vec<(String, Tensor)> {
+    /// Quantized base weights come dequantized.
+    pub fn lora_linear_weights(&self) -> Result<Vec<(String, Tensor)>> {
         let mut out = Vec::new();
         self.each_slot(&mut |_, slot| {
             if let SlotRef::Lora(_, s) = slot {
-                out.push((format!("{}.weight", self.strip_root(s.path())), s.weight().clone()));
+                out.push((format!("{}.weight", self.strip_root(s.path())), s.weight()));
             }
         });
-        out
+        out.into_iter().map(|(name, w)| Ok((name, w?))).collect()
     }
 
     pub fn reset_adapter(&mut self) {

@@ -10,6 +10,7 @@ mod dropout;
 pub mod fused;
 mod mask;
 mod norm;
+pub mod quantized;
 pub mod rope;
 
 pub use attention::scaled_masked_softmax;
@@ -17,3 +18,4 @@ pub use dropout::dropout;
 pub(crate) use fused::linear;
 pub use mask::{additive_mask, causal_additive_mask_for, causal_additive_mask_windowed, mask_min};
 pub use norm::{LayerNorm, RmsNorm};
+pub use quantized::{BaseWeight, FrozenLinear};

@@ -9,21 +9,27 @@ use super::LoraModule;
 use crate::composition::{self, Composer};
 use crate::context::ForwardContext;
 use crate::mixin::SlotFamily;
+use crate::nn::BaseWeight;
 use crate::setup::AdapterSetup;
 
 pub struct LoRALinear {
-    weight: Tensor,
+    weight: BaseWeight,
     bias: Option<Tensor>,
     path: String,
     pub(crate) loras: BTreeMap<String, LoraModule>,
     /// The merged module's name and the weight before merging (restored exactly on reset).
-    merged: Option<(String, Tensor)>,
+    merged: Option<(String, BaseWeight)>,
     /// The index of the layer this slot sits in (set when the model is wrapped; AdapterDrop).
     pub(crate) layer: usize,
 }
 
 impl LoRALinear {
     pub fn new(weight: Tensor, bias: Option<Tensor>, path: impl Into<String>) -> Self {
+        Self::over(BaseWeight::Dense(weight), bias, path)
+    }
+
+    /// Over any base weight, e.g. one kept quantized (a GGUF base).
+    pub fn over(weight: BaseWeight, bias: Option<Tensor>, path: impl Into<String>) -> Self {
         LoRALinear { weight, bias, path: path.into(), loras: BTreeMap::new(), merged: None, layer: 0 }
     }
 
@@ -46,13 +52,18 @@ impl LoRALinear {
         &self.path
     }
 
-    pub fn weight(&self) -> &Tensor {
+    /// The base weight `[out, in]` as a dense tensor (dequantized when the base is quantized).
+    pub fn weight(&self) -> Result<Tensor> {
+        self.weight.dense()
+    }
+
+    pub fn base_weight(&self) -> &BaseWeight {
         &self.weight
     }
 
     /// (in_features, out_features)
     pub fn dims(&self) -> (usize, usize) {
-        let (out, inp) = self.weight.dims2().unwrap_or((0, 0));
+        let (out, inp) = self.weight.dims().unwrap_or((0, 0));
         (inp, out)
     }
 
@@ -72,7 +83,7 @@ impl LoRALinear {
     }
 
     fn composed(&self, x: &Tensor, ctx: &ForwardContext) -> Result<Tensor> {
-        let layer_output = crate::nn::linear(x, &self.weight, self.bias.as_ref())?;
+        let layer_output = self.weight.linear(x, self.bias.as_ref())?;
         if self.merged.is_some() {
             return Ok(layer_output);
         }
@@ -98,7 +109,13 @@ impl LoRALinear {
             Some((merged, _)) => return Err(refuse(format!("`{merged}` is already merged here; reset it first"))),
             None => {}
         }
-        let merged = module.merged_weight(&self.weight)?;
+        if self.weight.is_quantized() {
+            return Err(refuse(format!(
+                "the base weight of `{}` is quantized (a GGUF base); load the model dequantized to merge, or keep the adapter unmerged",
+                self.path
+            )));
+        }
+        let merged = BaseWeight::Dense(module.merged_weight(&self.weight.dense()?)?);
         let original = std::mem::replace(&mut self.weight, merged);
         self.merged = Some((name.to_string(), original));
         Ok(true)

@@ -182,13 +182,13 @@ impl LoraModule {
     }
 
     /// Combines the base output with the composed module output, as the last module of a stack.
-    pub fn combine(&self, layer_output: &Tensor, hidden: &Tensor, base_weight: &Tensor) -> Result<Tensor> {
+    pub fn combine(&self, layer_output: &Tensor, hidden: &Tensor, base_weight: &crate::nn::BaseWeight) -> Result<Tensor> {
         match self.kind {
             LoraKind::LoRA => layer_output.broadcast_add(hidden),
             LoraKind::IA3 => layer_output.broadcast_mul(hidden),
             LoraKind::DoRA => {
                 // m / ||W + B A||_row * (W x + b + s B A x); the norm uses the unscaled delta.
-                let norm = (base_weight + self.delta_w()?)?.sqr()?.sum(1)?.sqrt()?;
+                let norm = (base_weight.dense()? + self.delta_w()?)?.sqr()?.sum(1)?.sqrt()?;
                 let scale = self.magnitude()?.flatten_all()?.div(&norm)?;
                 (layer_output + hidden)?.broadcast_mul(&scale)
             }
