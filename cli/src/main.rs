@@ -3,7 +3,9 @@
 mod forward;
 mod generate;
 mod placement;
+mod tokenizer;
 mod train;
+mod train_lm;
 
 use std::process::ExitCode;
 
@@ -29,7 +31,8 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Load a model and adapters and print the adapter summary (name, method, parameters, % of base).
     Summary(forward::SummaryArgs),
-    /// Train an adapter (or the full model) with a classification head on labelled text.
+    /// Train an adapter (or the full model) with a classification head on labelled text, or an
+    /// adapter of a decoder on text (`--task causal-lm`).
     Train(train::TrainArgs),
     /// Accuracy of a trained classifier on labelled text.
     Eval(train::EvalArgs),

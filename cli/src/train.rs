@@ -9,61 +9,84 @@ use adapters_runtime::{AdapterConfig, DynAdaptedModel, HeadConfig, HeadType};
 use candle_core::{Tensor, D};
 use clap::Args;
 
+/// What `adapters train` trains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Task {
+    /// An adapter and a classification head on labelled text.
+    Classification,
+    /// An adapter on text or instruction pairs, with a decoder's own LM head.
+    CausalLm,
+}
+
 #[derive(Args)]
 pub struct TrainArgs {
-    /// Checkpoint folder: config.json, model.safetensors, tokenizer.json.
+    /// Checkpoint folder: config.json, model.safetensors, tokenizer.json (causal-lm: a GGUF file
+    /// too, its base kept quantized).
     #[arg(long)]
-    model: PathBuf,
-    /// Training data: TSV with a `label<TAB>text` header.
+    pub(crate) model: PathBuf,
+    #[arg(long, value_enum, default_value_t = Task::Classification)]
+    pub(crate) task: Task,
+    /// Training data: TSV with a `label<TAB>text` header (causal-lm: its texts, packed; or a TSV
+    /// with a `prompt<TAB>completion` header, the loss on completions; or plain lines of text).
     #[arg(long)]
-    train: PathBuf,
+    pub(crate) train: PathBuf,
     /// Development data, evaluated after each epoch; the best epoch's weights are kept.
     #[arg(long)]
-    dev: Option<PathBuf>,
+    pub(crate) dev: Option<PathBuf>,
     /// Test data, evaluated once at the end with the kept weights.
     #[arg(long)]
-    test: Option<PathBuf>,
+    pub(crate) test: Option<PathBuf>,
     /// Adapter config string (`seq_bn`, `lora[r=8]`, `ia3`, ...) or `full` for full fine-tuning.
     #[arg(long, default_value = "seq_bn")]
-    method: String,
+    pub(crate) method: String,
     /// Head type; `classification` is the one text data trains.
     #[arg(long, default_value = "classification")]
-    head: String,
+    pub(crate) head: String,
     /// Name of the adapter and its head.
     #[arg(long, default_value = "task")]
-    name: String,
+    pub(crate) name: String,
     #[arg(long, default_value_t = 3)]
-    epochs: usize,
+    pub(crate) epochs: usize,
     #[arg(long, default_value_t = 32)]
-    batch_size: usize,
+    pub(crate) batch_size: usize,
     #[arg(long, default_value_t = 1e-4)]
-    lr: f64,
+    pub(crate) lr: f64,
     #[arg(long, default_value_t = 0.06)]
-    warmup_ratio: f64,
+    pub(crate) warmup_ratio: f64,
     #[arg(long, default_value_t = 0.0)]
-    weight_decay: f64,
+    pub(crate) weight_decay: f64,
     /// Clip the gradient norm to this value (off by default).
     #[arg(long)]
-    max_grad_norm: Option<f64>,
+    pub(crate) max_grad_norm: Option<f64>,
     #[arg(long, default_value_t = 64)]
-    max_length: usize,
+    pub(crate) max_length: usize,
     #[arg(long, default_value_t = 42)]
-    seed: u64,
+    pub(crate) seed: u64,
     /// Use only the first N training examples (quick runs).
     #[arg(long)]
-    limit: Option<usize>,
+    pub(crate) limit: Option<usize>,
     /// Train AdapterFusion (dynamic) over these adapter folders instead of a new adapter: the
     /// fusion layer and a new head learn, the adapters stay fixed (repeat the option per adapter;
     /// `--method` is then ignored).
     #[arg(long)]
-    fuse: Vec<PathBuf>,
+    pub(crate) fuse: Vec<PathBuf>,
     /// Output folder: the adapter with its head (or, for `full`, the whole checkpoint; with
     /// `--fuse`, the fusion layer and the head), and `train_report.json`.
     #[arg(long)]
-    out: PathBuf,
+    pub(crate) out: PathBuf,
     /// No progress bar.
     #[arg(long)]
-    quiet: bool,
+    pub(crate) quiet: bool,
+    /// causal-lm with a GGUF --model: dequantize the base to f32 instead of keeping it quantized
+    /// (more memory; on CPUs without fast quantized kernels, faster for batches).
+    #[arg(long)]
+    pub(crate) dequantize: bool,
+    /// causal-lm: train this many batches (default: --epochs passes over the data).
+    #[arg(long)]
+    pub(crate) max_steps: Option<usize>,
+    /// causal-lm: a prompt to continue greedily before and after training (repeatable).
+    #[arg(long)]
+    pub(crate) sample: Vec<String>,
 }
 
 #[derive(Args)]
@@ -139,6 +162,9 @@ fn head_labels(model: &DynAdaptedModel) -> Vec<String> {
 }
 
 pub fn train(args: TrainArgs) -> Result<(), String> {
+    if args.task == Task::CausalLm {
+        return crate::train_lm::run(&args);
+    }
     if args.head != "classification" {
         return Err(format!("--head {}: text data trains `classification` heads; other head types are built by the library API", args.head));
     }

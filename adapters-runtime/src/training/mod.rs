@@ -2,6 +2,7 @@
 //! text, tokenisation and the classification training loop.
 
 #[cfg(feature = "train")]
+mod causal_lm;
 mod data;
 mod optim;
 mod schedule;
@@ -11,6 +12,7 @@ mod text;
 mod trainer;
 
 #[cfg(feature = "train")]
+pub use causal_lm::{evaluate_lm, instruction_sequences, pack_texts, train_causal_lm, LmData, LmEvaluation, LmSequence, LmTrainConfig, LmTrainReport};
 pub use data::{Dataset, Example};
 pub use optim::AdamWStep;
 pub use schedule::LinearSchedule;

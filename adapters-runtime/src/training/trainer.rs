@@ -87,7 +87,7 @@ pub struct Evaluation {
     pub predictions: Vec<u32>,
 }
 
-fn bar(len: usize, show: bool, prefix: String) -> ProgressBar {
+pub(crate) fn progress_bar(len: usize, show: bool, prefix: String) -> ProgressBar {
     if !show {
         return ProgressBar::hidden();
     }
@@ -107,7 +107,7 @@ pub fn evaluate(model: &mut DynAdaptedModel, encoder: &TextEncoder, data: &Label
     model.set_training(false);
     let start = Instant::now();
     let batches = data.texts.len().div_ceil(batch_size.max(1));
-    let bar = bar(batches, progress, "eval".into());
+    let bar = progress_bar(batches, progress, "eval".into());
     let mut predictions = Vec::with_capacity(data.texts.len());
     let mut loss_sum = 0f64;
     let result = (|| -> Result<()> {
@@ -184,7 +184,7 @@ pub fn train_classifier(
     let mut best: Option<(f64, usize, Vec<Tensor>)> = None;
     for epoch in 1..=config.epochs {
         shuffle(&mut order, &mut rng);
-        let bar = bar(batches_per_epoch, config.progress, format!("epoch {epoch}/{}", config.epochs));
+        let bar = progress_bar(batches_per_epoch, config.progress, format!("epoch {epoch}/{}", config.epochs));
         let start = Instant::now();
         let (mut loss_sum, mut seen) = (0f64, 0usize);
         for chunk in order.chunks(config.batch_size) {
@@ -254,7 +254,7 @@ pub fn train_classifier(
 }
 
 /// Fisher-Yates with the run's generator.
-fn shuffle(order: &mut [usize], rng: &mut Rng) {
+pub(crate) fn shuffle(order: &mut [usize], rng: &mut Rng) {
     for i in (1..order.len()).rev() {
         let j = (rng.next_u64() % (i as u64 + 1)) as usize;
         order.swap(i, j);
