@@ -37,6 +37,7 @@ pub trait BaseModel {
     fn layer_norm_eps(&self) -> f64;
     fn tie_word_embeddings(&self) -> bool;
     fn lm_head(&self) -> Option<&Tensor>;
+    fn lm_head_reverses_invertible(&self) -> bool;
     fn sequence_output(&self, last_hidden_state: &Tensor, input_ids: &Tensor) -> Result<Tensor>;
 }
 
@@ -97,6 +98,9 @@ impl<M: AdaptableModel + ModelForward> BaseModel for M {
     }
     fn lm_head(&self) -> Option<&Tensor> {
         ModelForward::lm_head(self)
+    }
+    fn lm_head_reverses_invertible(&self) -> bool {
+        ModelForward::lm_head_reverses_invertible(self)
     }
     fn sequence_output(&self, last_hidden_state: &Tensor, input_ids: &Tensor) -> Result<Tensor> {
         ModelForward::sequence_output(self, last_hidden_state, input_ids)

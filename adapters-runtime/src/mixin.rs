@@ -233,6 +233,13 @@ pub trait ModelForward {
         None
     }
 
+    /// Whether the checkpoint's `lm_head` sees the hidden states through the reverse of the
+    /// active invertible adapter (Python's plugin interface hooks it there; its own decoder
+    /// classes leave a static `lm_head` alone).
+    fn lm_head_reverses_invertible(&self) -> bool {
+        false
+    }
+
     /// The vector per sequence that classification heads read: the first token for encoders;
     /// decoders override it with the last non-padding token, as Python's decoder models do.
     fn sequence_output(&self, last_hidden_state: &candle_core::Tensor, _input_ids: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {

@@ -103,6 +103,8 @@ pub fn read_gguf(path: &Path) -> Result<GgufCheckpoint> {
         hidden_dropout_prob: 0.0,
         pad_token_id: meta.usize("tokenizer.ggml.padding_token_id").ok(),
         sliding_window: None,
+        use_sliding_window: None,
+        layer_types: None,
         model_type: Some("llama".into()),
     };
     let file = GgufFile { origin, content, reader: Mutex::new(reader), heads, kv_heads };

@@ -1,4 +1,4 @@
-//! BERT, RoBERTa, DistilBERT, Llama and Mistral as candle models annotated for adapters, and a loader for
+//! BERT, RoBERTa, DistilBERT, Llama, Mistral, Qwen2 and Qwen3 as candle models annotated for adapters, and a loader for
 //! Hugging Face checkpoint folders (`config.json` + `model.safetensors`).
 //!
 //! ```no_run
@@ -15,6 +15,7 @@ pub mod distilbert;
 pub mod gguf;
 pub mod llama;
 mod load;
+pub mod qwen;
 pub mod roberta;
 
 pub use bert::{BertConfig, BertModel};
@@ -23,13 +24,22 @@ pub use llama::{LlamaConfig, LlamaModel, MistralConfig, MistralModel, QuantizedS
 pub use load::{
     load_model, load_model_with, load_typed, BaseWeights, Build, GgufWeights, Layout, LoadOptions, LLAMA_LAYOUT, MODEL_WEIGHTS, SUPPORTED_MODEL_TYPES,
 };
+pub use qwen::{Qwen2Model, Qwen3Model};
 pub use roberta::{RobertaConfig, RobertaModel};
 
 use adapters_runtime::{AdaptableModel, ModelMapping};
 
 /// The mapping entries of every model in this crate (for docs and generic tests).
 pub fn all_mappings() -> Vec<ModelMapping> {
-    vec![BertModel::MAPPING, RobertaModel::MAPPING, DistilBertModel::MAPPING, LlamaModel::MAPPING, MistralModel::MAPPING]
+    vec![
+        BertModel::MAPPING,
+        RobertaModel::MAPPING,
+        DistilBertModel::MAPPING,
+        LlamaModel::MAPPING,
+        MistralModel::MAPPING,
+        Qwen2Model::MAPPING,
+        Qwen3Model::MAPPING,
+    ]
 }
 
 /// `docs/model_overview.md`, generated from the mapping entries the macros produce.

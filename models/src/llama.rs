@@ -102,6 +102,12 @@ pub struct LlamaConfig {
     /// Mistral: each position attends to at most this many positions (itself included).
     #[serde(default)]
     pub sliding_window: Option<usize>,
+    /// Qwen2: whether `sliding_window` applies at all (Mistral configs leave it out).
+    #[serde(default)]
+    pub use_sliding_window: Option<bool>,
+    /// Per layer `full_attention` or `sliding_attention` (Qwen2, Qwen3, Gemma 2 configs list them).
+    #[serde(default)]
+    pub layer_types: Option<Vec<String>>,
     #[serde(default)]
     pub model_type: Option<String>,
 }
@@ -115,16 +121,24 @@ impl LlamaConfig {
         self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads)
     }
 
-    /// The attention window (Mistral's `sliding_window`; Llama configs have none).
-    fn window(&self) -> Option<usize> {
-        self.sliding_window
+    /// Layer `layer`'s attention window: its `layer_types` entry where the config lists them,
+    /// else `sliding_window` unless `use_sliding_window` is off (Mistral: every layer; Llama
+    /// configs have none).
+    pub fn window(&self, layer: usize) -> Option<usize> {
+        match &self.layer_types {
+            Some(types) => self.sliding_window.filter(|_| types.get(layer).is_some_and(|t| t == "sliding_attention")),
+            None => self.sliding_window.filter(|_| self.use_sliding_window != Some(false)),
+        }
     }
 }
 
 pub(crate) struct LlamaAttention {
-    q_proj: LoRALinear,
-    k_proj: LoRALinear,
-    v_proj: LoRALinear,
+    /// Qwen3 normalises each query and key head (RMSNorm over the head dimension) before RoPE.
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+    pub(crate) q_proj: LoRALinear,
+    pub(crate) k_proj: LoRALinear,
+    pub(crate) v_proj: LoRALinear,
     o_proj: FrozenLinear,
     /// Prefix tuning prepends its keys and values here (as many heads as keys and values).
     prefix: PrefixSlot,
@@ -135,14 +149,24 @@ pub(crate) struct LlamaAttention {
 }
 
 impl LlamaAttention {
-    fn load(vb: VarBuilder, cfg: &LlamaConfig, q: Quantized<'_>) -> Result<Self> {
+    pub(crate) fn load(vb: VarBuilder, cfg: &LlamaConfig, q: Quantized<'_>) -> Result<Self> {
         let (h, heads, kv_heads, d) = (cfg.hidden_size, cfg.num_attention_heads, cfg.kv_heads(), cfg.head_size());
-        let bias = cfg.attention_bias;
+        // Qwen2's q/k/v carry biases whatever its config says; `attention_bias` covers the rest.
+        let bias = |name: &str| cfg.attention_bias || vb.contains_tensor(&format!("{name}.bias"));
+        let head_norm = |name: &str| -> Result<Option<RmsNorm>> {
+            if vb.contains_tensor(&format!("{name}.weight")) {
+                Ok(Some(RmsNorm::load(d, cfg.rms_norm_eps, vb.pp(name))?))
+            } else {
+                Ok(None)
+            }
+        };
         Ok(LlamaAttention {
-            q_proj: lora_linear(vb.pp("q_proj"), h, heads * d, bias, q)?,
-            k_proj: lora_linear(vb.pp("k_proj"), h, kv_heads * d, bias, q)?,
-            v_proj: lora_linear(vb.pp("v_proj"), h, kv_heads * d, bias, q)?,
-            o_proj: frozen_linear(vb.pp("o_proj"), heads * d, h, bias, q)?,
+            q_norm: head_norm("q_norm")?,
+            k_norm: head_norm("k_norm")?,
+            q_proj: lora_linear(vb.pp("q_proj"), h, heads * d, bias("q_proj"), q)?,
+            k_proj: lora_linear(vb.pp("k_proj"), h, kv_heads * d, bias("k_proj"), q)?,
+            v_proj: lora_linear(vb.pp("v_proj"), h, kv_heads * d, bias("v_proj"), q)?,
+            o_proj: frozen_linear(vb.pp("o_proj"), heads * d, h, bias("o_proj"), q)?,
             prefix: PrefixSlot::grouped(&vb, h, kv_heads, d, cfg.pad_token_id.unwrap_or(0), PrefixPadding::InvertedMask),
             heads,
             kv_heads,
@@ -159,9 +183,24 @@ impl LlamaAttention {
     /// As the Python library's `LlamaAttentionWithAdapters`: rotary positions, then the KV cache,
     /// then the prefixes (not part of the sequence, so neither rotated nor cached), then the
     /// key/value heads repeated for the query heads.
-    fn forward(&self, x: &Tensor, rope: (&Tensor, &Tensor), mask: &Tensor, cache: Option<(&KvCache, usize)>, ctx: &ForwardContext) -> Result<Tensor> {
+    pub(crate) fn forward(
+        &self,
+        x: &Tensor,
+        rope: (&Tensor, &Tensor),
+        mask: &Tensor,
+        cache: Option<(&KvCache, usize)>,
+        ctx: &ForwardContext,
+    ) -> Result<Tensor> {
         let q = self.split(&self.q_proj.forward(x, ctx)?, self.heads)?;
         let k = self.split(&self.k_proj.forward(x, ctx)?, self.kv_heads)?;
+        let q = match &self.q_norm {
+            Some(norm) => norm.forward(&q)?,
+            None => q,
+        };
+        let k = match &self.k_norm {
+            Some(norm) => norm.forward(&k)?,
+            None => k,
+        };
         let v = self.split(&self.v_proj.forward(x, ctx)?, self.kv_heads)?;
         let (cos, sin) = rope;
         let (q, k) = (apply_rotary(&q, cos, sin)?, apply_rotary(&k, cos, sin)?);
@@ -179,13 +218,13 @@ impl LlamaAttention {
 
 pub(crate) struct LlamaMlp {
     gate_proj: FrozenLinear,
-    up_proj: LoRALinear,
-    down_proj: LoRALinear,
+    pub(crate) up_proj: LoRALinear,
+    pub(crate) down_proj: LoRALinear,
     activation: Activation,
 }
 
 impl LlamaMlp {
-    fn load(vb: VarBuilder, cfg: &LlamaConfig, q: Quantized<'_>) -> Result<Self> {
+    pub(crate) fn load(vb: VarBuilder, cfg: &LlamaConfig, q: Quantized<'_>) -> Result<Self> {
         let (h, i, bias) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
         Ok(LlamaMlp {
             gate_proj: frozen_linear(vb.pp("gate_proj"), h, i, bias, q)?,
@@ -196,7 +235,7 @@ impl LlamaMlp {
     }
 
     /// `down(act(gate(x)) * up(x))`.
-    fn forward(&self, x: &Tensor, ctx: &ForwardContext) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor, ctx: &ForwardContext) -> Result<Tensor> {
         let gate = self.activation.forward(&self.gate_proj.forward(x)?)?;
         self.down_proj.forward(&(gate * self.up_proj.forward(x, ctx)?)?, ctx)
     }
@@ -222,7 +261,14 @@ pub struct LlamaDecoderLayer {
     reft: ReftSlot,
 }
 
-impl LlamaDecoderLayer {
+/// What the decoder stack needs of a layer type (Llama's, Qwen's): building one from its
+/// `VarBuilder`, and one pass with the rotary tables and its own attention mask.
+pub trait DecoderLayer: Sized {
+    fn load(vb: VarBuilder, cfg: &LlamaConfig, q: Quantized<'_>) -> Result<Self>;
+    fn forward(&self, x: &Tensor, rope: (&Tensor, &Tensor), mask: &Tensor, cache: Option<(&KvCache, usize)>, ctx: &ForwardContext) -> Result<Tensor>;
+}
+
+impl DecoderLayer for LlamaDecoderLayer {
     fn load(vb: VarBuilder, cfg: &LlamaConfig, q: Quantized<'_>) -> Result<Self> {
         let (h, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
         Ok(LlamaDecoderLayer {
@@ -248,23 +294,23 @@ impl LlamaDecoderLayer {
 /// Everything of a Llama-family decoder but its config: embeddings, layers, final norm, rotary
 /// frequencies and the checkpoint's LM decoder. Llama and Mistral differ only in the config they
 /// read (Mistral's sliding window) and in the names they carry.
-pub struct LlamaStack {
+pub struct LlamaStack<L = LlamaDecoderLayer> {
     embed_tokens: Embedding,
     pub(crate) embedding_adapters: EmbeddingSlot,
-    pub(crate) layers: Vec<LlamaDecoderLayer>,
+    pub(crate) layers: Vec<L>,
     norm: RmsNorm,
     rotary: RotaryEmbedding,
     /// The checkpoint's language-model decoder: its `lm_head`, or the input embeddings when tied.
     lm_head: Option<Tensor>,
 }
 
-impl LlamaStack {
+impl<L: DecoderLayer> LlamaStack<L> {
     /// Loads from `vb` rooted at the base model (`model.` of a `*ForCausalLM` checkpoint
     /// already applied); `root` is the checkpoint's root, where an untied `lm_head` lives.
     /// Linear weights `quantized` has stay quantized.
     pub fn load(vb: VarBuilder, root: &VarBuilder, config: &LlamaConfig, quantized: Option<&dyn QuantizedSource>) -> Result<Self> {
         let embed_tokens = candle_nn::embedding(config.vocab_size, config.hidden_size, vb.pp("embed_tokens"))?;
-        let layers = (0..config.num_hidden_layers).map(|i| LlamaDecoderLayer::load(vb.pp("layers").pp(i), config, quantized)).collect::<Result<_>>()?;
+        let layers = (0..config.num_hidden_layers).map(|i| L::load(vb.pp("layers").pp(i), config, quantized)).collect::<Result<_>>()?;
         let lm_head = if config.tie_word_embeddings {
             Some(embed_tokens.embeddings().clone())
         } else if root.contains_tensor("lm_head.weight") {
@@ -282,7 +328,15 @@ impl LlamaStack {
         })
     }
 
-    fn forward(&self, config: &LlamaConfig, inputs: &ModelInputs<'_>, ctx: &ForwardContext) -> Result<ModelOutputs> {
+    pub(crate) fn embeddings(&self) -> &Tensor {
+        self.embed_tokens.embeddings()
+    }
+
+    pub(crate) fn lm_head(&self) -> Option<&Tensor> {
+        self.lm_head.as_ref()
+    }
+
+    pub(crate) fn forward(&self, config: &LlamaConfig, inputs: &ModelInputs<'_>, ctx: &ForwardContext) -> Result<ModelOutputs> {
         let ids = inputs.ids()?;
         let seq = ids.dim(1)?;
         let past = inputs.cache.map_or(0, KvCache::len);
@@ -291,10 +345,16 @@ impl LlamaStack {
         let (hidden, mask) = self.embedding_adapters.forward(&embedded, &inputs.mask()?, ctx)?;
         let positions = decoder_positions(inputs, seq, past)?;
         let (cos, sin) = self.rotary.cos_sin(&positions, hidden.dtype())?;
-        let mask = causal_additive_mask_windowed(&mask, seq, config.window(), hidden.dtype())?;
+        // One mask per distinct window among the layers (full attention: none).
+        let mut masks: Vec<(Option<usize>, Tensor)> = Vec::new();
         let mut hidden = hidden;
         for (i, layer) in self.layers.iter().enumerate() {
-            hidden = layer.forward(&hidden, (&cos, &sin), &mask, inputs.cache.map(|c| (c, i)), ctx)?;
+            let window = config.window(i);
+            if !masks.iter().any(|(w, _)| *w == window) {
+                masks.push((window, causal_additive_mask_windowed(&mask, seq, window, hidden.dtype())?));
+            }
+            let layer_mask = masks.iter().find(|(w, _)| *w == window).map(|(_, m)| m).ok_or_else(|| candle_core::Error::Msg("mask".into()))?;
+            hidden = layer.forward(&hidden, (&cos, &sin), layer_mask, inputs.cache.map(|c| (c, i)), ctx)?;
         }
         Ok(ModelOutputs::hidden(self.norm.forward(&hidden)?))
     }
@@ -334,8 +394,12 @@ pub struct MistralModel {
 /// Mistral checkpoints use Llama's config keys (plus `sliding_window`).
 pub type MistralConfig = LlamaConfig;
 
+/// `load`, `load_quantized`, `config` and `ModelForward` of a decoder over a [`LlamaStack`].
 macro_rules! llama_family {
     ($model:ident) => {
+        llama_family!($model, false);
+    };
+    ($model:ident, $reverses_invertible:expr) => {
         impl $model {
             /// Loads from `vb` rooted at the base model; `root` is the checkpoint root (for an
             /// untied `lm_head`).
@@ -361,7 +425,7 @@ macro_rules! llama_family {
             }
 
             fn input_embeddings(&self) -> Option<&Tensor> {
-                Some(self.stack.embed_tokens.embeddings())
+                Some(self.stack.embeddings())
             }
 
             fn tie_word_embeddings(&self) -> bool {
@@ -369,15 +433,21 @@ macro_rules! llama_family {
             }
 
             fn lm_head(&self) -> Option<&Tensor> {
-                self.stack.lm_head.as_ref()
+                self.stack.lm_head()
             }
 
             fn sequence_output(&self, last_hidden_state: &Tensor, input_ids: &Tensor) -> Result<Tensor> {
                 last_token(last_hidden_state, input_ids, self.config.pad_token_id)
             }
+
+            fn lm_head_reverses_invertible(&self) -> bool {
+                $reverses_invertible
+            }
         }
     };
 }
+
+pub(crate) use llama_family;
 
 llama_family!(LlamaModel);
 llama_family!(MistralModel);

@@ -35,7 +35,13 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
                         self.model.mapping().model_type
                     ))
                 })?;
-                let hidden = self.forward_inputs(inputs)?.last_hidden_state;
+                let mut hidden = self.forward_inputs(inputs)?.last_hidden_state;
+                if self.model.lm_head_reverses_invertible() {
+                    let first = self.active.as_deref().and_then(crate::setup::AdapterSetup::first);
+                    if let Some(inverse) = first.and_then(|name| self.model.embedding_slot().and_then(|s| s.invertible(name))) {
+                        hidden = inverse.reverse(&hidden)?;
+                    }
+                }
                 Ok(crate::nn::linear(&hidden, decoder, None)?)
             }
         }

@@ -71,3 +71,20 @@ impl RmsNorm {
         x32.broadcast_div(&rms)?.to_dtype(dtype)?.broadcast_mul(&self.weight)
     }
 }
+
+/// The norm a bottleneck slot reuses: a LayerNorm (BERT) or an RMSNorm (Gemma 2's post-sublayer
+/// norms, which Python's plugin interface hands its adapters).
+#[derive(Clone, Debug)]
+pub enum Norm {
+    Layer(LayerNorm),
+    Rms(RmsNorm),
+}
+
+impl Norm {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Norm::Layer(n) => n.forward(x),
+            Norm::Rms(n) => n.forward(x),
+        }
+    }
+}

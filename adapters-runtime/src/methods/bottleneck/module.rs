@@ -7,7 +7,7 @@ use crate::config::{BnConfig, ResidualBeforeLn, Scaling};
 use crate::methods::init::Init;
 use crate::methods::NamedParam;
 use crate::nn::activation::Activation;
-use crate::nn::{dropout, linear, LayerNorm};
+use crate::nn::{dropout, linear, Norm};
 
 use super::phm::{PhmLayer, SharedPhm};
 
@@ -26,7 +26,7 @@ impl Affine {
     }
 
     fn layer_norm(&self, x: &Tensor) -> CResult<Tensor> {
-        LayerNorm::new(self.weight.as_tensor().clone(), self.bias.as_tensor().clone(), ADAPTER_LN_EPS).forward(x)
+        crate::nn::LayerNorm::new(self.weight.as_tensor().clone(), self.bias.as_tensor().clone(), ADAPTER_LN_EPS).forward(x)
     }
 }
 
@@ -148,7 +148,7 @@ impl BottleneckAdapter {
     /// and the sublayer input `input_tensor`.
     /// Without a `layer_norm` (pre-norm models) the original residual is added and nothing is
     /// normalised, as Python does for `layer_norm=None`.
-    pub fn pre_forward(&self, hidden: &Tensor, input_tensor: &Tensor, layer_norm: Option<&LayerNorm>) -> CResult<(Tensor, Tensor)> {
+    pub fn pre_forward(&self, hidden: &Tensor, input_tensor: &Tensor, layer_norm: Option<&Norm>) -> CResult<(Tensor, Tensor)> {
         if self.is_parallel {
             return Ok((input_tensor.clone(), input_tensor.clone()));
         }
@@ -181,7 +181,7 @@ impl BottleneckAdapter {
         &self,
         hidden: &Tensor,
         input_tensor: &Tensor,
-        layer_norm: Option<&LayerNorm>,
+        layer_norm: Option<&Norm>,
         query_before_ln: bool,
     ) -> CResult<(Tensor, Tensor, Tensor)> {
         let (out, residual) = self.pre_forward(hidden, input_tensor, layer_norm)?;
@@ -234,9 +234,10 @@ impl BottleneckAdapter {
     }
 
     /// `post_forward`: the original residual and LayerNorm after the adapter(s).
-    pub fn post_forward(&self, hidden: &Tensor, input_hidden: &Tensor, input_tensor: &Tensor, layer_norm: Option<&LayerNorm>) -> CResult<Tensor> {
+    /// `ln_after` off: Python's hook mode, which forces `original_ln_after = False`.
+    pub fn post_forward(&self, hidden: &Tensor, input_hidden: &Tensor, input_tensor: &Tensor, layer_norm: Option<&Norm>, ln_after: bool) -> CResult<Tensor> {
         let hidden = if self.is_parallel { (hidden + input_hidden)? } else { hidden.clone() };
-        match (self.original_ln_after, layer_norm) {
+        match (self.original_ln_after && ln_after, layer_norm) {
             (true, Some(norm)) => norm.forward(&(hidden + input_tensor)?),
             (true, None) => hidden + input_tensor,
             (false, _) => Ok(hidden),

@@ -10,7 +10,7 @@ use super::{BottleneckAdapter, FusionLayer};
 use crate::composition::{self, Composer};
 use crate::context::{ForwardContext, FusionAttention};
 use crate::mixin::SlotFamily;
-use crate::nn::LayerNorm;
+use crate::nn::{LayerNorm, Norm};
 use crate::setup::AdapterSetup;
 
 /// The order in which a sublayer hands its two tensors to the adapters, as the Python library's
@@ -29,8 +29,12 @@ pub enum BottleneckInputs {
 pub struct BottleneckSlot {
     /// The sublayer's LayerNorm after the residual (BERT); `None` where the model adds the
     /// residual with no norm after it (pre-norm decoders such as Llama).
-    layer_norm: Option<LayerNorm>,
+    layer_norm: Option<Norm>,
     hidden_size: usize,
+    /// Python's hook mode (the plugin interface): the slot sees the sublayer's projection and the
+    /// residual stream, returns the projection with the adapters added, and the model adds the
+    /// residual itself (the adapters' `original_ln_after` is off).
+    hooked: bool,
     /// Which of the two tensors `forward_parts` gets is Python's `hidden_states` (set from the
     /// mark when the model is wrapped).
     inputs: BottleneckInputs,
@@ -49,7 +53,17 @@ impl BottleneckSlot {
     /// Python library registers the adapters under (use `vb.prefix()`).
     pub fn new(layer_norm: LayerNorm, adapter_path: impl Into<String>) -> Self {
         let hidden_size = layer_norm.size();
-        Self::with_norm(Some(layer_norm), hidden_size, adapter_path.into())
+        Self::with_norm(Some(Norm::Layer(layer_norm)), hidden_size, adapter_path.into())
+    }
+
+    /// A slot as Python's plugin interface places one (hook mode): on the output of the
+    /// sublayer's last projection (`o_proj`, `down_proj`), given the sublayer's input stream as
+    /// residual and the interface's `layer_ln_1` / `layer_ln_2` (Gemma 2's post-sublayer norms;
+    /// none on Qwen). With nothing active it returns the projection unchanged.
+    pub fn hooked(hidden_size: usize, norm: Option<Norm>, adapter_vb: &candle_nn::VarBuilder) -> Self {
+        let mut slot = Self::with_norm(norm, hidden_size, adapter_vb.prefix());
+        slot.hooked = true;
+        slot
     }
 
     /// A slot where the sublayer ends in a plain residual sum, `hidden + residual` (Python passes
@@ -58,8 +72,17 @@ impl BottleneckSlot {
         Self::with_norm(None, hidden_size, adapter_vb.prefix())
     }
 
-    fn with_norm(layer_norm: Option<LayerNorm>, hidden_size: usize, path: String) -> Self {
-        BottleneckSlot { layer_norm, hidden_size, inputs: BottleneckInputs::default(), path, adapters: BTreeMap::new(), fusions: BTreeMap::new(), layer: 0 }
+    fn with_norm(layer_norm: Option<Norm>, hidden_size: usize, path: String) -> Self {
+        BottleneckSlot {
+            layer_norm,
+            hidden_size,
+            hooked: false,
+            inputs: BottleneckInputs::default(),
+            path,
+            adapters: BTreeMap::new(),
+            fusions: BTreeMap::new(),
+            layer: 0,
+        }
     }
 
     /// Loads the pretrained LayerNorm from `ln_vb`; adapters are named under `adapter_vb`'s path.
@@ -96,8 +119,12 @@ impl BottleneckSlot {
         self.hidden_size
     }
 
-    /// The sublayer's own closing: `LayerNorm(hidden + residual)`, or the plain sum.
+    /// The sublayer's own closing: `LayerNorm(hidden + residual)`, or the plain sum; in hook
+    /// mode the projection itself (the model closes the sublayer).
     fn close(&self, hidden: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        if self.hooked {
+            return Ok(hidden.clone());
+        }
         let sum = (hidden + residual)?;
         match &self.layer_norm {
             Some(norm) => norm.forward(&sum),
@@ -128,7 +155,7 @@ impl BottleneckSlot {
         };
         match state.last.as_deref().and_then(|n| self.adapters.get(n)) {
             // The last adapter's post_forward closes the block for every row (as in Python).
-            Some(last) => last.post_forward(&state.hidden, hidden, &state.input, self.layer_norm.as_ref()),
+            Some(last) => last.post_forward(&state.hidden, hidden, &state.input, self.layer_norm.as_ref(), !self.hooked),
             None => self.close(hidden, residual),
         }
     }
