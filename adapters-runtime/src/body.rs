@@ -38,6 +38,7 @@ pub trait BaseModel {
     fn tie_word_embeddings(&self) -> bool;
     fn lm_head(&self) -> Option<&Tensor>;
     fn lm_head_reverses_invertible(&self) -> bool;
+    fn final_logit_softcapping(&self) -> Option<f64>;
     fn sequence_output(&self, last_hidden_state: &Tensor, input_ids: &Tensor) -> Result<Tensor>;
 }
 
@@ -101,6 +102,9 @@ impl<M: AdaptableModel + ModelForward> BaseModel for M {
     }
     fn lm_head_reverses_invertible(&self) -> bool {
         ModelForward::lm_head_reverses_invertible(self)
+    }
+    fn final_logit_softcapping(&self) -> Option<f64> {
+        ModelForward::final_logit_softcapping(self)
     }
     fn sequence_output(&self, last_hidden_state: &Tensor, input_ids: &Tensor) -> Result<Tensor> {
         ModelForward::sequence_output(self, last_hidden_state, input_ids)

@@ -240,6 +240,11 @@ pub trait ModelForward {
         false
     }
 
+    /// Gemma 2's `final_logit_softcapping`: the checkpoint's LM logits become `tanh(l / cap) * cap`.
+    fn final_logit_softcapping(&self) -> Option<f64> {
+        None
+    }
+
     /// The vector per sequence that classification heads read: the first token for encoders;
     /// decoders override it with the last non-padding token, as Python's decoder models do.
     fn sequence_output(&self, last_hidden_state: &candle_core::Tensor, _input_ids: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {

@@ -105,6 +105,10 @@ pub fn read_gguf(path: &Path) -> Result<GgufCheckpoint> {
         sliding_window: None,
         use_sliding_window: None,
         layer_types: None,
+        query_pre_attn_scalar: None,
+        attn_logit_softcapping: None,
+        final_logit_softcapping: None,
+        hidden_activation: None,
         model_type: Some("llama".into()),
     };
     let file = GgufFile { origin, content, reader: Mutex::new(reader), heads, kv_heads };

@@ -12,6 +12,7 @@
 mod attention;
 pub mod bert;
 pub mod distilbert;
+pub mod gemma2;
 pub mod gguf;
 pub mod llama;
 mod load;
@@ -20,6 +21,7 @@ pub mod roberta;
 
 pub use bert::{BertConfig, BertModel};
 pub use distilbert::{DistilBertConfig, DistilBertModel};
+pub use gemma2::Gemma2Model;
 pub use llama::{LlamaConfig, LlamaModel, MistralConfig, MistralModel, QuantizedSource};
 pub use load::{
     load_model, load_model_with, load_typed, BaseWeights, Build, GgufWeights, Layout, LoadOptions, LLAMA_LAYOUT, MODEL_WEIGHTS, SUPPORTED_MODEL_TYPES,

@@ -102,6 +102,17 @@ pub struct LlamaConfig {
     /// Mistral: each position attends to at most this many positions (itself included).
     #[serde(default)]
     pub sliding_window: Option<usize>,
+    /// Gemma 2: attention scores are scaled by `query_pre_attn_scalar^-0.5` instead of
+    /// `head_dim^-0.5`, soft-capped (`tanh(s / cap) * cap`) before the mask, and the LM logits too.
+    #[serde(default)]
+    pub query_pre_attn_scalar: Option<f64>,
+    #[serde(default)]
+    pub attn_logit_softcapping: Option<f64>,
+    #[serde(default)]
+    pub final_logit_softcapping: Option<f64>,
+    /// Gemma names its MLP activation `hidden_activation` (and leaves `hidden_act` out).
+    #[serde(default)]
+    pub hidden_activation: Option<String>,
     /// Qwen2: whether `sliding_window` applies at all (Mistral configs leave it out).
     #[serde(default)]
     pub use_sliding_window: Option<bool>,
@@ -145,6 +156,8 @@ pub(crate) struct LlamaAttention {
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
+    scale: f64,
+    softcap: Option<f64>,
     dropout: f64,
 }
 
@@ -171,6 +184,8 @@ impl LlamaAttention {
             heads,
             kv_heads,
             head_dim: d,
+            scale: 1.0 / cfg.query_pre_attn_scalar.unwrap_or(d as f64).sqrt(),
+            softcap: cfg.attn_logit_softcapping,
             dropout: cfg.attention_dropout,
         })
     }
@@ -211,9 +226,24 @@ impl LlamaAttention {
         let (k, v, mask) = self.prefix.forward(&k, &v, mask, x, ctx)?;
         let groups = self.heads / self.kv_heads;
         let (k, v) = (repeat_kv(&k, groups)?, repeat_kv(&v, groups)?);
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
-        self.o_proj.forward(&attend(&q, &k.contiguous()?, &v.contiguous()?, &mask, scale, self.dropout, ctx)?)
+        let (k, v) = (k.contiguous()?, v.contiguous()?);
+        let context = match self.softcap {
+            None => attend(&q, &k, &v, &mask, self.scale, self.dropout, ctx)?,
+            Some(cap) => attend_softcapped(&q, &k, &v, &mask, self.scale, cap, self.dropout, ctx)?,
+        };
+        self.o_proj.forward(&context)
     }
+}
+
+/// Gemma 2's attention: `softmax(tanh(q k^T * scale / cap) * cap + mask) v`.
+#[allow(clippy::too_many_arguments)]
+fn attend_softcapped(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64, cap: f64, dropout: f64, ctx: &ForwardContext) -> Result<Tensor> {
+    let scores = ((q.matmul(&k.t()?)? * scale)? / cap)?.tanh()?;
+    let probs = adapters_runtime::nn::scaled_masked_softmax(&scores, mask, cap)?;
+    let probs = adapters_runtime::nn::dropout(&probs, dropout, ctx)?;
+    let context = probs.matmul(v)?;
+    let (batch, heads, seq, head_dim) = context.dims4()?;
+    context.transpose(1, 2)?.reshape((batch, seq, heads * head_dim))
 }
 
 pub(crate) struct LlamaMlp {
@@ -230,7 +260,7 @@ impl LlamaMlp {
             gate_proj: frozen_linear(vb.pp("gate_proj"), h, i, bias, q)?,
             up_proj: lora_linear(vb.pp("up_proj"), h, i, bias, q)?,
             down_proj: lora_linear(vb.pp("down_proj"), i, h, bias, q)?,
-            activation: Activation::parse(&cfg.hidden_act).map_err(AdapterError::into_candle)?,
+            activation: Activation::parse(cfg.hidden_activation.as_deref().unwrap_or(&cfg.hidden_act)).map_err(AdapterError::into_candle)?,
         })
     }
 
@@ -264,6 +294,13 @@ pub struct LlamaDecoderLayer {
 /// What the decoder stack needs of a layer type (Llama's, Qwen's): building one from its
 /// `VarBuilder`, and one pass with the rotary tables and its own attention mask.
 pub trait DecoderLayer: Sized {
+    /// Gemma scales the embeddings by `sqrt(hidden_size)` (after the embedding slot, as Python's
+    /// invertible-adapter hook sits on `embed_tokens`).
+    const SCALES_EMBEDDINGS: bool = false;
+    /// The model's final norm (Gemma's stores `weight - 1`).
+    fn load_norm(size: usize, eps: f64, vb: VarBuilder) -> Result<RmsNorm> {
+        RmsNorm::load(size, eps, vb)
+    }
     fn load(vb: VarBuilder, cfg: &LlamaConfig, q: Quantized<'_>) -> Result<Self>;
     fn forward(&self, x: &Tensor, rope: (&Tensor, &Tensor), mask: &Tensor, cache: Option<(&KvCache, usize)>, ctx: &ForwardContext) -> Result<Tensor>;
 }
@@ -322,7 +359,7 @@ impl<L: DecoderLayer> LlamaStack<L> {
             embedding_adapters: EmbeddingSlot::new(embed_tokens.embeddings(), config.max_position_embeddings),
             embed_tokens,
             layers,
-            norm: RmsNorm::load(config.hidden_size, config.rms_norm_eps, vb.pp("norm"))?,
+            norm: L::load_norm(config.hidden_size, config.rms_norm_eps, vb.pp("norm"))?,
             rotary: RotaryEmbedding::new(config.head_size(), config.rope_theta, config.rope_scaling.as_ref(), vb.device())?,
             lm_head,
         })
@@ -343,6 +380,8 @@ impl<L: DecoderLayer> LlamaStack<L> {
         check_positions(past, seq, config.max_position_embeddings)?;
         let embedded = self.embed_tokens.forward(ids)?;
         let (hidden, mask) = self.embedding_adapters.forward(&embedded, &inputs.mask()?, ctx)?;
+        // `torch.tensor(hidden_size ** 0.5, dtype)`: the square root rounded to the dtype once.
+        let hidden = if L::SCALES_EMBEDDINGS { (hidden * f64::from((config.hidden_size as f64).sqrt() as f32))? } else { hidden };
         let positions = decoder_positions(inputs, seq, past)?;
         let (cos, sin) = self.rotary.cos_sin(&positions, hidden.dtype())?;
         // One mask per distinct window among the layers (full attention: none).
@@ -442,6 +481,10 @@ macro_rules! llama_family {
 
             fn lm_head_reverses_invertible(&self) -> bool {
                 $reverses_invertible
+            }
+
+            fn final_logit_softcapping(&self) -> Option<f64> {
+                self.config.final_logit_softcapping
             }
         }
     };

@@ -13,7 +13,7 @@ use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
 use serde::de::DeserializeOwned;
 
-use crate::{BertModel, DistilBertModel, LlamaModel, MistralModel, Qwen2Model, Qwen3Model, RobertaModel};
+use crate::{BertModel, DistilBertModel, Gemma2Model, LlamaModel, MistralModel, Qwen2Model, Qwen3Model, RobertaModel};
 
 /// The weight file of a checkpoint folder.
 pub const MODEL_WEIGHTS: &str = "model.safetensors";
@@ -184,7 +184,7 @@ fn boxed<M: AdaptableModel + ModelForward + 'static>(m: AdaptedModel<M>) -> Box<
 }
 
 /// The `model_type`s [`load_model`] takes.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["bert", "roberta", "distilbert", "llama", "mistral", "qwen2", "qwen3"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["bert", "roberta", "distilbert", "llama", "mistral", "qwen2", "qwen3", "gemma2"];
 
 /// Loads a checkpoint folder, choosing the architecture from `model_type` in `config.json`:
 /// frozen base weights, f32 on the CPU.
@@ -226,6 +226,7 @@ pub fn load_model_with(dir: &Path, options: LoadOptions) -> Result<Box<DynAdapte
         "mistral" => boxed(load_with_config(dir, raw, LLAMA_LAYOUT, base, MistralModel::load)?),
         "qwen2" => boxed(load_with_config(dir, raw, LLAMA_LAYOUT, base, Qwen2Model::load)?),
         "qwen3" => boxed(load_with_config(dir, raw, LLAMA_LAYOUT, base, Qwen3Model::load)?),
+        "gemma2" => boxed(load_with_config(dir, raw, LLAMA_LAYOUT, base, Gemma2Model::load)?),
         other => {
             return Err(AdapterError::ConfigKey {
                 file: path.display().to_string(),

@@ -42,7 +42,11 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
                         hidden = inverse.reverse(&hidden)?;
                     }
                 }
-                Ok(crate::nn::linear(&hidden, decoder, None)?)
+                let logits = crate::nn::linear(&hidden, decoder, None)?;
+                Ok(match self.model.final_logit_softcapping() {
+                    Some(cap) => ((logits / cap)?.tanh()? * cap)?,
+                    None => logits,
+                })
             }
         }
     }
