@@ -101,6 +101,15 @@ def main(root):
     if os.path.isfile(notes):
         with open(notes) as f:
             print(f.read(), end="")
+    # The causal-LM run (scripts/results_smollm2.sh) keeps its report in docs/runs/.
+    here = os.path.dirname(os.path.abspath(__file__))
+    run = load(os.path.join(here, "..", "docs", "runs", "smollm2_mr_lora.json"))
+    if run is not None:
+        sys.path.insert(0, here)
+        from results_smollm2 import section
+
+        print()
+        print(section(run))
 
 
 if __name__ == "__main__":

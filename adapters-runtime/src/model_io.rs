@@ -93,6 +93,10 @@ pub struct ModelInputs<'a> {
     pub decoder_input_ids: Option<Tensor>,
     pub decoder_attention_mask: Option<Tensor>,
     pub pixel_values: Option<Tensor>,
+    /// The batch already holds one copy per Parallel channel (channel-major), as in generation
+    /// after the first step (Python's `adapter_input_parallelized`); the runtime does not
+    /// replicate it again.
+    pub parallelized: bool,
 }
 
 impl<'a> ModelInputs<'a> {
@@ -114,6 +118,12 @@ impl<'a> ModelInputs<'a> {
     /// Causal self-attention.
     pub fn causal(mut self) -> Self {
         self.causal = true;
+        self
+    }
+
+    /// See [`ModelInputs::parallelized`].
+    pub fn parallelized(mut self) -> Self {
+        self.parallelized = true;
         self
     }
 
@@ -177,6 +187,7 @@ impl<'a> ModelInputs<'a> {
     /// Every batch tensor on `device`, and repeated `copies` times along the batch (a Parallel
     /// setup runs each channel on its own copy).
     pub(crate) fn placed(&self, device: &Device, copies: usize) -> Result<ModelInputs<'a>> {
+        let copies = if self.parallelized { 1 } else { copies };
         let place = |t: &Option<Tensor>| -> Result<Option<Tensor>> {
             let Some(t) = t else { return Ok(None) };
             let t = t.to_device(device)?;
@@ -198,6 +209,7 @@ impl<'a> ModelInputs<'a> {
             decoder_input_ids: place(&self.decoder_input_ids)?,
             decoder_attention_mask: place(&self.decoder_attention_mask)?,
             pixel_values: place(&self.pixel_values)?,
+            parallelized: self.parallelized,
         })
     }
 }

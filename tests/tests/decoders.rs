@@ -232,3 +232,57 @@ fn positions_past_the_limit_are_refused() {
     let err = model.forward(&ids, &ids.ones_like().unwrap()).unwrap_err().to_string();
     assert!(err.contains("max_position_embeddings 64"), "{arch}: {err}");
 }
+
+/// Parallel and BatchSplit work per row in generation: under `Parallel[a, b]` each channel
+/// continues its own copy of the batch exactly as generating with that adapter alone does, and
+/// under `BatchSplit[a, b]` each row continues as with its part's adapter alone.
+#[test]
+fn parallel_and_batch_split_generate_per_row() {
+    let manifest = decoders_manifest();
+    let info = &manifest["archs"]["llama"];
+    let case = &info["cases"]["parallel"];
+    let prompt = Tensor::new(&[[0i64, 1, 17, 33], [1, 45, 12, 87]], &candle_core::Device::Cpu).unwrap();
+    let mask = Tensor::new(&[[0i64, 1, 1, 1], [1, 1, 1, 1]], &candle_core::Device::Cpu).unwrap();
+    let run = |setup: &str| {
+        let mut model = load(info);
+        with_case(&mut model, setup, &serde_json::json!({"adapters": case["adapters"], "setup": setup}));
+        let out = model.generate(&prompt, Some(&mask), &GenerateOptions::greedy(6), |_| Ok(())).unwrap_or_else(|e| panic!("{setup}: {e}"));
+        out.to_vec2::<i64>().unwrap()
+    };
+    let (a, b) = (run("a"), run("b"));
+    assert_ne!(a, b, "the two adapters should continue differently");
+    let parallel = run("Parallel[a, b]");
+    assert_eq!(parallel, [a.clone(), b.clone()].concat(), "Parallel rows: channel a, then channel b");
+    let split = run("BatchSplit[a, b, batch_sizes=[1, 1]]");
+    assert_eq!(split, vec![a[0].clone(), b[1].clone()], "BatchSplit: row 0 with a, row 1 with b");
+}
+
+/// What Python refuses or fails on with GPT-2 (the manifest's `unsupported`) is an error here
+/// too, naming the reason: DoRA on the fused `c_attn` when added, prompt tuning when added, and
+/// a composition block that reaches a LoRA module on `c_attn` when the model runs.
+#[test]
+fn gpt2_refuses_what_python_fails_on() {
+    let manifest = decoders_manifest();
+    let info = &manifest["archs"]["gpt2"];
+    let (ids, mask) = arch_inputs("gpt2");
+    let cases = info["unsupported"].as_object().unwrap();
+    assert_eq!(cases.len(), 4, "the manifest's GPT-2 failures changed");
+    for (case, entry) in cases {
+        let mut model = load(info);
+        let mut outcome = || -> adapters_runtime::Result<Tensor> {
+            for (name, config) in entry["adapters"].as_object().unwrap() {
+                model.add_adapter(name, adapters_runtime::AdapterConfig::parse(config.as_str().unwrap())?)?;
+            }
+            model.set_active_adapters(AdapterSetup::parse(entry["setup"].as_str().unwrap())?)?;
+            model.forward(&ids, &mask)
+        };
+        let err = outcome().expect_err(case).to_string();
+        let expected = match case.as_str() {
+            "dora" | "dora_config" => "DoRA is not supported on a fused q/k/v projection",
+            "prompt_tuning" => "prompt tuning",
+            "stack_lora_on_c_attn" => "transformer.h.0.attn.c_attn` fuses q, k and v",
+            other => panic!("{other}: a GPT-2 failure this test does not know"),
+        };
+        assert!(err.contains(expected), "{case}: {err}");
+    }
+}

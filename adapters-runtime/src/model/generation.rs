@@ -16,7 +16,7 @@ use candle_transformers::generation::{LogitsProcessor, Sampling};
 
 use super::AdaptedModel;
 use crate::body::BaseModel;
-use crate::error::{AdapterError, Result};
+use crate::error::Result;
 use crate::model_io::{KvCache, ModelInputs};
 use crate::setup::AdapterSetup;
 
@@ -65,7 +65,8 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
     /// Generates up to `options.max_new_tokens` tokens after each row of `prompt_ids`
     /// (`[batch, len]`; left-pad rows of different lengths and mark padding in `prompt_mask`).
     /// `on_step` sees each step's new token per row. Returns the prompt with the new tokens
-    /// (`[batch, len + steps]`, I64).
+    /// (`[batch, len + steps]`, I64; under a Parallel setup `[channels * batch, ...]`, rows
+    /// grouped by channel). BatchSplit setups generate each part's rows with its adapters.
     ///
     /// ```no_run
     /// # fn demo(model: &adapters_runtime::DynAdaptedModel, ids: &candle_core::Tensor) -> adapters_runtime::Result<()> {
@@ -83,18 +84,16 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
         options: &GenerateOptions,
         mut on_step: impl FnMut(&[u32]) -> Result<()>,
     ) -> Result<Tensor> {
-        if self.active.as_deref().is_some_and(|s| s.parallel_channels() > 1) {
-            return Err(AdapterError::Setup {
-                setup: self.active.as_deref().map(AdapterSetup::to_string).unwrap_or_default(),
-                reason: "generation under a Parallel block is not supported yet; generate with one channel's adapters active".into(),
-            });
-        }
         let use_cache = options.use_cache && !self.active_has_reft();
         let device = self.placement.device.clone();
-        let prompt_ids = prompt_ids.to_dtype(DType::I64)?.to_device(&device)?;
+        // Under Parallel each channel continues its own copy of the batch (rows grouped by
+        // channel, as the forward returns them): the copies are made here, once.
+        let channels = self.active.as_deref().map_or(1, AdapterSetup::parallel_channels);
+        let replicate = |t: Tensor| -> candle_core::Result<Tensor> { if channels > 1 { t.repeat((channels, 1)) } else { Ok(t) } };
+        let prompt_ids = replicate(prompt_ids.to_dtype(DType::I64)?.to_device(&device)?)?;
         let (batch, _) = prompt_ids.dims2()?;
         let mut mask = match prompt_mask {
-            Some(m) => m.to_dtype(DType::I64)?.to_device(&device)?,
+            Some(m) => replicate(m.to_dtype(DType::I64)?.to_device(&device)?)?,
             None => prompt_ids.ones_like()?,
         };
         let mut positions = generation_positions(&mask)?;
@@ -105,11 +104,12 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
         let mut step_ids = prompt_ids;
         let mut step_positions = positions.clone();
         for _ in 0..options.max_new_tokens {
-            let inputs = if use_cache {
+            let mut inputs = if use_cache {
                 ModelInputs::text(step_ids.clone(), mask.clone()).with_position_ids(step_positions.clone()).causal().with_cache(&cache)
             } else {
                 ModelInputs::text(sequence.clone(), mask.clone()).with_position_ids(positions.clone()).causal()
             };
+            inputs.parallelized = channels > 1;
             let logits = self.lm_logits(&inputs)?;
             let last = logits.i((.., logits.dim(1)? - 1, ..))?.to_dtype(DType::F32)?;
             let mut tokens = Vec::with_capacity(batch);
