@@ -171,3 +171,54 @@ fn prompt_from_text_and_fusion_train_from_the_command_line() {
     let (ok, _, stderr) = adapters(&["train", "--model", s(&model), "--train", s(&train), "--fuse", s(&a), "--out", s(&work.join("one")), "--quiet"]);
     assert!(!ok && stderr.contains("at least two"), "{stderr}");
 }
+
+/// `adapters train --task causal-lm` on the tiny Llama (word-level tokenizer, `w<id>`): a LoRA
+/// adapter learns a repeated sentence (held-out loss on the same text falls), the report holds
+/// the numbers and samples, and the saved adapter loads for generation.
+#[test]
+fn causal_lm_training_learns_and_saves_an_adapter() {
+    let dir = tmp("causal-lm");
+    let text = dir.join("text.txt");
+    std::fs::write(&text, "w17 w33 w5 w6 w7 w8 w9 w10\n".repeat(8)).unwrap();
+    let model = adapters_tests::fixtures().join("decoders").join("llama").join("model");
+    let out = dir.join("out");
+    let (ok, stdout, stderr) = adapters(&[
+        "train",
+        "--task",
+        "causal-lm",
+        "--model",
+        s(&model),
+        "--train",
+        s(&text),
+        "--test",
+        s(&text),
+        "--method",
+        "lora[r=8,alpha=16,intermediate_lora=True,output_lora=True]",
+        "--max-steps",
+        "40",
+        "--batch-size",
+        "4",
+        "--max-length",
+        "9",
+        "--lr",
+        "0.02",
+        "--sample",
+        "w17 w33",
+        "--out",
+        s(&out),
+        "--quiet",
+    ]);
+    assert!(ok, "{stdout}\n{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("train_report.json")).unwrap()).unwrap();
+    let (before, after) = (report["before"]["loss"].as_f64().unwrap(), report["after"]["loss"].as_f64().unwrap());
+    assert!(after < 0.5 * before, "held-out loss {before} -> {after}");
+    assert_eq!(report["samples"][0]["prompt"], "w17 w33");
+    assert!(out.join("adapter_config.json").is_file());
+    let (ok, generated, stderr) = adapters(&["generate", "--model", s(&model), "--adapter", s(&out), "--prompt", "w17 w33", "--max-new-tokens", "4"]);
+    assert!(ok, "{stderr}");
+    // The adapter learnt the sentence: it continues it (the base model does not).
+    let (ok, base, _) = adapters(&["generate", "--model", s(&model), "--prompt", "w17 w33", "--max-new-tokens", "4"]);
+    assert!(ok);
+    assert_eq!(generated.split_whitespace().next(), Some("w5"), "{generated}");
+    assert!(generated.contains("w6") && base.split_whitespace().next() != Some("w5"), "adapted {generated:?}, base {base:?}");
+}
