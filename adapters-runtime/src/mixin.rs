@@ -14,6 +14,9 @@ pub enum LoraLocation {
     Query,
     Key,
     Value,
+    /// A fused q/k/v projection (GPT-2's `c_attn`, Python's `selfattn` location of
+    /// `LoRAMergedLinear`): one slot for the matrices `attn_matrices` selects among q, k and v.
+    SelfAttn,
     Intermediate,
     Output,
 }

@@ -230,7 +230,11 @@ impl SlotRef<'_> {
                     return Ok(None);
                 }
                 let (inp, out) = s.dims();
-                Some(Planned(PlannedModule::Lora(LoraModule::new(c, inp, out, &s.weight()?, planning.shared.vera.as_ref(), init)?)))
+                let module = match s.qkv_size() {
+                    Some(size) => LoraModule::merged_qkv(c, inp, size, init)?,
+                    None => LoraModule::new(c, inp, out, &s.weight()?, planning.shared.vera.as_ref(), init)?,
+                };
+                Some(Planned(PlannedModule::Lora(module)))
             }
             _ => None,
         })

@@ -14,6 +14,7 @@ pub mod bert;
 pub mod distilbert;
 pub mod gemma2;
 pub mod gguf;
+pub mod gpt2;
 pub mod llama;
 mod load;
 pub mod qwen;
@@ -22,9 +23,11 @@ pub mod roberta;
 pub use bert::{BertConfig, BertModel};
 pub use distilbert::{DistilBertConfig, DistilBertModel};
 pub use gemma2::Gemma2Model;
+pub use gpt2::{Gpt2Config, Gpt2Model};
 pub use llama::{LlamaConfig, LlamaModel, MistralConfig, MistralModel, QuantizedSource};
 pub use load::{
-    load_model, load_model_with, load_typed, BaseWeights, Build, GgufWeights, Layout, LoadOptions, LLAMA_LAYOUT, MODEL_WEIGHTS, SUPPORTED_MODEL_TYPES,
+    load_model, load_model_with, load_typed, BaseWeights, Build, GgufWeights, Layout, LoadOptions, GPT2_LAYOUT, LLAMA_LAYOUT, MODEL_WEIGHTS,
+    SUPPORTED_MODEL_TYPES,
 };
 pub use qwen::{Qwen2Model, Qwen3Model};
 pub use roberta::{RobertaConfig, RobertaModel};
@@ -41,6 +44,8 @@ pub fn all_mappings() -> Vec<ModelMapping> {
         MistralModel::MAPPING,
         Qwen2Model::MAPPING,
         Qwen3Model::MAPPING,
+        Gemma2Model::MAPPING,
+        Gpt2Model::MAPPING,
     ]
 }
 

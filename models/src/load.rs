@@ -13,7 +13,7 @@ use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
 use serde::de::DeserializeOwned;
 
-use crate::{BertModel, DistilBertModel, Gemma2Model, LlamaModel, MistralModel, Qwen2Model, Qwen3Model, RobertaModel};
+use crate::{BertModel, DistilBertModel, Gemma2Model, Gpt2Model, LlamaModel, MistralModel, Qwen2Model, Qwen3Model, RobertaModel};
 
 /// The weight file of a checkpoint folder.
 pub const MODEL_WEIGHTS: &str = "model.safetensors";
@@ -121,6 +121,9 @@ const fn encoder(prefix: &'static str) -> Layout {
 /// Llama-family checkpoints: `model.embed_tokens.weight` in `*ForCausalLM` files.
 pub const LLAMA_LAYOUT: Layout = Layout { prefix: "model", probe: "embed_tokens.weight" };
 
+/// GPT-2 checkpoints: `transformer.wte.weight` in `GPT2LMHeadModel` files.
+pub const GPT2_LAYOUT: Layout = Layout { prefix: "transformer", probe: "wte.weight" };
+
 /// What builds a model: the `VarBuilder` at the base model, the one at the checkpoint root (for
 /// weights outside the base model, such as an untied `lm_head`) and the config.
 pub type Build<M, C> = fn(VarBuilder, &VarBuilder, &C) -> candle_core::Result<M>;
@@ -184,7 +187,7 @@ fn boxed<M: AdaptableModel + ModelForward + 'static>(m: AdaptedModel<M>) -> Box<
 }
 
 /// The `model_type`s [`load_model`] takes.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["bert", "roberta", "distilbert", "llama", "mistral", "qwen2", "qwen3", "gemma2"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["bert", "roberta", "distilbert", "llama", "mistral", "qwen2", "qwen3", "gemma2", "gpt2"];
 
 /// Loads a checkpoint folder, choosing the architecture from `model_type` in `config.json`:
 /// frozen base weights, f32 on the CPU.
@@ -227,6 +230,7 @@ pub fn load_model_with(dir: &Path, options: LoadOptions) -> Result<Box<DynAdapte
         "qwen2" => boxed(load_with_config(dir, raw, LLAMA_LAYOUT, base, Qwen2Model::load)?),
         "qwen3" => boxed(load_with_config(dir, raw, LLAMA_LAYOUT, base, Qwen3Model::load)?),
         "gemma2" => boxed(load_with_config(dir, raw, LLAMA_LAYOUT, base, Gemma2Model::load)?),
+        "gpt2" => boxed(load_with_config(dir, raw, GPT2_LAYOUT, base, Gpt2Model::load)?),
         other => {
             return Err(AdapterError::ConfigKey {
                 file: path.display().to_string(),

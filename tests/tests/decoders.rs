@@ -2,6 +2,8 @@
 //! Llama (saved as `LlamaForCausalLM`, untied `lm_head`, llama3 rope scaling), Mistral (a
 //! bare `MistralModel`, tied embeddings, a sliding window shorter than the input), Qwen2 (q/k/v
 //! biases, sliding-window layers) and Qwen3 (per-head q/k norms) with grouped-query attention,
+//! GPT-2 (`GPT2LMHeadModel`: Conv1D weights, learned positions, fused `c_attn` under
+//! `LoRAMergedLinear`),
 //! every method Python supports on them (Qwen through its plugin interface), composition blocks, a causal LM head
 //! saved with its adapter, merged LoRA, and greedy generation; generation with a KV cache equals
 //! recomputation without one.
@@ -20,9 +22,9 @@ fn decoders_manifest() -> Value {
 }
 
 /// The architectures built here, with the number of cases and generations Python ran on each.
-/// The manifest also holds GPT-2 and Gemma 2, whose Rust models are not written yet.
-const ARCHS: &[(&str, usize, usize)] = &[("llama", 15, 6), ("mistral", 15, 6), ("qwen2", 11, 6), ("qwen3", 11, 6), ("gemma2", 11, 6)];
-const PENDING: &[&str] = &["gpt2"];
+/// Every architecture of the manifest is built here (`PENDING` lists any that are not yet).
+const ARCHS: &[(&str, usize, usize)] = &[("llama", 15, 6), ("mistral", 15, 6), ("qwen2", 11, 6), ("qwen3", 11, 6), ("gemma2", 11, 6), ("gpt2", 14, 7)];
+const PENDING: &[&str] = &[];
 
 fn archs(manifest: &Value) -> Vec<(String, Value)> {
     let all = manifest["archs"].as_object().expect("decoders manifest: archs");
@@ -285,4 +287,14 @@ fn gpt2_refuses_what_python_fails_on() {
         };
         assert!(err.contains(expected), "{case}: {err}");
     }
+    // Python's GPT-2 takes no `lora_delta_w_svd` averaging (`support_lora_delta_w_svd = False`):
+    // `c_attn` holds one factor pair per matrix.
+    let mut model = load(info);
+    for name in ["a", "b"] {
+        model.add_adapter(name, adapters_runtime::AdapterConfig::parse("lora").unwrap()).unwrap();
+    }
+    let svd = adapters_runtime::model::CombineStrategy::LoraDeltaWSvd { rank: 4 };
+    let err = model.average_adapter("avg", &["a", "b"], None, true, svd).unwrap_err().to_string();
+    assert!(err.contains("transformer.h.0.attn.c_attn"), "{err}");
+    assert!(!model.adapter_names().any(|n| n == "avg"), "a failed average leaves no adapter behind");
 }

@@ -146,6 +146,7 @@ impl LoRAConfig {
             Query => self.selfattn_lora && self.attn_matrices.iter().any(|m| m == "q"),
             Key => self.selfattn_lora && self.attn_matrices.iter().any(|m| m == "k"),
             Value => self.selfattn_lora && self.attn_matrices.iter().any(|m| m == "v"),
+            SelfAttn => self.selfattn_lora && self.attn_matrices.iter().any(|m| matches!(m.as_str(), "q" | "k" | "v")),
             Intermediate => self.intermediate_lora,
             Output => self.output_lora,
         }

@@ -115,6 +115,16 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
             if failure.is_some() {
                 return;
             }
+            if let (CombineStrategy::LoraDeltaWSvd { .. }, crate::mixin::SlotRef::Lora(_, lora)) = (strategy, &slot) {
+                if lora.qkv_size().is_some() && lora.loras.contains_key(name) {
+                    // Python refuses it on GPT-2 (`support_lora_delta_w_svd = False`).
+                    failure = Some(AdapterError::InvalidConfig(format!(
+                        "lora_delta_w_svd cannot average the fused q/k/v projection `{}` (one low-rank factor pair per matrix); use selfattn_lora=false or another strategy",
+                        lora.path()
+                    )));
+                    return;
+                }
+            }
             let slot = slot.adapter_slot();
             let Some((_, target)) = slot.adapter_params(name) else { return };
             let inputs: Option<Vec<&[NamedParam]>> = sources.iter().map(|n| slot.adapter_params(n).map(|(_, params)| params)).collect();

@@ -89,7 +89,13 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
         // Under Parallel each channel continues its own copy of the batch (rows grouped by
         // channel, as the forward returns them): the copies are made here, once.
         let channels = self.active.as_deref().map_or(1, AdapterSetup::parallel_channels);
-        let replicate = |t: Tensor| -> candle_core::Result<Tensor> { if channels > 1 { t.repeat((channels, 1)) } else { Ok(t) } };
+        let replicate = |t: Tensor| -> candle_core::Result<Tensor> {
+            if channels > 1 {
+                t.repeat((channels, 1))
+            } else {
+                Ok(t)
+            }
+        };
         let prompt_ids = replicate(prompt_ids.to_dtype(DType::I64)?.to_device(&device)?)?;
         let (batch, _) = prompt_ids.dims2()?;
         let mut mask = match prompt_mask {

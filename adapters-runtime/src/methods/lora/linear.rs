@@ -21,6 +21,8 @@ pub struct LoRALinear {
     merged: Option<(String, BaseWeight)>,
     /// The index of the layer this slot sits in (set when the model is wrapped; AdapterDrop).
     pub(crate) layer: usize,
+    /// A fused q/k/v projection: the output columns per matrix (see [`LoRALinear::merged_qkv`]).
+    qkv: Option<usize>,
 }
 
 impl LoRALinear {
@@ -30,7 +32,24 @@ impl LoRALinear {
 
     /// Over any base weight, e.g. one kept quantized (a GGUF base).
     pub fn over(weight: BaseWeight, bias: Option<Tensor>, path: impl Into<String>) -> Self {
-        LoRALinear { weight, bias, path: path.into(), loras: BTreeMap::new(), merged: None, layer: 0 }
+        LoRALinear { weight, bias, path: path.into(), loras: BTreeMap::new(), merged: None, layer: 0, qkv: None }
+    }
+
+    /// A fused q/k/v projection `[out, in]` whose output is `[q | k | v]`, `out / 3` columns each
+    /// (GPT-2's `c_attn`, transposed from its Conv1D `[in, out]`), as Python's `LoRAMergedLinear`:
+    /// a module holds one group per matrix its `attn_matrices` selects among q, k and v, and
+    /// the slot runs one adapter alone (a composition block that reaches it is an error).
+    pub fn merged_qkv(weight: Tensor, bias: Option<Tensor>, path: impl Into<String>) -> Result<Self> {
+        let (out, _) = weight.dims2()?;
+        if out % 3 != 0 {
+            candle_core::bail!("a fused q/k/v projection needs an output size divisible by 3, not {out}");
+        }
+        Ok(LoRALinear { qkv: Some(out / 3), ..Self::new(weight, bias, path) })
+    }
+
+    /// The output columns per matrix of a fused q/k/v projection ([`LoRALinear::merged_qkv`]).
+    pub fn qkv_size(&self) -> Option<usize> {
+        self.qkv
     }
 
     /// Loads `weight` (out, in) and `bias` from `vb`, as `candle_nn::linear` does, and records
@@ -90,12 +109,37 @@ impl LoRALinear {
         let Some(setup) = ctx.setup_at(self.layer).filter(|s| s.any_adapter(&|n| self.loras.contains_key(n))) else {
             return Ok(layer_output);
         };
+        if self.qkv.is_some() {
+            return self.merged_qkv_forward(x, layer_output, setup, ctx);
+        }
         let state = LoraState { input: x.clone(), hidden: None, output: layer_output, last: None };
         let state = composition::run(self, setup, state, ctx)?;
         match (state.last.as_deref().and_then(|n| self.loras.get(n)), state.hidden) {
             (Some(module), Some(hidden)) => module.combine(&state.output, &hidden, &self.weight),
             _ => Ok(state.output),
         }
+    }
+
+    /// Python's `LoRAMergedLinear.forward`: one adapter (`"a"`, `Stack[a]`) runs; any other
+    /// setup holding one of this slot's adapters raises there, and is an error here.
+    fn merged_qkv_forward(&self, x: &Tensor, layer_output: Tensor, setup: &AdapterSetup, ctx: &ForwardContext) -> Result<Tensor> {
+        let single = match setup {
+            AdapterSetup::Single(name) => Some(name),
+            AdapterSetup::Stack(children) => match children.as_slice() {
+                [AdapterSetup::Single(name)] => Some(name),
+                _ => None,
+            },
+            _ => None,
+        };
+        let Some(module) = single.and_then(|name| self.loras.get(name)) else {
+            return Err(crate::error::AdapterError::Setup {
+                setup: setup.to_string(),
+                reason: format!("`{}` fuses q, k and v (Python's LoRAMergedLinear), which runs one LoRA adapter alone, not in a composition block", self.path),
+            }
+            .into_candle());
+        };
+        let hidden = module.forward(None, x, ctx)?;
+        module.combine(&layer_output, &hidden, &self.weight)
     }
 
     pub(crate) fn merge(&mut self, name: &str) -> crate::error::Result<bool> {
@@ -198,5 +242,123 @@ impl LoraState {
             output: Tensor::cat(&states.iter().map(|s| &s.output).collect::<Vec<_>>(), dim)?,
             last: states.last().and_then(|s| s.last.clone()),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use candle_core::{DType, Device, D};
+
+    use super::*;
+    use crate::config::{AdapterConfig, LoRAConfig};
+    use crate::methods::init::{Init, Placement, Rng};
+
+    fn config(text: &str) -> LoRAConfig {
+        match AdapterConfig::parse(text).unwrap() {
+            AdapterConfig::LoRA(c) => c,
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+
+    fn init() -> Init {
+        Init::new(Rng::new(3), Placement::new(Device::Cpu, DType::F32))
+    }
+
+    /// A fused projection 6 -> 3 x 4 with module `a` of `text` (its B drawn at random, so it is
+    /// not the identity), run as `setup`.
+    fn fused(text: &str) -> (LoRALinear, Tensor) {
+        let mut init = init();
+        let mut slot = LoRALinear::merged_qkv(init.normal(&[12, 6], 1.0).unwrap(), Some(init.normal(&[12], 1.0).unwrap()), "attn.c_attn").unwrap();
+        let module = LoraModule::merged_qkv(&config(text), 6, 4, &mut init).unwrap();
+        let b = param(&module, "lora_B");
+        b.set(&init.normal(b.dims(), 1.0).unwrap()).unwrap();
+        slot.loras.insert("a".into(), module);
+        (slot, init.normal(&[2, 3, 6], 1.0).unwrap())
+    }
+
+    fn run(slot: &LoRALinear, x: &Tensor, setup: &str) -> Result<Tensor> {
+        slot.forward(x, &ForwardContext::with_setup(Some(Arc::new(AdapterSetup::parse(setup).unwrap())), false))
+    }
+
+    fn param(module: &LoraModule, name: &str) -> candle_core::Var {
+        module.params().iter().find(|p| p.name == name).map(|p| p.var.clone()).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(D::Minus1).unwrap().to_scalar().unwrap()
+    }
+
+    fn columns(t: &Tensor, matrix: usize) -> Tensor {
+        t.narrow(2, matrix * 4, 4).unwrap()
+    }
+
+    /// Python's `LoRAMergedLinear` shapes: one group per enabled matrix among q, k and v.
+    #[test]
+    fn fused_module_shapes_follow_the_enabled_matrices() {
+        let shapes = |text: &str| {
+            let module = LoraModule::merged_qkv(&config(text), 6, 4, &mut init()).unwrap();
+            module.params().iter().map(|p| (p.name.clone(), p.var.dims().to_vec())).collect::<Vec<_>>()
+        };
+        let named = |v: &[(&str, &[usize])]| v.iter().map(|(n, d)| (n.to_string(), d.to_vec())).collect::<Vec<_>>();
+        assert_eq!(shapes("lora[r=2]"), named(&[("lora_A", &[4, 6]), ("lora_B", &[8, 2])]));
+        assert_eq!(shapes(r#"lora[r=2,attn_matrices=["v","q","k"]]"#), named(&[("lora_A", &[6, 6]), ("lora_B", &[12, 2])]));
+        assert_eq!(shapes("ia3"), named(&[("lora_B", &[8, 1])]));
+        assert_eq!(shapes("lora[r=2,use_gating=True]"), named(&[("lora_A", &[4, 6]), ("lora_B", &[8, 2]), ("gate.weight", &[2, 6]), ("gate.bias", &[2])]));
+        for refused in ["dora", "vera", r#"lora[attn_matrices=[]]"#] {
+            assert!(LoraModule::merged_qkv(&config(refused), 6, 4, &mut init()).is_err(), "{refused}");
+        }
+    }
+
+    /// q and v change by `x (B_j A_j)^T * scaling`, k keeps the base output, and merging gives
+    /// the same outputs.
+    #[test]
+    fn fused_lora_adds_each_group_to_its_columns_and_merges_to_the_same() {
+        let (mut slot, x) = fused("lora[r=2,alpha=4]");
+        let base = slot.weight.linear(&x, slot.bias.as_ref()).unwrap();
+        let out = run(&slot, &x, "a").unwrap();
+        let module = &slot.loras["a"];
+        let (a, b) = (param(module, "lora_A").as_tensor().clone(), param(module, "lora_B").as_tensor().clone());
+        for (matrix, group) in [(0, Some(0)), (1, None), (2, Some(1))] {
+            let expected = match group {
+                None => columns(&base, matrix),
+                Some(j) => {
+                    let delta = b.narrow(0, j * 4, 4).unwrap().matmul(&a.narrow(0, j * 2, 2).unwrap()).unwrap();
+                    (columns(&base, matrix) + (x.broadcast_matmul(&delta.t().unwrap()).unwrap() * 2.0).unwrap()).unwrap()
+                }
+            };
+            assert!(max_diff(&columns(&out, matrix), &expected) < 1e-5, "matrix {matrix}");
+        }
+        assert_eq!(max_diff(&run(&slot, &x, "Stack[a]").unwrap(), &out), 0.0);
+        assert!(slot.merge("a").unwrap());
+        assert!(max_diff(&run(&slot, &x, "a").unwrap(), &out) < 1e-5);
+    }
+
+    /// IA3 scales the enabled matrices' columns by `B_j * alpha` and, as Python pads with 1
+    /// before scaling, the others by `alpha`.
+    #[test]
+    fn fused_ia3_scales_every_column_by_alpha() {
+        let (slot, x) = fused("ia3[alpha=2]");
+        let base = slot.weight.linear(&x, slot.bias.as_ref()).unwrap();
+        let out = run(&slot, &x, "a").unwrap();
+        let vector = param(&slot.loras["a"], "lora_B").flatten_all().unwrap();
+        assert!(max_diff(&columns(&out, 0), &(columns(&base, 0) * 2.0).unwrap()) < 1e-5);
+        for (matrix, j) in [(1, 0), (2, 1)] {
+            let expected = (columns(&base, matrix).broadcast_mul(&vector.narrow(0, j * 4, 4).unwrap()).unwrap() * 2.0).unwrap();
+            assert!(max_diff(&columns(&out, matrix), &expected) < 1e-5, "matrix {matrix}");
+        }
+    }
+
+    /// Python's `LoRAMergedLinear` raises for any setup but one adapter.
+    #[test]
+    fn fused_slot_refuses_composition_blocks() {
+        let (mut slot, x) = fused("lora[r=2]");
+        let other = LoraModule::merged_qkv(&config("lora[r=2]"), 6, 4, &mut init()).unwrap();
+        slot.loras.insert("b".into(), other);
+        for setup in ["Stack[a, b]", "Parallel[a, b]", "Average[a, b]"] {
+            let err = run(&slot, &x, setup).unwrap_err().to_string();
+            assert!(err.contains("fuses q, k and v"), "{setup}: {err}");
+        }
     }
 }

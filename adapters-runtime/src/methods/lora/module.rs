@@ -16,8 +16,27 @@ pub struct SharedVera {
     pub b: Var,
 }
 
+/// The fused q/k/v layout of Python's `LoRAMergedLinear` (GPT-2's `c_attn`, output `[q | k | v]`,
+/// `size` columns each): the module carries one group per matrix `attn_matrices` enables, in the
+/// order q, k, v. `lora_A` is `[r * n, in]` and `lora_B` `[size * n, r]` (IA3: `[size * n, 1]`);
+/// group `j` reads rows `j * r..` of A and `j * size..` of B (Python's grouped `conv1d`) and
+/// writes its matrix's columns, the others stay 0 (IA3: 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct QkvGroups {
+    enabled: [bool; 3],
+    size: usize,
+}
+
+impl QkvGroups {
+    fn count(&self) -> usize {
+        self.enabled.iter().filter(|e| **e).count()
+    }
+}
+
 pub struct LoraModule {
     pub(crate) kind: LoraKind,
+    /// Set on a fused q/k/v projection (see [`QkvGroups`]).
+    groups: Option<QkvGroups>,
     /// VeRA: the shared matrices and the trainable `vera_D` `[r, r]` and `vera_B` `[out, out]`.
     vera: Option<(SharedVera, Var, Var)>,
     /// `lora_A` (r, in); absent for IA3.
@@ -47,10 +66,50 @@ impl LoraModule {
         shared: Option<&SharedVera>,
         init: &mut Init,
     ) -> Result<Self> {
+        let r = config.r;
+        Self::build(config, in_features, ([r, in_features], [out_features, r]), 1, None, Some(base_weight), shared, init)
+    }
+
+    /// A module on a fused q/k/v projection with `size` output columns per matrix (GPT-2's
+    /// `c_attn`: `size` = hidden), as Python's `LoRAMergedLinear` builds it: one group per matrix
+    /// `attn_matrices` names among q, k and v, and a gate `Linear(in, groups)` with `use_gating`.
+    /// Python fails on DoRA and VeRA there; they are refused here.
+    pub fn merged_qkv(config: &LoRAConfig, in_features: usize, size: usize, init: &mut Init) -> Result<Self> {
+        let enabled = ["q", "k", "v"].map(|m| config.attn_matrices.iter().any(|a| a == m));
+        let groups = QkvGroups { enabled, size };
+        let n = groups.count();
+        let refuse = |what: &str| {
+            crate::error::AdapterError::InvalidConfig(format!("{what} is not supported on a fused q/k/v projection (Python's LoRAMergedLinear, GPT-2's c_attn); set selfattn_lora=false to keep it to the other linears")).into_candle()
+        };
+        if n == 0 {
+            return Err(refuse("a LoRA module without q, k or v in attn_matrices"));
+        }
+        if config.is_vera() {
+            return Err(refuse("VeRA"));
+        }
+        if config.kind() == LoraKind::DoRA {
+            return Err(refuse("DoRA"));
+        }
+        let r = config.r;
+        Self::build(config, in_features, ([r * n, in_features], [size * n, r]), n, Some(groups), None, None, init)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        config: &LoRAConfig,
+        in_features: usize,
+        (a_shape, b_shape): ([usize; 2], [usize; 2]),
+        gate_outputs: usize,
+        groups: Option<QkvGroups>,
+        base_weight: Option<&Tensor>,
+        shared: Option<&SharedVera>,
+        init: &mut Init,
+    ) -> Result<Self> {
         let kind = config.kind();
         let r = config.r;
+        let out_features = b_shape[0];
+        let base_weight = || base_weight.ok_or_else(|| crate::error::internal("DoRA needs the base weight"));
         let mut params = Vec::new();
-        let (a_shape, b_shape) = ([r, in_features], [out_features, r]);
         let mut vera = None;
         match kind {
             _ if config.is_vera() => {
@@ -70,7 +129,7 @@ impl LoraModule {
                 params.push(d);
                 params.push(b);
                 if kind == LoraKind::DoRA {
-                    params.push(NamedParam::new("m.weight", base_weight.sqr()?.sum_keepdim(1)?.sqrt()?)?);
+                    params.push(NamedParam::new("m.weight", base_weight()?.sqr()?.sum_keepdim(1)?.sqrt()?)?);
                 }
             }
             LoraKind::IA3 => {
@@ -91,14 +150,14 @@ impl LoraModule {
                 params.push(NamedParam::new("lora_B", b)?);
                 if kind == LoraKind::DoRA {
                     // `m` is an nn.Linear(1, out): weight (out, 1) = ||W||_row.
-                    let m = base_weight.sqr()?.sum_keepdim(1)?.sqrt()?;
+                    let m = base_weight()?.sqr()?.sum_keepdim(1)?.sqrt()?;
                     params.push(NamedParam::new("m.weight", m)?);
                 }
             }
         }
         if config.use_gating {
-            let bias = init.uniform(&[1], 1.0 / (in_features as f32).sqrt())?;
-            params.push(NamedParam::new("gate.weight", init.normal(&[1, in_features], 0.02)?)?);
+            let bias = init.uniform(&[gate_outputs], 1.0 / (in_features as f32).sqrt())?;
+            params.push(NamedParam::new("gate.weight", init.normal(&[gate_outputs, in_features], 0.02)?)?);
             params.push(NamedParam::new("gate.bias", bias)?);
         }
         let scaling = match kind {
@@ -112,7 +171,7 @@ impl LoraModule {
             Some((_, _, vera_b)) => vera_b.clone(),
             None => handle("lora_B").ok_or_else(|| crate::error::internal("lora_B is always created"))?,
         };
-        Ok(LoraModule { kind, vera, a, b, magnitude, params, scaling, dropout: config.dropout, gate })
+        Ok(LoraModule { kind, groups, vera, a, b, magnitude, params, scaling, dropout: config.dropout, gate })
     }
 
     pub fn params(&self) -> &[NamedParam] {
@@ -123,8 +182,12 @@ impl LoraModule {
         self.b.as_tensor()
     }
 
-    /// `B A` (LoRA, DoRA; unscaled) or the IA3 vector `B` (out, 1).
+    /// `B A` (LoRA, DoRA; unscaled) or the IA3 vector `B` (out, 1). On a fused q/k/v projection,
+    /// the groups' `B_j A_j` (or vectors) at their matrices' rows, 0 (IA3: 1) elsewhere.
     pub fn delta_w(&self) -> Result<Tensor> {
+        if let Some(groups) = &self.groups {
+            return self.grouped_delta_w(groups);
+        }
         if let Some((shared, d, b)) = &self.vera {
             return b.as_tensor().matmul(shared.b.as_tensor())?.matmul(d.as_tensor())?.matmul(shared.a.as_tensor());
         }
@@ -138,8 +201,78 @@ impl LoraModule {
         self.magnitude.as_ref().map(Var::as_tensor).ok_or_else(|| crate::error::internal("DoRA module without magnitude"))
     }
 
+    /// Python's padded `conv1d` delta of `LoRAMergedLinear` (`[out, in]`, or `[out, 1]` for IA3).
+    fn grouped_delta_w(&self, groups: &QkvGroups) -> Result<Tensor> {
+        let size = groups.size;
+        let b = self.b();
+        let mut rows = Vec::with_capacity(3);
+        let mut j = 0;
+        for enabled in groups.enabled {
+            rows.push(match (&self.a, enabled) {
+                (Some(a), true) => {
+                    let r = a.dim(0)? / groups.count();
+                    b.narrow(0, j * size, size)?.matmul(&a.as_tensor().narrow(0, j * r, r)?)?
+                }
+                (None, true) => b.narrow(0, j * size, size)?,
+                (Some(a), false) => Tensor::zeros((size, a.dim(1)?), b.dtype(), b.device())?,
+                (None, false) => Tensor::ones((size, b.dim(1)?), b.dtype(), b.device())?,
+            });
+            j += usize::from(enabled);
+        }
+        Tensor::cat(&rows, 0)
+    }
+
+    /// Python's `LoRAMergedLinear.forward` for one module: each group's `x A_j^T B_j^T` (LoRA) or
+    /// vector (IA3) at its matrix's columns, 0 (IA3: 1) elsewhere, times the scaling or the
+    /// gate (one per group, 1 elsewhere).
+    fn grouped_forward(&self, groups: &QkvGroups, layer_input: &Tensor, ctx: &crate::context::ForwardContext) -> Result<Tensor> {
+        let (size, n) = (groups.size, groups.count());
+        let (batch, seq, _) = layer_input.dims3()?;
+        let (dtype, device) = (layer_input.dtype(), layer_input.device());
+        let padded = match &self.a {
+            Some(a) => {
+                let low = linear(&dropout(layer_input, self.dropout, ctx)?, a.as_tensor(), None)?;
+                let r = a.dim(0)? / n;
+                let mut parts = Vec::with_capacity(3);
+                let mut j = 0;
+                for enabled in groups.enabled {
+                    parts.push(if enabled {
+                        linear(&low.narrow(2, j * r, r)?, &self.b().narrow(0, j * size, size)?, None)?
+                    } else {
+                        Tensor::zeros((batch, seq, size), dtype, device)?
+                    });
+                    j += usize::from(enabled);
+                }
+                Tensor::cat(&parts, 2)?
+            }
+            None => self.grouped_delta_w(groups)?.reshape((1, 1, ()))?,
+        };
+        match &self.gate {
+            None => padded * self.scaling,
+            Some((w, b)) => {
+                // mean over the sequence of sigmoid(gate(x)): one value per group and row.
+                let gate = candle_nn::ops::sigmoid(&linear(layer_input, w.as_tensor(), Some(b.as_tensor()))?)?.mean_keepdim(1)?;
+                let mut parts = Vec::with_capacity(3);
+                let mut j = 0;
+                for enabled in groups.enabled {
+                    parts.push(if enabled {
+                        gate.narrow(2, j, 1)?.broadcast_as((batch, 1, size))?.contiguous()?
+                    } else {
+                        Tensor::ones((batch, 1, size), gate.dtype(), device)?
+                    });
+                    j += usize::from(enabled);
+                }
+                padded.broadcast_mul(&Tensor::cat(&parts, 2)?)
+            }
+        }
+    }
+
     /// The composed module output given the previous module's output in a stack (`None` first).
     pub fn forward(&self, hidden: Option<&Tensor>, layer_input: &Tensor, ctx: &crate::context::ForwardContext) -> Result<Tensor> {
+        if let Some(groups) = &self.groups {
+            // A fused projection runs one module alone (no stack): `hidden` is always `None`.
+            return self.grouped_forward(groups, layer_input, ctx);
+        }
         if self.vera.is_some() {
             let x = dropout(hidden.unwrap_or(layer_input), self.dropout, ctx)?;
             return self.scale(&linear(&x, &self.delta_w()?, None)?, layer_input);
