@@ -2,6 +2,7 @@
 
 mod forward;
 mod generate;
+mod merge;
 mod placement;
 mod tokenizer;
 mod train;
@@ -29,6 +30,8 @@ enum Command {
     Forward(forward::ForwardArgs),
     /// Continue a prompt with a decoder (and adapters), streaming the text to stdout.
     Generate(generate::GenerateArgs),
+    /// Merge a LoRA-family adapter into a checkpoint's weights and write the standalone checkpoint.
+    Merge(merge::MergeArgs),
     /// Load a model and adapters and print the adapter summary (name, method, parameters, % of base).
     Summary(forward::SummaryArgs),
     /// Train an adapter (or the full model) with a classification head on labelled text, or an
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Forward(args) => forward::run(args),
         Command::Generate(args) => generate::run(args),
+        Command::Merge(args) => merge::run(args),
         Command::Summary(args) => forward::summary(args),
         Command::Train(args) => train::train(args),
         Command::Eval(args) => train::eval(args),

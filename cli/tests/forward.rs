@@ -280,3 +280,37 @@ fn generate_streams_pythons_greedy_continuation() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.lines().count() == 1, "{stderr}");
 }
+
+/// `adapters merge` writes a checkpoint that loads as a plain model with the adapter's outputs:
+/// Python's merged output on the tiny Llama (LoRA, AdapterHub folder) and PEFT's on BERT (a PEFT
+/// folder); a method that cannot merge is a one-line error and writes nothing.
+#[test]
+fn merge_writes_a_plain_checkpoint_with_the_adapter_inside() {
+    let llama = fixtures().join("decoders").join("llama");
+    let cases = [
+        (llama.join("model"), llama.join("lora").join("lora"), llama.join("inputs.safetensors"), llama.join("lora").join("output_merged.safetensors")),
+        (
+            tiny("bert").join("model"),
+            fixtures().join("peft").join("bert").join("lora_qv").join("adapter"),
+            tiny("bert").join("inputs.safetensors"),
+            fixtures().join("peft").join("bert").join("lora_qv").join("output.safetensors"),
+        ),
+    ];
+    for (i, (model, adapter, inputs, reference)) in cases.iter().enumerate() {
+        let merged = out_file(&format!("merged-{i}"));
+        let status =
+            Command::new(env!("CARGO_BIN_EXE_adapters")).args(["merge", "--model", s(model), "--adapter", s(adapter), "--out", s(&merged)]).output().unwrap();
+        assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+        assert!(merged.join("config.json").is_file());
+        let out = out_file(&format!("merged-{i}.safetensors"));
+        forward_matches(&["--model", s(&merged), "--inputs", s(inputs), "--out", s(&out)], &out, reference);
+    }
+    let refused = out_file("merged-seq-bn");
+    let status = Command::new(env!("CARGO_BIN_EXE_adapters"))
+        .args(["merge", "--model", s(&llama.join("model")), "--adapter", s(&llama.join("seq_bn").join("seq_bn")), "--out", s(&refused)])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&status.stderr);
+    assert!(!status.status.success() && stderr.lines().count() == 1 && stderr.contains("merge"), "{stderr}");
+    assert!(!refused.join("model.safetensors").exists());
+}

@@ -135,6 +135,9 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
     /// loads or nothing is added.
     pub(crate) fn load_adapter_only(&mut self, dir: impl AsRef<Path>, load_as: Option<&str>) -> Result<String> {
         let dir = dir.as_ref();
+        if super::peft::is_peft_folder(dir) {
+            return self.load_peft_adapter(dir, load_as);
+        }
         let file = AdapterFile::read(dir)?;
         let weights_path = crate::io::find_weights(dir, ADAPTER_WEIGHTS_SAFE, ADAPTER_WEIGHTS_PICKLE)?;
         let weights = crate::io::read_weights(&weights_path, &self.placement.device)?;
