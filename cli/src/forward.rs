@@ -14,8 +14,9 @@ use crate::placement::PlacementArgs;
 
 #[derive(Args)]
 pub struct ForwardArgs {
-    /// Checkpoint folder: config.json + model.safetensors (architecture from `model_type`).
-    #[arg(long)]
+    /// Checkpoint folder: config.json + model.safetensors (architecture from `model_type`), a GGUF
+    /// file, or a hub id in the local Hugging Face cache.
+    #[arg(long, value_parser = crate::model_arg)]
     model: PathBuf,
     /// safetensors file with `input_ids` and `attention_mask` (I64, [batch, seq]).
     #[arg(long)]
@@ -45,7 +46,7 @@ pub struct ForwardArgs {
 #[derive(Args)]
 pub struct SummaryArgs {
     /// Checkpoint folder: config.json + model.safetensors.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::model_arg)]
     model: PathBuf,
     /// An adapter folder, as `[NAME=]DIR`. Repeatable.
     #[arg(long = "adapter", value_name = "[NAME=]DIR")]

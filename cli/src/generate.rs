@@ -17,7 +17,7 @@ use crate::tokenizer::Tokenizer;
 pub struct GenerateArgs {
     /// Checkpoint folder (config.json, model.safetensors and tokenizer.json), or a llama-architecture
     /// GGUF file (weights and tokenizer in one).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::model_arg)]
     model: PathBuf,
     /// An adapter folder, as `[NAME=]DIR` (a folder with a causal LM head makes it the decoder).
     /// Repeatable.

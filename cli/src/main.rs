@@ -2,6 +2,7 @@
 
 mod forward;
 mod generate;
+mod inspect;
 mod merge;
 mod placement;
 mod tokenizer;
@@ -30,6 +31,8 @@ enum Command {
     Forward(forward::ForwardArgs),
     /// Continue a prompt with a decoder (and adapters), streaming the text to stdout.
     Generate(generate::GenerateArgs),
+    /// What a folder (adapter, head, fusion, PEFT adapter, checkpoint) or GGUF file holds.
+    Inspect(inspect::InspectArgs),
     /// Merge a LoRA-family adapter into a checkpoint's weights and write the standalone checkpoint.
     Merge(merge::MergeArgs),
     /// Load a model and adapters and print the adapter summary (name, method, parameters, % of base).
@@ -41,6 +44,11 @@ enum Command {
     Eval(train::EvalArgs),
     /// Classify sentences with a trained adapter and head.
     Predict(train::PredictArgs),
+}
+
+/// `--model`: a folder or file, or a hub id found in the local Hugging Face cache.
+fn model_arg(text: &str) -> Result<std::path::PathBuf, String> {
+    adapters_models::resolve_model_path(std::path::Path::new(text)).map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
@@ -59,6 +67,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Forward(args) => forward::run(args),
         Command::Generate(args) => generate::run(args),
+        Command::Inspect(args) => inspect::run(args),
         Command::Merge(args) => merge::run(args),
         Command::Summary(args) => forward::summary(args),
         Command::Train(args) => train::train(args),

@@ -14,7 +14,7 @@ use crate::forward::load_with_adapters;
 #[derive(Args)]
 pub struct MergeArgs {
     /// Checkpoint folder: config.json + model.safetensors (tokenizer files are copied along).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::model_arg)]
     model: PathBuf,
     /// The adapter folder to merge (AdapterHub or PEFT), as `[NAME=]DIR`.
     #[arg(long = "adapter", value_name = "[NAME=]DIR")]

@@ -22,7 +22,7 @@ pub enum Task {
 pub struct TrainArgs {
     /// Checkpoint folder: config.json, model.safetensors, tokenizer.json (causal-lm: a GGUF file
     /// too, its base kept quantized).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::model_arg)]
     pub(crate) model: PathBuf,
     #[arg(long, value_enum, default_value_t = Task::Classification)]
     pub(crate) task: Task,
@@ -92,7 +92,7 @@ pub struct TrainArgs {
 #[derive(Args)]
 pub struct EvalArgs {
     /// Checkpoint folder (with tokenizer.json); a fully fine-tuned output folder works too.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::model_arg)]
     model: PathBuf,
     /// Adapter folder saved with its head (`adapters train --out`). Optional for a checkpoint
     /// that carries its own head.
@@ -111,7 +111,7 @@ pub struct EvalArgs {
 
 #[derive(Args)]
 pub struct PredictArgs {
-    #[arg(long)]
+    #[arg(long, value_parser = crate::model_arg)]
     model: PathBuf,
     #[arg(long)]
     adapter: Option<PathBuf>,

@@ -314,3 +314,63 @@ fn merge_writes_a_plain_checkpoint_with_the_adapter_inside() {
     assert!(!status.status.success() && stderr.lines().count() == 1 && stderr.contains("merge"), "{stderr}");
     assert!(!refused.join("model.safetensors").exists());
 }
+
+/// `adapters inspect` names the format, method, fitting model types, tensors and parameter count
+/// of each kind of folder and of a GGUF file, without loading a model.
+#[test]
+fn inspect_describes_folders_and_files() {
+    let inspect = |path: &Path| -> serde_json::Value {
+        let out = Command::new(env!("CARGO_BIN_EXE_adapters")).args(["inspect", s(path), "--json"]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let lora = inspect(&tiny("bert").join("lora").join("adapter"));
+    assert_eq!((lora["format"].as_str(), lora["method"].as_str()), (Some("adapterhub adapter"), Some("lora")));
+    assert_eq!(lora["fits"], serde_json::json!(["bert"]));
+    let shapes: usize =
+        lora["tensors"].as_array().unwrap().iter().map(|t| t[2].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).product::<usize>()).sum();
+    assert!(shapes > 0 && lora["parameters"].as_u64() == Some(shapes as u64));
+    let peft = inspect(&fixtures().join("peft").join("llama").join("lora_qv").join("adapter"));
+    assert_eq!((peft["format"].as_str(), peft["method"].as_str()), (Some("peft adapter"), Some("lora")));
+    assert!(peft["fits"].as_array().unwrap().contains(&serde_json::json!("llama")), "{}", peft["fits"]);
+    assert_eq!(peft["tensors"].as_array().unwrap().len(), 12);
+    let checkpoint = inspect(&fixtures().join("decoders").join("gemma2").join("model"));
+    assert_eq!((checkpoint["format"].as_str(), checkpoint["method"].as_str()), (Some("model checkpoint"), Some("gemma2")));
+    // The pickle format reads too (a Python-saved .bin adapter).
+    let pickled = inspect(&fixtures().join("decoders").join("qwen2").join("lora").join("lora"));
+    assert!(pickled["tensors"].as_array().unwrap().iter().any(|t| t[0].as_str().unwrap().ends_with("lora_A")), "{pickled}");
+    let out = Command::new(env!("CARGO_BIN_EXE_adapters")).args(["inspect", "/nonexistent"]).output().unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("/nonexistent"));
+}
+
+/// `--model` takes a hub id, resolved offline from the local Hugging Face cache (here a cache
+/// laid out as `huggingface_hub` writes it: `models--ORG--NAME/refs/main` naming a snapshot);
+/// an id not in the cache is an error naming the cache path.
+#[test]
+fn hub_ids_resolve_from_the_local_cache() {
+    let cache = out_file("hf-cache");
+    let repo = cache.join("models--tiny-org--tiny-bert");
+    let snapshot = repo.join("snapshots").join("0123abcd");
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs").join("main"), "0123abcd").unwrap();
+    for file in ["config.json", "model.safetensors"] {
+        std::fs::copy(tiny("bert").join("model").join(file), snapshot.join(file)).unwrap();
+    }
+    let out = out_file("hub.safetensors");
+    let inputs = tiny("bert").join("inputs.safetensors");
+    let run = |id: &str| {
+        Command::new(env!("CARGO_BIN_EXE_adapters"))
+            .env("HF_HUB_CACHE", &cache)
+            .args(["forward", "--model", id, "--inputs", s(&inputs), "--out", s(&out)])
+            .output()
+            .unwrap()
+    };
+    let found = run("tiny-org/tiny-bert");
+    assert!(found.status.success(), "{}", String::from_utf8_lossy(&found.stderr));
+    let diff = max_abs_diff(&expected(&out), &expected(&tiny("bert").join("base.safetensors")));
+    assert!(diff <= TOLERANCE, "{diff:e}");
+    let missing = run("tiny-org/not-there");
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(!missing.status.success() && stderr.contains("not-there") && stderr.contains(s(&cache)), "{stderr}");
+}

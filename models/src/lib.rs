@@ -26,8 +26,8 @@ pub use gemma2::Gemma2Model;
 pub use gpt2::{Gpt2Config, Gpt2Model};
 pub use llama::{LlamaConfig, LlamaModel, MistralConfig, MistralModel, QuantizedSource};
 pub use load::{
-    load_model, load_model_with, load_typed, BaseWeights, Build, GgufWeights, Layout, LoadOptions, GPT2_LAYOUT, LLAMA_LAYOUT, MODEL_WEIGHTS,
-    SUPPORTED_MODEL_TYPES,
+    load_model, load_model_with, load_typed, resolve_model_path, BaseWeights, Build, GgufWeights, Layout, LoadOptions, GPT2_LAYOUT, LLAMA_LAYOUT,
+    MODEL_WEIGHTS, SUPPORTED_MODEL_TYPES,
 };
 pub use qwen::{Qwen2Model, Qwen3Model};
 pub use roberta::{RobertaConfig, RobertaModel};

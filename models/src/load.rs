@@ -186,6 +186,55 @@ fn boxed<M: AdaptableModel + ModelForward + 'static>(m: AdaptedModel<M>) -> Box<
     Box::new(m)
 }
 
+/// A model argument as a folder or file: itself when it exists; else, when it reads as a hub id
+/// (`bert-base-uncased`, `Qwen/Qwen2.5-0.5B`), its snapshot folder in the local Hugging Face cache
+/// (`$HF_HUB_CACHE`, or `$HF_HOME/hub`, or `~/.cache/huggingface/hub`), resolved offline by
+/// hf-hub; an id that is not there is an error naming the cache path.
+///
+/// ```no_run
+/// let dir = adapters_models::resolve_model_path("Qwen/Qwen2.5-0.5B".as_ref())?;
+/// let model = adapters_models::load_model(&dir)?;
+/// # Ok::<(), adapters_runtime::AdapterError>(())
+/// ```
+pub fn resolve_model_path(arg: &Path) -> Result<std::path::PathBuf> {
+    let text = arg.to_string_lossy();
+    let hub_id = !arg.exists()
+        && !arg.is_absolute()
+        && !text.starts_with('.')
+        && text.split('/').count() <= 2
+        && text.split('/').all(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)));
+    if !hub_id {
+        return Ok(arg.to_path_buf());
+    }
+    let cache = hub_cache_dir().ok_or_else(|| AdapterError::File {
+        file: text.to_string(),
+        reason: "neither a path nor resolvable as a hub id: no HF_HUB_CACHE, HF_HOME or home folder to find the Hugging Face cache in".into(),
+    })?;
+    let repo = hf_hub::Cache::new(cache.clone()).model(text.to_string());
+    match repo.get("config.json").as_deref().and_then(Path::parent) {
+        Some(snapshot) => Ok(snapshot.to_path_buf()),
+        None => Err(AdapterError::File {
+            file: text.to_string(),
+            reason: format!(
+                "not a path, and not in the local Hugging Face cache at {} (no models--{}/refs/main snapshot with a config.json); download it there (e.g. `huggingface-cli download {text}`) or pass a folder",
+                cache.display(),
+                text.replace('/', "--")
+            ),
+        }),
+    }
+}
+
+/// The Hugging Face hub cache folder, as `huggingface_hub` finds it.
+fn hub_cache_dir() -> Option<std::path::PathBuf> {
+    if let Some(dir) = std::env::var_os("HF_HUB_CACHE") {
+        return Some(dir.into());
+    }
+    if let Some(home) = std::env::var_os("HF_HOME") {
+        return Some(std::path::PathBuf::from(home).join("hub"));
+    }
+    std::env::var_os("HOME").map(|home| std::path::PathBuf::from(home).join(".cache").join("huggingface").join("hub"))
+}
+
 /// The `model_type`s [`load_model`] takes.
 pub const SUPPORTED_MODEL_TYPES: &[&str] = &["bert", "roberta", "distilbert", "llama", "mistral", "qwen2", "qwen3", "gemma2", "gpt2"];
 
