@@ -19,6 +19,7 @@ pub mod llama;
 mod load;
 pub mod qwen;
 pub mod roberta;
+pub mod static_heads;
 
 pub use bert::{BertConfig, BertModel};
 pub use distilbert::{DistilBertConfig, DistilBertModel};

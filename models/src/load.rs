@@ -269,8 +269,9 @@ pub fn load_model_with(dir: &Path, options: LoadOptions) -> Result<Box<DynAdapte
     }
     let path = dir.join("config.json");
     let raw = read_config(dir)?;
+    let config = raw.clone();
     let model_type = raw.get("model_type").and_then(|v| v.as_str()).unwrap_or_default().to_string();
-    Ok(match model_type.as_str() {
+    let mut model = match model_type.as_str() {
         "bert" => boxed(load_with_config(dir, raw, encoder("bert"), base, |vb, _, c| BertModel::load(vb, c))?),
         "roberta" => boxed(load_with_config(dir, raw, encoder("roberta"), base, |vb, _, c| RobertaModel::load(vb, c))?),
         "distilbert" => boxed(load_with_config(dir, raw, encoder("distilbert"), base, |vb, _, c| DistilBertModel::load(vb, c))?),
@@ -287,5 +288,9 @@ pub fn load_model_with(dir: &Path, options: LoadOptions) -> Result<Box<DynAdapte
                 reason: format!("`{other}` is not supported; supported: {}", SUPPORTED_MODEL_TYPES.join(", ")),
             })
         }
-    })
+    };
+    // A task checkpoint's head becomes the flexible head `default`, as Python converts it.
+    let origin = dir.join(MODEL_WEIGHTS).display().to_string();
+    crate::static_heads::add_static_head(model.as_mut(), &config, &crate::static_heads::head_tensors(dir)?, &origin)?;
+    Ok(model)
 }

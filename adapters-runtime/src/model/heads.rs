@@ -41,6 +41,17 @@ pub struct HeadResult {
 }
 
 impl<M: BaseModel + ?Sized> AdaptedModel<M> {
+    /// The config of head `name`, if the model has it.
+    pub fn head_config(&self, name: &str) -> Option<&HeadConfig> {
+        self.heads.get(name).map(PredictionHead::config)
+    }
+
+    /// Whether the base model ties its word embeddings (language-model heads then decode with
+    /// the input embeddings).
+    pub fn ties_word_embeddings(&self) -> bool {
+        self.model.tie_word_embeddings()
+    }
+
     /// The head called `name`, or the error that says there is none.
     pub(crate) fn head_named(&self, name: &str) -> Result<&PredictionHead> {
         self.heads.get(name).ok_or_else(|| AdapterError::InvalidConfig(format!("no head named `{name}` in this model")))
