@@ -7,6 +7,7 @@
 #
 #   scripts/results_smollm2.sh              # 120 steps of 8 blocks (about 10 minutes on 2 cores)
 #   STEPS=20 scripts/results_smollm2.sh     # a quick run
+#   TIMING=1 scripts/results_smollm2.sh     # also 5-step timing runs, dequantized and quantized (run on a quiet machine)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 gguf="$(scripts/fetch_smollm2.sh)"
@@ -19,5 +20,14 @@ target/release/adapters train --task causal-lm --model "$gguf" --dequantize \
   --out "$out" --quiet | tee "$out.log"
 mkdir -p docs/runs
 cp "$out/train_report.json" docs/runs/smollm2_mr_lora.json
+if [ -n "${TIMING:-}" ]; then
+  # 5-step runs on a quiet machine: seconds per step dequantized and with the base kept quantized.
+  for mode in dequantized quantized; do
+    flag=""; [ "$mode" = dequantized ] && flag="--dequantize"
+    target/release/adapters train --task causal-lm --model "$gguf" $flag --train data/mr/train.tsv --test data/mr/test.tsv \
+      --method "lora[r=8,alpha=16]" --max-steps 5 --batch-size 8 --max-length 64 --lr 1e-3 --out "out/results/smollm2_timing_$mode" --quiet
+    cp "out/results/smollm2_timing_$mode/train_report.json" "docs/runs/smollm2_timing_$mode.json"
+  done
+fi
 python3 scripts/results_smollm2.py docs/runs/smollm2_mr_lora.json docs/results.md
 echo "updated docs/results.md"
