@@ -46,9 +46,9 @@ def section(run):
             "",
             "On a quiet machine (5-step runs of the same configuration, `docs/runs/smollm2_timing_*.json`): "
             f"{timing['dequantized']['report']['seconds_per_step']:.2f} s per step dequantized, "
-            f"{timing['quantized']['report']['seconds_per_step']:.2f} s with the base kept quantized (QLoRA); the held-out "
-            f"evaluation takes {timing['dequantized']['before']['seconds']:.1f} s and {timing['quantized']['before']['seconds']:.1f} s: "
-            "candle's quantized matmul is the slow part on this CPU.",
+            f"{timing['quantized']['report']['seconds_per_step']:.2f} s with the base kept quantized (QLoRA: each weight is "
+            f"dequantized for its product in a batch); the held-out evaluation takes {timing['dequantized']['before']['seconds']:.1f} s "
+            f"and {timing['quantized']['before']['seconds']:.1f} s.",
         ]
     cell = lambda t: t.replace("|", "\\|").replace("\n", " ").strip()
     for s in run["samples"]:
