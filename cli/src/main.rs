@@ -1,5 +1,6 @@
 //! `adapters`: run candle transformer models with AdapterHub adapters from the command line.
 
+mod convert;
 mod forward;
 mod generate;
 mod inspect;
@@ -31,6 +32,8 @@ enum Command {
     Forward(forward::ForwardArgs),
     /// Continue a prompt with a decoder (and adapters), streaming the text to stdout.
     Generate(generate::GenerateArgs),
+    /// Write an adapter folder in the other format (PEFT or AdapterHub; LoRA and IA3).
+    Convert(convert::ConvertArgs),
     /// What a folder (adapter, head, fusion, PEFT adapter, checkpoint) or GGUF file holds.
     Inspect(inspect::InspectArgs),
     /// Merge a LoRA-family adapter into a checkpoint's weights and write the standalone checkpoint.
@@ -67,6 +70,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Forward(args) => forward::run(args),
         Command::Generate(args) => generate::run(args),
+        Command::Convert(args) => convert::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Merge(args) => merge::run(args),
         Command::Summary(args) => forward::summary(args),

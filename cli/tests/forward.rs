@@ -374,3 +374,59 @@ fn hub_ids_resolve_from_the_local_cache() {
     let stderr = String::from_utf8_lossy(&missing.stderr);
     assert!(!missing.status.success() && stderr.contains("not-there") && stderr.contains(s(&cache)), "{stderr}");
 }
+
+/// `adapters convert`: AdapterHub LoRA and IA3 folders to PEFT and back are bit-exact (every
+/// tensor, the same outputs), and PEFT's own folder converts to an AdapterHub one with PEFT's
+/// outputs; DoRA is refused in one line.
+#[test]
+fn convert_round_trips_between_formats() {
+    let llama = fixtures().join("decoders").join("llama");
+    let model = llama.join("model");
+    let convert = |to: &str, input: &Path, output: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_adapters")).args(["convert", "--model", s(&model), "--to", to, s(input), s(output)]).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let inputs = llama.join("inputs.safetensors");
+    for case in ["lora_all", "ia3"] {
+        let original = llama.join(case).join(case);
+        let peft = out_file(&format!("{case}-peft"));
+        let back = out_file(&format!("{case}-back"));
+        let (ok, err) = convert("peft", &original, &peft);
+        assert!(ok, "{case}: {err}");
+        assert!(peft.join("adapter_model.safetensors").is_file());
+        let (ok, err) = convert("adapterhub", &peft, &back);
+        assert!(ok, "{case}: {err}");
+        let weights = |dir: &Path| {
+            let file = adapters_runtime::io::find_weights(dir, "adapter.safetensors", "pytorch_adapter.bin").unwrap();
+            adapters_runtime::io::read_weights(&file, &candle_core::Device::Cpu).unwrap()
+        };
+        let (a, b) = (weights(&original), weights(&back));
+        // The round trip renames the adapter after the PEFT folder and writes names on the bare
+        // model (Python's file carries `model.`): compare with both left out, bit for bit.
+        let normal = |k: &str| -> String {
+            let k = k.strip_prefix("model.").unwrap_or(k);
+            k.split('.').filter(|part| !part.starts_with(case)).collect::<Vec<_>>().join(".")
+        };
+        let values = |m: &std::collections::HashMap<String, candle_core::Tensor>| -> std::collections::BTreeMap<String, Vec<f32>> {
+            m.iter().map(|(k, t)| (normal(k), t.flatten_all().unwrap().to_vec1().unwrap())).collect()
+        };
+        let (a, b) = (values(&a), values(&b));
+        assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>(), "{case}: tensor names");
+        let changed: Vec<&String> = a.iter().filter(|(k, v)| b[*k] != **v).map(|(k, _)| k).collect();
+        assert!(changed.is_empty(), "{case}: the round trip changed {changed:?}");
+        let out = out_file(&format!("{case}-peft.safetensors"));
+        forward_matches(
+            &["--model", s(&model), "--adapter", s(&peft), "--inputs", s(&inputs), "--out", s(&out)],
+            &out,
+            &llama.join(case).join("output.safetensors"),
+        );
+    }
+    let from_peft = out_file("peft-to-adapterhub");
+    let peft_dir = fixtures().join("peft").join("llama").join("lora_qv");
+    let (ok, err) = convert("adapterhub", &peft_dir.join("adapter"), &from_peft);
+    assert!(ok, "{err}");
+    let out = out_file("peft-to-adapterhub.safetensors");
+    forward_matches(&["--model", s(&model), "--adapter", s(&from_peft), "--inputs", s(&inputs), "--out", s(&out)], &out, &peft_dir.join("output.safetensors"));
+    let (ok, err) = convert("peft", &llama.join("dora").join("dora"), &out_file("dora-peft"));
+    assert!(!ok && err.lines().count() == 1 && err.contains("DoRA"), "{err}");
+}

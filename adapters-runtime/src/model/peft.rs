@@ -179,6 +179,92 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
     }
 }
 
+impl<M: BaseModel + ?Sized> AdaptedModel<M> {
+    /// Writes adapter `name` as a PEFT folder (`adapter_config.json` + `adapter_model.safetensors`,
+    /// atomically), for LoRA and IA3 on the modules it adapts: tensors under PEFT's names for this
+    /// checkpoint (`base_model.model.` + the module path the checkpoint uses), `target_modules` as
+    /// a regex of exactly those modules. DoRA, VeRA, gated modules and fused q/k/v projections
+    /// are refused.
+    ///
+    /// ```no_run
+    /// # fn demo(model: &adapters_runtime::DynAdaptedModel) -> adapters_runtime::Result<()> {
+    /// model.save_adapter_peft("out/lora_peft", "lora")?; // loads with PeftModel.from_pretrained
+    /// # Ok(()) }
+    /// ```
+    pub fn save_adapter_peft(&self, dir: impl AsRef<Path>, name: &str) -> Result<()> {
+        let dir = dir.as_ref();
+        let refuse = |reason: String| AdapterError::Unsupported { adapter: name.into(), operation: "save as PEFT".into(), reason };
+        let config = match self.configs.get(name) {
+            None => return Err(AdapterError::NoSuchAdapter(name.into())),
+            Some(AdapterConfig::LoRA(c)) => c.clone(),
+            Some(other) => return Err(refuse(format!("PEFT files hold LoRA-family adapters; this is a {} adapter", other.method_name()))),
+        };
+        let kind = config.kind();
+        if kind == crate::config::LoraKind::DoRA || config.use_gating || config.vera_d.is_some() || config.vera_b.is_some() {
+            return Err(refuse("DoRA, VeRA and gated LoRA are not written as PEFT files yet; LoRA and IA3 are".into()));
+        }
+        let root = if self.root_prefix.is_empty() { String::new() } else { format!("{}.", self.root_prefix) };
+        let suffix = format!(".loras.{name}.");
+        let mut tensors: HashMap<String, Tensor> = HashMap::new();
+        let mut modules: BTreeSet<String> = BTreeSet::new();
+        let mut fused = None;
+        self.each_slot(&mut |_, slot| {
+            if let SlotRef::Lora(LoraLocation::SelfAttn, s) = slot {
+                if s.adapter_names().any(|n| n == name) {
+                    fused = Some(s.path().to_string());
+                }
+            }
+        });
+        if let Some(path) = fused {
+            return Err(refuse(format!("`{path}` is a fused q/k/v projection, whose grouped LoRA has no PEFT equivalent")));
+        }
+        for (key, var) in self.named_params(name)? {
+            let Some((module, param)) = key.split_once(suffix.as_str()) else { continue };
+            let peft_param = match (kind, param) {
+                (crate::config::LoraKind::IA3, "lora_B") => "ia3_l",
+                (_, "lora_A") => "lora_A.weight",
+                (_, "lora_B") => "lora_B.weight",
+                _ => return Err(refuse(format!("parameter `{key}` has no PEFT name"))),
+            };
+            let module = format!("{root}{module}");
+            tensors.insert(format!("base_model.model.{module}.{peft_param}"), var.as_tensor().clone());
+            modules.insert(module);
+        }
+        if modules.is_empty() {
+            return Err(refuse("the adapter has no modules".into()));
+        }
+        let escaped: Vec<String> = modules.iter().map(|m| m.replace('.', "\\.")).collect();
+        let target = format!("^({})$", escaped.join("|"));
+        let mut peft = serde_json::json!({
+            "peft_type": if kind == crate::config::LoraKind::IA3 { "IA3" } else { "LORA" },
+            "target_modules": target,
+            "base_model_name_or_path": null,
+            "task_type": null,
+            "inference_mode": true,
+            "revision": null,
+            "modules_to_save": null,
+        });
+        let extra = if kind == crate::config::LoraKind::IA3 {
+            serde_json::json!({"feedforward_modules": [], "fan_in_fan_out": false, "init_ia3_weights": true})
+        } else {
+            serde_json::json!({
+                "r": config.r, "lora_alpha": config.alpha, "lora_dropout": config.dropout, "use_rslora": false, "use_dora": false,
+                "bias": "none", "fan_in_fan_out": false, "init_lora_weights": true, "rank_pattern": {}, "alpha_pattern": {},
+                "layers_to_transform": null, "layers_pattern": null,
+            })
+        };
+        if let (Some(p), Some(e)) = (peft.as_object_mut(), extra.as_object()) {
+            p.extend(e.clone());
+        }
+        std::fs::create_dir_all(dir).map_err(|e| AdapterError::io(dir, e))?;
+        let mut batch = crate::io::FileBatch::new();
+        batch.add_safetensors(&dir.join(PEFT_WEIGHTS_SAFE), &tensors)?;
+        let text = serde_json::to_string_pretty(&peft).map_err(|e| AdapterError::InvalidConfig(e.to_string()))?;
+        batch.add(&dir.join(crate::config::CONFIG_NAME), text.as_bytes())?;
+        batch.commit()
+    }
+}
+
 fn location_name(location: LoraLocation) -> &'static str {
     match location {
         LoraLocation::Query => "q",
