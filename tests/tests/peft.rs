@@ -63,3 +63,27 @@ fn unsupported_peft_configs_are_refused_by_key() {
     let err = model.load_adapter(&tmp, None).unwrap_err().to_string();
     assert!(err.contains("PREFIX_TUNING") && err.contains("LORA, IA3"), "{err}");
 }
+
+/// PEFT loads what this library writes: `tests/fixtures/check_peft_rust.py` converted the tiny
+/// Llama's LoRA and IA3 adapters to PEFT folders, loaded them with PEFT 0.21 and recorded the
+/// difference from Python `adapters`' outputs; the folders written today are byte for byte the
+/// ones it checked.
+#[test]
+fn peft_files_written_here_are_the_ones_python_checked() {
+    let record = read_json(&fixtures().join("peft_written_manifest.json"));
+    let cases = record["cases"].as_object().unwrap();
+    for (case, entry) in cases {
+        let diff = entry["max_abs_diff_peft_vs_adapters"].as_f64().unwrap();
+        assert!(diff <= f64::from(TOLERANCE), "{case}: PEFT on the written folder differed by {diff:e}");
+        let mut model = load_model(&fixtures().join("decoders").join("llama").join("model")).unwrap();
+        let name = model.load_adapter(fixtures().join(entry["source"].as_str().unwrap()), None).unwrap();
+        let out = std::env::temp_dir().join(format!("adapters-peft-written-{}-{case}", std::process::id()));
+        model.save_adapter_peft(&out, &name).unwrap();
+        let checked = fixtures().join(entry["written"].as_str().unwrap());
+        for file in ["adapter_model.safetensors", "adapter_config.json"] {
+            let (now, then) = (std::fs::read(out.join(file)).unwrap(), std::fs::read(checked.join(file)).unwrap());
+            assert!(now == then, "{case}/{file}: differs from the folder Python checked (rerun check_peft_rust.py)");
+        }
+    }
+    assert_eq!(cases.len(), 2);
+}
