@@ -116,8 +116,7 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
                 ModelInputs::text(sequence.clone(), mask.clone()).with_position_ids(positions.clone()).causal()
             };
             inputs.parallelized = channels > 1;
-            let logits = self.lm_logits(&inputs)?;
-            let last = logits.i((.., logits.dim(1)? - 1, ..))?.to_dtype(DType::F32)?;
+            let last = self.last_lm_logits(&inputs)?.squeeze(1)?.to_dtype(DType::F32)?;
             let mut tokens = Vec::with_capacity(batch);
             for (row, done) in finished.iter_mut().enumerate() {
                 let token = processor.sample(&last.i(row)?)?;

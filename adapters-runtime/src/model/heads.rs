@@ -221,6 +221,13 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
     /// [`AdaptedModel::forward_with_head`] on any inputs the model takes (a KV cache, position
     /// ids, ...).
     pub fn forward_inputs_with_head(&self, inputs: &ModelInputs<'_>) -> Result<ModelOutput> {
+        self.forward_heads(inputs, false)
+    }
+
+    /// [`AdaptedModel::forward_inputs_with_head`]; with `last_position_only`, token-level heads
+    /// read only each row's last position (generation needs no more: a vocabulary-sized output
+    /// per prompt position is the largest product of a prompt pass).
+    pub(crate) fn forward_heads(&self, inputs: &ModelInputs<'_>, last_position_only: bool) -> Result<ModelOutput> {
         let (inputs, ctx) = self.prepare(inputs)?;
         let hidden = self.model.forward_with(&inputs, &ctx)?.last_hidden_state;
         let rows = hidden.dim(0)?;
@@ -253,6 +260,7 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
                 let head = self.head_named(name)?;
                 let part = if len == rows { hidden.clone() } else { hidden.narrow(0, start, len)? };
                 let head_type = head.config().head_type();
+                let part = if last_position_only && !head_type.is_sequence_level() { part.narrow(1, part.dim(1)? - 1, 1)? } else { part };
                 // The vector per sequence: the pooler output, or what the model reads (the first
                 // token of an encoder, the last real token of a decoder).
                 let summary = match (head_type.is_sequence_level(), head.config().use_pooler()) {
@@ -265,11 +273,7 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
                     }
                 };
                 let embeddings = if head.is_tied() { self.model.input_embeddings() } else { None };
-                // Python reverses the invertible adapter of the setup's first adapter.
-                let inverse = match (head_type.is_language_model(), self.active.as_deref().and_then(AdapterSetup::first)) {
-                    (true, Some(first)) => self.model.embedding_slot().and_then(|s| s.invertible(first)),
-                    _ => None,
-                };
+                let inverse = if head_type.is_language_model() { self.active_invertible() } else { None };
                 let output = head.forward(&part, summary.as_ref(), embeddings, inverse, &ctx)?;
                 heads.push(HeadResult { name: name.to_string(), rows: (start, len), output });
             }
@@ -279,6 +283,13 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
             _ => None,
         };
         Ok(ModelOutput { last_hidden_state: hidden, head, heads, head_setup: self.active_head.clone() })
+    }
+
+    /// The invertible adapter of the active setup's first adapter, which language-model heads run
+    /// in reverse before their decoder (as Python's do).
+    pub(crate) fn active_invertible(&self) -> Option<&crate::methods::invertible::InvertibleAdapter> {
+        let first = self.active.as_deref()?.first()?;
+        self.model.embedding_slot()?.invertible(first)
     }
 
     /// The prompt length of the active setup's first adapter (the one whose prompt runs).

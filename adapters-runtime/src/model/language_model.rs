@@ -14,6 +14,16 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
     /// or, with no head active, the checkpoint's own decoder (`lm_head`, or the tied input
     /// embeddings).
     pub fn lm_logits(&self, inputs: &ModelInputs<'_>) -> Result<Tensor> {
+        self.lm_logits_at(inputs, false)
+    }
+
+    /// [`AdaptedModel::lm_logits`] of each row's last position only (`[batch, 1, vocab]`), what
+    /// a generation step samples from.
+    pub(crate) fn last_lm_logits(&self, inputs: &ModelInputs<'_>) -> Result<Tensor> {
+        self.lm_logits_at(inputs, true)
+    }
+
+    fn lm_logits_at(&self, inputs: &ModelInputs<'_>, last_position_only: bool) -> Result<Tensor> {
         match &self.active_head {
             Some(HeadSetup::Single(name)) => {
                 let head = self.head_named(name)?;
@@ -23,7 +33,7 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
                         head.config().head_type().name()
                     )));
                 }
-                let out = self.forward_inputs_with_head(inputs)?;
+                let out = self.forward_heads(inputs, last_position_only)?;
                 let head = out.head.ok_or_else(|| AdapterError::InvalidConfig(format!("head `{name}` gave no output")))?;
                 Ok(head.logits().clone())
             }
@@ -36,11 +46,11 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
                     ))
                 })?;
                 let mut hidden = self.forward_inputs(inputs)?.last_hidden_state;
-                if self.model.lm_head_reverses_invertible() {
-                    let first = self.active.as_deref().and_then(crate::setup::AdapterSetup::first);
-                    if let Some(inverse) = first.and_then(|name| self.model.embedding_slot().and_then(|s| s.invertible(name))) {
-                        hidden = inverse.reverse(&hidden)?;
-                    }
+                if last_position_only {
+                    hidden = hidden.narrow(1, hidden.dim(1)? - 1, 1)?;
+                }
+                if let Some(inverse) = self.active_invertible().filter(|_| self.model.lm_head_reverses_invertible()) {
+                    hidden = inverse.reverse(&hidden)?;
                 }
                 let logits = crate::nn::linear(&hidden, decoder, None)?;
                 Ok(match self.model.final_logit_softcapping() {

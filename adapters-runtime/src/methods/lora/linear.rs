@@ -60,13 +60,6 @@ impl LoRALinear {
         Ok(Self::new(weight, Some(bias), vb.prefix()))
     }
 
-    /// [`LoRALinear::load`] for a linear that may have no bias (Llama's projections).
-    pub fn load_with_bias(in_features: usize, out_features: usize, bias: bool, vb: candle_nn::VarBuilder) -> Result<Self> {
-        let weight = vb.get((out_features, in_features), "weight")?;
-        let bias = if bias { Some(vb.get(out_features, "bias")?) } else { None };
-        Ok(Self::new(weight, bias, vb.prefix()))
-    }
-
     pub fn path(&self) -> &str {
         &self.path
     }
