@@ -14,8 +14,17 @@ use crate::suggest::hint;
 const GROUPS: &[&str] = &["lora", "bottleneck", "prefix", "reft"];
 /// Methods that attach after the embeddings (prompt tuning, invertible adapters): a model-level mark.
 const MODEL_LEVEL_GROUPS: &[&str] = &["prompt", "embedding", "embeddings", "invertible"];
-const LORA_KEYS: &[(&str, &str)] =
-    &[("q", "Query"), ("k", "Key"), ("v", "Value"), ("selfattn", "SelfAttn"), ("intermediate", "Intermediate"), ("output", "Output")];
+/// `attn_output` and `gate` are linears the Python library never adapts; PEFT adapters may.
+const LORA_KEYS: &[(&str, &str)] = &[
+    ("q", "Query"),
+    ("k", "Key"),
+    ("v", "Value"),
+    ("selfattn", "SelfAttn"),
+    ("intermediate", "Intermediate"),
+    ("output", "Output"),
+    ("attn_output", "AttnOutput"),
+    ("gate", "Gate"),
+];
 const BOTTLENECK_KEYS: &[(&str, &str)] = &[("mh_adapter", "MhAdapter"), ("output_adapter", "OutputAdapter")];
 const REFT_KEYS: &[(&str, &str)] = &[("output", "Output")];
 

@@ -19,6 +19,11 @@ pub enum LoraLocation {
     SelfAttn,
     Intermediate,
     Output,
+    /// The attention output projection (`o_proj`, BERT's `attention.output.dense`), which the
+    /// Python library never adapts: only PEFT adapters whose `target_modules` name it sit here.
+    AttnOutput,
+    /// The gate projection of a gated feed-forward block (`gate_proj`); PEFT adapters only.
+    Gate,
 }
 
 /// Where a bottleneck slot sits in a layer.

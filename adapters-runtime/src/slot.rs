@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::AdapterConfig;
+use crate::config::{AdapterConfig, LoRAConfig};
 use crate::error::Result;
 use crate::methods::bottleneck::{BottleneckAdapter, BottleneckSlot};
 use crate::methods::init::Init;
@@ -224,6 +224,13 @@ impl SlotRef<'_> {
                 // Python: int(hidden_size // reduction_factor), at least 1.
                 let down = crate::model::bottleneck_size(hidden, c.reduction_factor.for_layer(layer)?);
                 Some(Planned(PlannedModule::Bottleneck(BottleneckAdapter::new(c, hidden, down, &planning.shared.phm, init)?)))
+            }
+            (AdapterConfig::LoRA(c), SlotRef::Lora(_, s)) if c.peft.is_some() => {
+                // A PEFT layout places modules by path, each with its own rank and alpha.
+                let Some(spec) = c.peft.as_ref().and_then(|l| l.modules.get(s.path())) else { return Ok(None) };
+                let module_config = LoRAConfig { r: spec.r, alpha: spec.alpha, peft: None, ..c.clone() };
+                let (inp, out) = s.dims();
+                Some(Planned(PlannedModule::Lora(LoraModule::peft(&module_config, inp, out, &s.weight()?, spec.scales_input, init)?)))
             }
             (AdapterConfig::LoRA(c), SlotRef::Lora(location, s)) => {
                 if !c.targets(*location) {

@@ -117,10 +117,13 @@ fn tensor_list(path: &Path) -> Result<Vec<(String, String, Vec<usize>)>, String>
 fn fits_by_module_names(tensors: &[(String, String, Vec<usize>)]) -> Vec<String> {
     let has = |part: &str| tensors.iter().any(|(n, _, _)| n.contains(part));
     let families: [(&[&str], &[&str]); 4] = [
-        (&["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.up_proj", "mlp.down_proj"], &["llama", "mistral", "qwen2", "qwen3", "gemma2"]),
+        (
+            &["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"],
+            &["llama", "mistral", "qwen2", "qwen3", "gemma2"],
+        ),
         (&["attention.self.", "intermediate.dense", "layer."], &["bert", "roberta"]),
-        (&[".attention.q_lin", ".attention.k_lin", ".attention.v_lin", ".ffn.lin"], &["distilbert"]),
-        (&[".attn.c_attn", ".mlp.c_fc"], &["gpt2"]),
+        (&[".attention.q_lin", ".attention.k_lin", ".attention.v_lin", ".attention.out_lin", ".ffn.lin"], &["distilbert"]),
+        (&[".attn.c_attn", ".attn.c_proj", ".mlp.c_fc", ".mlp.c_proj"], &["gpt2"]),
     ];
     families.iter().filter(|(parts, _)| parts.iter().any(|p| has(p))).flat_map(|(_, types)| types.iter().map(|t| t.to_string())).collect()
 }

@@ -35,7 +35,10 @@ pub fn run(args: MergeArgs) -> Result<(), String> {
     let (mut model, loaded) = load_with_adapters(&args.model, std::slice::from_ref(&args.adapter), LoadOptions::default())?;
     let name = loaded.first().cloned().ok_or("no adapter loaded")?;
     model.merge_adapter(&name).map_err(|e| format!("--adapter {}: {e}", args.adapter))?;
-    let merged: HashMap<String, Tensor> = model.lora_linear_weights().map_err(|e| e.to_string())?.into_iter().collect();
+    let mut merged: HashMap<String, Tensor> = model.lora_linear_weights().map_err(|e| e.to_string())?.into_iter().collect();
+    merged.extend(model.lora_linear_biases());
+    // GPT-2 keeps its linears as Conv1D, `[in, out]`: the transpose of the weights here.
+    let conv1d = model.mapping().model_type == "gpt2";
     let source = args.model.join(MODEL_WEIGHTS);
     let mut tensors = candle_core::safetensors::load(&source, &Device::Cpu).map_err(|e| format!("{}: {e}", source.display()))?;
     // The checkpoint may carry the task model's prefix (`model.`, `bert.`): merged weights are
@@ -44,6 +47,7 @@ pub fn run(args: MergeArgs) -> Result<(), String> {
     for (key, tensor) in tensors.iter_mut() {
         let bare = merged.get(key.as_str()).or_else(|| key.split_once('.').and_then(|(_, rest)| merged.get(rest)));
         if let Some(weight) = bare {
+            let weight = if conv1d && weight.rank() == 2 { weight.t().map_err(|e| e.to_string())? } else { weight.clone() };
             if weight.dims() != tensor.dims() {
                 return Err(format!("{}: `{key}` has shape {:?}, the merged weight {:?}", source.display(), tensor.dims(), weight.dims()));
             }
@@ -52,14 +56,14 @@ pub fn run(args: MergeArgs) -> Result<(), String> {
         }
     }
     if replaced != merged.len() {
-        return Err(format!("{}: {} of {} merged weights found in the checkpoint", source.display(), replaced, merged.len()));
+        return Err(format!("{}: {} of {} merged tensors found in the checkpoint", source.display(), replaced, merged.len()));
     }
     std::fs::create_dir_all(&args.out).map_err(|e| format!("--out {}: {e}", args.out.display()))?;
     adapters_runtime::io::save_safetensors(&args.out.join(MODEL_WEIGHTS), &tensors).map_err(|e| format!("--out: {e}"))?;
     for file in COPIED {
         copy_if_present(&args.model, &args.out, file)?;
     }
-    println!("merged `{name}` into {replaced} weights; wrote {}", args.out.display());
+    println!("merged `{name}` into {replaced} weights and biases; wrote {}", args.out.display());
     Ok(())
 }
 

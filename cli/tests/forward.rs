@@ -282,18 +282,28 @@ fn generate_streams_pythons_greedy_continuation() {
 }
 
 /// `adapters merge` writes a checkpoint that loads as a plain model with the adapter's outputs:
-/// Python's merged output on the tiny Llama (LoRA, AdapterHub folder) and PEFT's on BERT (a PEFT
-/// folder); a method that cannot merge is a one-line error and writes nothing.
+/// Python's merged output on the tiny Llama (LoRA, AdapterHub folder) and PEFT's on BERT (PEFT
+/// folders: LoRA, DoRA, and IA3 whose merge scales biases too) and on GPT-2 (whose Conv1D
+/// weights are written transposed); a method that cannot merge is a one-line error and writes
+/// nothing.
 #[test]
 fn merge_writes_a_plain_checkpoint_with_the_adapter_inside() {
     let llama = fixtures().join("decoders").join("llama");
+    let gpt2 = fixtures().join("decoders").join("gpt2");
+    let peft = |arch: &str, case: &str| fixtures().join("peft").join(arch).join(case);
+    let bert_case = |case: &str| {
+        (tiny("bert").join("model"), peft("bert", case).join("adapter"), tiny("bert").join("inputs.safetensors"), peft("bert", case).join("output.safetensors"))
+    };
     let cases = [
         (llama.join("model"), llama.join("lora").join("lora"), llama.join("inputs.safetensors"), llama.join("lora").join("output_merged.safetensors")),
+        bert_case("lora_qv"),
+        bert_case("dora"),
+        bert_case("ia3_default"),
         (
-            tiny("bert").join("model"),
-            fixtures().join("peft").join("bert").join("lora_qv").join("adapter"),
-            tiny("bert").join("inputs.safetensors"),
-            fixtures().join("peft").join("bert").join("lora_qv").join("output.safetensors"),
+            gpt2.join("model"),
+            peft("gpt2", "lora_conv1d").join("adapter"),
+            gpt2.join("inputs.safetensors"),
+            peft("gpt2", "lora_conv1d").join("output.safetensors"),
         ),
     ];
     for (i, (model, adapter, inputs, reference)) in cases.iter().enumerate() {

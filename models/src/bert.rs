@@ -130,7 +130,7 @@ impl BertSelfAttention {
 }
 
 pub(crate) struct BertSelfOutput {
-    dense: Linear,
+    dense: LoRALinear,
     layer_norm: BottleneckSlot,
     dropout: f64,
 }
@@ -139,7 +139,7 @@ impl BertSelfOutput {
     fn load(vb: VarBuilder, cfg: &BertConfig) -> Result<Self> {
         let h = cfg.hidden_size;
         Ok(BertSelfOutput {
-            dense: candle_nn::linear(h, h, vb.pp("dense"))?,
+            dense: LoRALinear::load(h, h, vb.pp("dense"))?,
             // The Python library mixes the bottleneck layer into this module itself.
             layer_norm: BottleneckSlot::load(h, cfg.layer_norm_eps, vb.pp("LayerNorm"), &vb)?,
             dropout: cfg.hidden_dropout_prob,
@@ -147,7 +147,7 @@ impl BertSelfOutput {
     }
 
     fn forward(&self, hidden: &Tensor, input: &Tensor, ctx: &ForwardContext) -> Result<Tensor> {
-        let hidden = dropout(&linear_module(hidden, &self.dense)?, self.dropout, ctx)?;
+        let hidden = dropout(&self.dense.forward(hidden, ctx)?, self.dropout, ctx)?;
         self.layer_norm.forward(&hidden, input, ctx)
     }
 }
@@ -177,6 +177,7 @@ pub(crate) struct BertOutput {
         v = attention.self_attention.value,
         intermediate = intermediate.dense,
         output = output.dense,
+        attn_output = attention.output.dense,
     ),
     bottleneck(mh_adapter = attention.output.layer_norm, output_adapter = output.layer_norm),
     prefix(self_prefix = attention.self_attention.prefix),

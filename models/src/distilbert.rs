@@ -8,7 +8,7 @@ use adapters_runtime::{adapter_config, adapter_mixin, with_adapters};
 use adapters_runtime::{BottleneckSlot, EmbeddingSlot, ForwardContext, LayerNorm, LoRALinear, PrefixPadding, PrefixSlot, ReftSlot};
 use adapters_runtime::{ModelForward, ModelInputs, ModelOutputs};
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Embedding, Linear, VarBuilder};
+use candle_nn::{Embedding, VarBuilder};
 use serde::Deserialize;
 
 use crate::attention::{additive_mask, attend, split_heads};
@@ -66,7 +66,7 @@ struct MultiHeadSelfAttention {
     q_lin: LoRALinear,
     k_lin: LoRALinear,
     v_lin: LoRALinear,
-    out_lin: Linear,
+    out_lin: LoRALinear,
     /// Prefix tuning prepends its keys and values here.
     prefix: PrefixSlot,
     heads: usize,
@@ -82,7 +82,7 @@ struct FeedForward {
 
 /// One transformer block.
 #[adapter_mixin(
-    lora(q = attention.q_lin, k = attention.k_lin, v = attention.v_lin, intermediate = ffn.lin1, output = ffn.lin2),
+    lora(q = attention.q_lin, k = attention.k_lin, v = attention.v_lin, intermediate = ffn.lin1, output = ffn.lin2, attn_output = attention.out_lin),
     bottleneck(mh_adapter = sa_layer_norm, output_adapter = output_layer_norm),
     prefix(self = attention.prefix),
     reft(output = reft),
@@ -105,7 +105,7 @@ impl TransformerBlock {
                 q_lin: LoRALinear::load(h, h, att.pp("q_lin"))?,
                 k_lin: LoRALinear::load(h, h, att.pp("k_lin"))?,
                 v_lin: LoRALinear::load(h, h, att.pp("v_lin"))?,
-                out_lin: candle_nn::linear(h, h, att.pp("out_lin"))?,
+                out_lin: LoRALinear::load(h, h, att.pp("out_lin"))?,
                 prefix: PrefixSlot::new(&att, h, cfg.n_heads, cfg.pad_token_id, PrefixPadding::PlainMask),
                 heads: cfg.n_heads,
                 dropout: cfg.attention_dropout,
@@ -130,7 +130,7 @@ impl TransformerBlock {
         let (k, v, mask) = a.prefix.forward(&k, &v, mask, x, ctx)?;
         let scale = 1.0 / (q.dim(3)? as f64).sqrt();
         let context = attend(&q, &k, &v, &mask, scale, a.dropout, ctx)?;
-        let sa_output = adapters_runtime::nn::fused::linear_module(&context, &a.out_lin)?;
+        let sa_output = a.out_lin.forward(&context, ctx)?;
         let sa_output = self.sa_layer_norm.forward(&sa_output, x, ctx)?;
         let f = &self.ffn;
         let hidden = f.activation.forward(&f.lin1.forward(&sa_output, ctx)?)?;

@@ -23,7 +23,15 @@ fn gemma_norm(size: usize, eps: f64, vb: VarBuilder) -> Result<RmsNorm> {
 
 /// One Gemma 2 decoder layer.
 #[adapter_mixin(
-    lora(q = self_attn.q_proj, k = self_attn.k_proj, v = self_attn.v_proj, intermediate = mlp.up_proj, output = mlp.down_proj),
+    lora(
+        q = self_attn.q_proj,
+        k = self_attn.k_proj,
+        v = self_attn.v_proj,
+        intermediate = mlp.up_proj,
+        output = mlp.down_proj,
+        attn_output = self_attn.o_proj,
+        gate = mlp.gate_proj,
+    ),
     bottleneck(mh_adapter = attention_adapters, output_adapter = output_adapters),
     reft(output = reft),
 )]

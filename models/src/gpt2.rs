@@ -8,7 +8,7 @@
 //! tuning, as Python's `support_prompt_tuning = False`).
 
 use adapters_runtime::nn::activation::Activation;
-use adapters_runtime::nn::{dropout, mask_min, BaseWeight, FrozenLinear};
+use adapters_runtime::nn::{dropout, mask_min};
 use adapters_runtime::{adapter_config, adapter_mixin, with_adapters, AdapterError};
 use adapters_runtime::{BottleneckSlot, EmbeddingSlot, ForwardContext, LayerNorm, LoRALinear, PrefixPadding, PrefixSlot, ReftSlot};
 use adapters_runtime::{InputKind, KvCache, ModelForward, ModelInputs, ModelOutputs};
@@ -137,7 +137,7 @@ fn gpt2_mask(attention_mask: &Tensor, queries: usize, dtype: DType) -> Result<Te
 struct Gpt2Attention {
     /// The fused q/k/v projection (Python's `LoRAMergedLinear`).
     c_attn: LoRALinear,
-    c_proj: FrozenLinear,
+    c_proj: LoRALinear,
     /// Prefix tuning prepends its keys and values here, after the KV cache.
     prefix: PrefixSlot,
     heads: usize,
@@ -159,7 +159,7 @@ impl Gpt2Attention {
         }
         Ok(Gpt2Attention {
             c_attn: LoRALinear::merged_qkv(conv1d_weight(&c_attn, h, 3 * h)?, Some(c_attn.get(3 * h, "bias")?), c_attn.prefix())?,
-            c_proj: FrozenLinear { weight: BaseWeight::Dense(conv1d_weight(&c_proj, h, h)?), bias: Some(c_proj.get(h, "bias")?) },
+            c_proj: LoRALinear::new(conv1d_weight(&c_proj, h, h)?, Some(c_proj.get(h, "bias")?), c_proj.prefix()),
             prefix: PrefixSlot::new(&vb, h, heads, cfg.pad_token_id.unwrap_or(0), PrefixPadding::InvertedMask),
             heads,
             head_dim,
@@ -188,7 +188,7 @@ impl Gpt2Attention {
         };
         let (k, v, mask) = self.prefix.forward(&k, &v, mask, x, ctx)?;
         let context = attend(&q, &k.contiguous()?, &v.contiguous()?, &mask, self.scale, self.attn_dropout, ctx)?;
-        dropout(&self.c_proj.forward(&context)?, self.resid_dropout, ctx)
+        dropout(&self.c_proj.forward(&context, ctx)?, self.resid_dropout, ctx)
     }
 }
 
@@ -220,7 +220,7 @@ impl Gpt2Mlp {
 /// One GPT-2 block. Python calls its bottleneck layers with no LayerNorm
 /// (`attention_adapters(attn_output, residual, None)`): each sublayer ends in a residual sum.
 #[adapter_mixin(
-    lora(selfattn = attn.c_attn, intermediate = mlp.c_fc, output = mlp.c_proj),
+    lora(selfattn = attn.c_attn, intermediate = mlp.c_fc, output = mlp.c_proj, attn_output = attn.c_proj),
     bottleneck(mh_adapter = attention_adapters, output_adapter = output_adapters),
     prefix(self_prefix = attn.prefix),
     reft(output = reft),

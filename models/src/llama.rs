@@ -4,7 +4,7 @@
 
 use adapters_runtime::nn::activation::Activation;
 use adapters_runtime::nn::rope::{apply_rotary, repeat_kv, RopeScaling, RotaryEmbedding};
-use adapters_runtime::nn::{causal_additive_mask_windowed, BaseWeight, FrozenLinear, RmsNorm};
+use adapters_runtime::nn::{causal_additive_mask_windowed, BaseWeight, RmsNorm};
 use adapters_runtime::{adapter_config, adapter_mixin, with_adapters, AdapterError};
 use adapters_runtime::{BottleneckSlot, EmbeddingSlot, ForwardContext, LoRALinear, PrefixPadding, PrefixSlot, ReftSlot};
 use adapters_runtime::{InputKind, KvCache, ModelForward, ModelInputs, ModelOutputs};
@@ -42,10 +42,6 @@ fn lora_linear(vb: VarBuilder, inp: usize, out: usize, bias: bool, quantized: Qu
     let weight = base_weight(&vb, out, inp, quantized)?;
     let bias = if bias { Some(vb.get(out, "bias")?) } else { None };
     Ok(LoRALinear::over(weight, bias, vb.prefix()))
-}
-
-fn frozen_linear(vb: VarBuilder, inp: usize, out: usize, bias: bool, quantized: Quantized<'_>) -> Result<FrozenLinear> {
-    Ok(FrozenLinear { weight: base_weight(&vb, out, inp, quantized)?, bias: if bias { Some(vb.get(out, "bias")?) } else { None } })
 }
 
 fn default_rms_eps() -> f64 {
@@ -150,7 +146,7 @@ pub(crate) struct LlamaAttention {
     pub(crate) q_proj: LoRALinear,
     pub(crate) k_proj: LoRALinear,
     pub(crate) v_proj: LoRALinear,
-    o_proj: FrozenLinear,
+    pub(crate) o_proj: LoRALinear,
     /// Prefix tuning prepends its keys and values here (as many heads as keys and values).
     prefix: PrefixSlot,
     heads: usize,
@@ -179,7 +175,7 @@ impl LlamaAttention {
             q_proj: lora_linear(vb.pp("q_proj"), h, heads * d, bias("q_proj"), q)?,
             k_proj: lora_linear(vb.pp("k_proj"), h, kv_heads * d, bias("k_proj"), q)?,
             v_proj: lora_linear(vb.pp("v_proj"), h, kv_heads * d, bias("v_proj"), q)?,
-            o_proj: frozen_linear(vb.pp("o_proj"), heads * d, h, bias("o_proj"), q)?,
+            o_proj: lora_linear(vb.pp("o_proj"), heads * d, h, bias("o_proj"), q)?,
             prefix: PrefixSlot::grouped(&vb, h, kv_heads, d, cfg.pad_token_id.unwrap_or(0), PrefixPadding::InvertedMask),
             heads,
             kv_heads,
@@ -231,7 +227,7 @@ impl LlamaAttention {
             None => attend(&q, &k, &v, &mask, self.scale, self.dropout, ctx)?,
             Some(cap) => attend_softcapped(&q, &k, &v, &mask, self.scale, cap, self.dropout, ctx)?,
         };
-        self.o_proj.forward(&context)
+        self.o_proj.forward(&context, ctx)
     }
 }
 
@@ -247,7 +243,7 @@ fn attend_softcapped(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f
 }
 
 pub(crate) struct LlamaMlp {
-    gate_proj: FrozenLinear,
+    pub(crate) gate_proj: LoRALinear,
     pub(crate) up_proj: LoRALinear,
     pub(crate) down_proj: LoRALinear,
     activation: Activation,
@@ -257,7 +253,7 @@ impl LlamaMlp {
     pub(crate) fn load(vb: VarBuilder, cfg: &LlamaConfig, q: Quantized<'_>) -> Result<Self> {
         let (h, i, bias) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
         Ok(LlamaMlp {
-            gate_proj: frozen_linear(vb.pp("gate_proj"), h, i, bias, q)?,
+            gate_proj: lora_linear(vb.pp("gate_proj"), h, i, bias, q)?,
             up_proj: lora_linear(vb.pp("up_proj"), h, i, bias, q)?,
             down_proj: lora_linear(vb.pp("down_proj"), i, h, bias, q)?,
             activation: Activation::parse(cfg.hidden_activation.as_deref().unwrap_or(&cfg.hidden_act)).map_err(AdapterError::into_candle)?,
@@ -266,7 +262,7 @@ impl LlamaMlp {
 
     /// `down(act(gate(x)) * up(x))`.
     pub(crate) fn forward(&self, x: &Tensor, ctx: &ForwardContext) -> Result<Tensor> {
-        let gate = self.activation.forward(&self.gate_proj.forward(x)?)?;
+        let gate = self.activation.forward(&self.gate_proj.forward(x, ctx)?)?;
         self.down_proj.forward(&(gate * self.up_proj.forward(x, ctx)?)?, ctx)
     }
 }
@@ -275,7 +271,15 @@ impl LlamaMlp {
 /// as `output` (the names are the library's, not the layers' roles), and calls its bottleneck
 /// layers with no LayerNorm: each sublayer ends in a plain residual sum.
 #[adapter_mixin(
-    lora(q = self_attn.q_proj, k = self_attn.k_proj, v = self_attn.v_proj, intermediate = mlp.down_proj, output = mlp.up_proj),
+    lora(
+        q = self_attn.q_proj,
+        k = self_attn.k_proj,
+        v = self_attn.v_proj,
+        intermediate = mlp.down_proj,
+        output = mlp.up_proj,
+        attn_output = self_attn.o_proj,
+        gate = mlp.gate_proj,
+    ),
     bottleneck(mh_adapter = attention_adapters, output_adapter = output_adapters),
     prefix(self_prefix = self_attn.prefix),
     reft(output = reft),

@@ -14,7 +14,15 @@ use adapters_runtime::nn::RmsNorm;
 
 /// One Qwen decoder layer, marked as Python's interface wires it.
 #[adapter_mixin(
-    lora(q = self_attn.q_proj, k = self_attn.k_proj, v = self_attn.v_proj, intermediate = mlp.up_proj, output = mlp.down_proj),
+    lora(
+        q = self_attn.q_proj,
+        k = self_attn.k_proj,
+        v = self_attn.v_proj,
+        intermediate = mlp.up_proj,
+        output = mlp.down_proj,
+        attn_output = self_attn.o_proj,
+        gate = mlp.gate_proj,
+    ),
     bottleneck(mh_adapter = attention_adapters, output_adapter = output_adapters),
     reft(output = reft),
 )]

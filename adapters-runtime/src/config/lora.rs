@@ -67,8 +67,40 @@ pub struct LoRAConfig {
     pub vera_b: Option<f64>,
     #[serde(default)]
     pub dtype: Option<String>,
+    /// A PEFT adapter's own layout, which AdapterHub's keys cannot express; never written to
+    /// AdapterHub files (see [`PeftLayout`]).
+    #[serde(skip)]
+    pub peft: Option<PeftLayout>,
     #[serde(flatten)]
     pub extra: BTreeMap<String, Value>,
+}
+
+/// Where a PEFT adapter sits and how each module is built, when that is more than AdapterHub's
+/// locations x layers with one rank: modules by slot path (as the model's LoRA slots name
+/// them), each with its own rank and alpha (PEFT's `rank_pattern` / `alpha_pattern`); IA3 on a
+/// module's input (`feedforward_modules`); and DoRA as PEFT computes it. When set, it replaces
+/// the location flags and `leave_out` for placing modules.
+///
+/// Modules built from a layout compute as PEFT does where the two libraries differ: DoRA is
+/// `m / ||W + s B A||_row * (W x + s B A x) + b` (the Python library's DoRA scales the bias too
+/// and leaves `s` out of the norm), and merging IA3 on an output scales the bias as well.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PeftLayout {
+    pub modules: BTreeMap<String, PeftModule>,
+    /// Whether the config's AdapterHub fields (locations, `leave_out`, `r`, `alpha`) describe the
+    /// same modules with the same outputs, so it can be written as an AdapterHub file.
+    pub expressible: bool,
+}
+
+/// One module of a [`PeftLayout`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct PeftModule {
+    pub r: usize,
+    /// The scaling numerator: `alpha / r` scales LoRA (rsLoRA's `alpha / sqrt(r)` is stored as
+    /// `alpha * sqrt(r)`); IA3 ignores it.
+    pub alpha: f64,
+    /// IA3 on the module's input (PEFT's `feedforward_modules`): `W (x * l) + b`.
+    pub scales_input: bool,
 }
 
 fn write_int_if_whole<S: serde::Serializer>(v: &f64, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -149,6 +181,8 @@ impl LoRAConfig {
             SelfAttn => self.selfattn_lora && self.attn_matrices.iter().any(|m| matches!(m.as_str(), "q" | "k" | "v")),
             Intermediate => self.intermediate_lora,
             Output => self.output_lora,
+            // The Python library never adapts these; only a PEFT layout places modules there.
+            AttnOutput | Gate => false,
         }
     }
 }

@@ -13,7 +13,7 @@ mod union;
 pub use bottleneck::{BnConfig, ReductionFactor, ResidualBeforeLn, Scaling};
 pub use file::{AdapterFile, CONFIG_NAME};
 pub use fusion::FusionConfig;
-pub use lora::{LoRAConfig, LoraKind};
+pub use lora::{LoRAConfig, LoraKind, PeftLayout, PeftModule};
 pub use prefix::{PrefixTuningConfig, PromptCombine, PromptTuningConfig};
 pub use reft::{ReftConfig, ReftLayers};
 

@@ -98,6 +98,13 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
     pub fn save_adapter(&self, dir: impl AsRef<Path>, name: &str) -> Result<()> {
         let dir = dir.as_ref();
         let config = self.configs.get(name).ok_or_else(|| AdapterError::NoSuchAdapter(name.into()))?;
+        if config.lora().and_then(|c| c.peft.as_ref()).is_some_and(|layout| !layout.expressible) {
+            return Err(AdapterError::Unsupported {
+                adapter: name.into(),
+                operation: "save_adapter".into(),
+                reason: "it came from a PEFT file whose modules (ranks, alphas, targets such as o_proj or gate_proj, IA3 on inputs, or PEFT's DoRA) AdapterHub's config cannot express; save it as PEFT (save_adapter_peft, `adapters convert --to peft`)".into(),
+            });
+        }
         std::fs::create_dir_all(dir).map_err(|e| AdapterError::io(dir, e))?;
         let mut tensors: HashMap<String, Tensor> = self.named_params(name)?.into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
         // Written under both names, as Python's state dict has them (separate copies, since

@@ -19,6 +19,7 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
 
     /// [`AdaptedModel::lm_logits`] of each row's last position only (`[batch, 1, vocab]`), what
     /// a generation step samples from.
+    #[cfg(feature = "generate")]
     pub(crate) fn last_lm_logits(&self, inputs: &ModelInputs<'_>) -> Result<Tensor> {
         self.lm_logits_at(inputs, true)
     }

@@ -68,6 +68,21 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
         out.into_iter().map(|(name, w)| Ok((name, w?))).collect()
     }
 
+    /// The current bias of every linear layer that takes LoRA-family modules and has one, named
+    /// as [`Self::lora_linear_weights`] names the weights (`...query.bias`). Merging changes only
+    /// those an IA3 adapter from a PEFT file scales (PEFT merges the scaling into the bias).
+    pub fn lora_linear_biases(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        self.each_slot(&mut |_, slot| {
+            if let SlotRef::Lora(_, s) = slot {
+                if let Some(bias) = s.bias() {
+                    out.push((format!("{}.bias", self.strip_root(s.path())), bias.clone()));
+                }
+            }
+        });
+        out
+    }
+
     pub fn reset_adapter(&mut self) {
         self.each_slot_mut(&mut |_, mut slot| slot.adapter_slot().unmerge());
     }

@@ -18,4 +18,4 @@ pub use dropout::dropout;
 pub(crate) use fused::linear;
 pub use mask::{additive_mask, causal_additive_mask_for, causal_additive_mask_windowed, mask_min};
 pub use norm::{LayerNorm, Norm, RmsNorm};
-pub use quantized::{BaseWeight, FrozenLinear};
+pub use quantized::BaseWeight;

@@ -65,20 +65,6 @@ impl BaseWeight {
     }
 }
 
-/// A frozen linear layer that takes no adapters (Llama's `o_proj`, `gate_proj`), over a dense or
-/// quantized weight.
-#[derive(Clone, Debug)]
-pub struct FrozenLinear {
-    pub weight: BaseWeight,
-    pub bias: Option<Tensor>,
-}
-
-impl FrozenLinear {
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.weight.linear(x, self.bias.as_ref())
-    }
-}
-
 /// The quantized product as a graph node whose backward gives the input `g W`.
 struct FrozenQuantized(Arc<QTensor>);
 

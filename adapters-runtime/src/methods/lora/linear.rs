@@ -17,8 +17,8 @@ pub struct LoRALinear {
     bias: Option<Tensor>,
     path: String,
     pub(crate) loras: BTreeMap<String, LoraModule>,
-    /// The merged module's name and the weight before merging (restored exactly on reset).
-    merged: Option<(String, BaseWeight)>,
+    /// The merged module's name and the weight and bias before merging (restored exactly on reset).
+    merged: Option<(String, BaseWeight, Option<Tensor>)>,
     /// The index of the layer this slot sits in (set when the model is wrapped; AdapterDrop).
     pub(crate) layer: usize,
     /// A fused q/k/v projection: the output columns per matrix (see [`LoRALinear::merged_qkv`]).
@@ -69,6 +69,11 @@ impl LoRALinear {
         self.weight.dense()
     }
 
+    /// The current bias (after `merge_adapter`, the merged one: PEFT's IA3 scales it).
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
     pub fn base_weight(&self) -> &BaseWeight {
         &self.weight
     }
@@ -80,7 +85,7 @@ impl LoRALinear {
     }
 
     pub fn merged(&self) -> Option<&str> {
-        self.merged.as_ref().map(|(n, _)| n.as_str())
+        self.merged.as_ref().map(|(n, _, _)| n.as_str())
     }
 
     pub fn adapter_names(&self) -> impl Iterator<Item = &str> {
@@ -95,27 +100,30 @@ impl LoRALinear {
     }
 
     fn composed(&self, x: &Tensor, ctx: &ForwardContext) -> Result<Tensor> {
-        let layer_output = self.weight.linear(x, self.bias.as_ref())?;
-        if self.merged.is_some() {
-            return Ok(layer_output);
-        }
-        let Some(setup) = ctx.setup_at(self.layer).filter(|s| s.any_adapter(&|n| self.loras.contains_key(n))) else {
-            return Ok(layer_output);
+        let setup = match self.merged {
+            Some(_) => None,
+            None => ctx.setup_at(self.layer).filter(|s| s.any_adapter(&|n| self.loras.contains_key(n))),
         };
-        if self.qkv.is_some() {
-            return self.merged_qkv_forward(x, layer_output, setup, ctx);
+        let Some(setup) = setup else {
+            return self.weight.linear(x, self.bias.as_ref());
+        };
+        if self.qkv.is_some() || setup.any_adapter(&|n| self.loras.get(n).is_some_and(LoraModule::scales_input)) {
+            return self.single_forward(x, setup, ctx);
         }
+        let layer_output = self.weight.linear(x, self.bias.as_ref())?;
         let state = LoraState { input: x.clone(), hidden: None, output: layer_output, last: None };
         let state = composition::run(self, setup, state, ctx)?;
         match (state.last.as_deref().and_then(|n| self.loras.get(n)), state.hidden) {
-            (Some(module), Some(hidden)) => module.combine(&state.output, &hidden, &self.weight),
+            (Some(module), Some(hidden)) => module.combine(&state.output, &hidden, &self.weight, self.bias.as_ref()),
             _ => Ok(state.output),
         }
     }
 
-    /// Python's `LoRAMergedLinear.forward`: one adapter (`"a"`, `Stack[a]`) runs; any other
-    /// setup holding one of this slot's adapters raises there, and is an error here.
-    fn merged_qkv_forward(&self, x: &Tensor, layer_output: Tensor, setup: &AdapterSetup, ctx: &ForwardContext) -> Result<Tensor> {
+    /// One adapter alone (`"a"`, `Stack[a]`), where modules do not compose: Python's
+    /// `LoRAMergedLinear.forward` on a fused q/k/v projection (any other setup holding one of this
+    /// slot's adapters raises there, and is an error here), and IA3 on the input (PEFT's
+    /// feed-forward modules), which scales what the linear reads.
+    fn single_forward(&self, x: &Tensor, setup: &AdapterSetup, ctx: &ForwardContext) -> Result<Tensor> {
         let single = match setup {
             AdapterSetup::Single(name) => Some(name),
             AdapterSetup::Stack(children) => match children.as_slice() {
@@ -125,14 +133,19 @@ impl LoRALinear {
             _ => None,
         };
         let Some(module) = single.and_then(|name| self.loras.get(name)) else {
-            return Err(crate::error::AdapterError::Setup {
-                setup: setup.to_string(),
-                reason: format!("`{}` fuses q, k and v (Python's LoRAMergedLinear), which runs one LoRA adapter alone, not in a composition block", self.path),
-            }
-            .into_candle());
+            let what = match self.qkv {
+                Some(_) => "fuses q, k and v (Python's LoRAMergedLinear), which runs one LoRA adapter alone",
+                None => "holds IA3 on its input (a PEFT feed-forward module), which runs one adapter alone",
+            };
+            return Err(crate::error::AdapterError::Setup { setup: setup.to_string(), reason: format!("`{}` {what}, not in a composition block", self.path) }
+                .into_candle());
         };
+        if module.scales_input() {
+            return self.weight.linear(&module.scale_input(x)?, self.bias.as_ref());
+        }
+        let layer_output = self.weight.linear(x, self.bias.as_ref())?;
         let hidden = module.forward(None, x, ctx)?;
-        module.combine(&layer_output, &hidden, &self.weight)
+        module.combine(&layer_output, &hidden, &self.weight, self.bias.as_ref())
     }
 
     pub(crate) fn merge(&mut self, name: &str) -> crate::error::Result<bool> {
@@ -142,8 +155,8 @@ impl LoRALinear {
             return Err(refuse("a gated LoRA module (UniPELT) cannot be merged: its gate depends on the input".into()));
         }
         match &self.merged {
-            Some((merged, _)) if merged == name => return Ok(true),
-            Some((merged, _)) => return Err(refuse(format!("`{merged}` is already merged here; reset it first"))),
+            Some((merged, _, _)) if merged == name => return Ok(true),
+            Some((merged, _, _)) => return Err(refuse(format!("`{merged}` is already merged here; reset it first"))),
             None => {}
         }
         if self.weight.is_quantized() {
@@ -153,14 +166,17 @@ impl LoRALinear {
             )));
         }
         let merged = BaseWeight::Dense(module.merged_weight(&self.weight.dense()?)?);
+        let merged_bias = self.bias.as_ref().map(|b| module.merged_bias(b)).transpose()?;
         let original = std::mem::replace(&mut self.weight, merged);
-        self.merged = Some((name.to_string(), original));
+        let original_bias = std::mem::replace(&mut self.bias, merged_bias);
+        self.merged = Some((name.to_string(), original, original_bias));
         Ok(true)
     }
 
     pub(crate) fn reset(&mut self) {
-        if let Some((_, original)) = self.merged.take() {
-            self.weight = original;
+        if let Some((_, weight, bias)) = self.merged.take() {
+            self.weight = weight;
+            self.bias = bias;
         }
     }
 }

@@ -52,6 +52,11 @@ pub struct LoraModule {
     dropout: f64,
     /// UniPELT's gate `Linear(in, 1)`: `mean_seq(sigmoid(gate(x)))` replaces the scaling.
     gate: Option<(Var, Var)>,
+    /// Built from a PEFT layout: DoRA and IA3 merging follow PEFT (see [`crate::config::PeftLayout`]).
+    from_peft: bool,
+    /// IA3 on the input (PEFT's `feedforward_modules`): `b` is `[1, in]` and the linear computes
+    /// `W (x * b) + bias`.
+    scales_input: bool,
 }
 
 impl LoraModule {
@@ -92,6 +97,28 @@ impl LoraModule {
         }
         let r = config.r;
         Self::build(config, in_features, ([r * n, in_features], [size * n, r]), n, Some(groups), None, None, init)
+    }
+
+    /// A module of a PEFT layout ([`crate::config::PeftLayout`]) on a plain linear: LoRA, DoRA
+    /// (PEFT's formula) or IA3, on the input (`[1, in]` vector) when `scales_input`.
+    pub fn peft(config: &LoRAConfig, in_features: usize, out_features: usize, base_weight: &Tensor, scales_input: bool, init: &mut Init) -> Result<Self> {
+        let r = config.r;
+        let b_shape = if scales_input { [1, in_features] } else { [out_features, r] };
+        if config.is_vera() || config.use_gating || (scales_input && config.kind() != LoraKind::IA3) {
+            return Err(crate::error::internal("a PEFT layout holds LoRA, DoRA or IA3 modules"));
+        }
+        let module = Self::build(config, in_features, ([r, in_features], b_shape), 1, None, Some(base_weight), None, init)?;
+        Ok(LoraModule { from_peft: true, scales_input, ..module })
+    }
+
+    /// IA3 on the input (PEFT's `feedforward_modules`): the linear's input is scaled, not its output.
+    pub fn scales_input(&self) -> bool {
+        self.scales_input
+    }
+
+    /// `x * (b * alpha)` for IA3 on the input.
+    pub fn scale_input(&self, x: &Tensor) -> Result<Tensor> {
+        x.broadcast_mul(&(self.b().flatten_all()? * self.scaling)?)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -171,7 +198,7 @@ impl LoraModule {
             Some((_, _, vera_b)) => vera_b.clone(),
             None => handle("lora_B").ok_or_else(|| crate::error::internal("lora_B is always created"))?,
         };
-        Ok(LoraModule { kind, groups, vera, a, b, magnitude, params, scaling, dropout: config.dropout, gate })
+        Ok(LoraModule { kind, groups, vera, a, b, magnitude, params, scaling, dropout: config.dropout, gate, from_peft: false, scales_input: false })
     }
 
     pub fn params(&self) -> &[NamedParam] {
@@ -315,10 +342,19 @@ impl LoraModule {
     }
 
     /// Combines the base output with the composed module output, as the last module of a stack.
-    pub fn combine(&self, layer_output: &Tensor, hidden: &Tensor, base_weight: &crate::nn::BaseWeight) -> Result<Tensor> {
+    pub fn combine(&self, layer_output: &Tensor, hidden: &Tensor, base_weight: &crate::nn::BaseWeight, bias: Option<&Tensor>) -> Result<Tensor> {
         match self.kind {
             LoraKind::LoRA => layer_output.broadcast_add(hidden),
             LoraKind::IA3 => layer_output.broadcast_mul(hidden),
+            LoraKind::DoRA if self.from_peft => {
+                // PEFT: m / ||W + s B A||_row * (W x + s B A x) + b (`hidden` carries the scaling).
+                let norm = (base_weight.dense()? + (self.delta_w()? * self.scaling)?)?.sqr()?.sum(1)?.sqrt()?;
+                let scale = self.magnitude()?.flatten_all()?.div(&norm)?;
+                match bias {
+                    Some(b) => (layer_output.broadcast_sub(b)? + hidden)?.broadcast_mul(&scale)?.broadcast_add(b),
+                    None => (layer_output + hidden)?.broadcast_mul(&scale),
+                }
+            }
             LoraKind::DoRA => {
                 // m / ||W + B A||_row * (W x + b + s B A x); the norm uses the unscaled delta.
                 let norm = (base_weight.dense()? + self.delta_w()?)?.sqr()?.sum(1)?.sqrt()?;
@@ -326,6 +362,17 @@ impl LoraModule {
                 (layer_output + hidden)?.broadcast_mul(&scale)
             }
         }
+    }
+
+    /// The bias with this module folded in: PEFT's IA3 on an output scales it with the rows;
+    /// the Python library's merge leaves it (and so does every other module).
+    pub fn merged_bias(&self, bias: &Tensor) -> Result<Tensor> {
+        if self.kind == LoraKind::IA3 && self.from_peft && !self.scales_input {
+            let dtype = bias.dtype();
+            let scale = (self.b().flatten_all()?.to_dtype(DType::F32)? * self.scaling)?;
+            return bias.to_dtype(DType::F32)?.mul(&scale)?.to_dtype(dtype);
+        }
+        Ok(bias.clone())
     }
 
     /// The weight with this module folded in (`merge_adapter`).
@@ -336,7 +383,13 @@ impl LoraModule {
         let delta = self.delta_w()?.to_dtype(DType::F32)?;
         let merged = match self.kind {
             LoraKind::LoRA => (weight + (delta * self.scaling)?)?,
+            // `[1, in]` on the input scales the columns, `[out, 1]` on the output the rows.
             LoraKind::IA3 => weight.broadcast_mul(&(delta * self.scaling)?)?,
+            LoraKind::DoRA if self.from_peft => {
+                let v = (weight + (delta * self.scaling)?)?;
+                let norm = v.sqr()?.sum_keepdim(1)?.sqrt()?;
+                v.broadcast_mul(&self.magnitude()?.to_dtype(DType::F32)?.div(&norm)?)?
+            }
             LoraKind::DoRA => {
                 let v = (weight + delta)?;
                 let norm = v.sqr()?.sum_keepdim(1)?.sqrt()?;

@@ -1,190 +1,27 @@
-//! PEFT adapter folders (`adapter_config.json` with `peft_type` + `adapter_model.safetensors` or
-//! `.bin`), loaded into the same LoRA-family slots the AdapterHub files use. The modules a file
-//! adapts are read from its tensors (`base_model.model.<module>.lora_A.weight`, `<module>.ia3_l`),
-//! matched to the model's LoRA slots by module path, and expressed as the equivalent LoRA config
-//! (locations and `leave_out`); what that cannot express is refused with the file, the key and
-//! the reason, before anything is added.
+//! Writing an adapter as a PEFT folder: tensors under PEFT's names for this checkpoint
+//! (`base_model.model.` + the module path the checkpoint uses), the config PEFT 0.21 reads.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use candle_core::Tensor;
 use serde_json::Value;
 
-use super::AdaptedModel;
+use super::{PeftParam, PEFT_WEIGHTS_SAFE};
 use crate::body::BaseModel;
-use crate::config::AdapterConfig;
+use crate::config::{AdapterConfig, LoraKind, PeftModule};
 use crate::error::{AdapterError, Result};
 use crate::mixin::{LoraLocation, SlotRef};
-
-/// The weight files of a PEFT folder.
-pub const PEFT_WEIGHTS_SAFE: &str = "adapter_model.safetensors";
-pub const PEFT_WEIGHTS_PICKLE: &str = "adapter_model.bin";
-/// The PEFT methods loaded here.
-pub const SUPPORTED_PEFT_TYPES: &[&str] = &["LORA", "IA3"];
-
-/// Whether `dir` holds a PEFT adapter (its `adapter_config.json` names a `peft_type`).
-pub fn is_peft_folder(dir: &Path) -> bool {
-    std::fs::read_to_string(dir.join(crate::config::CONFIG_NAME))
-        .ok()
-        .and_then(|text| serde_json::from_str::<Value>(&text).ok())
-        .is_some_and(|v| v.get("peft_type").is_some())
-}
-
-/// One PEFT tensor: the adapted module's path (without PEFT's `base_model.model.` wrapper) and
-/// which parameter it is.
-fn split_key(key: &str) -> Option<(&str, &'static str)> {
-    let key = key.strip_prefix("base_model.model.").unwrap_or(key);
-    for (suffix, param) in [(".lora_A.weight", "lora_A"), (".lora_B.weight", "lora_B"), (".ia3_l", "lora_B")] {
-        if let Some(module) = key.strip_suffix(suffix) {
-            return Some((module, param));
-        }
-    }
-    None
-}
-
-/// `layers.3.self_attn.q_proj` -> (3, the rest): the layer index a module path carries.
-fn layer_of(path: &str) -> Option<usize> {
-    let parts: Vec<&str> = path.split('.').collect();
-    parts.windows(2).find(|w| matches!(w[0], "layers" | "layer" | "h")).and_then(|w| w[1].parse().ok())
-}
-
-impl<M: BaseModel + ?Sized> AdaptedModel<M> {
-    /// Loads a PEFT folder as adapter `load_as` (default: the folder's name). LoRA (`use_rslora`,
-    /// `layers_to_transform`, list or regex `target_modules`) and IA3 without feed-forward
-    /// modules, on the linears the model marks for LoRA. Either everything loads or nothing is
-    /// added.
-    pub(crate) fn load_peft_adapter(&mut self, dir: &Path, load_as: Option<&str>) -> Result<String> {
-        let config_path = dir.join(crate::config::CONFIG_NAME);
-        let origin = config_path.display().to_string();
-        let text = std::fs::read_to_string(&config_path).map_err(|e| AdapterError::io(&config_path, e))?;
-        let raw: Value = serde_json::from_str(&text).map_err(|e| AdapterError::file(&origin, format!("not valid JSON: {e}")))?;
-        let key_error = |key: &str, reason: String| AdapterError::ConfigKey { file: origin.clone(), key: key.into(), reason };
-        let peft_type = raw["peft_type"].as_str().unwrap_or_default().to_string();
-        if !SUPPORTED_PEFT_TYPES.contains(&peft_type.as_str()) {
-            return Err(key_error("peft_type", format!("`{peft_type}` is not supported; supported: {}", SUPPORTED_PEFT_TYPES.join(", "))));
-        }
-        // What the equivalent LoRA config cannot express yet is refused by key.
-        let nonempty =
-            |key: &str| !matches!(raw.get(key), None | Some(Value::Null)) && raw[key] != Value::Object(Default::default()) && raw[key] != Value::Array(vec![]);
-        for key in ["rank_pattern", "alpha_pattern", "modules_to_save", "layer_replication", "trainable_token_indices"] {
-            if nonempty(key) {
-                return Err(key_error(key, format!("is set ({}); loading it is not supported yet", raw[key])));
-            }
-        }
-        for key in ["use_dora", "fan_in_fan_out", "lora_bias"] {
-            if raw[key] == Value::Bool(true) {
-                return Err(key_error(key, "is true; loading it is not supported yet".into()));
-            }
-        }
-        if raw.get("bias").and_then(Value::as_str).is_some_and(|b| b != "none") {
-            return Err(key_error("bias", format!("is `{}`; only `none` (no trained biases) is supported", raw["bias"])));
-        }
-        if peft_type == "IA3" && nonempty("feedforward_modules") {
-            return Err(key_error("feedforward_modules", "IA3 on a module's input (feed-forward modules) is not supported yet; IA3 on outputs is".into()));
-        }
-        let weights_path = crate::io::find_weights(dir, PEFT_WEIGHTS_SAFE, PEFT_WEIGHTS_PICKLE)?;
-        let weights = crate::io::read_weights(&weights_path, &self.placement.device)?;
-        let weights_origin = weights_path.display().to_string();
-
-        // The model's LoRA slots by module path (without the checkpoint's root prefix).
-        let mut slots: HashMap<String, (usize, LoraLocation)> = HashMap::new();
-        self.each_slot(&mut |layer, slot| {
-            if let SlotRef::Lora(location, s) = slot {
-                slots.insert(self.strip_root(s.path()).to_string(), (layer, location));
-            }
-        });
-        let find = |module: &str| -> Option<(String, usize, LoraLocation)> {
-            // PEFT names modules by the wrapped model's path (`model.layers...` for *ForCausalLM).
-            let stripped = module.split_once('.').map(|(_, rest)| rest);
-            [Some(module), stripped].into_iter().flatten().find_map(|m| slots.get(m).map(|(l, loc)| (m.to_string(), *l, *loc)))
-        };
-        let mut adapted: BTreeMap<(usize, String), LoraLocation> = BTreeMap::new();
-        let mut renamed_modules: HashMap<String, String> = HashMap::new();
-        for key in weights.keys() {
-            let (module, _) =
-                split_key(key).ok_or_else(|| AdapterError::UnexpectedTensor { file: weights_origin.clone(), tensor: key.clone(), adapter: "PEFT".into() })?;
-            let Some((path, layer, location)) = find(module) else {
-                let mut known: Vec<&str> = slots.keys().filter(|p| layer_of(p) == Some(0)).map(String::as_str).collect();
-                known.sort_unstable();
-                return Err(AdapterError::file(
-                    &weights_origin,
-                    format!(
-                        "tensor `{key}` adapts `{module}`, which takes no LoRA-family module in this {} model; the adaptable modules of layer 0 are {}",
-                        self.model.mapping().model_type,
-                        known.join(", ")
-                    ),
-                ));
-            };
-            if location == LoraLocation::SelfAttn {
-                return Err(AdapterError::file(
-                    &weights_origin,
-                    format!("tensor `{key}`: PEFT adapts the fused q/k/v projection `{module}` as one matrix, which this library's grouped q/k/v slot does not take yet"),
-                ));
-            }
-            adapted.insert((layer, path.clone()), location);
-            renamed_modules.insert(module.to_string(), path);
-        }
-        // The config of those modules: its locations on its layers, when they are a product of the two.
-        let locations: BTreeSet<&'static str> = adapted.values().map(|l| location_name(*l)).collect();
-        let layers: BTreeSet<usize> = adapted.keys().map(|(l, _)| *l).collect();
-        let expected = layers.len() * locations.len();
-        if adapted.len() != expected {
-            return Err(AdapterError::file(
-                &weights_origin,
-                format!(
-                    "adapts {} modules, not every location ({}) on every adapted layer ({layers:?}); per-layer target sets are not supported yet",
-                    adapted.len(),
-                    locations.iter().copied().collect::<Vec<_>>().join(", ")
-                ),
-            ));
-        }
-        let layer_count = self.adapter_layer_count();
-        let mut config = match peft_type.as_str() {
-            "IA3" => AdapterConfig::parse("ia3")?,
-            _ => AdapterConfig::parse("lora")?,
-        };
-        if let AdapterConfig::LoRA(c) = &mut config {
-            let matrices: Vec<String> = ["q", "k", "v"].iter().filter(|m| locations.contains(*m)).map(|m| m.to_string()).collect();
-            c.selfattn_lora = !matrices.is_empty();
-            c.attn_matrices = matrices;
-            c.intermediate_lora = locations.contains("intermediate");
-            c.output_lora = locations.contains("output");
-            c.leave_out = (0..layer_count).filter(|l| !layers.contains(l)).collect();
-            if peft_type == "LORA" {
-                let r = raw["r"].as_u64().ok_or_else(|| key_error("r", "needs a positive integer".into()))? as usize;
-                let alpha = raw["lora_alpha"].as_f64().ok_or_else(|| key_error("lora_alpha", "needs a number".into()))?;
-                c.r = r;
-                // rsLoRA scales by alpha / sqrt(r): the same as alpha * sqrt(r) / r.
-                c.alpha = if raw["use_rslora"] == Value::Bool(true) { alpha * (r as f64).sqrt() } else { alpha };
-                c.dropout = raw["lora_dropout"].as_f64().unwrap_or(0.0);
-            }
-        }
-        let name = load_as.map(str::to_string).unwrap_or_else(|| dir.file_name().and_then(|n| n.to_str()).unwrap_or("peft").to_string());
-        let renamed: HashMap<String, Tensor> = weights
-            .iter()
-            .filter_map(|(key, t)| {
-                let (module, param) = split_key(key)?;
-                Some((format!("{}.loras.{name}.{param}", renamed_modules.get(module)?), t.clone()))
-            })
-            .collect();
-        self.add_adapter_with(&name, config, None)?;
-        match self.assign_weights(&name, &name, &renamed, &weights_path) {
-            Ok(()) => Ok(name),
-            Err(e) => {
-                self.delete_adapter(&name)?;
-                Err(e)
-            }
-        }
-    }
-}
+use crate::model::AdaptedModel;
 
 impl<M: BaseModel + ?Sized> AdaptedModel<M> {
     /// Writes adapter `name` as a PEFT folder (`adapter_config.json` + `adapter_model.safetensors`,
-    /// atomically), for LoRA and IA3 on the modules it adapts: tensors under PEFT's names for this
-    /// checkpoint (`base_model.model.` + the module path the checkpoint uses), `target_modules` as
-    /// a regex of exactly those modules. DoRA, VeRA, gated modules and fused q/k/v projections
-    /// are refused.
+    /// atomically), for LoRA and IA3 on the modules it adapts, and for adapters loaded from PEFT
+    /// files (DoRA, IA3 on feed-forward inputs, per-module ranks and alphas included):
+    /// `target_modules` is a regex of exactly the adapted modules, `rank_pattern` /
+    /// `alpha_pattern` / `feedforward_modules` name the modules that differ. The Python library's
+    /// DoRA (which computes differently from PEFT's), VeRA, gated modules and grouped q/k/v
+    /// projections are refused.
     ///
     /// ```no_run
     /// # fn demo(model: &adapters_runtime::DynAdaptedModel) -> adapters_runtime::Result<()> {
@@ -200,43 +37,73 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
             Some(other) => return Err(refuse(format!("PEFT files hold LoRA-family adapters; this is a {} adapter", other.method_name()))),
         };
         let kind = config.kind();
-        if kind == crate::config::LoraKind::DoRA || config.use_gating || config.vera_d.is_some() || config.vera_b.is_some() {
-            return Err(refuse("DoRA, VeRA and gated LoRA are not written as PEFT files yet; LoRA and IA3 are".into()));
+        if config.use_gating || config.is_vera() {
+            return Err(refuse("VeRA and gated LoRA are not written as PEFT files; LoRA, IA3 and DoRA from PEFT files are".into()));
+        }
+        if kind == LoraKind::DoRA && config.peft.is_none() {
+            return Err(refuse(
+                "the Python library's DoRA differs from PEFT's (its norm leaves out the scaling, its magnitude scales the bias), so PEFT would compute other outputs; only DoRA loaded from PEFT files is written as PEFT".into(),
+            ));
+        }
+        if config.peft.is_none() {
+            let mut fused = None;
+            self.each_slot(&mut |_, slot| {
+                if let SlotRef::Lora(LoraLocation::SelfAttn, s) = slot {
+                    if s.adapter_names().any(|n| n == name) {
+                        fused = Some(s.path().to_string());
+                    }
+                }
+            });
+            if let Some(path) = fused {
+                return Err(refuse(format!("`{path}` is a fused q/k/v projection, whose grouped LoRA has no PEFT equivalent")));
+            }
         }
         let root = if self.root_prefix.is_empty() { String::new() } else { format!("{}.", self.root_prefix) };
+        let uniform = PeftModule { r: config.r, alpha: config.alpha, scales_input: false };
         let suffix = format!(".loras.{name}.");
         let mut tensors: HashMap<String, Tensor> = HashMap::new();
-        let mut modules: BTreeSet<String> = BTreeSet::new();
-        let mut fused = None;
-        self.each_slot(&mut |_, slot| {
-            if let SlotRef::Lora(LoraLocation::SelfAttn, s) = slot {
-                if s.adapter_names().any(|n| n == name) {
-                    fused = Some(s.path().to_string());
-                }
-            }
-        });
-        if let Some(path) = fused {
-            return Err(refuse(format!("`{path}` is a fused q/k/v projection, whose grouped LoRA has no PEFT equivalent")));
-        }
+        let mut modules: BTreeMap<String, PeftModule> = BTreeMap::new();
         for (key, var) in self.named_params(name)? {
             let Some((module, param)) = key.split_once(suffix.as_str()) else { continue };
-            let peft_param = match (kind, param) {
-                (crate::config::LoraKind::IA3, "lora_B") => "ia3_l",
-                (_, "lora_A") => "lora_A.weight",
-                (_, "lora_B") => "lora_B.weight",
+            let (peft_param, tensor) = match (kind, param) {
+                (LoraKind::IA3, "lora_B") => (PeftParam::Ia3, var.as_tensor().clone()),
+                (_, "lora_A") => (PeftParam::A, var.as_tensor().clone()),
+                (_, "lora_B") => (PeftParam::B, var.as_tensor().clone()),
+                (LoraKind::DoRA, "m.weight") => (PeftParam::Magnitude, var.as_tensor().flatten_all()?),
                 _ => return Err(refuse(format!("parameter `{key}` has no PEFT name"))),
             };
             let module = format!("{root}{module}");
-            tensors.insert(format!("base_model.model.{module}.{peft_param}"), var.as_tensor().clone());
-            modules.insert(module);
+            let spec = match &config.peft {
+                Some(layout) => layout.modules.get(&module).cloned().ok_or_else(|| crate::error::internal("a PEFT module outside its layout"))?,
+                None => uniform.clone(),
+            };
+            tensors.insert(format!("base_model.model.{module}.{}", peft_param.suffix()), tensor);
+            modules.insert(module, spec);
         }
         if modules.is_empty() {
             return Err(refuse("the adapter has no modules".into()));
         }
-        let escaped: Vec<String> = modules.iter().map(|m| m.replace('.', "\\.")).collect();
-        let target = format!("^({})$", escaped.join("|"));
+        let escape = |m: &str| m.replace('.', "\\.");
+        let target = format!("^({})$", modules.keys().map(|m| escape(m)).collect::<Vec<_>>().join("|"));
+        // The most common rank and alpha are the config's; the others are patterns by module.
+        let most_common = |values: Vec<String>| -> Option<String> {
+            let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+            for v in values {
+                *counts.entry(v).or_default() += 1;
+            }
+            counts.into_iter().max_by_key(|(_, n)| *n).map(|(v, _)| v)
+        };
+        let r = most_common(modules.values().map(|s| s.r.to_string()).collect()).and_then(|r| r.parse::<usize>().ok()).unwrap_or(config.r);
+        let alpha = most_common(modules.values().map(|s| s.alpha.to_string()).collect()).and_then(|a| a.parse::<f64>().ok()).unwrap_or(config.alpha);
+        let pattern = |differs: &dyn Fn(&PeftModule) -> Option<Value>| -> serde_json::Map<String, Value> {
+            modules.iter().filter_map(|(m, s)| differs(s).map(|v| (escape(m), v))).collect()
+        };
+        let rank_pattern = pattern(&|s| (s.r != r).then(|| Value::from(s.r)));
+        let alpha_pattern = pattern(&|s| (s.alpha != alpha).then(|| Value::from(s.alpha)));
+        let feedforward: Vec<&String> = modules.iter().filter(|(_, s)| s.scales_input).map(|(m, _)| m).collect();
+        let conv1d = self.model.mapping().model_type == "gpt2";
         let mut peft = serde_json::json!({
-            "peft_type": if kind == crate::config::LoraKind::IA3 { "IA3" } else { "LORA" },
+            "peft_type": if kind == LoraKind::IA3 { "IA3" } else { "LORA" },
             "target_modules": target,
             "base_model_name_or_path": null,
             "task_type": null,
@@ -244,12 +111,12 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
             "revision": null,
             "modules_to_save": null,
         });
-        let extra = if kind == crate::config::LoraKind::IA3 {
-            serde_json::json!({"feedforward_modules": [], "fan_in_fan_out": false, "init_ia3_weights": true})
+        let extra = if kind == LoraKind::IA3 {
+            serde_json::json!({"feedforward_modules": feedforward, "fan_in_fan_out": conv1d, "init_ia3_weights": true})
         } else {
             serde_json::json!({
-                "r": config.r, "lora_alpha": config.alpha, "lora_dropout": config.dropout, "use_rslora": false, "use_dora": false,
-                "bias": "none", "fan_in_fan_out": false, "init_lora_weights": true, "rank_pattern": {}, "alpha_pattern": {},
+                "r": r, "lora_alpha": alpha, "lora_dropout": config.dropout, "use_rslora": false, "use_dora": kind == LoraKind::DoRA,
+                "bias": "none", "fan_in_fan_out": conv1d, "init_lora_weights": true, "rank_pattern": rank_pattern, "alpha_pattern": alpha_pattern,
                 "layers_to_transform": null, "layers_pattern": null,
             })
         };
@@ -262,31 +129,5 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
         let text = serde_json::to_string_pretty(&peft).map_err(|e| AdapterError::InvalidConfig(e.to_string()))?;
         batch.add(&dir.join(crate::config::CONFIG_NAME), text.as_bytes())?;
         batch.commit()
-    }
-}
-
-fn location_name(location: LoraLocation) -> &'static str {
-    match location {
-        LoraLocation::Query => "q",
-        LoraLocation::Key => "k",
-        LoraLocation::Value => "v",
-        LoraLocation::SelfAttn => "qkv",
-        LoraLocation::Intermediate => "intermediate",
-        LoraLocation::Output => "output",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_split_into_module_and_parameter() {
-        assert_eq!(split_key("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"), Some(("model.layers.0.self_attn.q_proj", "lora_A")));
-        assert_eq!(split_key("base_model.model.encoder.layer.1.attention.self.value.lora_B.weight"), Some(("encoder.layer.1.attention.self.value", "lora_B")));
-        assert_eq!(split_key("base_model.model.model.layers.2.self_attn.k_proj.ia3_l"), Some(("model.layers.2.self_attn.k_proj", "lora_B")));
-        assert_eq!(split_key("base_model.model.lm_head.weight"), None);
-        assert_eq!(layer_of("encoder.layer.11.output.dense"), Some(11));
-        assert_eq!(layer_of("model.layers.3.mlp.up_proj"), Some(3));
     }
 }
