@@ -440,3 +440,30 @@ fn convert_round_trips_between_formats() {
     let (ok, err) = convert("peft", &llama.join("dora").join("dora"), &out_file("dora-peft"));
     assert!(!ok && err.lines().count() == 1 && err.contains("DoRA"), "{err}");
 }
+
+/// `transformers` loads what `adapters merge` writes as a plain model with the unmerged adapter's
+/// outputs: `tests/fixtures/check_peft_rust.py` merged the tiny Llama's LoRA, BERT's PEFT IA3 (its
+/// merge scales biases) and GPT-2's PEFT LoRA (Conv1D weights, written transposed), loaded each
+/// with `transformers` and recorded the difference; the checkpoints merged today are byte for
+/// byte the ones it checked.
+#[test]
+fn merged_checkpoints_are_the_ones_transformers_checked() {
+    let record = adapters_tests::read_json(&fixtures().join("peft_written_manifest.json"));
+    let cases = record["merged"].as_object().unwrap();
+    for (case, entry) in cases {
+        let diff = entry["max_abs_diff_transformers_vs_unmerged"].as_f64().unwrap();
+        assert!(diff <= f64::from(TOLERANCE), "{case}: transformers on the merged checkpoint differed by {diff:e}");
+        let path = |key: &str| fixtures().join(entry[key].as_str().unwrap());
+        let merged = out_file(&format!("checked-merge-{case}"));
+        let out = Command::new(env!("CARGO_BIN_EXE_adapters"))
+            .args(["merge", "--model", s(&path("model")), "--adapter", s(&path("source")), "--out", s(&merged)])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{case}: {}", String::from_utf8_lossy(&out.stderr));
+        for file in ["model.safetensors", "config.json"] {
+            let (now, then) = (std::fs::read(merged.join(file)).unwrap(), std::fs::read(path("written").join(file)).unwrap());
+            assert!(now == then, "{case}/{file}: differs from the checkpoint transformers checked (rerun check_peft_rust.py)");
+        }
+    }
+    assert_eq!(cases.len(), 3);
+}
