@@ -1,5 +1,6 @@
 //! `adapters`: run candle transformer models with AdapterHub adapters from the command line.
 
+mod continued;
 mod convert;
 mod forward;
 mod generate;

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 use adapters_models::{load_model_with, BaseWeights, LoadOptions};
 use adapters_runtime::training::{evaluate, train_classifier, Dataset, LabelledTexts, TextEncoder, TrainConfig, TOKENIZER_FILE};
-use adapters_runtime::{AdapterConfig, DynAdaptedModel, HeadConfig, HeadType};
+use adapters_runtime::{DynAdaptedModel, HeadConfig, HeadType};
+
+use crate::continued::TrainedAdapter;
 use candle_core::{Tensor, D};
 use clap::Args;
 
@@ -39,6 +41,10 @@ pub struct TrainArgs {
     /// Adapter config string (`seq_bn`, `lora[r=8]`, `ia3`, ...) or `full` for full fine-tuning.
     #[arg(long, default_value = "seq_bn")]
     pub(crate) method: String,
+    /// Continue training this adapter folder (AdapterHub, or PEFT) instead of a new `--method`
+    /// adapter; it is saved in the folder's own format (with the head beside it).
+    #[arg(long, conflicts_with = "fuse")]
+    pub(crate) adapter: Option<PathBuf>,
     /// Head type; `classification` is the one text data trains.
     #[arg(long, default_value = "classification")]
     pub(crate) head: String,
@@ -176,28 +182,32 @@ pub fn train(args: TrainArgs) -> Result<(), String> {
     let dev = args.dev.as_deref().map(read_data).transpose()?;
     let test = args.test.as_deref().map(read_data).transpose()?;
     let fusion = !args.fuse.is_empty();
-    let full = args.method == "full" && !fusion;
-    let config = if full || fusion { None } else { Some(AdapterConfig::parse(&args.method).map_err(|e| format!("--method: {e}"))?) };
+    let full = args.method == "full" && !fusion && args.adapter.is_none();
+    let trained = if full || fusion { None } else { Some(TrainedAdapter::from_args(args.adapter.as_deref(), &args.method)?) };
     let base = if full { BaseWeights::Trainable } else { BaseWeights::Frozen };
     let mut model = load_model_with(&args.model, LoadOptions { base, ..LoadOptions::default() }).map_err(|e| e.to_string())?;
     let encoder = TextEncoder::from_model_dir(&args.model, args.max_length).map_err(|e| e.to_string())?;
-    if let Some(config) = config.clone() {
-        // A prompt initialised from text starts at the word embeddings of its tokens (with the
-        // special tokens, as Python's tokenizer call gives them).
-        let prompt_text = config.prompt_tuning().filter(|c| c.prompt_init == "from_string").and_then(|c| c.prompt_init_text.clone());
-        match prompt_text {
-            Some(text) => {
-                let encoded = encoder.encode(&[text.as_str()], &model.placement().device).map_err(|e| e.to_string())?;
-                let ids: Vec<u32> =
-                    encoded.input_ids.flatten_all().and_then(|t| t.to_dtype(candle_core::DType::U32)).and_then(|t| t.to_vec1()).map_err(|e| e.to_string())?;
-                model.add_prompt_adapter_from_ids(&args.name, config, &ids)
-            }
-            None => model.add_adapter(&args.name, config),
+    // A prompt initialised from text starts at the word embeddings of its tokens (with the
+    // special tokens, as Python's tokenizer call gives them).
+    let prompt_text = match &trained {
+        Some(TrainedAdapter::New(config)) => config.prompt_tuning().filter(|c| c.prompt_init == "from_string").and_then(|c| c.prompt_init_text.clone()),
+        _ => None,
+    };
+    match (&trained, prompt_text) {
+        (Some(TrainedAdapter::New(config)), Some(text)) => {
+            let encoded = encoder.encode(&[text.as_str()], &model.placement().device).map_err(|e| e.to_string())?;
+            let ids: Vec<u32> =
+                encoded.input_ids.flatten_all().and_then(|t| t.to_dtype(candle_core::DType::U32)).and_then(|t| t.to_vec1()).map_err(|e| e.to_string())?;
+            model.add_prompt_adapter_from_ids(&args.name, config.clone(), &ids).map_err(|e| format!("--method {}: {e}", args.method))?;
         }
-        .map_err(|e| format!("--method {}: {e}", args.method))?;
+        (Some(trained), _) => trained.add(model.as_mut(), &args.name)?,
+        (None, _) => {}
     }
     let fuse_setup = if fusion { Some(load_fused(model.as_mut(), &args.fuse)?) } else { None };
-    model.add_head(&args.name, HeadConfig::classification(labels.len(), 2, "tanh", Some(&labels), false, false), false).map_err(|e| e.to_string())?;
+    // A continued AdapterHub folder may bring its head; it trains on.
+    if model.head(&args.name).is_none() {
+        model.add_head(&args.name, HeadConfig::classification(labels.len(), 2, "tanh", Some(&labels), false, false), false).map_err(|e| e.to_string())?;
+    }
     let vars = match &fuse_setup {
         Some(setup) => model.train_adapter_fusion(setup.clone(), false),
         None if full => model.train_full(),
@@ -207,9 +217,10 @@ pub fn train(args: TrainArgs) -> Result<(), String> {
     if fusion {
         model.set_active_head(Some(&args.name)).map_err(|e| e.to_string())?;
     }
-    let method = match &fuse_setup {
-        Some(setup) => format!("fusion {setup}"),
-        None => args.method.clone(),
+    let method = match (&fuse_setup, &trained) {
+        (Some(setup), _) => format!("fusion {setup}"),
+        (None, Some(trained)) => trained.label(model.as_ref(), &args.name, &args.method),
+        (None, None) => args.method.clone(),
     };
     let train_set = labelled(&train, &labels, &args.train)?;
     let dev_set = match (&dev, &args.dev) {
@@ -262,7 +273,7 @@ pub fn train(args: TrainArgs) -> Result<(), String> {
             let name = setup.fusion_name().unwrap_or_default();
             model.save_adapter_fusion(&args.out, &name).and_then(|()| model.save_head(&args.out, &args.name)).map_err(|e| e.to_string())?;
         }
-        None => save_trained(model.as_ref(), &args, full)?,
+        None => save_trained(model.as_ref(), &args, trained.as_ref())?,
     }
     let text = serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?;
     adapters_runtime::io::write_atomic(&args.out.join("train_report.json"), text.as_bytes()).map_err(|e| e.to_string())?;
@@ -289,12 +300,12 @@ fn load_fused(model: &mut DynAdaptedModel, dirs: &[PathBuf]) -> Result<adapters_
     Ok(setup)
 }
 
-/// Adapters: the adapter folder with its head. Full fine-tuning: a checkpoint folder (weights,
+/// Adapters: the adapter folder with its head (a continued PEFT adapter as PEFT). Full fine-tuning: a checkpoint folder (weights,
 /// config, tokenizer) with the head beside it, usable as `--model` later.
-fn save_trained(model: &DynAdaptedModel, args: &TrainArgs, full: bool) -> Result<(), String> {
+fn save_trained(model: &DynAdaptedModel, args: &TrainArgs, trained: Option<&TrainedAdapter>) -> Result<(), String> {
     std::fs::create_dir_all(&args.out).map_err(|e| format!("--out {}: {e}", args.out.display()))?;
-    if !full {
-        return model.save_adapter(&args.out, &args.name).map_err(|e| e.to_string());
+    if let Some(trained) = trained {
+        return trained.save(model, &args.out, &args.name);
     }
     let tensors: std::collections::HashMap<String, Tensor> = model.base_vars().iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
     adapters_runtime::io::save_safetensors(&args.out.join(adapters_models::MODEL_WEIGHTS), &tensors).map_err(|e| e.to_string())?;

@@ -7,9 +7,10 @@ use std::path::Path;
 use adapters_models::{load_model_with, GgufWeights, LoadOptions};
 use adapters_runtime::model::GenerateOptions;
 use adapters_runtime::training::{evaluate_lm, train_causal_lm, LmData, LmEvaluation, LmSequence, LmTrainConfig};
-use adapters_runtime::{AdapterConfig, DynAdaptedModel};
+use adapters_runtime::DynAdaptedModel;
 use candle_core::{Device, Tensor};
 
+use crate::continued::TrainedAdapter;
 use crate::tokenizer::Tokenizer;
 use crate::train::TrainArgs;
 
@@ -22,7 +23,7 @@ pub fn run(args: &TrainArgs) -> Result<(), String> {
     if !args.fuse.is_empty() || args.method == "full" {
         return Err("--task causal-lm trains an adapter (--method lora, seq_bn, ...); --fuse and full fine-tuning take classification data".into());
     }
-    let config = AdapterConfig::parse(&args.method).map_err(|e| format!("--method: {e}"))?;
+    let trained = TrainedAdapter::from_args(args.adapter.as_deref(), &args.method)?;
     let tokenizer = Tokenizer::load(&args.model)?;
     let (encoder, eos_token_ids, pad_token_id) = (&tokenizer.encoder, &tokenizer.eos_token_ids, tokenizer.pad_token_id);
     let eos = *eos_token_ids.first().ok_or_else(|| format!("--model {}: no end-of-sequence token id (eos_token_id)", args.model.display()))?;
@@ -41,7 +42,7 @@ pub fn run(args: &TrainArgs) -> Result<(), String> {
     let steps = args.max_steps.unwrap_or(args.epochs * train.len().div_ceil(args.batch_size.max(1)));
     println!(
         "causal-LM training of {} on {} ({} sequences of up to {} tokens), {steps} steps of {}",
-        args.method,
+        args.adapter.as_ref().map_or(args.method.clone(), |dir| format!("the adapter in {}", dir.display())),
         args.train.display(),
         train.len(),
         args.max_length,
@@ -55,7 +56,8 @@ pub fn run(args: &TrainArgs) -> Result<(), String> {
     };
     let before = evaluate(model.as_mut(), "before")?;
     let samples_before = samples(model.as_ref(), &tokenizer, &args.sample, eos_token_ids)?;
-    model.add_adapter(&args.name, config).map_err(|e| format!("--method {}: {e}", args.method))?;
+    trained.add(model.as_mut(), &args.name)?;
+    let method = trained.label(model.as_ref(), &args.name, &args.method);
     let vars = model.train_adapter(args.name.as_str()).map_err(|e| e.to_string())?;
     let lm_config = LmTrainConfig {
         steps,
@@ -81,10 +83,10 @@ pub fn run(args: &TrainArgs) -> Result<(), String> {
     for ((prompt, b), (_, a)) in samples_before.iter().zip(&samples_after) {
         println!("sample {prompt:?}\n  before: {b:?}\n  after:  {a:?}");
     }
-    model.save_adapter(&args.out, &args.name).map_err(|e| e.to_string())?;
+    trained.save(model.as_ref(), &args.out, &args.name)?;
     let summary = serde_json::json!({
         "task": "causal-lm",
-        "method": args.method,
+        "method": method,
         "model": args.model.display().to_string(),
         "train": args.train.display().to_string(),
         "held_out": held_out_path.map(|p| p.display().to_string()),

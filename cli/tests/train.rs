@@ -222,3 +222,58 @@ fn causal_lm_training_learns_and_saves_an_adapter() {
     assert_eq!(generated.split_whitespace().next(), Some("w5"), "{generated}");
     assert!(generated.contains("w6") && base.split_whitespace().next() != Some("w5"), "adapted {generated:?}, base {base:?}");
 }
+
+/// `adapters train --adapter DIR` continues a PEFT adapter (PEFT's DoRA on the tiny Llama's
+/// q/v/o/gate/down projections): its loss on the text falls, and it is saved as a PEFT folder with
+/// the trained tensors (every one PEFT wrote, with new values) that loads again.
+#[test]
+fn training_continues_a_peft_adapter_and_saves_it_as_peft() {
+    let dir = tmp("continue-peft");
+    let text = dir.join("text.txt");
+    std::fs::write(&text, "w17 w33 w5 w6 w7 w8 w9 w10\n".repeat(8)).unwrap();
+    let model = adapters_tests::fixtures().join("decoders").join("llama").join("model");
+    let source = adapters_tests::fixtures().join("peft").join("llama").join("dora").join("adapter");
+    let out = dir.join("out");
+    let (ok, stdout, stderr) = adapters(&[
+        "train",
+        "--task",
+        "causal-lm",
+        "--model",
+        s(&model),
+        "--adapter",
+        s(&source),
+        "--train",
+        s(&text),
+        "--test",
+        s(&text),
+        "--max-steps",
+        "20",
+        "--batch-size",
+        "4",
+        "--max-length",
+        "9",
+        "--lr",
+        "0.01",
+        "--out",
+        s(&out),
+        "--quiet",
+    ]);
+    assert!(ok, "{stdout}\n{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("train_report.json")).unwrap()).unwrap();
+    let (before, after) = (report["before"]["loss"].as_f64().unwrap(), report["after"]["loss"].as_f64().unwrap());
+    assert!(after < 0.5 * before, "held-out loss {before} -> {after}");
+    assert!(report["method"].as_str().unwrap().starts_with("dora (continued from"), "{}", report["method"]);
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!((config["peft_type"].as_str(), config["use_dora"].as_bool()), (Some("LORA"), Some(true)));
+    let read = |d: &Path| adapters_runtime::io::read_weights(&d.join("adapter_model.safetensors"), &candle_core::Device::Cpu).unwrap();
+    let (original, trained) = (read(&source), read(&out));
+    let mut names: Vec<&String> = original.keys().collect();
+    names.sort();
+    let mut trained_names: Vec<&String> = trained.keys().collect();
+    trained_names.sort();
+    assert_eq!(names, trained_names, "the same PEFT tensors");
+    let moved = names.iter().filter(|n| adapters_tests::max_abs_diff(&original[**n], &trained[**n]) > 1e-4).count();
+    assert!(moved * 2 > names.len(), "only {moved} of {} tensors trained", names.len());
+    let (ok, _, stderr) = adapters(&["generate", "--model", s(&model), "--adapter", s(&out), "--prompt", "w17 w33", "--max-new-tokens", "2"]);
+    assert!(ok, "{stderr}");
+}

@@ -41,6 +41,12 @@ fn peft_folders_match_peft() {
             let name = model.load_adapter(fixtures().join(entry["adapter"].as_str().unwrap()), Some(case)).unwrap_or_else(|e| panic!("{label}: {e}"));
             model.set_active_adapters(AdapterSetup::from(name.as_str())).unwrap();
             close(&model, "loaded");
+            if let Some(sub) = entry["adapter_subfolder"].as_str() {
+                // A named adapter in its subfolder: found from the parent, named after the subfolder.
+                let mut named = load_model(&dir.join("model")).unwrap();
+                let name = named.load_adapter(fixtures().join(entry["adapter"].as_str().unwrap()), None).unwrap();
+                assert_eq!(Some(name.as_str()), sub.rsplit('/').next(), "{label}");
+            }
             assert!(entry["max_abs_diff_vs_base"].as_f64().unwrap() > 2e-2, "{label}: the adapter changes nothing");
             model.merge_adapter(&name).unwrap_or_else(|e| panic!("{label}: merge: {e}"));
             close(&model, "merged");
@@ -69,10 +75,10 @@ fn peft_folders_match_peft() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 27);
+    assert_eq!(checked, 29);
     // DoRA (3), IA3 on inputs (5), attention outputs, gate projections or GPT-2's whole c_attn
-    // as targets (9), per-module ranks (2) and per-layer target sets (1) have no AdapterHub config.
-    assert_eq!(not_adapterhub, 20);
+    // as targets (10), per-module ranks (2) and per-layer target sets (1) have no AdapterHub config.
+    assert_eq!(not_adapterhub, 21);
 }
 
 #[test]
@@ -98,6 +104,38 @@ fn unsupported_peft_configs_are_refused_by_key() {
     let mut model = load_model(&model_dir(&manifest["archs"]["llama"]).join("model")).unwrap();
     let err = model.load_adapter(&tmp, None).unwrap_err().to_string();
     assert!(err.contains("PREFIX_TUNING") && err.contains("LORA, IA3"), "{err}");
+}
+
+/// A weight of the wrong shape, a tensor the config's DoRA flag contradicts and a folder without
+/// weights are errors that name the file and the tensor; nothing stays loaded.
+#[test]
+fn broken_peft_folders_name_the_file_and_tensor() {
+    let manifest = peft_manifest();
+    let info = &manifest["archs"]["llama"];
+    let source = fixtures().join(info["cases"]["lora_qv"]["adapter"].as_str().unwrap());
+    let config = std::fs::read_to_string(source.join("adapter_config.json")).unwrap();
+    let weights = adapters_runtime::io::read_weights(&source.join("adapter_model.safetensors"), &candle_core::Device::Cpu).unwrap();
+    let key = "base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight";
+    let broken = |case: &str, tensors: &std::collections::HashMap<String, candle_core::Tensor>, config: &str| {
+        let dir = std::env::temp_dir().join(format!("adapters-peft-broken-{}-{case}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("adapter_config.json"), config).unwrap();
+        if !tensors.is_empty() {
+            adapters_runtime::io::save_safetensors(&dir.join("adapter_model.safetensors"), tensors).unwrap();
+        }
+        let mut model = load_model(&model_dir(info).join("model")).unwrap();
+        let err = model.load_adapter(&dir, None).unwrap_err().to_string();
+        assert!(model.adapter_summary().0.is_empty(), "{case}: nothing may be left loaded");
+        err
+    };
+    let mut wrong_shape = weights.clone();
+    wrong_shape.insert(key.into(), candle_core::Tensor::zeros((8, 4), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap());
+    let err = broken("shape", &wrong_shape, &config);
+    assert!(err.contains("v_proj") && err.contains("[8, 4]") && err.contains("adapter_model.safetensors"), "{err}");
+    let err = broken("dora", &weights, &config.replace("\"use_dora\": false", "\"use_dora\": true"));
+    assert!(err.contains("lora_magnitude_vector") && err.contains("use_dora"), "{err}");
+    let err = broken("no-weights", &Default::default(), &config);
+    assert!(err.contains("adapter_model.safetensors") && err.contains("adapter_model.bin"), "{err}");
 }
 
 /// PEFT loads what this library writes: `tests/fixtures/check_peft_rust.py` converted the tiny

@@ -142,8 +142,8 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
     /// loads or nothing is added.
     pub(crate) fn load_adapter_only(&mut self, dir: impl AsRef<Path>, load_as: Option<&str>) -> Result<String> {
         let dir = dir.as_ref();
-        if super::peft::is_peft_folder(dir) {
-            return self.load_peft_adapter(dir, load_as);
+        if let Some(peft) = super::peft::peft_folder(dir)? {
+            return self.load_peft_adapter(&peft, load_as);
         }
         let file = AdapterFile::read(dir)?;
         let weights_path = crate::io::find_weights(dir, ADAPTER_WEIGHTS_SAFE, ADAPTER_WEIGHTS_PICKLE)?;

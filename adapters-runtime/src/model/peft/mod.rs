@@ -17,12 +17,40 @@ pub const PEFT_WEIGHTS_PICKLE: &str = "adapter_model.bin";
 /// The PEFT methods loaded here.
 pub const SUPPORTED_PEFT_TYPES: &[&str] = &["LORA", "IA3"];
 
-/// Whether `dir` holds a PEFT adapter (its `adapter_config.json` names a `peft_type`).
+/// Whether `dir` holds a PEFT adapter: its `adapter_config.json` names a `peft_type`, or it has
+/// none and one subfolder does (PEFT saves an adapter not named `default` there).
 pub fn is_peft_folder(dir: &Path) -> bool {
+    peft_folder(dir).ok().flatten().is_some()
+}
+
+fn names_peft_type(dir: &Path) -> bool {
     std::fs::read_to_string(dir.join(crate::config::CONFIG_NAME))
         .ok()
         .and_then(|text| serde_json::from_str::<Value>(&text).ok())
         .is_some_and(|v| v.get("peft_type").is_some())
+}
+
+/// The folder of the PEFT adapter `dir` holds: `dir` itself, or its one subfolder with a PEFT
+/// config when `dir` has no config (`save_pretrained` of a named adapter). Several such
+/// subfolders are an error that names them; `None` when `dir` holds no PEFT adapter.
+pub(crate) fn peft_folder(dir: &Path) -> crate::error::Result<Option<std::path::PathBuf>> {
+    if dir.join(crate::config::CONFIG_NAME).is_file() {
+        return Ok(names_peft_type(dir).then(|| dir.to_path_buf()));
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(None) };
+    let mut found: Vec<std::path::PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir() && names_peft_type(p)).collect();
+    found.sort();
+    match found.len() {
+        0 => Ok(None),
+        1 => Ok(found.pop()),
+        _ => {
+            let names: Vec<String> = found.iter().filter_map(|p| p.file_name()).map(|n| format!("`{}`", n.to_string_lossy())).collect();
+            Err(crate::error::AdapterError::file(
+                &dir.display().to_string(),
+                format!("holds the PEFT adapters {} in subfolders; name one of them (e.g. {})", names.join(", "), found[0].display()),
+            ))
+        }
+    }
 }
 
 /// A PEFT tensor's parameter, under the name the LoRA module here gives it.
