@@ -46,7 +46,7 @@ pub(crate) fn peft_folder(dir: &Path) -> crate::error::Result<Option<std::path::
         _ => {
             let names: Vec<String> = found.iter().filter_map(|p| p.file_name()).map(|n| format!("`{}`", n.to_string_lossy())).collect();
             Err(crate::error::AdapterError::file(
-                &dir.display().to_string(),
+                dir.display(),
                 format!("holds the PEFT adapters {} in subfolders; name one of them (e.g. {})", names.join(", "), found[0].display()),
             ))
         }
