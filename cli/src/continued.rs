@@ -9,7 +9,7 @@ use adapters_runtime::{AdapterConfig, DynAdaptedModel};
 /// The adapter a training run trains.
 pub enum TrainedAdapter {
     /// A new adapter of `--method`.
-    New(AdapterConfig),
+    New(Box<AdapterConfig>),
     /// An adapter folder, continued.
     Continued { dir: PathBuf, peft: bool },
 }
@@ -19,7 +19,7 @@ impl TrainedAdapter {
     pub fn from_args(adapter: Option<&Path>, method: &str) -> Result<Self, String> {
         match adapter {
             Some(dir) => Ok(TrainedAdapter::Continued { dir: dir.to_path_buf(), peft: is_peft_folder(dir) }),
-            None => AdapterConfig::parse(method).map(TrainedAdapter::New).map_err(|e| format!("--method: {e}")),
+            None => AdapterConfig::parse(method).map(|c| TrainedAdapter::New(Box::new(c))).map_err(|e| format!("--method: {e}")),
         }
     }
 
@@ -27,7 +27,7 @@ impl TrainedAdapter {
     /// along under the same name).
     pub fn add(&self, model: &mut DynAdaptedModel, name: &str) -> Result<(), String> {
         match self {
-            TrainedAdapter::New(config) => model.add_adapter(name, config.clone()).map_err(|e| format!("--method: {e}")),
+            TrainedAdapter::New(config) => model.add_adapter(name, (**config).clone()).map_err(|e| format!("--method: {e}")),
             TrainedAdapter::Continued { dir, .. } => model.load_adapter(dir, Some(name)).map(|_| ()).map_err(|e| format!("--adapter {}: {e}", dir.display())),
         }
     }

@@ -198,7 +198,7 @@ pub fn train(args: TrainArgs) -> Result<(), String> {
             let encoded = encoder.encode(&[text.as_str()], &model.placement().device).map_err(|e| e.to_string())?;
             let ids: Vec<u32> =
                 encoded.input_ids.flatten_all().and_then(|t| t.to_dtype(candle_core::DType::U32)).and_then(|t| t.to_vec1()).map_err(|e| e.to_string())?;
-            model.add_prompt_adapter_from_ids(&args.name, config.clone(), &ids).map_err(|e| format!("--method {}: {e}", args.method))?;
+            model.add_prompt_adapter_from_ids(&args.name, (**config).clone(), &ids).map_err(|e| format!("--method {}: {e}", args.method))?;
         }
         (Some(trained), _) => trained.add(model.as_mut(), &args.name)?,
         (None, _) => {}
