@@ -1,8 +1,10 @@
 //! A real decoder: SmolLM2-135M-Instruct from its Q4_1 GGUF file (scripts/fetch_smollm2.sh),
 //! dequantized to f32 here and by transformers' GGUF loader in Python
 //! (`tests/fixtures/generate_smollm2.py`), with adapters the Python library saved. Hidden states
-//! reach about 50 in magnitude; the tolerance there is 2e-4 (Python's own merged LoRA
-//! differs from unmerged by about 1e-4), at every attended position (the tokenizer pads left).
+//! reach about 50 in magnitude; the tolerance there is 3e-4 (Python's own merged LoRA differs
+//! from unmerged by about 1e-4; the last-bit order of the softmax sums moves prefix tuning, the
+//! most sensitive case, between 1.9e-4 and 2.6e-4 with exactly rounded exponentials), at every
+//! attended position (the tokenizer pads left).
 
 use adapters_models::{load_model, load_model_with, GgufWeights, LoadOptions};
 use adapters_runtime::model::GenerateOptions;

@@ -106,21 +106,34 @@ where
             let (b, qi) = (row / (heads * q), row % q);
             let mask_row = (if mask_batch == 1 { 0 } else { b }) * mask_q * k + (if mask_q == 1 { 0 } else { qi }) * k;
             let (src, m) = (&scores[row * k..(row + 1) * k], &mask[mask_row..mask_row + k]);
-            let mut max = f32::NEG_INFINITY;
-            for ((v, s), m) in row_f32.iter_mut().zip(src).zip(m) {
-                *v = load(*s) * scale + load(*m);
-                max = max.max(*v);
-            }
-            let mut sum = 0f32;
-            for v in row_f32.iter_mut() {
-                *v = (*v - max).exp();
-                sum += *v;
-            }
-            for (d, v) in dst.iter_mut().zip(row_f32.iter()) {
-                *d = store(*v / sum);
-            }
+            super::fast_math::simd(SoftmaxRow { src, mask: m, row: row_f32, dst, scale, load: &load, store: &store });
         },
     );
+}
+
+/// One row: `softmax(src * scale + mask)` through an f32 buffer, at the CPU's vector width.
+struct SoftmaxRow<'a, T, L, S> {
+    src: &'a [T],
+    mask: &'a [T],
+    row: &'a mut [f32],
+    dst: &'a mut [T],
+    scale: f32,
+    load: &'a L,
+    store: &'a S,
+}
+
+impl<T: Copy, L: Fn(T) -> f32, S: Fn(f32) -> T> super::fast_math::SimdKernel for SoftmaxRow<'_, T, L, S> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        for ((v, s), m) in self.row.iter_mut().zip(self.src).zip(self.mask) {
+            *v = (self.load)(*s) * self.scale + (self.load)(*m);
+        }
+        super::fast_math::softmax_in_place(self.row);
+        for (d, v) in self.dst.iter_mut().zip(self.row.iter()) {
+            *d = (self.store)(*v);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -139,7 +152,8 @@ mod tests {
             let fused = scaled_masked_softmax(&scores, &mask, 0.3).unwrap();
             let composed = candle_nn::ops::softmax_last_dim(&(&scores * 0.3).unwrap().broadcast_add(&mask).unwrap()).unwrap();
             let diff = crate::compare::compare(&fused, &composed).unwrap().max_abs;
-            assert!(diff <= 1e-7, "{mask_shape:?}: {diff}");
+            // Probabilities are at most 1; the fused pass's exponential is within 2 ulp of libm's.
+            assert!(diff <= 2.5e-7, "{mask_shape:?}: {diff}");
             // bf16: within bf16 rounding of the f32 result.
             let half = scaled_masked_softmax(&scores.to_dtype(DType::BF16).unwrap(), &mask.to_dtype(DType::BF16).unwrap(), 0.3).unwrap();
             assert_eq!(half.dtype(), DType::BF16);

@@ -11,11 +11,14 @@ pub(crate) fn to_f32(bits: u16) -> f32 {
 /// The bf16 bit pattern nearest to `x` (ties to even; NaN stays NaN).
 #[inline]
 pub(crate) fn from_f32(x: f32) -> u16 {
-    if x.is_nan() {
-        return 0x7fc0;
-    }
     let bits = x.to_bits();
-    ((bits + 0x7fff + ((bits >> 16) & 1)) >> 16) as u16
+    let rounded = (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16;
+    // A select rather than an early return, so that loops over slices vectorise.
+    if x.is_nan() {
+        0x7fc0
+    } else {
+        rounded
+    }
 }
 
 /// A bf16 slice of candle's storage as its bit patterns.

@@ -31,17 +31,51 @@ pub fn available() -> bool {
     }
 }
 
-/// `x W^T` for bf16 `x` (`[..., K]`, on the CPU) and `weight` (`[N, K]`), when the kernel can
-/// run it (AVX-512 BF16, even `K`); `None` otherwise, for the caller's general path.
-pub fn matmul_nt(x: &Tensor, weight: &Tensor) -> Result<Option<Tensor>> {
+/// `x W^T (+ bias)` for bf16 `x` (`[..., K]`, on the CPU), `weight` (`[N, K]`) and `bias`
+/// (`[N]`), when the kernel can run it (AVX-512 BF16, even `K`); `None` otherwise, for the
+/// caller's general path. The bias is added to the f32 sums before the one rounding, as
+/// PyTorch's fused `addmm` does (and without a second pass over the output).
+pub fn matmul_nt(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Option<Tensor>> {
     let k = x.dim(candle_core::D::Minus1)?;
     if x.dtype() != DType::BF16 || weight.dtype() != DType::BF16 || !x.device().is_cpu() || k % 2 != 0 || weight.dim(1)? != k || !available() {
         return Ok(None);
     }
-    Ok(Some(x.contiguous()?.apply_op2_no_bwd(&weight.contiguous()?, &MatmulNt)?))
+    let n = weight.dim(0)?;
+    let (x, weight) = (x.contiguous()?, weight.contiguous()?);
+    Ok(Some(match bias {
+        Some(b) if b.dtype() == DType::BF16 && b.dims() == [n] => x.apply_op3_no_bwd(&weight, &b.contiguous()?, &MatmulNt)?,
+        Some(b) => x.apply_op2_no_bwd(&weight, &MatmulNt)?.broadcast_add(b)?,
+        None => x.apply_op2_no_bwd(&weight, &MatmulNt)?,
+    }))
 }
 
 struct MatmulNt;
+
+impl MatmulNt {
+    fn run(&self, x: (&CpuStorage, &Layout), w: (&CpuStorage, &Layout), bias: Option<(&CpuStorage, &Layout)>) -> Result<(CpuStorage, Shape)> {
+        let ((CpuStorage::BF16(xs), l1), (CpuStorage::BF16(ws), l2)) = (x, w) else { candle_core::bail!("bf16 matmul: both operands must be bf16") };
+        let (Some((x0, x1)), Some((w0, w1))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
+            candle_core::bail!("bf16 matmul: operands must be contiguous")
+        };
+        let bias = match bias {
+            None => None,
+            Some((CpuStorage::BF16(b), l3)) => {
+                let Some((b0, b1)) = l3.contiguous_offsets() else { candle_core::bail!("bf16 matmul: the bias must be contiguous") };
+                Some(&b[b0..b1])
+            }
+            Some(_) => candle_core::bail!("bf16 matmul: the bias must be bf16"),
+        };
+        let dims = l1.shape().dims();
+        let k = dims[dims.len() - 1];
+        let m = l1.shape().elem_count() / k;
+        let n = l2.shape().dims()[0];
+        let mut out = zeroed_like(xs, m * n);
+        matmul_bits(as_bits(&xs[x0..x1]), as_bits(&ws[w0..w1]), bias.map(as_bits), as_bits_mut(&mut out), m, n, k);
+        let mut shape = dims.to_vec();
+        *shape.last_mut().expect("rank >= 1") = n;
+        Ok((CpuStorage::BF16(out), Shape::from(shape)))
+    }
+}
 
 impl CustomOp2 for MatmulNt {
     fn name(&self) -> &'static str {
@@ -49,19 +83,17 @@ impl CustomOp2 for MatmulNt {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::BF16(x), CpuStorage::BF16(w)) = (s1, s2) else { candle_core::bail!("bf16 matmul: both operands must be bf16") };
-        let (Some((x0, x1)), Some((w0, w1))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
-            candle_core::bail!("bf16 matmul: operands must be contiguous")
-        };
-        let dims = l1.shape().dims();
-        let k = dims[dims.len() - 1];
-        let m = l1.shape().elem_count() / k;
-        let n = l2.shape().dims()[0];
-        let mut out = zeroed_like(x, m * n);
-        matmul_bits(as_bits(&x[x0..x1]), as_bits(&w[w0..w1]), as_bits_mut(&mut out), m, n, k);
-        let mut shape = dims.to_vec();
-        *shape.last_mut().expect("rank >= 1") = n;
-        Ok((CpuStorage::BF16(out), Shape::from(shape)))
+        self.run((s1, l1), (s2, l2), None)
+    }
+}
+
+impl candle_core::CustomOp3 for MatmulNt {
+    fn name(&self) -> &'static str {
+        "adapters-bf16-matmul-nt-bias"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.run((s1, l1), (s2, l2), Some((s3, l3)))
     }
 }
 
@@ -85,9 +117,17 @@ fn pack(w: &[u16], n: usize, k: usize) -> Vec<u32> {
     packed
 }
 
-/// `out[m, n] = x[m, k] · w[n, k]^T` on bf16 bit patterns.
-fn matmul_bits(x: &[u16], w: &[u16], out: &mut [u16], m: usize, n: usize, k: usize) {
+/// `out[m, n] = x[m, k] · w[n, k]^T (+ bias[n])` on bf16 bit patterns.
+fn matmul_bits(x: &[u16], w: &[u16], bias: Option<&[u16]>, out: &mut [u16], m: usize, n: usize, k: usize) {
     let packed = pack(w, n, k);
+    // The starting sums of every column: the bias in f32, zero-padded one panel past the last
+    // (the micro-kernel reads a second panel even when there is none).
+    let mut start = vec![0f32; (n.div_ceil(PANEL) + 1) * PANEL];
+    if let Some(b) = bias {
+        for (s, v) in start.iter_mut().zip(b) {
+            *s = super::bf16_bits::to_f32(*v);
+        }
+    }
     // Blocks of rows on candle's thread pool; each block runs every panel.
     let block = (ROWS * 8).min(m.div_ceil(candle_core::utils::get_num_threads().max(1)).div_ceil(ROWS) * ROWS).max(ROWS);
     out.par_chunks_mut(block * n).zip(x.par_chunks(block * k)).for_each(|(out_chunk, x_chunk)| {
@@ -95,7 +135,7 @@ fn matmul_bits(x: &[u16], w: &[u16], out: &mut [u16], m: usize, n: usize, k: usi
         // SAFETY: `matmul_nt` checked that the CPU has AVX-512 F, BW and BF16.
         #[cfg(target_arch = "x86_64")]
         unsafe {
-            rows_block(x_chunk, &packed, out_chunk, rows, n, k)
+            rows_block(x_chunk, &packed, &start, out_chunk, rows, n, k)
         }
     });
 }
@@ -103,7 +143,7 @@ fn matmul_bits(x: &[u16], w: &[u16], out: &mut [u16], m: usize, n: usize, k: usi
 /// All panels for `rows` rows of `x`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn rows_block(x: &[u16], packed: &[u32], out: &mut [u16], rows: usize, n: usize, k: usize) {
+unsafe fn rows_block(x: &[u16], packed: &[u32], start: &[f32], out: &mut [u16], rows: usize, n: usize, k: usize) {
     use std::arch::x86_64::*;
     let pairs = k / 2;
     let panels = n.div_ceil(PANEL);
@@ -114,7 +154,8 @@ unsafe fn rows_block(x: &[u16], packed: &[u32], out: &mut [u16], rows: usize, n:
         let b1 = if two { packed.as_ptr().add((panel + 1) * pairs * PANEL) } else { b0 };
         for row0 in (0..rows).step_by(ROWS) {
             let r = ROWS.min(rows - row0);
-            let mut acc = [[_mm512_setzero_ps(); 2]; ROWS];
+            let first = [_mm512_loadu_ps(start.as_ptr().add(panel * PANEL)), _mm512_loadu_ps(start.as_ptr().add((panel + 1) * PANEL))];
+            let mut acc = [first; ROWS];
             let a: [*const u32; ROWS] = std::array::from_fn(|i| x.as_ptr().add((row0 + i.min(r - 1)) * k).cast::<u32>());
             for pair in 0..pairs {
                 let v0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b0.add(pair * PANEL).cast()));
@@ -160,16 +201,18 @@ mod tests {
         for (m, n, k) in [(1, 1, 2), (7, 17, 6), (13, 50, 64), (64, 40, 384)] {
             let x = init.normal(&[m, k], 1.0).unwrap();
             let w = init.normal(&[n, k], 1.0).unwrap();
-            let got = matmul_nt(&x, &w).unwrap().expect("the kernel runs").to_dtype(DType::F32).unwrap();
+            let b = init.normal(&[n], 1.0).unwrap();
+            let got = matmul_nt(&x, &w, Some(&b)).unwrap().expect("the kernel runs").to_dtype(DType::F32).unwrap();
             let want = x.to_dtype(DType::F32).unwrap().matmul(&w.to_dtype(DType::F32).unwrap().t().unwrap()).unwrap();
+            let want = want.broadcast_add(&b.to_dtype(DType::F32).unwrap()).unwrap();
             let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap().max(1.0);
             let diff = crate::compare::compare(&got, &want).unwrap().max_abs;
             assert!(diff <= scale / 128.0, "{m}x{n}x{k}: {diff} (scale {scale})");
         }
         let x = init.normal(&[2, 3, 8], 1.0).unwrap();
         let w = init.normal(&[5, 8], 1.0).unwrap();
-        assert_eq!(matmul_nt(&x, &w).unwrap().unwrap().dims(), [2, 3, 5]);
+        assert_eq!(matmul_nt(&x, &w, None).unwrap().unwrap().dims(), [2, 3, 5]);
         // Odd K and f32 inputs take the general path.
-        assert!(matmul_nt(&init.normal(&[2, 3], 1.0).unwrap(), &init.normal(&[4, 3], 1.0).unwrap()).unwrap().is_none());
+        assert!(matmul_nt(&init.normal(&[2, 3], 1.0).unwrap(), &init.normal(&[4, 3], 1.0).unwrap(), None).unwrap().is_none());
     }
 }

@@ -25,16 +25,10 @@ impl CustomOp1 for SoftmaxLastDim {
         let src = contiguous_f32(storage, layout, "softmax")?;
         let dims = layout.shape().dims();
         let n = dims[dims.len() - 1];
-        let mut dst = vec![0f32; src.len()];
-        for (s, d) in src.chunks_exact(n).zip(dst.chunks_exact_mut(n)) {
-            let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for (x, y) in s.iter().zip(d.iter_mut()) {
-                *y = (*x - max).exp();
-                sum += *y;
-            }
-            let inv = 1.0 / sum;
-            d.iter_mut().for_each(|y| *y *= inv);
+        let mut dst = src.to_vec();
+        {
+            use rayon::prelude::*;
+            dst.par_chunks_exact_mut(n).for_each(|row| super::fast_math::simd(super::fast_math::SoftmaxInPlace(row)));
         }
         Ok((CpuStorage::F32(dst), layout.shape().clone()))
     }
@@ -113,7 +107,7 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Resul
 /// erf with a maximum absolute error of about 1.2e-7 (Numerical Recipes' `erfc` Chebyshev fit),
 /// branch-free so the compiler vectorises it; libm's scalar `erff` is what makes candle's GELU
 /// slow on CPU.
-#[inline]
+#[inline(always)]
 // The coefficients are kept as published; f32 rounds the last digits the same way.
 #[allow(clippy::excessive_precision)]
 fn erf(x: f32) -> f32 {
@@ -124,8 +118,13 @@ fn erf(x: f32) -> f32 {
             + t * (0.374_091_96
                 + t * (0.096_784_18
                     + t * (-0.186_288_06 + t * (0.278_868_07 + t * (-1.135_203_98 + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
-    let erfc = t * poly.exp();
-    (1.0 - erfc).copysign(x)
+    let erfc = t * super::fast_math::exp(poly);
+    let magnitude = 1.0 - erfc;
+    if x < 0.0 {
+        -magnitude
+    } else {
+        magnitude
+    }
 }
 
 /// The exact GELU for inference, in f32 across threads with the branch-free erf (rounded once
@@ -174,11 +173,27 @@ where
     use rayon::prelude::*;
     const CHUNK: usize = 4096;
     out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(dst, src)| {
-        for (d, s) in dst.iter_mut().zip(src) {
-            let v = load(*s);
-            *d = store(0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2)));
-        }
+        super::fast_math::simd(GeluChunk { src, dst, load: &load, store: &store });
     });
+}
+
+/// `0.5 x (1 + erf(x / sqrt 2))` elementwise, at the CPU's vector width.
+struct GeluChunk<'a, T, L, S> {
+    src: &'a [T],
+    dst: &'a mut [T],
+    load: &'a L,
+    store: &'a S,
+}
+
+impl<T: Copy, L: Fn(T) -> f32, S: Fn(f32) -> T> super::fast_math::SimdKernel for GeluChunk<'_, T, L, S> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        for (d, s) in self.dst.iter_mut().zip(self.src) {
+            let v = (self.load)(*s);
+            *d = (self.store)(0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2)));
+        }
+    }
 }
 
 struct GeluErf;
@@ -210,7 +225,8 @@ impl CustomOp1 for GeluErfGrad {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let src = contiguous_f32(storage, layout, "gelu grad")?;
         let inv_sqrt_2pi = 0.5 * std::f32::consts::FRAC_2_SQRT_PI * std::f32::consts::FRAC_1_SQRT_2;
-        let dst: Vec<f32> = src.iter().map(|&x| 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2)) + x * inv_sqrt_2pi * (-0.5 * x * x).exp()).collect();
+        let dst: Vec<f32> =
+            src.iter().map(|&x| 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2)) + x * inv_sqrt_2pi * super::fast_math::exp(-0.5 * x * x)).collect();
         Ok((CpuStorage::F32(dst), layout.shape().clone()))
     }
 }
@@ -254,10 +270,12 @@ impl CustomOp1 for FrozenWeightMatmul {
 /// `x W^T + b` for inputs of any rank (the last dimension is the feature dimension). When `x`
 /// is part of a training graph and the weight is frozen, the weight gets no gradient work.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let untracked = !x.track_op() && !weight.track_op() && !bias.is_some_and(Tensor::track_op);
+    if let Some(out) = untracked.then(|| super::bf16_matmul::matmul_nt(x, weight, bias)).transpose()?.flatten() {
+        return Ok(out);
+    }
     let out = if x.track_op() && !weight.track_op() && x.dtype() == DType::F32 && x.device().is_cpu() {
         x.contiguous()?.apply_op1(FrozenWeightMatmul { weight: weight.clone() })?
-    } else if let Some(out) = (!x.track_op() && !weight.track_op()).then(|| super::bf16_matmul::matmul_nt(x, weight)).transpose()?.flatten() {
-        out
     } else {
         x.broadcast_matmul(&weight.t()?)?
     };
