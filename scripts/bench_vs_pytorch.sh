@@ -3,12 +3,15 @@
 # machine state, then the ratio ours / PyTorch per setting (median over the rounds):
 # f32/bf16/f16 forward (bench dtype vs scripts/bench_dtype.py) and the training step
 # (bench train_step vs scripts/bench_train_step.py). Needs MiniLM (scripts/fetch_minilm.sh) and
-# the Python reference ($PYTHON, default /root/refvenv/bin/python; see REFERENCE.md). Not run by CI.
+# the Python reference ($PYTHON, default the first of /work/pyref/bin/python and
+# /root/refvenv/bin/python that exists; see REFERENCE.md). Not run by CI.
 #
 #   scripts/bench_vs_pytorch.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python="${PYTHON:-/root/refvenv/bin/python}"
+default_python=/root/refvenv/bin/python
+[ -x /work/pyref/bin/python ] && default_python=/work/pyref/bin/python
+python="${PYTHON:-$default_python}"
 rounds="${ROUNDS:-2}"
 model="$(scripts/fetch_minilm.sh)"
 export HF_HUB_OFFLINE=1 BENCH_RUNS="${BENCH_RUNS:-5}"
