@@ -56,6 +56,28 @@ fn main() {
         v.sort_by(|a, b| a.total_cmp(b));
         v[v.len() / 2]
     };
+    // How far each dtype's output is from f32's, for every setting: the largest difference
+    // relative to the largest f32 value, and the mean relative difference.
+    let mut accuracy = Vec::new();
+    for setup in setups {
+        let outs: Vec<Tensor> = models
+            .iter_mut()
+            .map(|model| {
+                match setup {
+                    Some(name) => model.set_active_adapters(AdapterSetup::from(name)).unwrap(),
+                    None => model.deactivate_adapters(),
+                }
+                model.forward(&ids, &mask).unwrap().to_dtype(DType::F32).unwrap()
+            })
+            .collect();
+        let scale = outs[0].abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        for (d, out) in outs.iter().enumerate().skip(1) {
+            let diff = (out - &outs[0]).unwrap().abs().unwrap();
+            let max = diff.max_all().unwrap().to_scalar::<f32>().unwrap() / scale;
+            let mean = (diff.sum_all().unwrap().to_scalar::<f32>().unwrap() / outs[0].abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap()).abs();
+            accuracy.push((format!("{:?}", dtypes[d]), setup.unwrap_or("base"), max, mean));
+        }
+    }
     let f32_base = median(&mut times[0][0].clone());
     println!("MiniLM forward, batch 8 x seq 128, CPU, median of {runs} interleaved runs");
     println!("{:<8}{:<10}{:>10}{:>12}{:>14}", "dtype", "setting", "ms", "x f32 base", "x f32 same");
@@ -65,5 +87,9 @@ fn main() {
             let ms = median(&mut times[d][s]);
             println!("{:<8}{:<10}{ms:>10.1}{:>12.3}{:>14.3}", format!("{dtype:?}"), setup.unwrap_or("base"), ms / f32_base, ms / f32_same);
         }
+    }
+    println!("{:<8}{:<10}{:>22}{:>22}", "dtype", "setting", "max |diff| / max |f32|", "sum |diff| / sum |f32|");
+    for (dtype, setting, max, mean) in accuracy {
+        println!("{dtype:<8}{setting:<10}{:>21.2}%{:>21.2}%", 100.0 * max, 100.0 * mean);
     }
 }

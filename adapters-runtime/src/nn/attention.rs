@@ -25,6 +25,17 @@ pub fn scaled_masked_softmax(scores: &Tensor, mask: &Tensor, scale: f64) -> Resu
     }
 }
 
+/// `a b^T` over the last two dimensions (attention's `q k^T`; `p v` is `matmul_nt(p, v^T)`):
+/// the bf16 kernel when nothing is trained through it, candle's matmul otherwise.
+pub fn matmul_nt(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if !a.track_op() && !b.track_op() {
+        if let Some(out) = super::bf16_matmul::batched_matmul_nt(a, b)? {
+            return Ok(out);
+        }
+    }
+    a.matmul(&b.t()?)
+}
+
 /// Whether the mask broadcasts the way the fused pass reads it.
 fn fits(scores: &Tensor, mask: &Tensor) -> Result<bool> {
     if scores.rank() != 4 || mask.rank() != 4 || scores.dtype() != mask.dtype() {
@@ -129,7 +140,7 @@ impl<T: Copy, L: Fn(T) -> f32, S: Fn(f32) -> T> super::fast_math::SimdKernel for
         for ((v, s), m) in self.row.iter_mut().zip(self.src).zip(self.mask) {
             *v = (self.load)(*s) * self.scale + (self.load)(*m);
         }
-        super::fast_math::softmax_in_place(self.row);
+        super::fast_math::softmax_in_place::<T>(self.row);
         for (d, v) in self.dst.iter_mut().zip(self.row.iter()) {
             *d = (self.store)(*v);
         }

@@ -97,6 +97,54 @@ impl candle_core::CustomOp3 for MatmulNt {
     }
 }
 
+/// `x W^T` per batch item for bf16 `x` (`[..., M, K]`) and `w` (`[..., N, K]`) with the same
+/// leading dimensions (attention's `q k^T`, and `p v` as `p (v^T)^T`), when the kernel can run it;
+/// `None` otherwise. Batch items run in parallel, each on one thread.
+pub fn batched_matmul_nt(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
+    let (xd, wd) = (x.dims(), w.dims());
+    let rank = xd.len();
+    if x.dtype() != DType::BF16 || w.dtype() != DType::BF16 || !x.device().is_cpu() || rank < 3 || wd.len() != rank || !available() {
+        return Ok(None);
+    }
+    if xd[..rank - 2] != wd[..rank - 2] || xd[rank - 1] != wd[rank - 1] || xd[rank - 1] % 2 != 0 {
+        return Ok(None);
+    }
+    Ok(Some(x.contiguous()?.apply_op2_no_bwd(&w.contiguous()?, &BatchedMatmulNt)?))
+}
+
+struct BatchedMatmulNt;
+
+impl CustomOp2 for BatchedMatmulNt {
+    fn name(&self) -> &'static str {
+        "adapters-bf16-batched-matmul-nt"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::BF16(xs), CpuStorage::BF16(ws)) = (s1, s2) else { candle_core::bail!("bf16 matmul: both operands must be bf16") };
+        let (Some((x0, x1)), Some((w0, w1))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
+            candle_core::bail!("bf16 matmul: operands must be contiguous")
+        };
+        let (xd, wd) = (l1.shape().dims(), l2.shape().dims());
+        let rank = xd.len();
+        let (m, k, n) = (xd[rank - 2], xd[rank - 1], wd[rank - 2]);
+        let batch: usize = xd[..rank - 2].iter().product();
+        let mut out = zeroed_like(xs, batch * m * n);
+        let start = vec![0f32; (n.div_ceil(PANEL) + 1) * PANEL];
+        let (x, w) = (as_bits(&xs[x0..x1]), as_bits(&ws[w0..w1]));
+        as_bits_mut(&mut out).par_chunks_mut(m * n).zip(x.par_chunks(m * k)).zip(w.par_chunks(n * k)).for_each(|((out, x), w)| {
+            let packed = pack(w, n, k);
+            // SAFETY: `batched_matmul_nt` checked that the CPU has AVX-512 F, BW and BF16.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                rows_block(x, &packed, &start, out, m, n, k)
+            }
+        });
+        let mut shape = xd.to_vec();
+        shape[rank - 1] = n;
+        Ok((CpuStorage::BF16(out), Shape::from(shape)))
+    }
+}
+
 /// `len` default values of the slice's element type (bf16, which this crate does not name).
 fn zeroed_like<T: Default + Clone>(_like: &[T], len: usize) -> Vec<T> {
     vec![T::default(); len]
@@ -209,6 +257,12 @@ mod tests {
             let diff = crate::compare::compare(&got, &want).unwrap().max_abs;
             assert!(diff <= scale / 128.0, "{m}x{n}x{k}: {diff} (scale {scale})");
         }
+        // Batched: per item, against candle's f32 product.
+        let (x, w) = (init.normal(&[2, 3, 7, 6], 1.0).unwrap(), init.normal(&[2, 3, 9, 6], 1.0).unwrap());
+        let got = batched_matmul_nt(&x, &w).unwrap().expect("the kernel runs").to_dtype(DType::F32).unwrap();
+        let want = x.to_dtype(DType::F32).unwrap().matmul(&w.to_dtype(DType::F32).unwrap().t().unwrap()).unwrap();
+        assert!(crate::compare::compare(&got, &want).unwrap().max_abs <= 0.1);
+        assert!(batched_matmul_nt(&x, &init.normal(&[3, 2, 9, 6], 1.0).unwrap()).unwrap().is_none());
         let x = init.normal(&[2, 3, 8], 1.0).unwrap();
         let w = init.normal(&[5, 8], 1.0).unwrap();
         assert_eq!(matmul_nt(&x, &w, None).unwrap().unwrap().dims(), [2, 3, 5]);

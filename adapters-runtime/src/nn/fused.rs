@@ -106,11 +106,11 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Resul
 
 /// erf with a maximum absolute error of about 1.2e-7 (Numerical Recipes' `erfc` Chebyshev fit),
 /// branch-free so the compiler vectorises it; libm's scalar `erff` is what makes candle's GELU
-/// slow on CPU.
+/// slow on CPU. `T` is the storage type of the result (the exponential it takes: [`super::fast_math::exp_for`]).
 #[inline(always)]
 // The coefficients are kept as published; f32 rounds the last digits the same way.
 #[allow(clippy::excessive_precision)]
-fn erf(x: f32) -> f32 {
+fn erf<T>(x: f32) -> f32 {
     let z = x.abs();
     let t = 1.0 / (1.0 + 0.5 * z);
     let poly = -z * z - 1.265_512_2
@@ -118,7 +118,7 @@ fn erf(x: f32) -> f32 {
             + t * (0.374_091_96
                 + t * (0.096_784_18
                     + t * (-0.186_288_06 + t * (0.278_868_07 + t * (-1.135_203_98 + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
-    let erfc = t * super::fast_math::exp(poly);
+    let erfc = t * super::fast_math::exp_for::<T>(poly);
     let magnitude = 1.0 - erfc;
     if x < 0.0 {
         -magnitude
@@ -191,7 +191,7 @@ impl<T: Copy, L: Fn(T) -> f32, S: Fn(f32) -> T> super::fast_math::SimdKernel for
     fn run(self) {
         for (d, s) in self.dst.iter_mut().zip(self.src) {
             let v = (self.load)(*s);
-            *d = (self.store)(0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2)));
+            *d = (self.store)(0.5 * v * (1.0 + erf::<T>(v * std::f32::consts::FRAC_1_SQRT_2)));
         }
     }
 }
@@ -205,7 +205,7 @@ impl CustomOp1 for GeluErf {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let src = contiguous_f32(storage, layout, "gelu")?;
-        let dst: Vec<f32> = src.iter().map(|&x| 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))).collect();
+        let dst: Vec<f32> = src.iter().map(|&x| 0.5 * x * (1.0 + erf::<f32>(x * std::f32::consts::FRAC_1_SQRT_2))).collect();
         Ok((CpuStorage::F32(dst), layout.shape().clone()))
     }
 
@@ -225,8 +225,10 @@ impl CustomOp1 for GeluErfGrad {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let src = contiguous_f32(storage, layout, "gelu grad")?;
         let inv_sqrt_2pi = 0.5 * std::f32::consts::FRAC_2_SQRT_PI * std::f32::consts::FRAC_1_SQRT_2;
-        let dst: Vec<f32> =
-            src.iter().map(|&x| 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2)) + x * inv_sqrt_2pi * super::fast_math::exp(-0.5 * x * x)).collect();
+        let dst: Vec<f32> = src
+            .iter()
+            .map(|&x| 0.5 * (1.0 + erf::<f32>(x * std::f32::consts::FRAC_1_SQRT_2)) + x * inv_sqrt_2pi * super::fast_math::exp(-0.5 * x * x))
+            .collect();
         Ok((CpuStorage::F32(dst), layout.shape().clone()))
     }
 }
@@ -280,8 +282,43 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
         x.broadcast_matmul(&weight.t()?)?
     };
     match bias {
+        // The product is a fresh tensor nothing else holds: adding in place saves a second
+        // output buffer (a fresh large buffer costs its page faults, more than the add).
+        Some(b) if untracked && out.device().is_cpu() && out.is_contiguous() && b.dims() == [out.dim(D::Minus1)?] && b.dtype() == out.dtype() => {
+            out.inplace_op2(&b.contiguous()?, &BiasAddInPlace)?;
+            Ok(out)
+        }
         Some(b) => out.broadcast_add(b),
         None => Ok(out),
+    }
+}
+
+/// `out[.., j] += bias[j]` on a contiguous output (f32, bf16 or f16).
+struct BiasAddInPlace;
+
+impl candle_core::InplaceOp2 for BiasAddInPlace {
+    fn name(&self) -> &'static str {
+        "adapters-bias-add-in-place"
+    }
+
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
+        fn add<T: Copy + std::ops::Add<Output = T>>(out: &mut [T], bias: &[T]) {
+            for row in out.chunks_exact_mut(bias.len()) {
+                for (o, b) in row.iter_mut().zip(bias) {
+                    *o = *o + *b;
+                }
+            }
+        }
+        let (Some((o0, o1)), Some((b0, b1))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
+            candle_core::bail!("bias add: operands must be contiguous")
+        };
+        match (s1, s2) {
+            (CpuStorage::F32(o), CpuStorage::F32(b)) => add(&mut o[o0..o1], &b[b0..b1]),
+            (CpuStorage::BF16(o), CpuStorage::BF16(b)) => add(&mut o[o0..o1], &b[b0..b1]),
+            (CpuStorage::F16(o), CpuStorage::F16(b)) => add(&mut o[o0..o1], &b[b0..b1]),
+            _ => candle_core::bail!("bias add: output and bias must share a float dtype"),
+        }
+        Ok(())
     }
 }
 

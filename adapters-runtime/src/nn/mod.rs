@@ -14,7 +14,7 @@ mod norm;
 pub mod quantized;
 pub mod rope;
 
-pub use attention::scaled_masked_softmax;
+pub use attention::{matmul_nt, scaled_masked_softmax};
 pub use dropout::dropout;
 pub(crate) use fused::linear;
 pub use mask::{additive_mask, causal_additive_mask_for, causal_additive_mask_windowed, mask_min};
