@@ -70,6 +70,18 @@ impl ForwardContext {
         }
     }
 
+    /// An adapter parameter as this forward uses it: the variable itself while variables are
+    /// trained, a detached view of it otherwise (a variable is always tracked, and a tracked
+    /// operand sends the ops it enters down candle's general, gradient-ready paths instead of
+    /// the inference kernels).
+    pub fn param(&self, var: &candle_core::Var) -> Tensor {
+        if self.grad {
+            var.as_tensor().clone()
+        } else {
+            var.as_detached_tensor()
+        }
+    }
+
     /// Dropout masks come from `rng` (shared, so consecutive forwards continue one stream).
     pub fn with_dropout_rng(mut self, rng: Arc<Mutex<Rng>>) -> Self {
         self.dropout_rng = Some(rng);

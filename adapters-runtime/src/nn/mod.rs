@@ -7,6 +7,7 @@ mod attention;
 mod bf16_bits;
 pub mod bf16_matmul;
 mod dropout;
+pub mod elementwise;
 mod fast_math;
 pub mod fused;
 mod mask;

@@ -4,9 +4,11 @@
 use candle_core::{Result as CResult, Tensor, Var};
 
 use crate::config::{BnConfig, ResidualBeforeLn, Scaling};
+use crate::context::ForwardContext;
 use crate::methods::init::Init;
 use crate::methods::NamedParam;
 use crate::nn::activation::Activation;
+use crate::nn::elementwise::add;
 use crate::nn::{dropout, linear, Norm};
 
 use super::phm::{PhmLayer, SharedPhm};
@@ -21,12 +23,12 @@ struct Affine {
 }
 
 impl Affine {
-    fn linear(&self, x: &Tensor) -> CResult<Tensor> {
-        linear(x, self.weight.as_tensor(), Some(self.bias.as_tensor()))
+    fn linear(&self, x: &Tensor, ctx: &ForwardContext) -> CResult<Tensor> {
+        linear(x, &ctx.param(&self.weight), Some(&ctx.param(&self.bias)))
     }
 
-    fn layer_norm(&self, x: &Tensor) -> CResult<Tensor> {
-        crate::nn::LayerNorm::new(self.weight.as_tensor().clone(), self.bias.as_tensor().clone(), ADAPTER_LN_EPS).forward(x)
+    fn layer_norm(&self, x: &Tensor, ctx: &ForwardContext) -> CResult<Tensor> {
+        crate::nn::LayerNorm::new(ctx.param(&self.weight), ctx.param(&self.bias), ADAPTER_LN_EPS).forward(x)
     }
 }
 
@@ -49,9 +51,9 @@ enum Projection {
 }
 
 impl Projection {
-    fn forward(&self, x: &Tensor) -> CResult<Tensor> {
+    fn forward(&self, x: &Tensor, ctx: &ForwardContext) -> CResult<Tensor> {
         match self {
-            Projection::Linear(a) => a.linear(x),
+            Projection::Linear(a) => a.linear(x, ctx),
             Projection::Phm(p) => p.forward(x),
         }
     }
@@ -158,7 +160,7 @@ impl BottleneckAdapter {
         }
         let mut hidden = hidden.clone();
         if self.original_ln_before {
-            hidden = (hidden + input_tensor)?;
+            hidden = add(&hidden, input_tensor)?;
             if matches!(self.residual_before_ln, ResidualBeforeLn::Mode(_)) {
                 residual = Some(hidden.clone());
             }
@@ -198,37 +200,37 @@ impl BottleneckAdapter {
     /// which AdapterFusion attends over.
     pub fn forward_with_up(&self, x: &Tensor, residual: &Tensor, ctx: &crate::context::ForwardContext) -> CResult<(Tensor, Tensor)> {
         let down_in = match &self.norm_before {
-            Some(norm) => norm.layer_norm(x)?,
+            Some(norm) => norm.layer_norm(x, ctx)?,
             None => x.clone(),
         };
-        let down = self.activation.forward(&self.down.forward(&down_in)?)?;
+        let down = self.activation.forward(&self.down.forward(&down_in, ctx)?)?;
         // Python's parallel adapters have no stochastic depth.
         let depth = if self.is_parallel { 0.0 } else { self.stochastic_depth };
-        let up = drop_rows(&self.up.forward(&down)?, depth, ctx)?;
+        let up = drop_rows(&self.up.forward(&down, ctx)?, depth, ctx)?;
         let up = match &self.learned_scaling {
-            Some(scaling) => up.broadcast_mul(scaling.as_tensor())?,
-            None => (up * self.fixed_scaling)?,
+            Some(scaling) => up.broadcast_mul(&ctx.param(scaling))?,
+            None => crate::nn::elementwise::scale(&up, self.fixed_scaling)?,
         };
         let mut output = dropout(&up, self.dropout, ctx)?;
         if let Some(gate) = &self.gate {
             // Mean over the sequence: one gate per example, [batch, 1, 1].
-            let gate = candle_nn::ops::sigmoid(&gate.linear(x)?)?.mean_keepdim(1)?;
+            let gate = candle_nn::ops::sigmoid(&gate.linear(x, ctx)?)?.mean_keepdim(1)?;
             output = output.broadcast_mul(&gate)?;
         }
         if self.is_parallel {
             if let Some(norm) = &self.norm_after {
-                output = norm.layer_norm(&output)?;
+                output = norm.layer_norm(&output, ctx)?;
             }
             return Ok((output, up));
         }
         if self.adapter_residual_before_ln {
-            output = (output + residual)?;
+            output = add(&output, &residual)?;
         }
         if let Some(norm) = &self.norm_after {
-            output = norm.layer_norm(&output)?;
+            output = norm.layer_norm(&output, ctx)?;
         }
         if !self.adapter_residual_before_ln {
-            output = (output + residual)?;
+            output = add(&output, &residual)?;
         }
         Ok((output, up))
     }
@@ -236,10 +238,10 @@ impl BottleneckAdapter {
     /// `post_forward`: the original residual and LayerNorm after the adapter(s).
     /// `ln_after` off: Python's hook mode, which forces `original_ln_after = False`.
     pub fn post_forward(&self, hidden: &Tensor, input_hidden: &Tensor, input_tensor: &Tensor, layer_norm: Option<&Norm>, ln_after: bool) -> CResult<Tensor> {
-        let hidden = if self.is_parallel { (hidden + input_hidden)? } else { hidden.clone() };
+        let hidden = if self.is_parallel { add(hidden, input_hidden)? } else { hidden.clone() };
         match (self.original_ln_after && ln_after, layer_norm) {
-            (true, Some(norm)) => norm.forward(&(hidden + input_tensor)?),
-            (true, None) => hidden + input_tensor,
+            (true, Some(norm)) => norm.forward(&add(&hidden, input_tensor)?),
+            (true, None) => add(&hidden, input_tensor),
             (false, _) => Ok(hidden),
         }
     }

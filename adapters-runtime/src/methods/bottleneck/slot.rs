@@ -125,7 +125,7 @@ impl BottleneckSlot {
         if self.hooked {
             return Ok(hidden.clone());
         }
-        let sum = (hidden + residual)?;
+        let sum = crate::nn::elementwise::add(hidden, residual)?;
         match &self.layer_norm {
             Some(norm) => norm.forward(&sum),
             None => Ok(sum),

@@ -306,7 +306,7 @@ impl LoraModule {
         }
         match &self.a {
             None => {
-                let vector = self.b().flatten_all()?;
+                let vector = ctx.param(&self.b).flatten_all()?;
                 let hidden = match hidden {
                     Some(h) => h.broadcast_mul(&vector)?,
                     None => {
@@ -318,8 +318,8 @@ impl LoraModule {
             }
             Some(a) => {
                 let x = dropout(hidden.unwrap_or(layer_input), self.dropout, ctx)?;
-                let low = linear(&x, a.as_tensor(), None)?;
-                let out = linear(&low, self.b(), None)?;
+                let low = linear(&x, &ctx.param(a), None)?;
+                let out = linear(&low, &ctx.param(&self.b), None)?;
                 self.scale(&out, layer_input)
             }
         }
@@ -328,7 +328,7 @@ impl LoraModule {
     /// `x * scaling`, or `x * mean_seq(sigmoid(gate(layer_input)))` with a gate.
     fn scale(&self, x: &Tensor, layer_input: &Tensor) -> Result<Tensor> {
         match &self.gate {
-            None => x * self.scaling,
+            None => crate::nn::elementwise::scale(x, self.scaling),
             Some((w, b)) => {
                 let gate = candle_nn::ops::sigmoid(&linear(layer_input, w.as_tensor(), Some(b.as_tensor()))?)?.mean_keepdim(1)?;
                 x.broadcast_mul(&gate)
@@ -344,7 +344,7 @@ impl LoraModule {
     /// Combines the base output with the composed module output, as the last module of a stack.
     pub fn combine(&self, layer_output: &Tensor, hidden: &Tensor, base_weight: &crate::nn::BaseWeight, bias: Option<&Tensor>) -> Result<Tensor> {
         match self.kind {
-            LoraKind::LoRA => layer_output.broadcast_add(hidden),
+            LoraKind::LoRA => crate::nn::elementwise::add(layer_output, hidden),
             LoraKind::IA3 => layer_output.broadcast_mul(hidden),
             LoraKind::DoRA if self.from_peft => {
                 // PEFT: m / ||W + s B A||_row * (W x + s B A x) + b (`hidden` carries the scaling).
