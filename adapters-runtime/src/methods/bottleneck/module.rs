@@ -224,13 +224,13 @@ impl BottleneckAdapter {
             return Ok((output, up));
         }
         if self.adapter_residual_before_ln {
-            output = add(&output, &residual)?;
+            output = add(&output, residual)?;
         }
         if let Some(norm) = &self.norm_after {
             output = norm.layer_norm(&output, ctx)?;
         }
         if !self.adapter_residual_before_ln {
-            output = add(&output, &residual)?;
+            output = add(&output, residual)?;
         }
         Ok((output, up))
     }
