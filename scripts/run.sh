@@ -11,9 +11,6 @@ cd "$(dirname "$0")/.."
 model="$(scripts/fetch_minilm.sh)"
 cargo build --release -p adapters-cli
 bin=target/release/adapters
-# glibc returns freed activation buffers to the kernel and faults them back in on the next
-# step; keeping them cuts training time by about a tenth (docs/results.md).
-export MALLOC_MMAP_THRESHOLD_=1000000000 MALLOC_TRIM_THRESHOLD_=1000000000
 mkdir -p out
 "$bin" train --model "$model" --train data/mr/train.tsv --dev data/mr/dev.tsv --test data/mr/test.tsv \
   --method seq_bn --lr 1e-4 --epochs "${EPOCHS:-1}" --batch-size 32 --max-length 64 --seed 42 \
