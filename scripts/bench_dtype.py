@@ -1,5 +1,6 @@
 """PyTorch beside `cargo bench -p adapters-tests --bench dtype`: MiniLM forward, batch 8 x seq
-128, CPU, f32 / bf16 / f16, base and seq_bn / lora adapters, medians of interleaved runs.
+128, CPU, f32 / bf16 / f16, base and seq_bn / lora adapters, medians of interleaved runs; the base
+at batch 1 x seq 32 (`base_1x32`).
 
     HF_HUB_OFFLINE=1 python scripts/bench_dtype.py [MODEL_DIR]
 """
@@ -39,6 +40,16 @@ with torch.no_grad():
                 elapsed = (time.perf_counter() - start) * 1000
                 if rnd > 0:
                     times[(d, s)].append(elapsed)
+# Interactive latency: one sequence of 32 tokens, the base model.
+latency = {d: [] for d in range(len(dtypes))}
+with torch.no_grad():
+    for rnd in range(4 * runs + 1):
+        for d, m in enumerate(models):
+            m.set_active_adapters(None)
+            start = time.perf_counter()
+            m(input_ids=ids[:1, :32], attention_mask=mask[:1, :32])
+            if rnd > 0:
+                latency[d].append((time.perf_counter() - start) * 1000)
 f32_base = statistics.median(times[(0, 0)])
 print(f"PyTorch {torch.__version__}, threads {torch.get_num_threads()}, MiniLM forward, batch 8 x seq 128, median of {runs}")
 print(f"{'dtype':<10}{'setting':<10}{'ms':>10}{'x f32 base':>12}{'x f32 same':>14}")
@@ -47,3 +58,7 @@ for s, setup in enumerate(setups):
     for d, dtype in enumerate(dtypes):
         ms = statistics.median(times[(d, s)])
         print(f"{str(dtype).replace('torch.', ''):<10}{setup or 'base':<10}{ms:>10.1f}{ms / f32_base:>12.3f}{ms / f32_same:>14.3f}")
+f32_latency = statistics.median(latency[0])
+for d, dtype in enumerate(dtypes):
+    ms = statistics.median(latency[d])
+    print(f"{str(dtype).replace('torch.', ''):<10}{'base_1x32':<10}{ms:>10.2f}{ms / f32_latency:>12.3f}{ms / f32_latency:>14.3f}")

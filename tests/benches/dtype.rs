@@ -1,5 +1,6 @@
 //! MiniLM forward, batch 8 x seq 128, CPU, in f32, bf16 and f16: the base model and LoRA /
-//! seq_bn adapters, as ratios to the f32 base (medians of interleaved runs).
+//! seq_bn adapters, as ratios to the f32 base (medians of interleaved runs); the base at batch 1
+//! x seq 32 (`base_1x32`, interactive latency); each dtype's distance from f32.
 //! `cargo bench -p adapters-tests --bench dtype`; PyTorch beside it:
 //! `python scripts/bench_dtype.py` (same model, batch and settings).
 //! Needs MiniLM (`scripts/fetch_minilm.sh`). `BENCH_RUNS` sets the runs per setting (default 5).
@@ -16,6 +17,7 @@ use adapters_runtime::{AdapterConfig, AdapterSetup, DynAdaptedModel};
 use candle_core::{DType, Device, Tensor};
 
 fn main() {
+    adapters_runtime::nn::cache_thread_count();
     let dir = adapters_tests::minilm_dir();
     let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
     let ids = Tensor::rand(0f32, 30000.0, (8, 128), &Device::Cpu).unwrap().to_dtype(DType::I64).unwrap();
@@ -56,6 +58,19 @@ fn main() {
         v.sort_by(|a, b| a.total_cmp(b));
         v[v.len() / 2]
     };
+    // Interactive latency: one sequence of 32 tokens, the base model (more runs: each is short).
+    let (ids_1, mask_1) = (ids.narrow(0, 0, 1).unwrap().narrow(1, 0, 32).unwrap(), mask.narrow(0, 0, 1).unwrap().narrow(1, 0, 32).unwrap());
+    let mut latency = vec![Vec::new(); dtypes.len()];
+    for round in 0..=4 * runs {
+        for (d, model) in models.iter_mut().enumerate() {
+            model.deactivate_adapters();
+            let start = Instant::now();
+            drop(model.forward(&ids_1, &mask_1).unwrap());
+            if round > 0 {
+                latency[d].push(start.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+    }
     // How far each dtype's output is from f32's, for every setting: the largest difference
     // relative to the largest f32 value, and the mean relative difference.
     let mut accuracy = Vec::new();
@@ -87,6 +102,11 @@ fn main() {
             let ms = median(&mut times[d][s]);
             println!("{:<8}{:<10}{ms:>10.1}{:>12.3}{:>14.3}", format!("{dtype:?}"), setup.unwrap_or("base"), ms / f32_base, ms / f32_same);
         }
+    }
+    let f32_latency = median(&mut latency[0].clone());
+    for (d, dtype) in dtypes.iter().enumerate() {
+        let ms = median(&mut latency[d]);
+        println!("{:<8}{:<10}{ms:>10.2}{:>12.3}{:>14.3}", format!("{dtype:?}"), "base_1x32", ms / f32_latency, ms / f32_latency);
     }
     println!("{:<8}{:<10}{:>22}{:>22}", "dtype", "setting", "max |diff| / max |f32|", "sum |diff| / sum |f32|");
     for (dtype, setting, max, mean) in accuracy {

@@ -16,6 +16,7 @@ use adapters_runtime::{AdapterConfig, AdapterSetup, HeadConfig};
 use candle_core::{DType, Device, Tensor};
 
 fn main() {
+    adapters_runtime::nn::cache_thread_count();
     let dir = adapters_tests::minilm_dir();
     let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
     let ids = Tensor::rand(0f32, 30000.0, (8, 128), &Device::Cpu).unwrap().to_dtype(DType::I64).unwrap();

@@ -177,7 +177,7 @@ fn matmul_bits(x: &[u16], w: &[u16], bias: Option<&[u16]>, out: &mut [u16], m: u
         }
     }
     // Blocks of rows on candle's thread pool; each block runs every panel.
-    let block = (ROWS * 8).min(m.div_ceil(candle_core::utils::get_num_threads().max(1)).div_ceil(ROWS) * ROWS).max(ROWS);
+    let block = (ROWS * 8).min(m.div_ceil(rayon::current_num_threads().max(1)).div_ceil(ROWS) * ROWS).max(ROWS);
     out.par_chunks_mut(block * n).zip(x.par_chunks(block * k)).for_each(|(out_chunk, x_chunk)| {
         let rows = out_chunk.len() / n;
         // SAFETY: `matmul_nt` checked that the CPU has AVX-512 F, BW and BF16.

@@ -14,6 +14,7 @@ mod mask;
 mod norm;
 pub mod quantized;
 pub mod rope;
+mod threads;
 
 pub use attention::{matmul_nt, scaled_masked_softmax};
 pub use dropout::dropout;
@@ -21,3 +22,4 @@ pub(crate) use fused::linear;
 pub use mask::{additive_mask, causal_additive_mask_for, causal_additive_mask_windowed, mask_min};
 pub use norm::{LayerNorm, Norm, RmsNorm};
 pub use quantized::BaseWeight;
+pub use threads::cache_thread_count;
