@@ -8,10 +8,7 @@
 /// `RAYON_NUM_THREADS` when unset); the `adapters` binary and the benches do.
 ///
 /// ```
-/// fn main() {
-///     adapters_runtime::nn::cache_thread_count();
-///     // ... load models, run
-/// }
+/// adapters_runtime::nn::cache_thread_count(); // first in main; then load models and run
 /// ```
 pub fn cache_thread_count() {
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
