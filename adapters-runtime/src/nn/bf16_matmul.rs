@@ -9,6 +9,8 @@
 //! loads two panel vectors, broadcasts each row's pair of inputs, and issues one `vdpbf16ps`
 //! per row and panel. Blocks of rows run on candle's thread pool.
 
+use std::sync::Arc;
+
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -36,20 +38,61 @@ pub fn available() -> bool {
 /// caller's general path. The bias is added to the f32 sums before the one rounding, as
 /// PyTorch's fused `addmm` does (and without a second pass over the output).
 pub fn matmul_nt(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Option<Tensor>> {
+    matmul_nt_with(x, weight, bias, None)
+}
+
+/// A weight `[N, K]` packed for the kernel once ([`pack_weight`]), for a linear layer that
+/// multiplies by it on every call: packing is a pass over the weight, which at a few rows of
+/// input (decoding, batch 1) costs as much as the product.
+#[derive(Debug)]
+pub struct PackedWeight {
+    panels: Vec<u32>,
+    n: usize,
+    k: usize,
+}
+
+/// `weight` packed, when the kernel can multiply by it (bf16, `[N, K]` with even `K`, on the
+/// CPU, AVX-512 BF16, nothing trained through it); `None` otherwise.
+pub fn pack_weight(weight: &Tensor) -> Result<Option<Arc<PackedWeight>>> {
+    if weight.dtype() != DType::BF16 || weight.rank() != 2 || !weight.device().is_cpu() || weight.track_op() || !available() {
+        return Ok(None);
+    }
+    let (n, k) = weight.dims2()?;
+    if k % 2 != 0 {
+        return Ok(None);
+    }
+    let weight = weight.contiguous()?;
+    let (storage, layout) = weight.storage_and_layout();
+    let (candle_core::Storage::Cpu(CpuStorage::BF16(w)), Some((w0, w1))) = (&*storage, layout.contiguous_offsets()) else { return Ok(None) };
+    Ok(Some(Arc::new(PackedWeight { panels: pack(as_bits(&w[w0..w1]), n, k), n, k })))
+}
+
+/// [`matmul_nt`] with the weight already packed (it must be `weight`, packed by [`pack_weight`]).
+pub fn matmul_nt_packed(x: &Tensor, weight: &Tensor, packed: &Arc<PackedWeight>, bias: Option<&Tensor>) -> Result<Option<Tensor>> {
+    if weight.dims() != [packed.n, packed.k] {
+        candle_core::bail!("bf16 matmul: packed {}x{}, weight {:?}", packed.n, packed.k, weight.dims());
+    }
+    matmul_nt_with(x, weight, bias, Some(packed.clone()))
+}
+
+fn matmul_nt_with(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, packed: Option<Arc<PackedWeight>>) -> Result<Option<Tensor>> {
     let k = x.dim(candle_core::D::Minus1)?;
     if x.dtype() != DType::BF16 || weight.dtype() != DType::BF16 || !x.device().is_cpu() || k % 2 != 0 || weight.dim(1)? != k || !available() {
         return Ok(None);
     }
     let n = weight.dim(0)?;
     let (x, weight) = (x.contiguous()?, weight.contiguous()?);
+    let op = MatmulNt { packed };
     Ok(Some(match bias {
-        Some(b) if b.dtype() == DType::BF16 && b.dims() == [n] => x.apply_op3_no_bwd(&weight, &b.contiguous()?, &MatmulNt)?,
-        Some(b) => x.apply_op2_no_bwd(&weight, &MatmulNt)?.broadcast_add(b)?,
-        None => x.apply_op2_no_bwd(&weight, &MatmulNt)?,
+        Some(b) if b.dtype() == DType::BF16 && b.dims() == [n] => x.apply_op3_no_bwd(&weight, &b.contiguous()?, &op)?,
+        Some(b) => x.apply_op2_no_bwd(&weight, &op)?.broadcast_add(b)?,
+        None => x.apply_op2_no_bwd(&weight, &op)?,
     }))
 }
 
-struct MatmulNt;
+struct MatmulNt {
+    packed: Option<Arc<PackedWeight>>,
+}
 
 impl MatmulNt {
     fn run(&self, x: (&CpuStorage, &Layout), w: (&CpuStorage, &Layout), bias: Option<(&CpuStorage, &Layout)>) -> Result<(CpuStorage, Shape)> {
@@ -70,7 +113,15 @@ impl MatmulNt {
         let m = l1.shape().elem_count() / k;
         let n = l2.shape().dims()[0];
         let mut out = zeroed_like(xs, m * n);
-        matmul_bits(as_bits(&xs[x0..x1]), as_bits(&ws[w0..w1]), bias.map(as_bits), as_bits_mut(&mut out), m, n, k);
+        let fresh;
+        let packed = match &self.packed {
+            Some(p) => &p.panels,
+            None => {
+                fresh = pack(as_bits(&ws[w0..w1]), n, k);
+                &fresh
+            }
+        };
+        matmul_bits(as_bits(&xs[x0..x1]), packed, bias.map(as_bits), as_bits_mut(&mut out), m, n, k);
         let mut shape = dims.to_vec();
         *shape.last_mut().expect("rank >= 1") = n;
         Ok((CpuStorage::BF16(out), Shape::from(shape)))
@@ -165,9 +216,8 @@ fn pack(w: &[u16], n: usize, k: usize) -> Vec<u32> {
     packed
 }
 
-/// `out[m, n] = x[m, k] · w[n, k]^T (+ bias[n])` on bf16 bit patterns.
-fn matmul_bits(x: &[u16], w: &[u16], bias: Option<&[u16]>, out: &mut [u16], m: usize, n: usize, k: usize) {
-    let packed = pack(w, n, k);
+/// `out[m, n] = x[m, k] · w[n, k]^T (+ bias[n])` on bf16 bit patterns, `w` packed.
+fn matmul_bits(x: &[u16], packed: &[u32], bias: Option<&[u16]>, out: &mut [u16], m: usize, n: usize, k: usize) {
     // The starting sums of every column: the bias in f32, zero-padded one panel past the last
     // (the micro-kernel reads a second panel even when there is none).
     let mut start = vec![0f32; (n.div_ceil(PANEL) + 1) * PANEL];
@@ -183,7 +233,7 @@ fn matmul_bits(x: &[u16], w: &[u16], bias: Option<&[u16]>, out: &mut [u16], m: u
         // SAFETY: `matmul_nt` checked that the CPU has AVX-512 F, BW and BF16.
         #[cfg(target_arch = "x86_64")]
         unsafe {
-            rows_block(x_chunk, &packed, &start, out_chunk, rows, n, k)
+            rows_block(x_chunk, packed, &start, out_chunk, rows, n, k)
         }
     });
 }
@@ -257,6 +307,12 @@ mod tests {
             let diff = crate::compare::compare(&got, &want).unwrap().max_abs;
             assert!(diff <= scale / 128.0, "{m}x{n}x{k}: {diff} (scale {scale})");
         }
+        // A weight packed once gives the same product.
+        let (x, w, b) = (init.normal(&[13, 64], 1.0).unwrap(), init.normal(&[50, 64], 1.0).unwrap(), init.normal(&[50], 1.0).unwrap());
+        let packed = pack_weight(&w).unwrap().expect("packs");
+        let once = matmul_nt_packed(&x, &w, &packed, Some(&b)).unwrap().unwrap().to_dtype(DType::F32).unwrap();
+        let each = matmul_nt(&x, &w, Some(&b)).unwrap().unwrap().to_dtype(DType::F32).unwrap();
+        assert_eq!(crate::compare::compare(&once, &each).unwrap().max_abs, 0.0);
         // Batched: per item, against candle's f32 product.
         let (x, w) = (init.normal(&[2, 3, 7, 6], 1.0).unwrap(), init.normal(&[2, 3, 9, 6], 1.0).unwrap());
         let got = batched_matmul_nt(&x, &w).unwrap().expect("the kernel runs").to_dtype(DType::F32).unwrap();

@@ -23,6 +23,9 @@ pub struct LoRALinear {
     pub(crate) layer: usize,
     /// A fused q/k/v projection: the output columns per matrix (see [`LoRALinear::merged_qkv`]).
     qkv: Option<usize>,
+    /// The base weight packed for the bf16 kernel on first use (`None` inside: it does not take
+    /// it); reset whenever the weight changes (merge, reset).
+    packed: std::sync::OnceLock<Option<std::sync::Arc<crate::nn::bf16_matmul::PackedWeight>>>,
 }
 
 impl LoRALinear {
@@ -32,7 +35,7 @@ impl LoRALinear {
 
     /// Over any base weight, e.g. one kept quantized (a GGUF base).
     pub fn over(weight: BaseWeight, bias: Option<Tensor>, path: impl Into<String>) -> Self {
-        LoRALinear { weight, bias, path: path.into(), loras: BTreeMap::new(), merged: None, layer: 0, qkv: None }
+        LoRALinear { weight, bias, path: path.into(), loras: BTreeMap::new(), merged: None, layer: 0, qkv: None, packed: Default::default() }
     }
 
     /// A fused q/k/v projection `[out, in]` whose output is `[q | k | v]`, `out / 3` columns each
@@ -99,18 +102,34 @@ impl LoRALinear {
         Ok(ctx.output(self.composed(x, ctx)?))
     }
 
+    /// `x W^T + b` with the base weight: through the weight packed once for the bf16 kernel when
+    /// it applies, else [`BaseWeight::linear`].
+    fn base_linear(&self, x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        if let BaseWeight::Dense(w) = &self.weight {
+            if x.dtype() == candle_core::DType::BF16 && !x.track_op() && !bias.is_some_and(Tensor::track_op) {
+                let packed = self.packed.get_or_init(|| crate::nn::bf16_matmul::pack_weight(w).ok().flatten());
+                if let Some(packed) = packed {
+                    if let Some(out) = crate::nn::bf16_matmul::matmul_nt_packed(x, w, packed, bias)? {
+                        return Ok(out);
+                    }
+                }
+            }
+        }
+        self.weight.linear(x, bias)
+    }
+
     fn composed(&self, x: &Tensor, ctx: &ForwardContext) -> Result<Tensor> {
         let setup = match self.merged {
             Some(_) => None,
             None => ctx.setup_at(self.layer).filter(|s| s.any_adapter(&|n| self.loras.contains_key(n))),
         };
         let Some(setup) = setup else {
-            return self.weight.linear(x, self.bias.as_ref());
+            return self.base_linear(x, self.bias.as_ref());
         };
         if self.qkv.is_some() || setup.any_adapter(&|n| self.loras.get(n).is_some_and(LoraModule::scales_input)) {
             return self.single_forward(x, setup, ctx);
         }
-        let layer_output = self.weight.linear(x, self.bias.as_ref())?;
+        let layer_output = self.base_linear(x, self.bias.as_ref())?;
         let state = LoraState { input: x.clone(), hidden: None, output: layer_output, last: None };
         let state = composition::run(self, setup, state, ctx)?;
         match (state.last.as_deref().and_then(|n| self.loras.get(n)), state.hidden) {
@@ -141,9 +160,9 @@ impl LoRALinear {
                 .into_candle());
         };
         if module.scales_input() {
-            return self.weight.linear(&module.scale_input(x)?, self.bias.as_ref());
+            return self.base_linear(&module.scale_input(x)?, self.bias.as_ref());
         }
-        let layer_output = self.weight.linear(x, self.bias.as_ref())?;
+        let layer_output = self.base_linear(x, self.bias.as_ref())?;
         let hidden = module.forward(None, x, ctx)?;
         module.combine(&layer_output, &hidden, &self.weight, self.bias.as_ref())
     }
@@ -169,6 +188,7 @@ impl LoRALinear {
         let merged_bias = self.bias.as_ref().map(|b| module.merged_bias(b)).transpose()?;
         let original = std::mem::replace(&mut self.weight, merged);
         let original_bias = std::mem::replace(&mut self.bias, merged_bias);
+        self.packed = Default::default();
         self.merged = Some((name.to_string(), original, original_bias));
         Ok(true)
     }
@@ -177,6 +197,7 @@ impl LoRALinear {
         if let Some((_, weight, bias)) = self.merged.take() {
             self.weight = weight;
             self.bias = bias;
+            self.packed = Default::default();
         }
     }
 }
