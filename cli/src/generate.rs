@@ -80,8 +80,11 @@ pub fn run(args: GenerateArgs) -> Result<(), String> {
     let mut generated: Vec<u32> = Vec::new();
     let mut printed = 0;
     let mut stdout = std::io::stdout().lock();
+    let start = std::time::Instant::now();
+    let mut first_token = None;
     model
         .generate(&ids, None, &options, |tokens| {
+            first_token.get_or_insert_with(|| start.elapsed());
             generated.push(tokens[0]);
             let text = encoder.decode(&generated)?;
             if text.len() > printed && text.is_char_boundary(printed) && !text.ends_with('\u{fffd}') {
@@ -94,5 +97,19 @@ pub fn run(args: GenerateArgs) -> Result<(), String> {
             Ok(())
         })
         .map_err(|e| e.to_string())?;
-    writeln!(stdout).map_err(|e| e.to_string())
+    writeln!(stdout).map_err(|e| e.to_string())?;
+    // The speed on stderr, so that stdout stays the text: the prompt pass (to the first token),
+    // then the decoding steps after it.
+    let total = start.elapsed();
+    let first = first_token.unwrap_or(total);
+    let steps = generated.len().saturating_sub(1);
+    let per_second = if steps > 0 { steps as f64 / (total - first).as_secs_f64().max(1e-9) } else { 0.0 };
+    eprintln!(
+        "{} tokens in {:.2} s: prompt ({} tokens) to the first token {:.0} ms, then {per_second:.1} tokens/s",
+        generated.len(),
+        total.as_secs_f64(),
+        prompt.len(),
+        first.as_secs_f64() * 1000.0
+    );
+    Ok(())
 }
