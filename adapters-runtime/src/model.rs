@@ -20,7 +20,7 @@ pub use fusion::{FUSION_CONFIG_NAME, FUSION_WEIGHTS_PICKLE, FUSION_WEIGHTS_SAFE}
 pub use generation::GenerateOptions;
 pub use heads::{HeadResult, ModelOutput};
 pub(crate) use lifecycle::SharedModules;
-pub use peft::{is_peft_folder, PEFT_WEIGHTS_PICKLE, PEFT_WEIGHTS_SAFE, SUPPORTED_PEFT_TYPES};
+pub use peft::{is_peft_folder, peft_folder, PEFT_WEIGHTS_PICKLE, PEFT_WEIGHTS_SAFE, SUPPORTED_PEFT_TYPES};
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -36,6 +36,14 @@ pub fn inspect(path: &Path) -> Result<Value, String> {
     if !path.is_dir() {
         return Err(format!("{}: not a folder or a .gguf file", path.display()));
     }
+    // A PEFT adapter not named `default` sits in a subfolder named after it.
+    if !path.join("adapter_config.json").is_file() {
+        if let Some(sub) = adapters_runtime::model::peft_folder(path).map_err(|e| e.to_string())? {
+            let mut report = inspect(&sub)?;
+            report["folder"] = Value::from(sub.display().to_string());
+            return Ok(report);
+        }
+    }
     let read = |file: &str| -> Result<Option<Value>, String> {
         let p = path.join(file);
         if !p.is_file() {

@@ -344,6 +344,10 @@ fn inspect_describes_folders_and_files() {
     assert_eq!((peft["format"].as_str(), peft["method"].as_str()), (Some("peft adapter"), Some("lora")));
     assert!(peft["fits"].as_array().unwrap().contains(&serde_json::json!("llama")), "{}", peft["fits"]);
     assert_eq!(peft["tensors"].as_array().unwrap().len(), 12);
+    // A named PEFT adapter, from the folder that holds its subfolder.
+    let named = inspect(&fixtures().join("peft").join("llama").join("lora_named").join("adapter"));
+    assert_eq!((named["format"].as_str(), named["method"].as_str()), (Some("peft adapter"), Some("lora")));
+    assert!(named["folder"].as_str().unwrap().ends_with("other"), "{}", named["folder"]);
     let checkpoint = inspect(&fixtures().join("decoders").join("gemma2").join("model"));
     assert_eq!((checkpoint["format"].as_str(), checkpoint["method"].as_str()), (Some("model checkpoint"), Some("gemma2")));
     // The pickle format reads too (a Python-saved .bin adapter).

@@ -33,7 +33,13 @@ fn names_peft_type(dir: &Path) -> bool {
 /// The folder of the PEFT adapter `dir` holds: `dir` itself, or its one subfolder with a PEFT
 /// config when `dir` has no config (`save_pretrained` of a named adapter). Several such
 /// subfolders are an error that names them; `None` when `dir` holds no PEFT adapter.
-pub(crate) fn peft_folder(dir: &Path) -> crate::error::Result<Option<std::path::PathBuf>> {
+///
+/// ```no_run
+/// // `save_pretrained` of an adapter named `other` writes out/peft/other/adapter_config.json.
+/// let folder = adapters_runtime::model::peft_folder(std::path::Path::new("out/peft"))?;
+/// # Ok::<(), adapters_runtime::AdapterError>(())
+/// ```
+pub fn peft_folder(dir: &Path) -> crate::error::Result<Option<std::path::PathBuf>> {
     if dir.join(crate::config::CONFIG_NAME).is_file() {
         return Ok(names_peft_type(dir).then(|| dir.to_path_buf()));
     }
