@@ -74,6 +74,14 @@ impl ForwardContext {
     /// trained, a detached view of it otherwise (a variable is always tracked, and a tracked
     /// operand sends the ops it enters down candle's general, gradient-ready paths instead of
     /// the inference kernels).
+    ///
+    /// ```
+    /// let var = candle_core::Var::ones(3, candle_core::DType::F32, &candle_core::Device::Cpu)?;
+    /// let ctx = adapters_runtime::ForwardContext::default();
+    /// assert!(!ctx.param(&var).track_op()); // inference: detached
+    /// assert!(ctx.with_grad(true).param(&var).track_op());
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
     pub fn param(&self, var: &candle_core::Var) -> Tensor {
         if self.grad {
             var.as_tensor().clone()

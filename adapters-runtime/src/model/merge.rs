@@ -71,6 +71,13 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
     /// The current bias of every linear layer that takes LoRA-family modules and has one, named
     /// as [`Self::lora_linear_weights`] names the weights (`...query.bias`). Merging changes only
     /// those an IA3 adapter from a PEFT file scales (PEFT merges the scaling into the bias).
+    ///
+    /// ```no_run
+    /// # fn demo(model: &mut adapters_runtime::DynAdaptedModel) -> adapters_runtime::Result<()> {
+    /// model.merge_adapter("ia3")?;
+    /// let merged: Vec<_> = model.lora_linear_weights()?.into_iter().chain(model.lora_linear_biases()).collect();
+    /// # Ok(()) }
+    /// ```
     pub fn lora_linear_biases(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::new();
         self.each_slot(&mut |_, slot| {

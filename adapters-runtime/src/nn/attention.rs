@@ -27,6 +27,14 @@ pub fn scaled_masked_softmax(scores: &Tensor, mask: &Tensor, scale: f64) -> Resu
 
 /// `a b^T` over the last two dimensions (attention's `q k^T`; `p v` is `matmul_nt(p, v^T)`):
 /// the bf16 kernel when nothing is trained through it, candle's matmul otherwise.
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// let q = Tensor::ones((1, 2, 3, 4), DType::F32, &Device::Cpu)?;
+/// let scores = adapters_runtime::nn::matmul_nt(&q, &q)?; // [1, 2, 3, 3], each 4.0
+/// assert_eq!(scores.dims(), [1, 2, 3, 3]);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
 pub fn matmul_nt(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if !a.track_op() && !b.track_op() {
         if let Some(out) = super::bf16_matmul::batched_matmul_nt(a, b)? {

@@ -17,6 +17,14 @@ fn fast_path(t: &Tensor) -> bool {
 }
 
 /// `a + b` (same shapes; otherwise, or outside bf16 inference, candle's broadcasting add).
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// let a = Tensor::ones((2, 3), DType::BF16, &Device::Cpu)?;
+/// let sum = adapters_runtime::nn::elementwise::add(&a, &a)?;
+/// assert_eq!(sum.to_dtype(DType::F32)?.to_vec2::<f32>()?, vec![vec![2.0; 3]; 2]);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
 pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if fast_path(a) && fast_path(b) && a.dims() == b.dims() {
         return a.contiguous()?.apply_op2_no_bwd(&b.contiguous()?, &Add);
@@ -25,6 +33,14 @@ pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 }
 
 /// `x * s` (outside bf16 inference, candle's).
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// let x = Tensor::ones(4, DType::BF16, &Device::Cpu)?;
+/// let half = adapters_runtime::nn::elementwise::scale(&x, 0.5)?;
+/// assert_eq!(half.to_dtype(DType::F32)?.to_vec1::<f32>()?, vec![0.5; 4]);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
 pub fn scale(x: &Tensor, s: f64) -> Result<Tensor> {
     if fast_path(x) {
         return x.contiguous()?.apply_op1_no_bwd(&Scale(s as f32));
