@@ -144,6 +144,13 @@ pub struct ModelMapping {
 }
 
 impl ModelMapping {
+    /// Whether the model's checkpoints keep linear weights as Conv1D, `[in, out]` (GPT-2), the
+    /// transpose of the `[out, in]` the slots hold: merged checkpoints are written back that way
+    /// and PEFT files say `fan_in_fan_out`.
+    pub fn stores_conv1d(&self) -> bool {
+        self.model_type == "gpt2"
+    }
+
     /// The methods this model supports, derived from the slots its mixin marks.
     pub fn supported_methods(&self) -> Vec<&'static str> {
         let mut methods = Vec::new();

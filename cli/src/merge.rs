@@ -37,8 +37,7 @@ pub fn run(args: MergeArgs) -> Result<(), String> {
     model.merge_adapter(&name).map_err(|e| format!("--adapter {}: {e}", args.adapter))?;
     let mut merged: HashMap<String, Tensor> = model.lora_linear_weights().map_err(|e| e.to_string())?.into_iter().collect();
     merged.extend(model.lora_linear_biases());
-    // GPT-2 keeps its linears as Conv1D, `[in, out]`: the transpose of the weights here.
-    let conv1d = model.mapping().model_type == "gpt2";
+    let conv1d = model.mapping().stores_conv1d();
     let source = args.model.join(MODEL_WEIGHTS);
     let mut tensors = candle_core::safetensors::load(&source, &Device::Cpu).map_err(|e| format!("{}: {e}", source.display()))?;
     // The checkpoint may carry the task model's prefix (`model.`, `bert.`): merged weights are

@@ -14,11 +14,7 @@ pub fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
 pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64, dropout: f64, ctx: &adapters_runtime::ForwardContext) -> Result<Tensor> {
     let probs = adapters_runtime::nn::scaled_masked_softmax(&adapters_runtime::nn::matmul_nt(q, k)?, mask, scale)?;
     let probs = adapters_runtime::nn::dropout(&probs, dropout, ctx)?;
-    let context = match probs.dtype() {
-        // The bf16 kernel multiplies by a transposed right operand: v^T is a small copy.
-        candle_core::DType::BF16 => adapters_runtime::nn::matmul_nt(&probs, &v.t()?.contiguous()?)?,
-        _ => probs.matmul(v)?,
-    };
+    let context = adapters_runtime::nn::matmul(&probs, v)?;
     let (batch, heads, seq, head_dim) = context.dims4()?;
     context.transpose(1, 2)?.reshape((batch, seq, heads * head_dim))
 }

@@ -44,6 +44,27 @@ pub fn matmul_nt(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     a.matmul(&b.t()?)
 }
 
+/// `a b` over the last two dimensions (attention's `p v`): the bf16 kernel on `b^T` (a small
+/// copy) when it applies, candle's matmul otherwise.
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// let p = Tensor::ones((1, 2, 3, 4), DType::F32, &Device::Cpu)?;
+/// let v = Tensor::ones((1, 2, 4, 5), DType::F32, &Device::Cpu)?;
+/// assert_eq!(adapters_runtime::nn::matmul(&p, &v)?.dims(), [1, 2, 3, 5]);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    // The kernel takes even inner sizes only: check before copying b^T.
+    let even = b.rank() >= 2 && b.dim(candle_core::D::Minus2)? % 2 == 0;
+    if even && a.dtype() == candle_core::DType::BF16 && super::bf16_matmul::available() && !a.track_op() && !b.track_op() {
+        if let Some(out) = super::bf16_matmul::batched_matmul_nt(a, &b.t()?.contiguous()?)? {
+            return Ok(out);
+        }
+    }
+    a.matmul(b)
+}
+
 /// Whether the mask broadcasts the way the fused pass reads it.
 fn fits(scores: &Tensor, mask: &Tensor) -> Result<bool> {
     if scores.rank() != 4 || mask.rank() != 4 || scores.dtype() != mask.dtype() {

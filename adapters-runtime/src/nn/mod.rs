@@ -16,7 +16,7 @@ pub mod quantized;
 pub mod rope;
 mod threads;
 
-pub use attention::{matmul_nt, scaled_masked_softmax};
+pub use attention::{matmul, matmul_nt, scaled_masked_softmax};
 pub use dropout::dropout;
 pub(crate) use fused::linear;
 pub use mask::{additive_mask, causal_additive_mask_for, causal_additive_mask_windowed, mask_min};

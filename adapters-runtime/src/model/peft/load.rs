@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::{adapterhub_location, layer_of, pattern_value, split_key, PeftParam, PEFT_WEIGHTS_PICKLE, PEFT_WEIGHTS_SAFE, SUPPORTED_PEFT_TYPES};
 use crate::body::BaseModel;
-use crate::config::{AdapterConfig, LoraKind, PeftLayout, PeftModule};
+use crate::config::{AdapterConfig, PeftLayout, PeftModule};
 use crate::error::{AdapterError, Result};
 use crate::mixin::{LoraLocation, SlotRef};
 use crate::model::AdaptedModel;
@@ -96,6 +96,9 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
             modules.entry(module).or_insert_with(|| (slot, HashMap::new())).1.insert(param, tensor);
         }
 
+        if modules.is_empty() {
+            return Err(AdapterError::file(&weights_origin, format!("holds no {peft_type} tensors")));
+        }
         // Each module's rank, alpha and kind, from its tensors and the config.
         let lora_alpha = raw["lora_alpha"].as_f64();
         let rslora = raw["use_rslora"] == Value::Bool(true);
@@ -154,15 +157,11 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
         c.intermediate_lora = locations.contains("intermediate");
         c.output_lora = locations.contains("output");
         c.leave_out = (0..layer_count).filter(|l| !layers.contains(l)).collect();
-        if peft_type == "LORA" {
-            let first = specs.first().ok_or_else(|| AdapterError::file(&weights_origin, "holds no LoRA tensors"))?;
+        if let (true, Some(first)) = (peft_type == "LORA", specs.first()) {
             c.r = first.r;
             c.alpha = first.alpha;
             c.use_dora = dora;
             c.dropout = raw["lora_dropout"].as_f64().unwrap_or(0.0);
-        }
-        if c.kind() == LoraKind::IA3 && modules.is_empty() {
-            return Err(AdapterError::file(&weights_origin, "holds no IA3 tensors"));
         }
         c.peft = Some(layout);
 

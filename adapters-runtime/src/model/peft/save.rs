@@ -86,22 +86,15 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
         let escape = |m: &str| m.replace('.', "\\.");
         let target = format!("^({})$", modules.keys().map(|m| escape(m)).collect::<Vec<_>>().join("|"));
         // The most common rank and alpha are the config's; the others are patterns by module.
-        let most_common = |values: Vec<String>| -> Option<String> {
-            let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-            for v in values {
-                *counts.entry(v).or_default() += 1;
-            }
-            counts.into_iter().max_by_key(|(_, n)| *n).map(|(v, _)| v)
-        };
-        let r = most_common(modules.values().map(|s| s.r.to_string()).collect()).and_then(|r| r.parse::<usize>().ok()).unwrap_or(config.r);
-        let alpha = most_common(modules.values().map(|s| s.alpha.to_string()).collect()).and_then(|a| a.parse::<f64>().ok()).unwrap_or(config.alpha);
+        let r = most_common(modules.values().map(|s| s.r)).unwrap_or(config.r);
+        let alpha = most_common(modules.values().map(|s| s.alpha.to_bits())).map_or(config.alpha, f64::from_bits);
         let pattern = |differs: &dyn Fn(&PeftModule) -> Option<Value>| -> serde_json::Map<String, Value> {
             modules.iter().filter_map(|(m, s)| differs(s).map(|v| (escape(m), v))).collect()
         };
         let rank_pattern = pattern(&|s| (s.r != r).then(|| Value::from(s.r)));
         let alpha_pattern = pattern(&|s| (s.alpha != alpha).then(|| Value::from(s.alpha)));
         let feedforward: Vec<&String> = modules.iter().filter(|(_, s)| s.scales_input).map(|(m, _)| m).collect();
-        let conv1d = self.model.mapping().model_type == "gpt2";
+        let conv1d = self.model.mapping().stores_conv1d();
         let mut peft = serde_json::json!({
             "peft_type": if kind == LoraKind::IA3 { "IA3" } else { "LORA" },
             "target_modules": target,
@@ -130,4 +123,13 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
         batch.add(&dir.join(crate::config::CONFIG_NAME), text.as_bytes())?;
         batch.commit()
     }
+}
+
+/// The value that occurs most often (the largest of those tied).
+fn most_common<T: Ord>(values: impl Iterator<Item = T>) -> Option<T> {
+    let mut counts: BTreeMap<T, usize> = BTreeMap::new();
+    for v in values {
+        *counts.entry(v).or_default() += 1;
+    }
+    counts.into_iter().max_by_key(|(_, n)| *n).map(|(v, _)| v)
 }
