@@ -14,18 +14,24 @@ use crate::suggest::hint;
 const GROUPS: &[&str] = &["lora", "bottleneck", "prefix", "reft"];
 /// Methods that attach after the embeddings (prompt tuning, invertible adapters): a model-level mark.
 const MODEL_LEVEL_GROUPS: &[&str] = &["prompt", "embedding", "embeddings", "invertible"];
-/// `attn_output` and `gate` are linears the Python library never adapts; PEFT adapters may.
+/// `attn_output` and `gate` are linears the Python library never adapts; PEFT adapters may. The
+/// `cross_*` keys mark a decoder's cross-attention, which Python's LoRA targets as it targets
+/// self-attention (the same `attn_matrices`).
 const LORA_KEYS: &[(&str, &str)] = &[
     ("q", "Query"),
     ("k", "Key"),
     ("v", "Value"),
+    ("cross_q", "Query"),
+    ("cross_k", "Key"),
+    ("cross_v", "Value"),
+    ("cross_attn_output", "AttnOutput"),
     ("selfattn", "SelfAttn"),
     ("intermediate", "Intermediate"),
     ("output", "Output"),
     ("attn_output", "AttnOutput"),
     ("gate", "Gate"),
 ];
-const BOTTLENECK_KEYS: &[(&str, &str)] = &[("mh_adapter", "MhAdapter"), ("output_adapter", "OutputAdapter")];
+const BOTTLENECK_KEYS: &[(&str, &str)] = &[("mh_adapter", "MhAdapter"), ("output_adapter", "OutputAdapter"), ("cross_adapter", "CrossAdapter")];
 const REFT_KEYS: &[(&str, &str)] = &[("output", "Output")];
 
 #[derive(Clone, Copy)]

@@ -8,7 +8,7 @@ use crate::ast::{self, FieldPath, Value};
 use crate::expand::{AttributeMacro, Errors, Options};
 use crate::suggest::hint;
 
-const KEYS: &[&str] = &["model_type", "layers", "layer_mixin", "config", "layer_type", "embeddings", "prompt_tuning"];
+const KEYS: &[&str] = &["model_type", "layers", "layer_mixin", "config", "layer_type", "embeddings", "prompt_tuning", "decoder_layers", "decoder_mixin"];
 
 pub(crate) struct WithAdaptersMacro;
 
@@ -24,6 +24,9 @@ pub(crate) struct ModelArgs {
     /// `prompt_tuning = false`: the embedding slot takes invertible adapters only (Python's
     /// `support_prompt_tuning = False`, e.g. on Llama).
     prompt_tuning: bool,
+    /// An encoder-decoder's decoder stack and its layer type (`decoder_layers = decoder.layers,
+    /// decoder_mixin = BartDecoderLayer`), walked after `layers`.
+    decoder: Option<(FieldPath, FieldPath)>,
 }
 
 impl AttributeMacro for WithAdaptersMacro {
@@ -51,6 +54,7 @@ fn validate(entries: syn::punctuated::Punctuated<ast::KeyValue, syn::Token![,]>,
     let mut errors = Errors::default();
     let (mut model_type, mut layers, mut layer_mixin, mut config, mut layer_type, mut embeddings) = (None, None, None, None, None, None);
     let mut prompt_tuning = None;
+    let (mut decoder_layers, mut decoder_mixin) = (None, None);
     for entry in &entries {
         let key = entry.key.to_string();
         if entry.args.is_some() {
@@ -65,6 +69,8 @@ fn validate(entries: syn::punctuated::Punctuated<ast::KeyValue, syn::Token![,]>,
             "layer_type" => &mut layer_type,
             "embeddings" => &mut embeddings,
             "prompt_tuning" => &mut prompt_tuning,
+            "decoder_layers" => &mut decoder_layers,
+            "decoder_mixin" => &mut decoder_mixin,
             other => {
                 errors.push(syn::Error::new(entry.key.span(), format!("unknown `with_adapters` argument `{other}`{}", hint(other, KEYS))));
                 continue;
@@ -130,6 +136,35 @@ fn validate(entries: syn::punctuated::Punctuated<ast::KeyValue, syn::Token![,]>,
             false
         }
     };
+    // Optional, together: the decoder stack of an encoder-decoder.
+    let decoder = match (decoder_layers, decoder_mixin) {
+        (None, None) => None,
+        (Some(layers), Some(mixin)) => {
+            let layers = path_arg(&mut errors, strukt, Some(layers), "decoder_layers", || syn::Error::new(ident.span(), "`decoder_layers` needs a field path"));
+            let mixin = match mixin {
+                Value::Path(p) => Some(p.clone()),
+                other => {
+                    errors.push(syn::Error::new(other.span(), "`decoder_mixin` names a type, e.g. `decoder_mixin = BartDecoderLayer`"));
+                    None
+                }
+            };
+            layers.zip(mixin)
+        }
+        (Some(layers), None) => {
+            errors.push(syn::Error::new(
+                layers.span(),
+                "`decoder_layers` needs `decoder_mixin`: the decoder layer type carrying `#[adapter_mixin]`, e.g. `decoder_mixin = BartDecoderLayer`",
+            ));
+            None
+        }
+        (None, Some(mixin)) => {
+            errors.push(syn::Error::new(
+                mixin.span(),
+                "`decoder_mixin` needs `decoder_layers`: the field path of the decoder's layers, e.g. `decoder_layers = decoder.layers`",
+            ));
+            None
+        }
+    };
     if let Some(config) = &config {
         if config.segments.len() != 1 {
             errors.push(syn::Error::new(config.span(), "`config` names a field of this struct directly, e.g. `config = config`"));
@@ -144,11 +179,11 @@ fn validate(entries: syn::punctuated::Punctuated<ast::KeyValue, syn::Token![,]>,
         .find(|f| f.ident.as_ref() == Some(config_field))
         .map(|f| f.ty.clone())
         .ok_or_else(|| syn::Error::new(config_field.span(), "no such field"))?;
-    Ok(ModelArgs { model_type, layers, layer_mixin, config_field: config_field.clone(), config_ty, layer_type, embeddings, prompt_tuning })
+    Ok(ModelArgs { model_type, layers, layer_mixin, config_field: config_field.clone(), config_ty, layer_type, embeddings, prompt_tuning, decoder })
 }
 
 fn expand(args: ModelArgs, options: &Options, strukt: &syn::ItemStruct) -> TokenStream {
-    let ModelArgs { model_type, layers, layer_mixin, config_field, config_ty, layer_type, embeddings, prompt_tuning } = args;
+    let ModelArgs { model_type, layers, layer_mixin, config_field, config_ty, layer_type, embeddings, prompt_tuning, decoder } = args;
     let ident = &strukt.ident;
     let mixin_segments = &layer_mixin.segments;
     let mixin_ty = quote!(#(#mixin_segments)::*);
@@ -162,9 +197,38 @@ fn expand(args: ModelArgs, options: &Options, strukt: &syn::ItemStruct) -> Token
     let rt = options.mixin();
     let krate = &options.krate;
     let (impl_generics, ty_generics, where_clause) = strukt.generics.split_for_impl();
-    let layers_span = layers.span();
-    let layers_ref = quote_spanned!(layers_span=> ::std::iter::IntoIterator::into_iter(&self.#layers).collect());
-    let layers_mut = quote_spanned!(layers_span=> ::std::iter::IntoIterator::into_iter(&mut self.#layers).collect());
+    // Each stack is walked as its own mixin type (the assertion names the wrong one on its token).
+    let walk = |path: &FieldPath, mixin: &FieldPath| {
+        let span = path.span();
+        let segments = &mixin.segments;
+        let mixin_span = mixin.span();
+        let ty = quote_spanned!(mixin_span=> #(#segments)::*);
+        let (as_layer, as_layer_mut) = (quote_spanned!(mixin_span=> #rt::assert::layer::<#ty>), quote_spanned!(mixin_span=> #rt::assert::layer_mut::<#ty>));
+        (
+            quote_spanned! {span=>
+                for layer in ::std::iter::IntoIterator::into_iter(&self.#path) {
+                    f(#as_layer(layer));
+                }
+            },
+            quote_spanned! {span=>
+                for layer in ::std::iter::IntoIterator::into_iter(&mut self.#path) {
+                    f(#as_layer_mut(layer));
+                }
+            },
+        )
+    };
+    let (mut layers_ref, mut layers_mut) = walk(&layers, &layer_mixin);
+    let decoder_mixin = match &decoder {
+        Some((path, mixin)) => {
+            let segments = &mixin.segments;
+            let decoder_ty = quote!(#(#segments)::*);
+            let (walk_ref, walk_mut) = walk(path, mixin);
+            layers_ref.extend(walk_ref);
+            layers_mut.extend(walk_mut);
+            quote!(::std::option::Option::Some(<#decoder_ty as #rt::AdapterMixin>::MIXIN))
+        }
+        None => quote!(::std::option::Option::None),
+    };
     let has_embedding_slot = embeddings.is_some();
     let supports_prompt_tuning = has_embedding_slot && prompt_tuning;
     let embedding_fns = match &embeddings {
@@ -183,13 +247,13 @@ fn expand(args: ModelArgs, options: &Options, strukt: &syn::ItemStruct) -> Token
     };
     quote! {
         impl #impl_generics #rt::AdaptableModel for #ident #ty_generics #where_clause {
-            type Layer = #mixin_ty;
             const MAPPING: #rt::ModelMapping = #rt::ModelMapping {
                 model_type: #model_type,
                 model_class: #class,
                 adapter_model_class: #adapter_class,
                 layer_type: #layer_type,
                 layer_mixin: <#mixin_ty as #rt::AdapterMixin>::MIXIN,
+                decoder_mixin: #decoder_mixin,
                 config_keys: <#config_ty as #rt::AdapterModelConfig>::KEY_MAPPING,
                 has_embedding_slot: #has_embedding_slot,
                 supports_prompt_tuning: #supports_prompt_tuning,
@@ -197,10 +261,10 @@ fn expand(args: ModelArgs, options: &Options, strukt: &syn::ItemStruct) -> Token
             fn dims(&self) -> #rt::ModelDims {
                 #rt::AdapterModelConfig::dims(&self.#config_field)
             }
-            fn layers(&self) -> ::std::vec::Vec<&#mixin_ty> {
+            fn for_each_layer(&self, f: &mut dyn FnMut(&dyn #rt::LayerSlots)) {
                 #layers_ref
             }
-            fn layers_mut(&mut self) -> ::std::vec::Vec<&mut #mixin_ty> {
+            fn for_each_layer_mut(&mut self, f: &mut dyn FnMut(&mut dyn #rt::LayerSlots)) {
                 #layers_mut
             }
             #embedding_fns
@@ -266,13 +330,13 @@ fn fallback(options: &Options, strukt: &syn::ItemStruct) -> TokenStream {
             fn for_each_slot_mut(&mut self, _f: &mut dyn FnMut(#rt::SlotMut<'_>)) {}
         }
         impl #impl_generics #rt::AdaptableModel for #ident #ty_generics #where_clause {
-            type Layer = Self;
             const MAPPING: #rt::ModelMapping = #rt::ModelMapping {
                 model_type: "",
                 model_class: #class,
                 adapter_model_class: #adapter_class,
                 layer_type: "",
                 layer_mixin: <Self as #rt::AdapterMixin>::MIXIN,
+                decoder_mixin: ::std::option::Option::None,
                 config_keys: &[],
                 has_embedding_slot: false,
                 supports_prompt_tuning: false,
@@ -280,12 +344,8 @@ fn fallback(options: &Options, strukt: &syn::ItemStruct) -> TokenStream {
             fn dims(&self) -> #rt::ModelDims {
                 #rt::ModelDims { hidden_size: 0, num_attention_heads: 0, num_hidden_layers: 0, hidden_dropout_prob: 0.0, attention_probs_dropout_prob: 0.0 }
             }
-            fn layers(&self) -> ::std::vec::Vec<&Self> {
-                ::std::vec::Vec::new()
-            }
-            fn layers_mut(&mut self) -> ::std::vec::Vec<&mut Self> {
-                ::std::vec::Vec::new()
-            }
+            fn for_each_layer(&self, _f: &mut dyn FnMut(&dyn #rt::LayerSlots)) {}
+            fn for_each_layer_mut(&mut self, _f: &mut dyn FnMut(&mut dyn #rt::LayerSlots)) {}
         }
         #alias_item
     }

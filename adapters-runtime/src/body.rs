@@ -9,7 +9,7 @@ use candle_core::{Result, Tensor};
 
 use crate::context::ForwardContext;
 use crate::methods::prompt::EmbeddingSlot;
-use crate::mixin::{AdaptableModel, AdapterMixin, ModelDims, ModelForward, ModelMapping, SlotMut, SlotRef};
+use crate::mixin::{AdaptableModel, ModelDims, ModelForward, ModelMapping, SlotMut, SlotRef};
 use crate::model_io::{InputKind, ModelInputs, ModelOutputs};
 
 /// What the runtime needs from a base model: its mapping and sizes, its slots by layer, and its
@@ -30,6 +30,7 @@ pub trait BaseModel {
     /// The inputs the model takes and those it requires.
     fn accepts(&self) -> (&'static [InputKind], &'static [InputKind]);
     fn forward_with(&self, inputs: &ModelInputs<'_>, ctx: &ForwardContext) -> Result<ModelOutputs>;
+    fn attention_mask(&self, inputs: &ModelInputs<'_>) -> Result<Tensor>;
     fn pooled_output(&self, last_hidden_state: &Tensor) -> Option<Result<Tensor>>;
     fn has_pooler(&self) -> bool;
     fn input_embeddings(&self) -> Option<&Tensor>;
@@ -39,7 +40,7 @@ pub trait BaseModel {
     fn lm_head(&self) -> Option<&Tensor>;
     fn lm_head_reverses_invertible(&self) -> bool;
     fn final_logit_softcapping(&self) -> Option<f64>;
-    fn sequence_output(&self, last_hidden_state: &Tensor, input_ids: &Tensor) -> Result<Tensor>;
+    fn sequence_output(&self, last_hidden_state: &Tensor, input_ids: Option<&Tensor>) -> Result<Tensor>;
 }
 
 impl<M: AdaptableModel + ModelForward> BaseModel for M {
@@ -50,22 +51,26 @@ impl<M: AdaptableModel + ModelForward> BaseModel for M {
         AdaptableModel::dims(self)
     }
     fn layer_count(&self) -> usize {
-        self.layers().len()
+        let mut count = 0;
+        self.for_each_layer(&mut |_| count += 1);
+        count
     }
     fn for_each_slot(&self, f: &mut dyn FnMut(usize, SlotRef<'_>)) {
-        for (i, layer) in self.layers().into_iter().enumerate() {
+        let mut i = 0;
+        self.for_each_layer(&mut |layer| {
             layer.for_each_slot(&mut |slot| f(i, slot));
-        }
+            i += 1;
+        });
     }
     fn for_each_slot_mut(&mut self, f: &mut dyn FnMut(usize, SlotMut<'_>)) {
-        for (i, layer) in self.layers_mut().into_iter().enumerate() {
+        let mut i = 0;
+        self.for_each_layer_mut(&mut |layer| {
             layer.for_each_slot_mut(&mut |slot| f(i, slot));
-        }
+            i += 1;
+        });
     }
     fn configure_slots(&mut self) {
-        for layer in self.layers_mut() {
-            layer.configure_slots();
-        }
+        self.for_each_layer_mut(&mut |layer| layer.configure_slots());
     }
     fn embedding_slot(&self) -> Option<&EmbeddingSlot> {
         AdaptableModel::embedding_slot(self)
@@ -78,6 +83,9 @@ impl<M: AdaptableModel + ModelForward> BaseModel for M {
     }
     fn forward_with(&self, inputs: &ModelInputs<'_>, ctx: &ForwardContext) -> Result<ModelOutputs> {
         ModelForward::forward_with(self, inputs, ctx)
+    }
+    fn attention_mask(&self, inputs: &ModelInputs<'_>) -> Result<Tensor> {
+        ModelForward::attention_mask(self, inputs)
     }
     fn pooled_output(&self, last_hidden_state: &Tensor) -> Option<Result<Tensor>> {
         ModelForward::pooled_output(self, last_hidden_state)
@@ -106,7 +114,7 @@ impl<M: AdaptableModel + ModelForward> BaseModel for M {
     fn final_logit_softcapping(&self) -> Option<f64> {
         ModelForward::final_logit_softcapping(self)
     }
-    fn sequence_output(&self, last_hidden_state: &Tensor, input_ids: &Tensor) -> Result<Tensor> {
+    fn sequence_output(&self, last_hidden_state: &Tensor, input_ids: Option<&Tensor>) -> Result<Tensor> {
         ModelForward::sequence_output(self, last_hidden_state, input_ids)
     }
 }

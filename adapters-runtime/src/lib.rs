@@ -41,7 +41,7 @@ pub use methods::lora::LoRALinear;
 pub use methods::prefix::{PrefixPadding, PrefixSlot};
 pub use methods::prompt::EmbeddingSlot;
 pub use methods::reft::ReftSlot;
-pub use mixin::{AdaptableModel, AdapterMixin, AdapterModelConfig, ModelDims, ModelForward, ModelMapping};
+pub use mixin::{AdaptableModel, AdapterMixin, AdapterModelConfig, LayerSlots, ModelDims, ModelForward, ModelMapping};
 pub use model::{AdaptedModel, AdapterSummary, AdapterSummaryRow, HeadResult, ModelOutput};
 pub use model_io::{InputKind, KvCache, ModelInputs, ModelOutputs};
 

@@ -33,6 +33,20 @@ pub enum BottleneckLocation {
     MhAdapter,
     /// After the feed-forward block (`output_adapter`).
     OutputAdapter,
+    /// After a decoder's cross-attention (`cross_adapter`), only where a config sets
+    /// `cross_adapter`.
+    CrossAdapter,
+}
+
+impl BottleneckLocation {
+    /// The Python location key, which is also the config flag that enables it.
+    pub fn key(self) -> &'static str {
+        match self {
+            BottleneckLocation::MhAdapter => "mh_adapter",
+            BottleneckLocation::OutputAdapter => "output_adapter",
+            BottleneckLocation::CrossAdapter => "cross_adapter",
+        }
+    }
 }
 
 /// A slot, borrowed mutably, with its location.
@@ -100,6 +114,26 @@ pub trait AdapterMixin {
     fn configure_slots(&mut self) {}
 }
 
+/// A layer as the runtime walks it, whatever its mixin type (an encoder-decoder's two stacks have
+/// two): the object-safe part of [`AdapterMixin`], implemented for every mixin.
+pub trait LayerSlots {
+    fn for_each_slot(&self, f: &mut dyn FnMut(SlotRef<'_>));
+    fn for_each_slot_mut(&mut self, f: &mut dyn FnMut(SlotMut<'_>));
+    fn configure_slots(&mut self);
+}
+
+impl<T: AdapterMixin> LayerSlots for T {
+    fn for_each_slot(&self, f: &mut dyn FnMut(SlotRef<'_>)) {
+        AdapterMixin::for_each_slot(self, f)
+    }
+    fn for_each_slot_mut(&mut self, f: &mut dyn FnMut(SlotMut<'_>)) {
+        AdapterMixin::for_each_slot_mut(self, f)
+    }
+    fn configure_slots(&mut self) {
+        AdapterMixin::configure_slots(self)
+    }
+}
+
 /// The config values adapters need, under the names the Python library uses
 /// (`CONFIG_CLASS_KEYS_MAPPING` maps other names onto these).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -132,8 +166,11 @@ pub struct ModelMapping {
     pub adapter_model_class: &'static str,
     /// The layer type as the model names it (`RobertaLayer`).
     pub layer_type: &'static str,
-    /// The mixin that layer reuses (`BertLayer`).
+    /// The mixin that layer reuses (`BertLayer`); an encoder-decoder's encoder layer.
     pub layer_mixin: MixinInfo,
+    /// An encoder-decoder's decoder layer mixin (its layers follow the encoder's in layer
+    /// numbering, as Python's `iter_layers` yields them).
+    pub decoder_mixin: Option<MixinInfo>,
     /// The Python names of the config keys and the fields they come from.
     pub config_keys: &'static [(&'static str, &'static str)],
     /// Whether the model marks an `EmbeddingSlot` (prompt tuning, invertible adapters).
@@ -151,30 +188,40 @@ impl ModelMapping {
         self.model_type == "gpt2"
     }
 
-    /// The methods this model supports, derived from the slots its mixin marks.
+    /// Whether any of the model's layer mixins marks a slot of `family`.
+    pub fn has(&self, family: SlotFamily) -> bool {
+        self.layer_mixin.has(family) || self.decoder_mixin.is_some_and(|m| m.has(family))
+    }
+
+    /// Whether any layer marks the location `location` (`cross_adapter`, `cross_prefix`).
+    pub fn has_location(&self, location: &str) -> bool {
+        self.layer_mixin.slots.iter().chain(self.decoder_mixin.iter().flat_map(|m| m.slots)).any(|s| s.location == location)
+    }
+
+    /// The methods this model supports, derived from the slots its mixins mark.
     pub fn supported_methods(&self) -> Vec<&'static str> {
         let mut methods = Vec::new();
-        if self.layer_mixin.has(SlotFamily::Bottleneck) {
+        if self.has(SlotFamily::Bottleneck) {
             methods.extend(["seq_bn", "double_seq_bn", "par_bn", "scaled_par_bn", "compacter", "compacter++", "adapterplus"]);
             if self.has_embedding_slot {
                 methods.extend(["seq_bn_inv", "double_seq_bn_inv"]);
             }
         }
-        if self.layer_mixin.has(SlotFamily::Lora) {
+        if self.has(SlotFamily::Lora) {
             methods.extend(["lora", "ia3", "dora", "vera", "dvora"]);
         }
-        if self.layer_mixin.has(SlotFamily::Prefix) {
+        if self.has(SlotFamily::Prefix) {
             methods.extend(["prefix_tuning", "prefix_tuning_flat"]);
         }
         if self.supports_prompt_tuning {
             methods.push("prompt_tuning");
         }
-        if self.layer_mixin.has(SlotFamily::Reft) {
+        if self.has(SlotFamily::Reft) {
             methods.extend(["loreft", "noreft", "direft"]);
         }
-        if self.layer_mixin.has(SlotFamily::Prefix) && self.layer_mixin.has(SlotFamily::Bottleneck) {
+        if self.has(SlotFamily::Prefix) && self.has(SlotFamily::Bottleneck) {
             methods.push("mam");
-            if self.layer_mixin.has(SlotFamily::Lora) {
+            if self.has(SlotFamily::Lora) {
                 methods.push("unipelt");
             }
         }
@@ -184,11 +231,12 @@ impl ModelMapping {
 
 /// Implemented by `#[with_adapters(...)]` on a base model struct.
 pub trait AdaptableModel {
-    type Layer: AdapterMixin;
     const MAPPING: ModelMapping;
     fn dims(&self) -> ModelDims;
-    fn layers(&self) -> Vec<&Self::Layer>;
-    fn layers_mut(&mut self) -> Vec<&mut Self::Layer>;
+    /// Every layer adapters attach to, in Python's `iter_layers` order (an encoder-decoder's
+    /// encoder layers, then its decoder layers).
+    fn for_each_layer(&self, f: &mut dyn FnMut(&dyn LayerSlots));
+    fn for_each_layer_mut(&mut self, f: &mut dyn FnMut(&mut dyn LayerSlots));
     /// The slot after the embeddings (prompt tuning), when the model marks one.
     fn embedding_slot(&self) -> Option<&crate::methods::prompt::EmbeddingSlot> {
         None
@@ -209,6 +257,12 @@ pub trait ModelForward {
 
     /// One pass; an encoder returns `last_hidden_state` `[batch, seq, hidden]`.
     fn forward_with(&self, inputs: &crate::ModelInputs<'_>, ctx: &crate::context::ForwardContext) -> candle_core::Result<crate::ModelOutputs>;
+
+    /// The attention mask (`[batch, seq]`, 1 = attended) of the sequence the layers see, before
+    /// any prompt: the inputs' own for text; vision models give one over their patch positions.
+    fn attention_mask(&self, inputs: &crate::ModelInputs<'_>) -> candle_core::Result<candle_core::Tensor> {
+        inputs.mask()
+    }
 
     /// The pooler output (`[batch, hidden]`) for heads with `use_pooler`; `None`: no pooler.
     fn pooled_output(&self, _last_hidden_state: &candle_core::Tensor) -> Option<candle_core::Result<candle_core::Tensor>> {
@@ -262,7 +316,7 @@ pub trait ModelForward {
 
     /// The vector per sequence that classification heads read: the first token for encoders;
     /// decoders override it with the last non-padding token, as Python's decoder models do.
-    fn sequence_output(&self, last_hidden_state: &candle_core::Tensor, _input_ids: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
+    fn sequence_output(&self, last_hidden_state: &candle_core::Tensor, _input_ids: Option<&candle_core::Tensor>) -> candle_core::Result<candle_core::Tensor> {
         last_hidden_state.narrow(1, 0, 1)?.squeeze(1)
     }
 }
@@ -360,6 +414,14 @@ pub mod assert {
         fn as_reft_mut(&mut self) -> &mut ReftSlot {
             self
         }
+    }
+
+    /// A layer of a `layers`/`decoder_layers` stack, as the runtime walks it.
+    pub fn layer<T: AdapterMixin>(t: &T) -> &dyn LayerSlots {
+        t
+    }
+    pub fn layer_mut<T: AdapterMixin>(t: &mut T) -> &mut dyn LayerSlots {
+        t
     }
 
     pub fn reft<T: ReftTarget + ?Sized>(t: &T) -> &ReftSlot {

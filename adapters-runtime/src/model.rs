@@ -344,7 +344,7 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
         inputs.check(self.model.mapping().model_class, accepts, requires)?;
         let channels = self.active.as_deref().map_or(1, AdapterSetup::parallel_channels);
         let placed = inputs.placed(&self.placement.device, channels)?;
-        let ctx = self.forward_context(&placed.mask()?)?;
+        let ctx = self.forward_context(&self.model.attention_mask(&placed)?)?;
         Ok((placed, ctx))
     }
 }

@@ -216,6 +216,7 @@ impl SlotRef<'_> {
                 let wanted = match location {
                     BottleneckLocation::MhAdapter => c.mh_adapter,
                     BottleneckLocation::OutputAdapter => c.output_adapter,
+                    BottleneckLocation::CrossAdapter => c.cross_adapter,
                 };
                 if !wanted {
                     return Ok(None);

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use adapters_models::LoadOptions;
 
-use adapters_runtime::{AdapterSetup, HeadOutput};
+use adapters_runtime::{AdapterSetup, HeadOutput, ModelInputs};
 use candle_core::{DType, Device, Tensor};
 use clap::Args;
 
@@ -18,10 +18,13 @@ pub struct ForwardArgs {
     /// file, or a hub id in the local Hugging Face cache.
     #[arg(long, value_parser = crate::model_arg)]
     model: PathBuf,
-    /// safetensors file with `input_ids` and `attention_mask` (I64, [batch, seq]).
+    /// safetensors file with `input_ids` and `attention_mask` (I64, [batch, seq]); for
+    /// encoder-decoders also `decoder_input_ids` (and optional `decoder_attention_mask`); for
+    /// vision models `pixel_values` (F32, [batch, channels, height, width]) instead.
     #[arg(long)]
     inputs: PathBuf,
-    /// Output safetensors file; receives `last_hidden_state` (F32), and `logits` (F32) when an
+    /// Output safetensors file; receives `last_hidden_state` (F32; an encoder-decoder's decoder
+    /// output, with `encoder_last_hidden_state` beside it), and `logits` (F32) when an
     /// adapter folder carried a head that is active (`logits.<head>` per head under Parallel or
     /// BatchSplit setups).
     #[arg(long)]
@@ -79,9 +82,12 @@ pub fn run(args: ForwardArgs) -> Result<(), String> {
         model.load_adapter_fusion(dir, None).map_err(|e| format!("--fusion {}: {e}", dir.display()))?;
     }
     activate(model.as_mut(), &loaded, args.setup.as_deref(), args.merge.as_deref())?;
-    let (input_ids, attention_mask) = read_inputs(&args.inputs)?;
-    let output = model.forward_with_head(&input_ids, &attention_mask).map_err(|e| e.to_string())?;
+    let inputs = read_inputs(&args.inputs)?;
+    let output = model.forward_inputs_with_head(&inputs).map_err(|e| e.to_string())?;
     let mut tensors = HashMap::from([("last_hidden_state".to_string(), output.last_hidden_state)]);
+    if let Some(encoder) = output.encoder_last_hidden_state {
+        tensors.insert("encoder_last_hidden_state".to_string(), encoder);
+    }
     // A loaded adapter folder that carries a head (head_config.json) makes that head active;
     // its output joins the file as `logits` (question answering: also start/end logits). Under
     // Parallel or BatchSplit, each active head's output is `logits.<head>`.
@@ -154,25 +160,56 @@ fn parse_setup(text: &str) -> Result<AdapterSetup, String> {
     AdapterSetup::parse(text).map_err(|e| format!("--setup: {e}"))
 }
 
-fn read_inputs(path: &Path) -> Result<(Tensor, Tensor), String> {
+/// The model inputs of an `--inputs` file: `pixel_values` (vision), or `input_ids` +
+/// `attention_mask`, with `decoder_input_ids` (+ `decoder_attention_mask`) for encoder-decoders.
+/// Whether the model takes what the file holds is checked by the forward, which names the input.
+fn read_inputs(path: &Path) -> Result<ModelInputs<'static>, String> {
     let origin = path.display();
     let mut tensors = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| format!("--inputs {origin}: {e}"))?;
-    let mut take = |key: &str| -> Result<Tensor, String> {
-        let t = tensors.remove(key).ok_or_else(|| format!("--inputs {origin}: tensor `{key}` is missing"))?;
+    if let Some(pixels) = tensors.remove("pixel_values") {
+        if pixels.dtype() != DType::F32 || pixels.rank() != 4 {
+            return Err(format!(
+                "--inputs {origin}: tensor `pixel_values` is {:?} {:?}, expected F32 [batch, channels, height, width]",
+                pixels.dtype(),
+                pixels.dims()
+            ));
+        }
+        return Ok(ModelInputs::pixels(pixels));
+    }
+    let mut take = |key: &str| -> Result<Option<Tensor>, String> {
+        let Some(t) = tensors.remove(key) else { return Ok(None) };
         if t.dtype() != DType::I64 {
             return Err(format!("--inputs {origin}: tensor `{key}` is {:?}, expected I64", t.dtype()));
         }
         if t.rank() != 2 {
             return Err(format!("--inputs {origin}: tensor `{key}` has shape {:?}, expected [batch, seq]", t.dims()));
         }
-        Ok(t)
+        Ok(Some(t))
     };
-    let ids = take("input_ids")?;
-    let mask = take("attention_mask")?;
-    if ids.dims() != mask.dims() {
-        return Err(format!("--inputs {origin}: `input_ids` {:?} and `attention_mask` {:?} differ in shape", ids.dims(), mask.dims()));
-    }
-    Ok((ids, mask))
+    let missing =
+        |key: &str| format!("--inputs {origin}: tensor `{key}` is missing (text models take input_ids and attention_mask, vision models pixel_values)");
+    let ids = take("input_ids")?.ok_or_else(|| missing("input_ids"))?;
+    let mask = take("attention_mask")?.ok_or_else(|| missing("attention_mask"))?;
+    let decoder_ids = take("decoder_input_ids")?;
+    let decoder_mask = take("decoder_attention_mask")?;
+    let same_shape = |a: &str, x: &Tensor, b: &str, y: &Tensor| -> Result<(), String> {
+        if x.dims() != y.dims() {
+            return Err(format!("--inputs {origin}: `{a}` {:?} and `{b}` {:?} differ in shape", x.dims(), y.dims()));
+        }
+        Ok(())
+    };
+    same_shape("input_ids", &ids, "attention_mask", &mask)?;
+    let inputs = ModelInputs::text(ids, mask);
+    Ok(match (decoder_ids, decoder_mask) {
+        (Some(ids), mask) => {
+            if let Some(mask) = &mask {
+                same_shape("decoder_input_ids", &ids, "decoder_attention_mask", mask)?;
+            }
+            inputs.with_decoder_input_ids(ids, mask)
+        }
+        (None, Some(_)) => return Err(format!("--inputs {origin}: `decoder_attention_mask` without `decoder_input_ids`")),
+        (None, None) => inputs,
+    })
 }
 
 #[cfg(test)]

@@ -346,7 +346,7 @@ impl ModelForward for Gpt2Model {
     }
 
     /// The last non-padding token, as `GPT2AdapterModel` picks the vector its heads read.
-    fn sequence_output(&self, last_hidden_state: &Tensor, input_ids: &Tensor) -> Result<Tensor> {
+    fn sequence_output(&self, last_hidden_state: &Tensor, input_ids: Option<&Tensor>) -> Result<Tensor> {
         last_token(last_hidden_state, input_ids, self.config.pad_token_id)
     }
 }

@@ -1,4 +1,4 @@
-//! BERT, RoBERTa, DistilBERT, Llama, Mistral, Qwen2 and Qwen3 as candle models annotated for adapters, and a loader for
+//! BERT, RoBERTa, DistilBERT, Llama, Mistral, Qwen2, Qwen3, Gemma 2, GPT-2 and ViT as candle models annotated for adapters, and a loader for
 //! Hugging Face checkpoint folders (`config.json` + `model.safetensors`).
 //!
 //! ```no_run
@@ -20,6 +20,7 @@ mod load;
 pub mod qwen;
 pub mod roberta;
 pub mod static_heads;
+pub mod vit;
 
 pub use bert::{BertConfig, BertModel};
 pub use distilbert::{DistilBertConfig, DistilBertModel};
@@ -28,10 +29,11 @@ pub use gpt2::{Gpt2Config, Gpt2Model};
 pub use llama::{LlamaConfig, LlamaModel, MistralConfig, MistralModel, QuantizedSource};
 pub use load::{
     load_model, load_model_with, load_typed, resolve_model_path, BaseWeights, Build, GgufWeights, Layout, LoadOptions, GPT2_LAYOUT, LLAMA_LAYOUT,
-    MODEL_WEIGHTS, SUPPORTED_MODEL_TYPES,
+    MODEL_WEIGHTS, SUPPORTED_MODEL_TYPES, VIT_LAYOUT,
 };
 pub use qwen::{Qwen2Model, Qwen3Model};
 pub use roberta::{RobertaConfig, RobertaModel};
+pub use vit::{ViTConfig, ViTModel};
 
 use adapters_runtime::{AdaptableModel, ModelMapping};
 
@@ -47,6 +49,7 @@ pub fn all_mappings() -> Vec<ModelMapping> {
         Qwen3Model::MAPPING,
         Gemma2Model::MAPPING,
         Gpt2Model::MAPPING,
+        ViTModel::MAPPING,
     ]
 }
 

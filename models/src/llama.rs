@@ -479,7 +479,7 @@ macro_rules! llama_family {
                 self.stack.lm_head()
             }
 
-            fn sequence_output(&self, last_hidden_state: &Tensor, input_ids: &Tensor) -> Result<Tensor> {
+            fn sequence_output(&self, last_hidden_state: &Tensor, input_ids: Option<&Tensor>) -> Result<Tensor> {
                 last_token(last_hidden_state, input_ids, self.config.pad_token_id)
             }
 
@@ -525,12 +525,12 @@ pub(crate) fn decoder_positions(inputs: &ModelInputs<'_>, seq: usize, past: usiz
 }
 
 /// The last non-padding token of each row, as Python's decoder models pick the vector that
-/// classification heads read (`pad_token_id` unset: the last position).
-pub(crate) fn last_token(last_hidden_state: &Tensor, input_ids: &Tensor, pad_token_id: Option<usize>) -> Result<Tensor> {
+/// classification heads read (`pad_token_id` unset, or no ids: the last position).
+pub(crate) fn last_token(last_hidden_state: &Tensor, input_ids: Option<&Tensor>, pad_token_id: Option<usize>) -> Result<Tensor> {
     let (batch, seq, _) = last_hidden_state.dims3()?;
-    let lengths: Vec<u32> = match pad_token_id {
-        None => vec![(seq - 1) as u32; batch],
-        Some(pad) => {
+    let lengths: Vec<u32> = match (pad_token_id, input_ids) {
+        (None, _) | (_, None) => vec![(seq - 1) as u32; batch],
+        (Some(pad), Some(input_ids)) => {
             let rows: Vec<Vec<i64>> = input_ids.to_dtype(DType::I64)?.to_vec2()?;
             // Python's `(ids != pad).sum(-1) - 1`, which wraps to the last position at -1.
             rows.iter().map(|r| (r.iter().filter(|&&id| id != pad as i64).count() as i64 - 1).rem_euclid(seq as i64) as u32).collect()

@@ -18,10 +18,13 @@ pub enum HeadType {
     MultipleChoice,
     MaskedLm,
     CausalLm,
+    /// `add_image_classification_head`: a classification head over the CLS position of a vision
+    /// model, `multilabel` a key of its config rather than a type of its own.
+    ImageClassification,
 }
 
 impl HeadType {
-    pub const ALL: [HeadType; 7] = [
+    pub const ALL: [HeadType; 8] = [
         HeadType::Classification,
         HeadType::MultiLabelClassification,
         HeadType::Tagging,
@@ -29,6 +32,7 @@ impl HeadType {
         HeadType::MultipleChoice,
         HeadType::MaskedLm,
         HeadType::CausalLm,
+        HeadType::ImageClassification,
     ];
 
     pub fn name(self) -> &'static str {
@@ -40,6 +44,7 @@ impl HeadType {
             HeadType::MultipleChoice => "multiple_choice",
             HeadType::MaskedLm => "masked_lm",
             HeadType::CausalLm => "causal_lm",
+            HeadType::ImageClassification => "image_classification",
         }
     }
 
@@ -58,7 +63,7 @@ impl HeadType {
 
     /// Heads that read one vector per sequence (the first token or the pooler output).
     pub fn is_sequence_level(self) -> bool {
-        matches!(self, HeadType::Classification | HeadType::MultiLabelClassification | HeadType::MultipleChoice)
+        matches!(self, HeadType::Classification | HeadType::MultiLabelClassification | HeadType::MultipleChoice | HeadType::ImageClassification)
     }
 }
 
@@ -104,6 +109,23 @@ impl HeadConfig {
             "dropout_prob": null,
         });
         Self::built(head_type, raw)
+    }
+
+    /// `add_image_classification_head(num_labels, layers, activation_function, multilabel,
+    /// id2label, use_pooler)`, with Python's keys.
+    pub fn image_classification(num_labels: usize, layers: usize, activation: &str, id2label: Option<&[String]>, multilabel: bool, use_pooler: bool) -> Self {
+        let raw = json!({
+            "head_type": HeadType::ImageClassification.name(),
+            "num_labels": num_labels,
+            "layers": layers,
+            "activation_function": activation,
+            "multilabel": multilabel,
+            "label2id": labels_map(id2label, num_labels),
+            "use_pooler": use_pooler,
+            "bias": true,
+            "dropout_prob": null,
+        });
+        Self::built(HeadType::ImageClassification, raw)
     }
 
     /// `add_tagging_head` (`tagging`) or `add_qa_head` (`question_answering`, two labels: start, end).
@@ -250,6 +272,11 @@ impl HeadConfig {
 
     pub fn activation(&self) -> Option<&str> {
         self.raw.get("activation_function").and_then(Value::as_str).filter(|s| !s.is_empty())
+    }
+
+    /// `multilabel` of an image classification head (a binary cross-entropy loss).
+    pub fn multilabel(&self) -> bool {
+        self.raw.get("multilabel").and_then(Value::as_bool).unwrap_or(false)
     }
 
     pub fn use_pooler(&self) -> bool {

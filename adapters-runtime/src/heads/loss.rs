@@ -52,7 +52,8 @@ pub fn head_loss(config: &HeadConfig, output: &HeadOutput, labels: &Tensor, atte
             (a + b)? / 2.0
         }
         (HeadType::MultiLabelClassification, HeadOutput::Logits(logits)) => bce_with_logits(logits, labels),
-        (HeadType::Classification, HeadOutput::Logits(logits)) if config.num_labels() == 1 => {
+        (HeadType::ImageClassification, HeadOutput::Logits(logits)) if config.multilabel() && config.num_labels() != 1 => bce_with_logits(logits, labels),
+        (HeadType::Classification | HeadType::ImageClassification, HeadOutput::Logits(logits)) if config.num_labels() == 1 => {
             let diff = (logits.flatten_all()? - labels.to_dtype(DType::F32)?.flatten_all()?)?;
             diff.sqr()?.mean_all()
         }

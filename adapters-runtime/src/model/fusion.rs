@@ -59,7 +59,7 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
         if self.fusions.contains_key(&name) {
             return Err(AdapterError::AdapterExists(format!("fusion {name}")));
         }
-        let mut wants = (None, None);
+        let mut wants = (None, None, None);
         for member in &members {
             let c = match self.configs.get(member) {
                 Some(AdapterConfig::Bottleneck(c)) => c,
@@ -71,7 +71,11 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
                 }
                 None => return Err(AdapterError::NoSuchAdapter(member.clone())),
             };
-            for (slot, value, attribute) in [(&mut wants.0, c.mh_adapter, "mh_adapter"), (&mut wants.1, c.output_adapter, "output_adapter")] {
+            for (slot, value, attribute) in [
+                (&mut wants.0, c.mh_adapter, "mh_adapter"),
+                (&mut wants.1, c.output_adapter, "output_adapter"),
+                (&mut wants.2, c.cross_adapter, "cross_adapter"),
+            ] {
                 match slot {
                     Some(v) if *v != value => {
                         return Err(AdapterError::Setup {
@@ -91,6 +95,7 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
                 let wanted = match location {
                     BottleneckLocation::MhAdapter => wants.0,
                     BottleneckLocation::OutputAdapter => wants.1,
+                    BottleneckLocation::CrossAdapter => wants.2,
                 };
                 if wanted == Some(true) && failure.is_none() {
                     match FusionLayer::new(config.clone(), s.hidden_size(), dims.attention_probs_dropout_prob, &mut init) {
@@ -287,11 +292,7 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
         let mut places: HashMap<String, (usize, &'static str)> = HashMap::new();
         self.each_slot(&mut |layer, slot| {
             if let SlotRef::Bottleneck(location, s) = slot {
-                let key = match location {
-                    BottleneckLocation::MhAdapter => "mh_adapter",
-                    BottleneckLocation::OutputAdapter => "output_adapter",
-                };
-                places.insert(s.path().to_string(), (layer, key));
+                places.insert(s.path().to_string(), (layer, location.key()));
             }
         });
         for a in &mut attentions {

@@ -24,6 +24,8 @@ const INIT_STD: f32 = 0.02;
 pub struct ModelOutput {
     /// `[batch, seq, hidden]` (`[channels * batch, ...]` under Parallel).
     pub last_hidden_state: Tensor,
+    /// An encoder-decoder's encoder output.
+    pub encoder_last_hidden_state: Option<Tensor>,
     /// The active head's output when exactly one head is active.
     pub head: Option<HeadOutput>,
     /// Every active head's output with the rows it read.
@@ -162,6 +164,12 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
         self.add_head(name, HeadConfig::classification(num_labels, 2, "tanh", id2label, false, true), false)
     }
 
+    /// `add_image_classification_head(name, num_labels, layers=2, activation_function="tanh")`
+    /// on a vision model, with optional label names (index = class id).
+    pub fn add_image_classification_head(&mut self, name: &str, num_labels: usize, id2label: Option<&[String]>) -> Result<()> {
+        self.add_head(name, HeadConfig::image_classification(num_labels, 2, "tanh", id2label, false, false), false)
+    }
+
     /// `add_tagging_head(name, num_labels, layers=1)`.
     pub fn add_tagging_head(&mut self, name: &str, num_labels: usize, id2label: Option<&[String]>) -> Result<()> {
         self.add_head(name, HeadConfig::token_level(HeadType::Tagging, num_labels, 1, "tanh", id2label), false)
@@ -229,7 +237,8 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
     /// per prompt position is the largest product of a prompt pass).
     pub(crate) fn forward_heads(&self, inputs: &ModelInputs<'_>, last_position_only: bool) -> Result<ModelOutput> {
         let (inputs, ctx) = self.prepare(inputs)?;
-        let hidden = self.model.forward_with(&inputs, &ctx)?.last_hidden_state;
+        let outputs = self.model.forward_with(&inputs, &ctx)?;
+        let hidden = outputs.last_hidden_state;
         let rows = hidden.dim(0)?;
         let mut heads = Vec::new();
         if let Some(setup) = &self.active_head {
@@ -267,9 +276,12 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
                     (false, _) => None,
                     (true, true) => self.model.pooled_output(&part).transpose()?,
                     (true, false) => {
-                        let ids = inputs.ids()?;
-                        let ids = if len == rows { ids.clone() } else { ids.narrow(0, start, len)? };
-                        Some(self.model.sequence_output(&part, &ids)?)
+                        // Vision models have no ids (and read the CLS position).
+                        let ids = match &inputs.input_ids {
+                            Some(ids) if len != rows => Some(ids.narrow(0, start, len)?),
+                            ids => ids.clone(),
+                        };
+                        Some(self.model.sequence_output(&part, ids.as_ref())?)
                     }
                 };
                 let embeddings = if head.is_tied() { self.model.input_embeddings() } else { None };
@@ -282,7 +294,13 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
             (Some(HeadSetup::Single(_)), [one]) => Some(one.output.clone()),
             _ => None,
         };
-        Ok(ModelOutput { last_hidden_state: hidden, head, heads, head_setup: self.active_head.clone() })
+        Ok(ModelOutput {
+            last_hidden_state: hidden,
+            encoder_last_hidden_state: outputs.encoder_last_hidden_state,
+            head,
+            heads,
+            head_setup: self.active_head.clone(),
+        })
     }
 
     /// The invertible adapter of the active setup's first adapter, which language-model heads run

@@ -53,6 +53,20 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
     /// `leave_out` and ReFT `layers` name layers this model has (Python ignores an index past the
     /// last layer, which hides a config meant for a deeper model).
     fn check_layer_indices(&self, name: &str, config: &AdapterConfig) -> Result<()> {
+        // A location the config asks for that no layer of this model has (Python adds nothing
+        // there, silently).
+        let mapping = self.model.mapping();
+        for member in config.members() {
+            if let AdapterConfig::Bottleneck(c) = member {
+                if c.cross_adapter && !mapping.has_location("cross_adapter") {
+                    return Err(AdapterError::Unsupported {
+                        adapter: name.into(),
+                        operation: "cross_adapter".into(),
+                        reason: format!("{} has no cross-attention (only encoder-decoders do); set cross_adapter to false", mapping.model_class),
+                    });
+                }
+            }
+        }
         let layers = self.adapter_layer_count();
         for member in config.members() {
             let (key, indices): (&str, &[usize]) = match member.reft() {
