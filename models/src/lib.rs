@@ -1,4 +1,4 @@
-//! BERT, RoBERTa, DistilBERT, Llama, Mistral, Qwen2, Qwen3, Gemma 2, GPT-2 and ViT as candle models annotated for adapters, and a loader for
+//! BERT, RoBERTa, DistilBERT, Llama, Mistral, Qwen2, Qwen3, Gemma 2, GPT-2, ViT, BART and MBART as candle models annotated for adapters, and a loader for
 //! Hugging Face checkpoint folders (`config.json` + `model.safetensors`).
 //!
 //! ```no_run
@@ -10,6 +10,7 @@
 //! ```
 
 mod attention;
+pub mod bart;
 pub mod bert;
 pub mod distilbert;
 pub mod gemma2;
@@ -22,6 +23,7 @@ pub mod roberta;
 pub mod static_heads;
 pub mod vit;
 
+pub use bart::{BartConfig, BartModel, MBartConfig, MBartModel};
 pub use bert::{BertConfig, BertModel};
 pub use distilbert::{DistilBertConfig, DistilBertModel};
 pub use gemma2::Gemma2Model;
@@ -50,6 +52,8 @@ pub fn all_mappings() -> Vec<ModelMapping> {
         Gemma2Model::MAPPING,
         Gpt2Model::MAPPING,
         ViTModel::MAPPING,
+        BartModel::MAPPING,
+        MBartModel::MAPPING,
     ]
 }
 

@@ -13,7 +13,7 @@ use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
 use serde::de::DeserializeOwned;
 
-use crate::{BertModel, DistilBertModel, Gemma2Model, Gpt2Model, LlamaModel, MistralModel, Qwen2Model, Qwen3Model, RobertaModel, ViTModel};
+use crate::{BartModel, MBartModel, BertModel, DistilBertModel, Gemma2Model, Gpt2Model, LlamaModel, MistralModel, Qwen2Model, Qwen3Model, RobertaModel, ViTModel};
 
 /// The weight file of a checkpoint folder.
 pub const MODEL_WEIGHTS: &str = "model.safetensors";
@@ -123,6 +123,9 @@ pub const LLAMA_LAYOUT: Layout = Layout { prefix: "model", probe: "embed_tokens.
 
 /// GPT-2 checkpoints: `transformer.wte.weight` in `GPT2LMHeadModel` files.
 pub const GPT2_LAYOUT: Layout = Layout { prefix: "transformer", probe: "wte.weight" };
+
+/// BART-family checkpoints: `model.shared.weight` in `*ForConditionalGeneration` files.
+pub const BART_LAYOUT: Layout = Layout { prefix: "model", probe: "encoder.layernorm_embedding.weight" };
 
 /// ViT checkpoints: `vit.embeddings.cls_token` in `ViTForImageClassification` files.
 pub const VIT_LAYOUT: Layout = Layout { prefix: "vit", probe: "embeddings.cls_token" };
@@ -239,7 +242,7 @@ fn hub_cache_dir() -> Option<std::path::PathBuf> {
 }
 
 /// The `model_type`s [`load_model`] takes.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["bert", "roberta", "distilbert", "llama", "mistral", "qwen2", "qwen3", "gemma2", "gpt2", "vit"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] = &["bert", "roberta", "distilbert", "llama", "mistral", "qwen2", "qwen3", "gemma2", "gpt2", "vit", "bart", "mbart"];
 
 /// Loads a checkpoint folder, choosing the architecture from `model_type` in `config.json`:
 /// frozen base weights, f32 on the CPU.
@@ -284,6 +287,8 @@ pub fn load_model_with(dir: &Path, options: LoadOptions) -> Result<Box<DynAdapte
         "qwen3" => boxed(load_with_config(dir, raw, LLAMA_LAYOUT, base, Qwen3Model::load)?),
         "gemma2" => boxed(load_with_config(dir, raw, LLAMA_LAYOUT, base, Gemma2Model::load)?),
         "gpt2" => boxed(load_with_config(dir, raw, GPT2_LAYOUT, base, Gpt2Model::load)?),
+        "bart" => boxed(load_with_config(dir, raw, BART_LAYOUT, base, BartModel::load)?),
+        "mbart" => boxed(load_with_config(dir, raw, BART_LAYOUT, base, MBartModel::load)?),
         "vit" => boxed(load_with_config(dir, raw, VIT_LAYOUT, base, |vb, _, c| ViTModel::load(vb, c))?),
         other => {
             return Err(AdapterError::ConfigKey {
