@@ -396,7 +396,7 @@ impl BartStack {
         let (encoder, decoder) = (vb.pp("encoder"), vb.pp("decoder"));
         let final_logits_bias = if root.contains_tensor("final_logits_bias") { Some(root.get((1, vocab), "final_logits_bias")?) } else { None };
         Ok(BartStack {
-            embedding_adapters: EmbeddingSlot::new(shared.embeddings(), config.max_position_embeddings),
+            embedding_adapters: EmbeddingSlot::new(shared.embeddings(), config.max_position_embeddings).with_invertible_path(encoder.prefix()),
             shared,
             encoder_embeddings: StackEmbeddings::load(&encoder, config)?,
             encoder_layers: (0..config.encoder_layers).map(|i| BartEncoderLayer::load(encoder.pp("layers").pp(i), config)).collect::<Result<_>>()?,

@@ -21,10 +21,13 @@ pub enum HeadType {
     /// `add_image_classification_head`: a classification head over the CLS position of a vision
     /// model, `multilabel` a key of its config rather than a type of its own.
     ImageClassification,
+    /// `add_seq2seq_lm_head`: an encoder-decoder's decoder to the vocabulary (a causal LM head
+    /// that does not shift its labels: the decoder's inputs are already shifted).
+    Seq2SeqLm,
 }
 
 impl HeadType {
-    pub const ALL: [HeadType; 8] = [
+    pub const ALL: [HeadType; 9] = [
         HeadType::Classification,
         HeadType::MultiLabelClassification,
         HeadType::Tagging,
@@ -33,6 +36,7 @@ impl HeadType {
         HeadType::MaskedLm,
         HeadType::CausalLm,
         HeadType::ImageClassification,
+        HeadType::Seq2SeqLm,
     ];
 
     pub fn name(self) -> &'static str {
@@ -45,6 +49,7 @@ impl HeadType {
             HeadType::MaskedLm => "masked_lm",
             HeadType::CausalLm => "causal_lm",
             HeadType::ImageClassification => "image_classification",
+            HeadType::Seq2SeqLm => "seq2seq_lm",
         }
     }
 
@@ -58,7 +63,7 @@ impl HeadType {
     /// Language-modeling heads: a decoder to the vocabulary, tied to the input embeddings
     /// when the model ties its word embeddings.
     pub fn is_language_model(self) -> bool {
-        matches!(self, HeadType::MaskedLm | HeadType::CausalLm)
+        matches!(self, HeadType::MaskedLm | HeadType::CausalLm | HeadType::Seq2SeqLm)
     }
 
     /// Heads that read one vector per sequence (the first token or the pooler output).
@@ -172,6 +177,22 @@ impl HeadConfig {
         Self::built(HeadType::MaskedLm, raw)
     }
 
+    /// `add_seq2seq_lm_head` (Python's defaults: one layer, no activation, no bias): the decoder
+    /// output times the vocabulary matrix, tied to the input embeddings.
+    pub fn seq2seq_lm(vocab_size: usize) -> Self {
+        let raw = json!({
+            "head_type": "seq2seq_lm",
+            "vocab_size": vocab_size,
+            "layers": 1,
+            "activation_function": null,
+            "layer_norm": false,
+            "bias": false,
+            "shift_labels": false,
+            "label2id": null,
+        });
+        Self::built(HeadType::Seq2SeqLm, raw)
+    }
+
     /// `add_causal_lm_head(activation_function, layers)` (Python's defaults: `gelu`, 2): dense,
     /// activation and LayerNorm per extra layer, then a decoder with a bias. A checkpoint's own
     /// `lm_head` converts to `causal_lm(vocab, hidden, 1, None, false, false)`.
@@ -221,7 +242,7 @@ impl HeadConfig {
             HeadType::MultipleChoice => {
                 config.usize_key("num_choices")?;
             }
-            HeadType::MaskedLm | HeadType::CausalLm => {
+            HeadType::MaskedLm | HeadType::CausalLm | HeadType::Seq2SeqLm => {
                 config.usize_key("vocab_size")?;
             }
             _ => {
@@ -258,7 +279,7 @@ impl HeadConfig {
     pub fn out_features(&self) -> usize {
         match self.head_type {
             HeadType::MultipleChoice => 1,
-            HeadType::MaskedLm | HeadType::CausalLm => self.usize_key("vocab_size").unwrap_or(0),
+            HeadType::MaskedLm | HeadType::CausalLm | HeadType::Seq2SeqLm => self.usize_key("vocab_size").unwrap_or(0),
             _ => self.usize_key("num_labels").unwrap_or(0),
         }
     }

@@ -57,7 +57,7 @@ pub fn head_loss(config: &HeadConfig, output: &HeadOutput, labels: &Tensor, atte
             let diff = (logits.flatten_all()? - labels.to_dtype(DType::F32)?.flatten_all()?)?;
             diff.sqr()?.mean_all()
         }
-        (HeadType::CausalLm, HeadOutput::Logits(logits)) => {
+        (HeadType::CausalLm | HeadType::Seq2SeqLm, HeadOutput::Logits(logits)) => {
             let classes = logits.dim(D::Minus1)?;
             let labels = labels.to_dtype(DType::I64)?;
             let (logits, labels) = if config.shift_labels() {

@@ -46,9 +46,15 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
                 out.push((format!("prompt_tuning.prompt_tunings.{file_name}.{}", p.name), p.var.clone()));
             }
         }
-        if let Some(invertible) = self.model.embedding_slot().and_then(|s| s.invertibles.get(name)) {
-            for p in invertible.params() {
-                out.push((format!("invertible_adapters.{file_name}.{}", p.name), p.var.clone()));
+        if let Some(slot) = self.model.embedding_slot() {
+            if let Some(invertible) = slot.invertibles.get(name) {
+                let holder = match self.strip_root(slot.invertible_path()) {
+                    "" => String::new(),
+                    path => format!("{path}."),
+                };
+                for p in invertible.params() {
+                    out.push((format!("{holder}invertible_adapters.{file_name}.{}", p.name), p.var.clone()));
+                }
             }
         }
         out

@@ -170,6 +170,13 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
         self.add_head(name, HeadConfig::image_classification(num_labels, 2, "tanh", id2label, false, false), false)
     }
 
+    /// `add_seq2seq_lm_head(name)` on an encoder-decoder: the decoder output to vocabulary logits,
+    /// tied to the input embeddings.
+    pub fn add_seq2seq_lm_head(&mut self, name: &str) -> Result<()> {
+        let vocab = self.model.input_embeddings().map_or(0, |e| e.dims()[0]);
+        self.add_head(name, HeadConfig::seq2seq_lm(vocab), false)
+    }
+
     /// `add_tagging_head(name, num_labels, layers=1)`.
     pub fn add_tagging_head(&mut self, name: &str, num_labels: usize, id2label: Option<&[String]>) -> Result<()> {
         self.add_head(name, HeadConfig::token_level(HeadType::Tagging, num_labels, 1, "tanh", id2label), false)

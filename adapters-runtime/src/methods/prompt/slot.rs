@@ -16,6 +16,8 @@ pub struct EmbeddingSlot {
     pub(crate) prompts: BTreeMap<String, PromptTuning>,
     /// Invertible adapters (`invertible_adapters.NAME.*`), run on the embeddings output.
     pub(crate) invertibles: BTreeMap<String, InvertibleAdapter>,
+    /// The module that holds the invertible adapters (`""`: the base model; BART's encoder).
+    invertible_path: String,
 }
 
 impl EmbeddingSlot {
@@ -23,7 +25,19 @@ impl EmbeddingSlot {
     /// hidden]`; prompts initialised from text copy rows of it) and whose position table has
     /// `max_positions` rows.
     pub fn new(word_embeddings: &Tensor, max_positions: usize) -> Self {
-        EmbeddingSlot { word_embeddings: word_embeddings.clone(), max_positions, prompts: BTreeMap::new(), invertibles: BTreeMap::new() }
+        EmbeddingSlot { word_embeddings: word_embeddings.clone(), max_positions, prompts: BTreeMap::new(), invertibles: BTreeMap::new(), invertible_path: String::new() }
+    }
+
+    /// This slot with its invertible adapters held by the module at `path` (named
+    /// `<path>.invertible_adapters.NAME.*`, as Python's encoder-decoders hold them in the encoder).
+    pub fn with_invertible_path(mut self, path: impl Into<String>) -> Self {
+        self.invertible_path = path.into();
+        self
+    }
+
+    /// The module path of the invertible adapters (`""`: the base model).
+    pub fn invertible_path(&self) -> &str {
+        &self.invertible_path
     }
 
     pub fn hidden_size(&self) -> usize {
