@@ -40,6 +40,8 @@ pub trait BaseModel {
     fn lm_head(&self) -> Option<&Tensor>;
     fn lm_head_reverses_invertible(&self) -> bool;
     fn final_logit_softcapping(&self) -> Option<f64>;
+    fn head_input(&self, last_hidden_state: &Tensor) -> Result<Tensor>;
+    fn lm_head_bias(&self) -> Option<&Tensor>;
     fn sequence_output(&self, last_hidden_state: &Tensor, input_ids: Option<&Tensor>) -> Result<Tensor>;
 }
 
@@ -113,6 +115,12 @@ impl<M: AdaptableModel + ModelForward> BaseModel for M {
     }
     fn final_logit_softcapping(&self) -> Option<f64> {
         ModelForward::final_logit_softcapping(self)
+    }
+    fn head_input(&self, last_hidden_state: &Tensor) -> Result<Tensor> {
+        ModelForward::head_input(self, last_hidden_state)
+    }
+    fn lm_head_bias(&self) -> Option<&Tensor> {
+        ModelForward::lm_head_bias(self)
     }
     fn sequence_output(&self, last_hidden_state: &Tensor, input_ids: Option<&Tensor>) -> Result<Tensor> {
         ModelForward::sequence_output(self, last_hidden_state, input_ids)

@@ -309,6 +309,17 @@ pub trait ModelForward {
         false
     }
 
+    /// The bias the checkpoint's `lm_head` adds (BART's `final_logits_bias`, `[1, vocab]`).
+    fn lm_head_bias(&self) -> Option<&candle_core::Tensor> {
+        None
+    }
+
+    /// What heads (and the checkpoint's `lm_head`) read of `last_hidden_state`: itself, or, for
+    /// T5 with tied embeddings, the output scaled by `d_model^-0.5`.
+    fn head_input(&self, last_hidden_state: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
+        Ok(last_hidden_state.clone())
+    }
+
     /// Gemma 2's `final_logit_softcapping`: the checkpoint's LM logits become `tanh(l / cap) * cap`.
     fn final_logit_softcapping(&self) -> Option<f64> {
         None

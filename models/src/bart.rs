@@ -391,7 +391,8 @@ impl BartStack {
     pub fn load(vb: VarBuilder, root: &VarBuilder, config: &BartConfig) -> Result<Self> {
         let (h, vocab) = (config.d_model, config.vocab_size);
         // The shared table is saved once, under whichever name the checkpoint kept.
-        let name = ["shared", "encoder.embed_tokens", "decoder.embed_tokens"].into_iter().find(|n| vb.contains_tensor(&format!("{n}.weight"))).unwrap_or("shared");
+        let name =
+            ["shared", "encoder.embed_tokens", "decoder.embed_tokens"].into_iter().find(|n| vb.contains_tensor(&format!("{n}.weight"))).unwrap_or("shared");
         let shared = candle_nn::embedding(vocab, h, vb.pp(name))?;
         let (encoder, decoder) = (vb.pp("encoder"), vb.pp("decoder"));
         let final_logits_bias = if root.contains_tensor("final_logits_bias") { Some(root.get((1, vocab), "final_logits_bias")?) } else { None };
@@ -445,10 +446,9 @@ pub(crate) fn encoder_mask(inputs: &ModelInputs<'_>, states: &Tensor) -> Result<
 /// The decoder's ids, the positions already in the cache, and its padding mask over cached and
 /// new positions.
 pub(crate) fn decoder_inputs<'a>(inputs: &'a ModelInputs<'_>) -> Result<(&'a Tensor, usize, Tensor)> {
-    let ids = inputs
-        .decoder_input_ids
-        .as_ref()
-        .ok_or_else(|| AdapterError::InvalidInput("an encoder-decoder needs decoder_input_ids (the decoder's tokens, starting with its start token)".into()).into_candle())?;
+    let ids = inputs.decoder_input_ids.as_ref().ok_or_else(|| {
+        AdapterError::InvalidInput("an encoder-decoder needs decoder_input_ids (the decoder's tokens, starting with its start token)".into()).into_candle()
+    })?;
     let past = inputs.cache.map_or(0, KvCache::len);
     let (batch, seq) = ids.dims2()?;
     let mask = match &inputs.decoder_attention_mask {
@@ -540,6 +540,10 @@ macro_rules! bart_family {
 
             fn lm_head(&self) -> Option<&Tensor> {
                 Some(self.stack.shared.embeddings())
+            }
+
+            fn lm_head_bias(&self) -> Option<&Tensor> {
+                self.stack.final_logits_bias.as_ref()
             }
         }
     };

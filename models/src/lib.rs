@@ -1,4 +1,4 @@
-//! BERT, RoBERTa, DistilBERT, Llama, Mistral, Qwen2, Qwen3, Gemma 2, GPT-2, ViT, BART and MBART as candle models annotated for adapters, and a loader for
+//! BERT, RoBERTa, DistilBERT, Llama, Mistral, Qwen2, Qwen3, Gemma 2, GPT-2, ViT, BART, MBART, T5 and MT5 as candle models annotated for adapters, and a loader for
 //! Hugging Face checkpoint folders (`config.json` + `model.safetensors`).
 //!
 //! ```no_run
@@ -21,6 +21,7 @@ mod load;
 pub mod qwen;
 pub mod roberta;
 pub mod static_heads;
+pub mod t5;
 pub mod vit;
 
 pub use bart::{BartConfig, BartModel, MBartConfig, MBartModel};
@@ -35,6 +36,7 @@ pub use load::{
 };
 pub use qwen::{Qwen2Model, Qwen3Model};
 pub use roberta::{RobertaConfig, RobertaModel};
+pub use t5::{MT5Model, T5Config, T5Model};
 pub use vit::{ViTConfig, ViTModel};
 
 use adapters_runtime::{AdaptableModel, ModelMapping};
@@ -54,6 +56,8 @@ pub fn all_mappings() -> Vec<ModelMapping> {
         ViTModel::MAPPING,
         BartModel::MAPPING,
         MBartModel::MAPPING,
+        T5Model::MAPPING,
+        MT5Model::MAPPING,
     ]
 }
 

@@ -13,7 +13,10 @@ use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
 use serde::de::DeserializeOwned;
 
-use crate::{BartModel, MBartModel, BertModel, DistilBertModel, Gemma2Model, Gpt2Model, LlamaModel, MistralModel, Qwen2Model, Qwen3Model, RobertaModel, ViTModel};
+use crate::{
+    BartModel, BertModel, DistilBertModel, Gemma2Model, Gpt2Model, LlamaModel, MBartModel, MT5Model, MistralModel, Qwen2Model, Qwen3Model, RobertaModel,
+    T5Model, ViTModel,
+};
 
 /// The weight file of a checkpoint folder.
 pub const MODEL_WEIGHTS: &str = "model.safetensors";
@@ -126,6 +129,9 @@ pub const GPT2_LAYOUT: Layout = Layout { prefix: "transformer", probe: "wte.weig
 
 /// BART-family checkpoints: `model.shared.weight` in `*ForConditionalGeneration` files.
 pub const BART_LAYOUT: Layout = Layout { prefix: "model", probe: "encoder.layernorm_embedding.weight" };
+
+/// T5 checkpoints keep `shared`, `encoder`, `decoder` (and `lm_head`) at the root.
+pub const T5_LAYOUT: Layout = Layout { prefix: "", probe: "shared.weight" };
 
 /// ViT checkpoints: `vit.embeddings.cls_token` in `ViTForImageClassification` files.
 pub const VIT_LAYOUT: Layout = Layout { prefix: "vit", probe: "embeddings.cls_token" };
@@ -242,7 +248,8 @@ fn hub_cache_dir() -> Option<std::path::PathBuf> {
 }
 
 /// The `model_type`s [`load_model`] takes.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["bert", "roberta", "distilbert", "llama", "mistral", "qwen2", "qwen3", "gemma2", "gpt2", "vit", "bart", "mbart"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] =
+    &["bert", "roberta", "distilbert", "llama", "mistral", "qwen2", "qwen3", "gemma2", "gpt2", "vit", "bart", "mbart", "t5", "mt5"];
 
 /// Loads a checkpoint folder, choosing the architecture from `model_type` in `config.json`:
 /// frozen base weights, f32 on the CPU.
@@ -289,6 +296,8 @@ pub fn load_model_with(dir: &Path, options: LoadOptions) -> Result<Box<DynAdapte
         "gpt2" => boxed(load_with_config(dir, raw, GPT2_LAYOUT, base, Gpt2Model::load)?),
         "bart" => boxed(load_with_config(dir, raw, BART_LAYOUT, base, BartModel::load)?),
         "mbart" => boxed(load_with_config(dir, raw, BART_LAYOUT, base, MBartModel::load)?),
+        "t5" => boxed(load_with_config(dir, raw, T5_LAYOUT, base, T5Model::load)?),
+        "mt5" => boxed(load_with_config(dir, raw, T5_LAYOUT, base, MT5Model::load)?),
         "vit" => boxed(load_with_config(dir, raw, VIT_LAYOUT, base, |vb, _, c| ViTModel::load(vb, c))?),
         other => {
             return Err(AdapterError::ConfigKey {

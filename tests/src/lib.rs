@@ -134,3 +134,21 @@ pub fn perturb_seeded(vars: &[candle_core::Var], label: &str, std: f32) {
         v.set(&(v.as_tensor() + noise).unwrap_or_else(|e| panic!("{label}: {e}"))).unwrap_or_else(|e| panic!("{label}: {e}"));
     }
 }
+
+/// A copy of an adapter folder (either format) as a safetensors folder whose file also holds the
+/// tensors of `extra` (the shared parameters Python leaves out when it saves from a bare model).
+pub fn with_shared(label: &str, dir: &Path, extra: &Path) -> PathBuf {
+    let format = dir.file_name().unwrap().to_string_lossy().to_string();
+    let out = std::env::temp_dir().join(format!("adapters-shared-{}-{}-{format}", std::process::id(), label.replace('/', "-")));
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::copy(dir.join("adapter_config.json"), out.join("adapter_config.json")).unwrap();
+    let weights = adapters_runtime::io::find_weights(dir, "adapter.safetensors", "pytorch_adapter.bin").unwrap();
+    let mut tensors = adapters_runtime::io::read_weights(&weights, &candle_core::Device::Cpu).unwrap_or_else(|e| panic!("{label}: {e}"));
+    let shared = read(extra);
+    assert!(!shared.is_empty() && shared.keys().all(|k| k.starts_with("shared_parameters.")), "{label}: {}", extra.display());
+    assert!(shared.keys().all(|k| !tensors.contains_key(k)), "{label} ({format}): the file already holds the shared parameters");
+    tensors.extend(shared);
+    candle_core::safetensors::save(&tensors, out.join("adapter.safetensors")).unwrap();
+    out
+}

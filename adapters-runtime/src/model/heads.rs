@@ -246,6 +246,7 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
         let (inputs, ctx) = self.prepare(inputs)?;
         let outputs = self.model.forward_with(&inputs, &ctx)?;
         let hidden = outputs.last_hidden_state;
+        let head_input = if self.active_head.is_some() { self.model.head_input(&hidden)? } else { hidden.clone() };
         let rows = hidden.dim(0)?;
         let mut heads = Vec::new();
         if let Some(setup) = &self.active_head {
@@ -274,7 +275,7 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
             };
             for (name, (start, len)) in names.into_iter().zip(ranges) {
                 let head = self.head_named(name)?;
-                let part = if len == rows { hidden.clone() } else { hidden.narrow(0, start, len)? };
+                let part = if len == rows { head_input.clone() } else { head_input.narrow(0, start, len)? };
                 let head_type = head.config().head_type();
                 let part = if last_position_only && !head_type.is_sequence_level() { part.narrow(1, part.dim(1)? - 1, 1)? } else { part };
                 // The vector per sequence: the pooler output, or what the model reads (the first

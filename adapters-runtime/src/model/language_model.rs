@@ -28,9 +28,9 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
         match &self.active_head {
             Some(HeadSetup::Single(name)) => {
                 let head = self.head_named(name)?;
-                if head.config().head_type() != HeadType::CausalLm {
+                if !matches!(head.config().head_type(), HeadType::CausalLm | HeadType::Seq2SeqLm) {
                     return Err(AdapterError::InvalidConfig(format!(
-                        "the active head `{name}` is a {} head; language-model logits need a causal_lm head (or no active head, to use the checkpoint's lm_head)",
+                        "the active head `{name}` is a {} head; language-model logits need a causal_lm or seq2seq_lm head (or no active head, to use the checkpoint's lm_head)",
                         head.config().head_type().name()
                     )));
                 }
@@ -46,7 +46,7 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
                         self.model.mapping().model_type
                     ))
                 })?;
-                let mut hidden = self.forward_inputs(inputs)?.last_hidden_state;
+                let mut hidden = self.model.head_input(&self.forward_inputs(inputs)?.last_hidden_state)?;
                 if last_position_only {
                     hidden = hidden.narrow(1, hidden.dim(1)? - 1, 1)?;
                 }
@@ -54,6 +54,10 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
                     hidden = inverse.reverse(&hidden)?;
                 }
                 let logits = crate::nn::linear(&hidden, decoder, None)?;
+                let logits = match self.model.lm_head_bias() {
+                    Some(bias) => logits.broadcast_add(&bias.to_dtype(logits.dtype())?)?,
+                    None => logits,
+                };
                 Ok(match self.model.final_logit_softcapping() {
                     Some(cap) => ((logits / cap)?.tanh()? * cap)?,
                     None => logits,

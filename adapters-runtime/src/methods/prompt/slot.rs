@@ -25,7 +25,13 @@ impl EmbeddingSlot {
     /// hidden]`; prompts initialised from text copy rows of it) and whose position table has
     /// `max_positions` rows.
     pub fn new(word_embeddings: &Tensor, max_positions: usize) -> Self {
-        EmbeddingSlot { word_embeddings: word_embeddings.clone(), max_positions, prompts: BTreeMap::new(), invertibles: BTreeMap::new(), invertible_path: String::new() }
+        EmbeddingSlot {
+            word_embeddings: word_embeddings.clone(),
+            max_positions,
+            prompts: BTreeMap::new(),
+            invertibles: BTreeMap::new(),
+            invertible_path: String::new(),
+        }
     }
 
     /// This slot with its invertible adapters held by the module at `path` (named
