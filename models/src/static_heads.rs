@@ -91,6 +91,13 @@ const TABLE: &[StaticHead] = &[
     StaticHead { class: "LlamaForCausalLM", config: || json!({"head_type": "causal_lm"}), layers: LM_HEAD },
     StaticHead { class: "MistralForCausalLM", config: || json!({"head_type": "causal_lm"}), layers: LM_HEAD },
     StaticHead { class: "GPT2LMHeadModel", config: || json!({"head_type": "causal_lm"}), layers: LM_HEAD },
+    // Encoder-decoders: the `lm_head` (tied to the shared embeddings unless the config unties
+    // it; BART's `final_logits_bias` is not part of the converted head, as in Python).
+    StaticHead { class: "BartForConditionalGeneration", config: || json!({"head_type": "seq2seq_lm"}), layers: LM_HEAD },
+    StaticHead { class: "MBartForConditionalGeneration", config: || json!({"head_type": "seq2seq_lm"}), layers: LM_HEAD },
+    StaticHead { class: "T5ForConditionalGeneration", config: || json!({"head_type": "seq2seq_lm"}), layers: LM_HEAD },
+    StaticHead { class: "MT5ForConditionalGeneration", config: || json!({"head_type": "seq2seq_lm"}), layers: LM_HEAD },
+    StaticHead { class: "ViTForImageClassification", config: || one_layer("image_classification"), layers: CLASSIFIER },
 ];
 
 /// The entry of Python's map for a checkpoint config's class (`architectures[0]`), if any.
@@ -113,6 +120,16 @@ fn python_head_config(entry: &StaticHead, config: &Value) -> Result<Value> {
     let head_type = head["head_type"].as_str().unwrap_or_default().to_string();
     let h = head.as_object_mut().ok_or_else(|| AdapterError::InvalidConfig("static head config".into()))?;
     match head_type.as_str() {
+        "seq2seq_lm" => {
+            // `Seq2SeqLMHead`'s constructor keys.
+            default(h, "vocab_size", config["vocab_size"].clone());
+            default(h, "layers", json!(1));
+            default(h, "activation_function", Value::Null);
+            default(h, "layer_norm", json!(false));
+            default(h, "bias", json!(false));
+            default(h, "shift_labels", json!(false));
+            default(h, "label2id", Value::Null);
+        }
         "causal_lm" | "masked_lm" => {
             let causal = head_type == "causal_lm";
             // `model.config.vocab_size`, and `getattr(model.config, "embedding_size", hidden_size)`
@@ -153,7 +170,11 @@ fn python_head_config(entry: &StaticHead, config: &Value) -> Result<Value> {
             if matches!(head_type.as_str(), "classification" | "multiple_choice") {
                 default(h, "use_pooler", json!(false));
             }
-            if head_type == "classification" {
+            if head_type == "image_classification" {
+                default(h, "multilabel", json!(false));
+                default(h, "use_pooler", json!(false));
+            }
+            if matches!(head_type.as_str(), "classification" | "image_classification") {
                 default(h, "bias", json!(true));
             }
             default(h, "dropout_prob", Value::Null);
