@@ -42,6 +42,7 @@ pub trait BaseModel {
     fn final_logit_softcapping(&self) -> Option<f64>;
     fn head_input(&self, last_hidden_state: &Tensor) -> Result<Tensor>;
     fn lm_head_bias(&self) -> Option<&Tensor>;
+    fn decoder_start_token_id(&self) -> Option<u32>;
     fn sequence_output(&self, last_hidden_state: &Tensor, input_ids: Option<&Tensor>) -> Result<Tensor>;
 }
 
@@ -121,6 +122,9 @@ impl<M: AdaptableModel + ModelForward> BaseModel for M {
     }
     fn lm_head_bias(&self) -> Option<&Tensor> {
         ModelForward::lm_head_bias(self)
+    }
+    fn decoder_start_token_id(&self) -> Option<u32> {
+        ModelForward::decoder_start_token_id(self)
     }
     fn sequence_output(&self, last_hidden_state: &Tensor, input_ids: Option<&Tensor>) -> Result<Tensor> {
         ModelForward::sequence_output(self, last_hidden_state, input_ids)

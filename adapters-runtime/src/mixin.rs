@@ -309,6 +309,12 @@ pub trait ModelForward {
         false
     }
 
+    /// An encoder-decoder's first decoder token (`decoder_start_token_id`), which generation
+    /// starts every row with; `None` for models without a decoder of their own.
+    fn decoder_start_token_id(&self) -> Option<u32> {
+        None
+    }
+
     /// The bias the checkpoint's `lm_head` adds (BART's `final_logits_bias`, `[1, vocab]`).
     fn lm_head_bias(&self) -> Option<&candle_core::Tensor> {
         None

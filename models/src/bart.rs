@@ -542,6 +542,11 @@ macro_rules! bart_family {
                 Some(self.stack.shared.embeddings())
             }
 
+            /// `decoder_start_token_id`, else BART's default (2, its `</s>`).
+            fn decoder_start_token_id(&self) -> Option<u32> {
+                Some(self.config.decoder_start_token_id.unwrap_or(2) as u32)
+            }
+
             fn lm_head_bias(&self) -> Option<&Tensor> {
                 self.stack.final_logits_bias.as_ref()
             }

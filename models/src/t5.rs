@@ -527,6 +527,11 @@ macro_rules! t5_forward {
                 self.config.tie_word_embeddings
             }
 
+            /// `decoder_start_token_id`, else the pad token (T5 starts decoding with it).
+            fn decoder_start_token_id(&self) -> Option<u32> {
+                Some(self.config.decoder_start_token_id.unwrap_or(self.config.pad_token_id) as u32)
+            }
+
             fn lm_head(&self) -> Option<&Tensor> {
                 let t5: &T5Model = $t5(self);
                 Some(t5.lm_head.as_ref().unwrap_or(t5.shared.embeddings()))

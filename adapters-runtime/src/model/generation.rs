@@ -84,6 +84,9 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
         options: &GenerateOptions,
         mut on_step: impl FnMut(&[u32]) -> Result<()>,
     ) -> Result<Tensor> {
+        if let Some(start) = self.model.decoder_start_token_id() {
+            return self.generate_seq2seq(prompt_ids, prompt_mask, start, options, on_step);
+        }
         let use_cache = options.use_cache && !self.active_has_reft();
         let device = self.placement.device.clone();
         // Under Parallel each channel continues its own copy of the batch (rows grouped by
@@ -139,6 +142,71 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
 }
 
 impl<M: BaseModel + ?Sized> AdaptedModel<M> {
+    /// [`AdaptedModel::generate`] of an encoder-decoder: the encoder runs once over the prompt,
+    /// the decoder starts every row with `start` and extends a KV cache of its self-attention
+    /// (cross-attention re-reads the encoder output). Returns the decoder's sequence, `start`
+    /// first (`[batch, 1 + steps]`), as `transformers`' `generate` does.
+    fn generate_seq2seq(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        start: u32,
+        options: &GenerateOptions,
+        mut on_step: impl FnMut(&[u32]) -> Result<()>,
+    ) -> Result<Tensor> {
+        let use_cache = options.use_cache && !self.active_has_reft();
+        let device = self.placement.device.clone();
+        let channels = self.active.as_deref().map_or(1, AdapterSetup::parallel_channels);
+        let replicate = |t: Tensor| -> candle_core::Result<Tensor> {
+            if channels > 1 {
+                t.repeat((channels, 1))
+            } else {
+                Ok(t)
+            }
+        };
+        let input_ids = replicate(input_ids.to_dtype(DType::I64)?.to_device(&device)?)?;
+        let (batch, _) = input_ids.dims2()?;
+        let mask = match attention_mask {
+            Some(m) => replicate(m.to_dtype(DType::I64)?.to_device(&device)?)?,
+            None => input_ids.ones_like()?,
+        };
+        let mut sequence = Tensor::full(i64::from(start), (batch, 1), &device)?;
+        // The encoder once (the one-token decoder pass beside it is discarded).
+        let mut first = ModelInputs::text(input_ids, mask.clone()).with_decoder_input_ids(sequence.clone(), None);
+        first.parallelized = channels > 1;
+        let encoded =
+            self.forward_inputs(&first)?.encoder_last_hidden_state.ok_or_else(|| crate::error::internal("an encoder-decoder pass gave no encoder output"))?;
+        let mut processor = LogitsProcessor::from_sampling(options.seed, options.sampling());
+        let mut finished = vec![false; batch];
+        let cache = KvCache::new();
+        let mut step_ids = sequence.clone();
+        for _ in 0..options.max_new_tokens {
+            let decoder_ids = if use_cache { step_ids.clone() } else { sequence.clone() };
+            let mut inputs = ModelInputs { attention_mask: Some(mask.clone()), ..Default::default() }
+                .with_encoder_hidden_states(encoded.clone(), Some(mask.clone()))
+                .with_decoder_input_ids(decoder_ids, None);
+            if use_cache {
+                inputs = inputs.with_cache(&cache);
+            }
+            inputs.parallelized = channels > 1;
+            let last = self.last_lm_logits(&inputs)?.squeeze(1)?.to_dtype(DType::F32)?;
+            let mut tokens = Vec::with_capacity(batch);
+            for (row, done) in finished.iter_mut().enumerate() {
+                let token = processor.sample(&last.i(row)?)?;
+                let token = if *done { options.pad_token_id } else { token };
+                *done |= options.eos_token_ids.contains(&token);
+                tokens.push(token);
+            }
+            on_step(&tokens)?;
+            step_ids = Tensor::new(tokens.iter().map(|&t| i64::from(t)).collect::<Vec<_>>(), &device)?.reshape((batch, 1))?;
+            sequence = Tensor::cat(&[&sequence, &step_ids], 1)?;
+            if finished.iter().all(|d| *d) {
+                break;
+            }
+        }
+        Ok(sequence)
+    }
+
     /// Whether an adapter of the active setup intervenes with ReFT.
     fn active_has_reft(&self) -> bool {
         let Some(setup) = self.active.as_deref() else { return false };
