@@ -29,6 +29,7 @@ pub mod setup;
 pub mod slot;
 mod state_dict;
 pub mod training;
+pub mod vision;
 
 pub use adapters_macros::{adapter_config, adapter_mixin, with_adapters};
 pub use body::BaseModel;

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use adapters_models::{load_model_with, BaseWeights, LoadOptions};
 use adapters_runtime::training::{evaluate, train_classifier, Dataset, LabelledTexts, TextEncoder, TrainConfig, TOKENIZER_FILE};
-use adapters_runtime::{DynAdaptedModel, HeadConfig, HeadType};
+use adapters_runtime::vision::ImageProcessor;
+use adapters_runtime::{DynAdaptedModel, HeadConfig, HeadType, InputKind, ModelInputs};
 
 use crate::continued::TrainedAdapter;
 use candle_core::{Tensor, D};
@@ -123,7 +124,8 @@ pub struct PredictArgs {
     adapter: Option<PathBuf>,
     #[arg(long, default_value_t = 64)]
     max_length: usize,
-    /// Sentences to classify (one line of output each: label, probability, text).
+    /// Sentences to classify, or image files (PNG, JPEG) for a vision model (one line of output
+    /// each: label, probability, text or file).
     #[arg(required = true)]
     texts: Vec<String>,
 }
@@ -146,6 +148,9 @@ fn load_classifier(model_dir: &Path, adapter: Option<&Path>) -> Result<Box<DynAd
             let name = model.load_adapter(dir, None).map_err(|e| format!("--adapter {}: {e}", dir.display()))?;
             model.set_active_adapters(name.as_str()).map_err(|e| e.to_string())?;
         }
+        // A task checkpoint's own classifier (converted when loaded), else a head saved beside
+        // the weights (full fine-tuning output).
+        None if model.active_head().is_some() => {}
         None => {
             model
                 .load_head(model_dir, None)
@@ -154,10 +159,20 @@ fn load_classifier(model_dir: &Path, adapter: Option<&Path>) -> Result<Box<DynAd
     }
     let head = model.active_head().ok_or("the adapter folder holds no head (head_config.json); train with `adapters train`")?;
     let head_type = model.head(head).map(|h| h.config().head_type());
-    if head_type != Some(HeadType::Classification) {
-        return Err(format!("head `{head}` is not a classification head; eval and predict classify text"));
+    if !matches!(head_type, Some(HeadType::Classification | HeadType::ImageClassification)) {
+        return Err(format!("head `{head}` is not a classification head; eval and predict classify text or images"));
     }
     Ok(model)
+}
+
+/// PNG or JPEG files as one batch of `pixel_values`, resized and normalised as the model folder's
+/// `preprocessor_config.json` says (Hugging Face's ViTImageProcessor, bit for bit on PNG).
+fn read_images(model_dir: &Path, files: &[&str]) -> Result<Tensor, String> {
+    let config = model_dir.join("preprocessor_config.json");
+    let processor =
+        ImageProcessor::from_file(&config).map_err(|e| format!("--model {}: {e} (vision models need it to prepare images)", model_dir.display()))?;
+    let images = files.iter().map(|f| processor.preprocess_file(Path::new(f))).collect::<adapters_runtime::Result<Vec<_>>>().map_err(|e| e.to_string())?;
+    Tensor::cat(&images, 0).map_err(|e| e.to_string())
 }
 
 fn head_labels(model: &DynAdaptedModel) -> Vec<String> {
@@ -329,11 +344,16 @@ pub fn eval(args: EvalArgs) -> Result<(), String> {
 
 pub fn predict(args: PredictArgs) -> Result<(), String> {
     let model = load_classifier(&args.model, args.adapter.as_deref())?;
-    let encoder = TextEncoder::from_model_dir(&args.model, args.max_length).map_err(|e| e.to_string())?;
     let labels = head_labels(model.as_ref());
     let texts: Vec<&str> = args.texts.iter().map(String::as_str).collect();
-    let enc = encoder.encode(&texts, &model.placement().device).map_err(|e| e.to_string())?;
-    let out = model.forward_with_head(&enc.input_ids, &enc.attention_mask).map_err(|e| e.to_string())?;
+    let inputs = if model.base().accepts().0.contains(&InputKind::PixelValues) {
+        ModelInputs::pixels(read_images(&args.model, &texts)?)
+    } else {
+        let encoder = TextEncoder::from_model_dir(&args.model, args.max_length).map_err(|e| e.to_string())?;
+        let enc = encoder.encode(&texts, &model.placement().device).map_err(|e| e.to_string())?;
+        ModelInputs::text(enc.input_ids, enc.attention_mask)
+    };
+    let out = model.forward_inputs_with_head(&inputs).map_err(|e| e.to_string())?;
     let logits = out.head.ok_or("no head is active")?.logits().clone();
     let probs = candle_nn::ops::softmax(&logits, D::Minus1).and_then(|p| p.to_vec2::<f32>()).map_err(|e| e.to_string())?;
     for (text, p) in texts.iter().zip(probs) {
