@@ -207,12 +207,14 @@ fn expand(args: ModelArgs, options: &Options, strukt: &syn::ItemStruct) -> Token
         (
             quote_spanned! {span=>
                 for layer in ::std::iter::IntoIterator::into_iter(&self.#path) {
-                    f(#as_layer(layer));
+                    f(index, #as_layer(layer));
+                    index += 1;
                 }
             },
             quote_spanned! {span=>
                 for layer in ::std::iter::IntoIterator::into_iter(&mut self.#path) {
-                    f(#as_layer_mut(layer));
+                    f(index, #as_layer_mut(layer));
+                    index += 1;
                 }
             },
         )
@@ -261,10 +263,14 @@ fn expand(args: ModelArgs, options: &Options, strukt: &syn::ItemStruct) -> Token
             fn dims(&self) -> #rt::ModelDims {
                 #rt::AdapterModelConfig::dims(&self.#config_field)
             }
-            fn for_each_layer(&self, f: &mut dyn FnMut(&dyn #rt::LayerSlots)) {
+            #[allow(unused_assignments)]
+            fn for_each_layer(&self, f: &mut dyn FnMut(usize, &dyn #rt::LayerSlots)) {
+                let mut index = 0usize;
                 #layers_ref
             }
-            fn for_each_layer_mut(&mut self, f: &mut dyn FnMut(&mut dyn #rt::LayerSlots)) {
+            #[allow(unused_assignments)]
+            fn for_each_layer_mut(&mut self, f: &mut dyn FnMut(usize, &mut dyn #rt::LayerSlots)) {
+                let mut index = 0usize;
                 #layers_mut
             }
             #embedding_fns
@@ -344,8 +350,8 @@ fn fallback(options: &Options, strukt: &syn::ItemStruct) -> TokenStream {
             fn dims(&self) -> #rt::ModelDims {
                 #rt::ModelDims { hidden_size: 0, num_attention_heads: 0, num_hidden_layers: 0, hidden_dropout_prob: 0.0, attention_probs_dropout_prob: 0.0 }
             }
-            fn for_each_layer(&self, _f: &mut dyn FnMut(&dyn #rt::LayerSlots)) {}
-            fn for_each_layer_mut(&mut self, _f: &mut dyn FnMut(&mut dyn #rt::LayerSlots)) {}
+            fn for_each_layer(&self, _f: &mut dyn FnMut(usize, &dyn #rt::LayerSlots)) {}
+            fn for_each_layer_mut(&mut self, _f: &mut dyn FnMut(usize, &mut dyn #rt::LayerSlots)) {}
         }
         #alias_item
     }

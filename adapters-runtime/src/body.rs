@@ -55,25 +55,17 @@ impl<M: AdaptableModel + ModelForward> BaseModel for M {
     }
     fn layer_count(&self) -> usize {
         let mut count = 0;
-        self.for_each_layer(&mut |_| count += 1);
+        self.for_each_layer(&mut |i, _| count = count.max(i + 1));
         count
     }
     fn for_each_slot(&self, f: &mut dyn FnMut(usize, SlotRef<'_>)) {
-        let mut i = 0;
-        self.for_each_layer(&mut |layer| {
-            layer.for_each_slot(&mut |slot| f(i, slot));
-            i += 1;
-        });
+        self.for_each_layer(&mut |i, layer| layer.for_each_slot(&mut |slot| f(i, slot)));
     }
     fn for_each_slot_mut(&mut self, f: &mut dyn FnMut(usize, SlotMut<'_>)) {
-        let mut i = 0;
-        self.for_each_layer_mut(&mut |layer| {
-            layer.for_each_slot_mut(&mut |slot| f(i, slot));
-            i += 1;
-        });
+        self.for_each_layer_mut(&mut |i, layer| layer.for_each_slot_mut(&mut |slot| f(i, slot)));
     }
     fn configure_slots(&mut self) {
-        self.for_each_layer_mut(&mut |layer| layer.configure_slots());
+        self.for_each_layer_mut(&mut |_, layer| layer.configure_slots());
     }
     fn embedding_slot(&self) -> Option<&EmbeddingSlot> {
         AdaptableModel::embedding_slot(self)

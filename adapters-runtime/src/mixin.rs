@@ -233,10 +233,11 @@ impl ModelMapping {
 pub trait AdaptableModel {
     const MAPPING: ModelMapping;
     fn dims(&self) -> ModelDims;
-    /// Every layer adapters attach to, in Python's `iter_layers` order (an encoder-decoder's
-    /// encoder layers, then its decoder layers).
-    fn for_each_layer(&self, f: &mut dyn FnMut(&dyn LayerSlots));
-    fn for_each_layer_mut(&mut self, f: &mut dyn FnMut(&mut dyn LayerSlots));
+    /// Every layer adapters attach to with its layer index, in Python's `iter_layers` order: an
+    /// encoder-decoder's encoder layers, then its decoder layers numbered on (a model made of
+    /// submodels numbers each submodel's layers from 0, as Python's `EncoderDecoderModel` does).
+    fn for_each_layer(&self, f: &mut dyn FnMut(usize, &dyn LayerSlots));
+    fn for_each_layer_mut(&mut self, f: &mut dyn FnMut(usize, &mut dyn LayerSlots));
     /// The slot after the embeddings (prompt tuning), when the model marks one.
     fn embedding_slot(&self) -> Option<&crate::methods::prompt::EmbeddingSlot> {
         None

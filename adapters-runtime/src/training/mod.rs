@@ -6,6 +6,7 @@ mod causal_lm;
 mod data;
 mod optim;
 mod schedule;
+mod seq2seq;
 #[cfg(feature = "train")]
 mod text;
 #[cfg(feature = "train")]
@@ -16,6 +17,7 @@ pub use causal_lm::{evaluate_lm, instruction_sequences, pack_texts, train_causal
 pub use data::{Dataset, Example};
 pub use optim::AdamWStep;
 pub use schedule::LinearSchedule;
+pub use seq2seq::decoder_inputs_from_labels;
 #[cfg(feature = "train")]
 pub use text::{ByteLevelBpe, Encoded, TextEncoder, TOKENIZER_FILE};
 #[cfg(feature = "train")]
