@@ -31,7 +31,10 @@ const LORA_KEYS: &[(&str, &str)] = &[
     ("attn_output", "AttnOutput"),
     ("gate", "Gate"),
 ];
-const BOTTLENECK_KEYS: &[(&str, &str)] = &[("mh_adapter", "MhAdapter"), ("output_adapter", "OutputAdapter"), ("cross_adapter", "CrossAdapter")];
+/// `cross_mh_adapter`: a cross-attention block whose output Python adapts at its `mh_adapter`
+/// location (BERT's `crossattention.output`, which the same config flag switches).
+const BOTTLENECK_KEYS: &[(&str, &str)] =
+    &[("mh_adapter", "MhAdapter"), ("output_adapter", "OutputAdapter"), ("cross_adapter", "CrossAdapter"), ("cross_mh_adapter", "MhAdapter")];
 const REFT_KEYS: &[(&str, &str)] = &[("output", "Output")];
 
 #[derive(Clone, Copy)]

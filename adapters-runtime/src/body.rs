@@ -55,7 +55,7 @@ impl<M: AdaptableModel + ModelForward> BaseModel for M {
     }
     fn layer_count(&self) -> usize {
         let mut count = 0;
-        self.for_each_layer(&mut |i, _| count = count.max(i + 1));
+        self.for_each_layer(&mut |_, _| count += 1);
         count
     }
     fn for_each_slot(&self, f: &mut dyn FnMut(usize, SlotRef<'_>)) {

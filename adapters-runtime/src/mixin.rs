@@ -193,6 +193,11 @@ impl ModelMapping {
         self.layer_mixin.has(family) || self.decoder_mixin.is_some_and(|m| m.has(family))
     }
 
+    /// Whether any layer marks a cross-attention location (`cross_q`, `cross_prefix`, ...).
+    pub fn has_cross_attention(&self) -> bool {
+        self.layer_mixin.slots.iter().chain(self.decoder_mixin.iter().flat_map(|m| m.slots)).any(|s| s.location.starts_with("cross"))
+    }
+
     /// Whether any layer marks the location `location` (`cross_adapter`, `cross_prefix`).
     pub fn has_location(&self, location: &str) -> bool {
         self.layer_mixin.slots.iter().chain(self.decoder_mixin.iter().flat_map(|m| m.slots)).any(|s| s.location == location)

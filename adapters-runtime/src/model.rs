@@ -137,7 +137,7 @@ impl<M: BaseModel> AdaptedModel<M> {
         adapted.each_slot_mut(&mut |layer, mut slot| {
             slot.adapter_slot().set_layer(layer);
             if let SlotMut::Prefix(location, s) = slot {
-                s.location = location;
+                s.set_location(location);
             }
         });
         adapted
@@ -253,9 +253,11 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
         self.configs.get(name)
     }
 
-    /// The layers adapters attach to: the `layers` collection the model marks. A model that
-    /// applies one physical layer several times (ALBERT) has fewer of these than its config's
-    /// `num_hidden_layers`; layer indices (`leave_out`, `skip_layers`) count these.
+    /// The layers adapters attach to: the `layers` collection the model marks (an
+    /// encoder-decoder's both stacks). A model that applies one physical layer several times
+    /// (ALBERT) has fewer of these than its config's `num_hidden_layers`; layer indices
+    /// (`leave_out`, `skip_layers`) count these (a model made of submodels numbers each
+    /// submodel's from 0, and an index is refused only past all of them).
     pub fn adapter_layer_count(&self) -> usize {
         self.model.layer_count()
     }

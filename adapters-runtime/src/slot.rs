@@ -37,7 +37,7 @@ pub(crate) struct Planning<'a> {
     shared: &'a SharedModules,
     init: &'a mut Init,
     /// Prefix slots planned so far, per location key.
-    prefix_counts: BTreeMap<&'static str, usize>,
+    prefix_counts: BTreeMap<String, usize>,
 }
 
 impl<'a> Planning<'a> {
@@ -207,7 +207,7 @@ impl SlotRef<'_> {
                 } else {
                     None
                 };
-                let count = planning.prefix_counts.entry(location).or_insert(0);
+                let count = planning.prefix_counts.entry(s.pool_key().to_string()).or_insert(0);
                 let index = *count;
                 *count += 1;
                 Some(Planned(PlannedModule::Prefix { index, gate }))

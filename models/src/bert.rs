@@ -91,11 +91,11 @@ impl BertEmbeddings {
 }
 
 pub(crate) struct BertSelfAttention {
-    query: LoRALinear,
-    key: LoRALinear,
-    value: LoRALinear,
+    pub(crate) query: LoRALinear,
+    pub(crate) key: LoRALinear,
+    pub(crate) value: LoRALinear,
     /// Prefix tuning prepends its keys and values here.
-    prefix: PrefixSlot,
+    pub(crate) prefix: PrefixSlot,
     heads: usize,
     dropout: f64,
 }
@@ -113,10 +113,15 @@ impl BertSelfAttention {
         })
     }
 
-    fn forward(&self, x: &Tensor, mask: &Tensor, cache: Option<(&KvCache, usize)>, ctx: &ForwardContext) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor, mask: &Tensor, cache: Option<(&KvCache, usize)>, ctx: &ForwardContext) -> Result<Tensor> {
+        self.attend_to(x, x, mask, cache, ctx)
+    }
+
+    /// `x`'s queries over `source`'s keys and values (the encoder output in cross-attention).
+    pub(crate) fn attend_to(&self, x: &Tensor, source: &Tensor, mask: &Tensor, cache: Option<(&KvCache, usize)>, ctx: &ForwardContext) -> Result<Tensor> {
         let q = split_heads(&self.query.forward(x, ctx)?, self.heads)?;
-        let k = split_heads(&self.key.forward(x, ctx)?, self.heads)?;
-        let v = split_heads(&self.value.forward(x, ctx)?, self.heads)?;
+        let k = split_heads(&self.key.forward(source, ctx)?, self.heads)?;
+        let v = split_heads(&self.value.forward(source, ctx)?, self.heads)?;
         // Earlier steps' keys and values come from the cache; prefixes are prepended after it,
         // as they are not part of the sequence.
         let (k, v) = match cache {
@@ -130,8 +135,8 @@ impl BertSelfAttention {
 }
 
 pub(crate) struct BertSelfOutput {
-    dense: LoRALinear,
-    layer_norm: BottleneckSlot,
+    pub(crate) dense: LoRALinear,
+    pub(crate) layer_norm: BottleneckSlot,
     dropout: f64,
 }
 
@@ -146,26 +151,59 @@ impl BertSelfOutput {
         })
     }
 
-    fn forward(&self, hidden: &Tensor, input: &Tensor, ctx: &ForwardContext) -> Result<Tensor> {
+    pub(crate) fn forward(&self, hidden: &Tensor, input: &Tensor, ctx: &ForwardContext) -> Result<Tensor> {
         let hidden = dropout(&self.dense.forward(hidden, ctx)?, self.dropout, ctx)?;
         self.layer_norm.forward(&hidden, input, ctx)
     }
 }
 
 pub(crate) struct BertAttention {
-    self_attention: BertSelfAttention,
-    output: BertSelfOutput,
+    pub(crate) self_attention: BertSelfAttention,
+    pub(crate) output: BertSelfOutput,
+}
+
+impl BertAttention {
+    pub(crate) fn load(vb: VarBuilder, cfg: &BertConfig) -> Result<Self> {
+        Ok(BertAttention { self_attention: BertSelfAttention::load(vb.pp("self"), cfg)?, output: BertSelfOutput::load(vb.pp("output"), cfg)? })
+    }
 }
 
 pub(crate) struct BertIntermediate {
-    dense: LoRALinear,
-    activation: Activation,
+    pub(crate) dense: LoRALinear,
+    pub(crate) activation: Activation,
 }
 
 pub(crate) struct BertOutput {
-    dense: LoRALinear,
-    layer_norm: BottleneckSlot,
-    dropout: f64,
+    pub(crate) dense: LoRALinear,
+    pub(crate) layer_norm: BottleneckSlot,
+    pub(crate) dropout: f64,
+}
+
+impl BertIntermediate {
+    pub(crate) fn load(vb: VarBuilder, cfg: &BertConfig) -> Result<Self> {
+        let act = Activation::parse(&cfg.hidden_act).map_err(adapters_runtime::AdapterError::into_candle)?;
+        Ok(BertIntermediate { dense: LoRALinear::load(cfg.hidden_size, cfg.intermediate_size, vb.pp("dense"))?, activation: act })
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor, ctx: &ForwardContext) -> Result<Tensor> {
+        self.activation.forward(&self.dense.forward(x, ctx)?)
+    }
+}
+
+impl BertOutput {
+    pub(crate) fn load(vb: VarBuilder, cfg: &BertConfig) -> Result<Self> {
+        Ok(BertOutput {
+            dense: LoRALinear::load(cfg.intermediate_size, cfg.hidden_size, vb.pp("dense"))?,
+            layer_norm: BottleneckSlot::load(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("LayerNorm"), &vb)?,
+            dropout: cfg.hidden_dropout_prob,
+        })
+    }
+
+    /// `LayerNorm(dropout(dense(intermediate)) + input)` through the output bottleneck slot.
+    pub(crate) fn forward(&self, intermediate: &Tensor, input: &Tensor, ctx: &ForwardContext) -> Result<Tensor> {
+        let out = dropout(&self.dense.forward(intermediate, ctx)?, self.dropout, ctx)?;
+        self.layer_norm.forward(&out, input, ctx)
+    }
 }
 
 /// One encoder layer. The marks below are the whole adapter integration of BERT (and of every
@@ -193,30 +231,19 @@ pub struct BertLayer {
 
 impl BertLayer {
     fn load(vb: VarBuilder, cfg: &BertConfig) -> Result<Self> {
-        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
-        let act = Activation::parse(&cfg.hidden_act).map_err(adapters_runtime::AdapterError::into_candle)?;
-        let out_vb = vb.pp("output");
         Ok(BertLayer {
-            attention: BertAttention {
-                self_attention: BertSelfAttention::load(vb.pp("attention").pp("self"), cfg)?,
-                output: BertSelfOutput::load(vb.pp("attention").pp("output"), cfg)?,
-            },
-            intermediate: BertIntermediate { dense: LoRALinear::load(h, i, vb.pp("intermediate").pp("dense"))?, activation: act },
-            output: BertOutput {
-                dense: LoRALinear::load(i, h, out_vb.pp("dense"))?,
-                layer_norm: BottleneckSlot::load(h, cfg.layer_norm_eps, out_vb.pp("LayerNorm"), &out_vb)?,
-                dropout: cfg.hidden_dropout_prob,
-            },
-            reft: ReftSlot::new(&vb, h),
+            attention: BertAttention::load(vb.pp("attention"), cfg)?,
+            intermediate: BertIntermediate::load(vb.pp("intermediate"), cfg)?,
+            output: BertOutput::load(vb.pp("output"), cfg)?,
+            reft: ReftSlot::new(&vb, cfg.hidden_size),
         })
     }
 
     fn forward(&self, x: &Tensor, mask: &Tensor, cache: Option<(&KvCache, usize)>, ctx: &ForwardContext) -> Result<Tensor> {
         let attended = self.attention.self_attention.forward(x, mask, cache, ctx)?;
         let attention_out = self.attention.output.forward(&attended, x, ctx)?;
-        let intermediate = self.intermediate.activation.forward(&self.intermediate.dense.forward(&attention_out, ctx)?)?;
-        let out = dropout(&self.output.dense.forward(&intermediate, ctx)?, self.output.dropout, ctx)?;
-        self.reft.forward(&self.output.layer_norm.forward(&out, &attention_out, ctx)?, ctx)
+        let intermediate = self.intermediate.forward(&attention_out, ctx)?;
+        self.reft.forward(&self.output.forward(&intermediate, &attention_out, ctx)?, ctx)
     }
 }
 

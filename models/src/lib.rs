@@ -12,7 +12,9 @@
 mod attention;
 pub mod bart;
 pub mod bert;
+pub mod bert_decoder;
 pub mod distilbert;
+pub mod encoder_decoder;
 pub mod gemma2;
 pub mod gguf;
 pub mod gpt2;
@@ -27,6 +29,7 @@ pub mod vit;
 pub use bart::{BartConfig, BartModel, MBartConfig, MBartModel};
 pub use bert::{BertConfig, BertModel};
 pub use distilbert::{DistilBertConfig, DistilBertModel};
+pub use encoder_decoder::{Bert2BertModel, BertPairConfig, EncoderDecoderModel};
 pub use gemma2::Gemma2Model;
 pub use gpt2::{Gpt2Config, Gpt2Model};
 pub use llama::{LlamaConfig, LlamaModel, MistralConfig, MistralModel, QuantizedSource};
@@ -58,6 +61,7 @@ pub fn all_mappings() -> Vec<ModelMapping> {
         MBartModel::MAPPING,
         T5Model::MAPPING,
         MT5Model::MAPPING,
+        Bert2BertModel::MAPPING,
     ]
 }
 

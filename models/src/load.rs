@@ -14,8 +14,8 @@ use candle_nn::{Init, VarBuilder};
 use serde::de::DeserializeOwned;
 
 use crate::{
-    BartModel, BertModel, DistilBertModel, Gemma2Model, Gpt2Model, LlamaModel, MBartModel, MT5Model, MistralModel, Qwen2Model, Qwen3Model, RobertaModel,
-    T5Model, ViTModel,
+    BartModel, Bert2BertModel, BertModel, DistilBertModel, Gemma2Model, Gpt2Model, LlamaModel, MBartModel, MT5Model, MistralModel, Qwen2Model, Qwen3Model,
+    RobertaModel, T5Model, ViTModel,
 };
 
 /// The weight file of a checkpoint folder.
@@ -133,6 +133,9 @@ pub const BART_LAYOUT: Layout = Layout { prefix: "model", probe: "encoder.layern
 /// T5 checkpoints keep `shared`, `encoder`, `decoder` (and `lm_head`) at the root.
 pub const T5_LAYOUT: Layout = Layout { prefix: "", probe: "shared.weight" };
 
+/// `EncoderDecoderModel` checkpoints keep both halves at the root (`encoder.*`, `decoder.*`).
+pub const ENCODER_DECODER_LAYOUT: Layout = Layout { prefix: "", probe: "encoder.embeddings.word_embeddings.weight" };
+
 /// ViT checkpoints: `vit.embeddings.cls_token` in `ViTForImageClassification` files.
 pub const VIT_LAYOUT: Layout = Layout { prefix: "vit", probe: "embeddings.cls_token" };
 
@@ -249,7 +252,7 @@ fn hub_cache_dir() -> Option<std::path::PathBuf> {
 
 /// The `model_type`s [`load_model`] takes.
 pub const SUPPORTED_MODEL_TYPES: &[&str] =
-    &["bert", "roberta", "distilbert", "llama", "mistral", "qwen2", "qwen3", "gemma2", "gpt2", "vit", "bart", "mbart", "t5", "mt5"];
+    &["bert", "roberta", "distilbert", "llama", "mistral", "qwen2", "qwen3", "gemma2", "gpt2", "vit", "bart", "mbart", "t5", "mt5", "encoder-decoder"];
 
 /// Loads a checkpoint folder, choosing the architecture from `model_type` in `config.json`:
 /// frozen base weights, f32 on the CPU.
@@ -298,6 +301,7 @@ pub fn load_model_with(dir: &Path, options: LoadOptions) -> Result<Box<DynAdapte
         "mbart" => boxed(load_with_config(dir, raw, BART_LAYOUT, base, MBartModel::load)?),
         "t5" => boxed(load_with_config(dir, raw, T5_LAYOUT, base, T5Model::load)?),
         "mt5" => boxed(load_with_config(dir, raw, T5_LAYOUT, base, MT5Model::load)?),
+        "encoder-decoder" => boxed(load_with_config(dir, raw, ENCODER_DECODER_LAYOUT, base, |vb, _, c| Bert2BertModel::load(vb, c))?),
         "vit" => boxed(load_with_config(dir, raw, VIT_LAYOUT, base, |vb, _, c| ViTModel::load(vb, c))?),
         other => {
             return Err(AdapterError::ConfigKey {

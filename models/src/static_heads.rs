@@ -34,6 +34,11 @@ const QA: &[Option<&str>] = &[None, Some("qa_outputs")];
 const ROBERTA_CLASSIFIER: &[Option<&str>] = &[None, Some("classifier.dense"), None, None, Some("classifier.out_proj")];
 const DISTILBERT_CLASSIFIER: &[Option<&str>] = &[None, Some("pre_classifier"), None, None, Some("classifier")];
 const LM_HEAD: &[Option<&str>] = &[Some("lm_head")];
+// A BERT-to-BERT EncoderDecoderModel decodes with its `BertLMHeadModel`'s prediction head:
+// dense, activation, LayerNorm, then the decoder tied to the decoder's word embeddings, whose
+// bias HF saves as `cls.predictions.bias`.
+const BERT_DECODER_LM: &[Option<&str>] =
+    &[Some("decoder.cls.predictions.transform.dense"), None, Some("decoder.cls.predictions.transform.LayerNorm"), Some("decoder.cls.predictions")];
 // Masked LM: dense, activation, LayerNorm, decoder (tied to the word embeddings when the model ties
 // them). HF saves the decoder bias of BERT and RoBERTa, shared with `cls.predictions.bias` /
 // `lm_head.bias`, under that name only, which the map does not rename: Python's converted decoder
@@ -98,6 +103,13 @@ const TABLE: &[StaticHead] = &[
     StaticHead { class: "T5ForConditionalGeneration", config: || json!({"head_type": "seq2seq_lm"}), layers: LM_HEAD },
     StaticHead { class: "MT5ForConditionalGeneration", config: || json!({"head_type": "seq2seq_lm"}), layers: LM_HEAD },
     StaticHead { class: "ViTForImageClassification", config: || one_layer("image_classification"), layers: CLASSIFIER },
+    // Python's map has no EncoderDecoderModel (no AutoAdapterModel class); converting its LM
+    // head gives the model's logits through the same head code.
+    StaticHead {
+        class: "EncoderDecoderModel",
+        config: || json!({"head_type": "causal_lm", "layers": 2, "activation_function": "gelu", "layer_norm": true, "bias": true}),
+        layers: BERT_DECODER_LM,
+    },
 ];
 
 /// The entry of Python's map for a checkpoint config's class (`architectures[0]`), if any.
@@ -135,7 +147,9 @@ fn python_head_config(entry: &StaticHead, config: &Value) -> Result<Value> {
             // `model.config.vocab_size`, and `getattr(model.config, "embedding_size", hidden_size)`
             // (GPT-2's `hidden_size` is `n_embd`, DistilBERT's `dim`).
             default(h, "vocab_size", config["vocab_size"].clone());
-            let embedding = ["embedding_size", "hidden_size", "n_embd", "dim"].iter().find_map(|k| config.get(*k).filter(|v| v.is_u64())).cloned();
+            // An EncoderDecoderModel's sizes are its decoder's.
+            let sizes = if config["decoder"].is_object() { &config["decoder"] } else { config };
+            let embedding = ["embedding_size", "hidden_size", "n_embd", "dim"].iter().find_map(|k| sizes.get(*k).filter(|v| v.is_u64())).cloned();
             default(h, "embedding_size", embedding.unwrap_or(Value::Null));
             default(h, "layers", json!(if causal { 1 } else { 2 }));
             default(h, "activation_function", if causal { Value::Null } else { json!("gelu") });

@@ -32,9 +32,14 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
             }
         });
         if let Some(group) = self.prefixes.get(name) {
-            for (location, module) in &group.modules {
+            for (key, module) in &group.modules {
+                let (pool, location) = crate::methods::prefix::split_pool_key(key);
+                let holder = match self.strip_root(pool) {
+                    "" => String::new(),
+                    pool => format!("{pool}."),
+                };
                 for p in module.params() {
-                    out.push((format!("prefix_tuning.prefix_tunings.{file_name}.{location}.{}", p.name), p.var.clone()));
+                    out.push((format!("{holder}prefix_tuning.prefix_tunings.{file_name}.{location}.{}", p.name), p.var.clone()));
                 }
             }
         }
@@ -87,10 +92,19 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
             // Every attention module holding a prefix also registers the whole pool (`.bin` files
             // from Python carry these copies).
             if let SlotRef::Prefix(_, s) = slot {
-                for (location, module) in pool.map(|g| &g.modules).into_iter().flatten() {
+                // The pool of the slot's own (sub)model.
+                for (key, module) in pool.map(|g| &g.modules).into_iter().flatten() {
+                    let (holder, location) = crate::methods::prefix::split_pool_key(key);
+                    if holder != s.pool() {
+                        continue;
+                    }
+                    let holder = match self.strip_root(holder) {
+                        "" => String::new(),
+                        holder => format!("{holder}."),
+                    };
                     for p in module.params() {
                         let module = format!("prefix_tunings.{file_name}.{location}.{}", p.name);
-                        out.push((format!("{}.prefix_tuning.pool.{module}", self.strip_root(s.path())), format!("prefix_tuning.{module}")));
+                        out.push((format!("{}.prefix_tuning.pool.{module}", self.strip_root(s.path())), format!("{holder}prefix_tuning.{module}")));
                     }
                 }
             }

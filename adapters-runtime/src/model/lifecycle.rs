@@ -53,12 +53,13 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
     /// `leave_out` and ReFT `layers` name layers this model has (Python ignores an index past the
     /// last layer, which hides a config meant for a deeper model).
     fn check_layer_indices(&self, name: &str, config: &AdapterConfig) -> Result<()> {
-        // A location the config asks for that no layer of this model has (Python adds nothing
-        // there, silently).
+        // `cross_adapter` on a model without cross-attention (Python adds nothing there,
+        // silently). A model with cross-attention but no `cross_adapter` location (BERT as a
+        // decoder) takes the config and adds nothing there, as Python does.
         let mapping = self.model.mapping();
         for member in config.members() {
             if let AdapterConfig::Bottleneck(c) = member {
-                if c.cross_adapter && !mapping.has_location("cross_adapter") {
+                if c.cross_adapter && !mapping.has_cross_attention() {
                     return Err(AdapterError::Unsupported {
                         adapter: name.into(),
                         operation: "cross_adapter".into(),

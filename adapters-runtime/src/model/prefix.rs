@@ -24,21 +24,21 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
     /// layers `planned` puts a prefix on (Python's `confirm_prefix`).
     pub(super) fn plan_prefix_group(&self, config: &AdapterConfig, planned: &[Option<Planned>], init: &mut Init) -> Result<Option<PrefixGroup>> {
         let Some(prefix_config) = config.prefix_tuning() else { return Ok(None) };
-        let mut shapes: BTreeMap<&'static str, PrefixShape> = BTreeMap::new();
+        let mut shapes: BTreeMap<String, PrefixShape> = BTreeMap::new();
         let mut planned = planned.iter();
         self.each_slot(&mut |_, slot| {
             let here = planned.next();
-            if let (Some(Some(Planned(PlannedModule::Prefix { .. }))), SlotRef::Prefix(location, s)) = (here, slot) {
+            if let (Some(Some(Planned(PlannedModule::Prefix { .. }))), SlotRef::Prefix(_, s)) = (here, slot) {
                 let (hidden, n_heads, head_dim) = s.dims();
-                shapes.entry(location).or_insert(PrefixShape { n_layers: 0, n_heads, head_dim, hidden }).n_layers += 1;
+                shapes.entry(s.pool_key().to_string()).or_insert(PrefixShape { n_layers: 0, n_heads, head_dim, hidden }).n_layers += 1;
             }
         });
         if shapes.is_empty() {
             return Ok(None);
         }
         let mut group = PrefixGroup::default();
-        for (location, shape) in shapes {
-            group.modules.insert(location.to_string(), PrefixModule::new(prefix_config, shape, init)?);
+        for (key, shape) in shapes {
+            group.modules.insert(key, PrefixModule::new(prefix_config, shape, init)?);
         }
         Ok(Some(group))
     }

@@ -5,5 +5,5 @@ mod pool;
 mod slot;
 
 pub use pool::{PrefixGroup, PrefixModule, PrefixShape, PrefixStates};
-pub(crate) use slot::PrefixGate;
+pub(crate) use slot::{split_pool_key, PrefixGate};
 pub use slot::{PrefixPadding, PrefixSlot};

@@ -53,6 +53,11 @@ pub struct PrefixSlot {
     padding: PrefixPadding,
     /// The location key of the prefix modules (`self_prefix`), set from the model's mark.
     pub(crate) location: &'static str,
+    /// The module holding this slot's prefix pool: `""` for the model's own, a submodel's path
+    /// (`encoder`, `decoder.bert`) in a model made of submodels, each with its own pool.
+    pool: String,
+    /// `location`, or `pool:location`: the key of this slot's prefix modules and states.
+    key: String,
     /// Adapter -> index of this layer among the layers holding that adapter's prefix here.
     pub(crate) prefixes: BTreeMap<String, usize>,
     pub(crate) gates: BTreeMap<String, PrefixGate>,
@@ -90,6 +95,8 @@ impl PrefixSlot {
             pad_value: pad_token_id as f64,
             padding,
             location: "",
+            pool: String::new(),
+            key: String::new(),
             prefixes: BTreeMap::new(),
             gates: BTreeMap::new(),
             layer: 0,
@@ -98,6 +105,28 @@ impl PrefixSlot {
 
     pub fn path(&self) -> &str {
         &self.path
+    }
+
+    /// Puts this slot's prefixes in the pool of the submodel at `pool` (its module path, as the
+    /// Python library names `<pool>.prefix_tuning.prefix_tunings.*`).
+    pub fn set_pool(&mut self, pool: impl Into<String>) {
+        self.pool = pool.into();
+        self.key = pool_key(&self.pool, self.location);
+    }
+
+    pub(crate) fn set_location(&mut self, location: &'static str) {
+        self.location = location;
+        self.key = pool_key(&self.pool, location);
+    }
+
+    /// The submodel path of this slot's prefix pool (`""`: the model's own).
+    pub fn pool(&self) -> &str {
+        &self.pool
+    }
+
+    /// The key of this slot's prefix modules: its location, qualified by its pool.
+    pub(crate) fn pool_key(&self) -> &str {
+        &self.key
     }
 
     /// `(hidden, heads, head_dim)` of the attention.
@@ -127,8 +156,8 @@ impl PrefixSlot {
     fn prefixed(&self, name: &str, state: PrefixState, ctx: &ForwardContext) -> Result<PrefixState> {
         let Some(&index) = self.prefixes.get(name) else { return Ok(state) };
         let all = ctx
-            .prefix_states(name, self.location)
-            .ok_or_else(|| crate::error::internal(format!("no prefix states for adapter `{name}` at `{}` in this forward", self.location)))?;
+            .prefix_states(name, &self.key)
+            .ok_or_else(|| crate::error::internal(format!("no prefix states for adapter `{name}` at `{}` in this forward", self.key)))?;
         let rows = state.keys.dim(0)?;
         let mut prefix_keys = all.get(2 * index)?.narrow(0, state.row, rows)?;
         let mut prefix_values = all.get(2 * index + 1)?.narrow(0, state.row, rows)?;
@@ -228,4 +257,18 @@ impl Composer for PrefixSlot {
     fn join(&self, _setup: &AdapterSetup, parts: Vec<PrefixState>, _dim: usize, opened: &PrefixState) -> Result<PrefixState> {
         self.pad_and_concat(parts, opened.row)
     }
+}
+
+/// The key of the prefix modules at `location` in the pool at `pool`.
+pub(crate) fn pool_key(pool: &str, location: &str) -> String {
+    if pool.is_empty() {
+        location.to_string()
+    } else {
+        format!("{pool}:{location}")
+    }
+}
+
+/// `(pool, location)` of a prefix module key.
+pub(crate) fn split_pool_key(key: &str) -> (&str, &str) {
+    key.rsplit_once(':').unwrap_or(("", key))
 }
