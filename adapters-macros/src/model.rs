@@ -206,16 +206,16 @@ fn expand(args: ModelArgs, options: &Options, strukt: &syn::ItemStruct) -> Token
         let (as_layer, as_layer_mut) = (quote_spanned!(mixin_span=> #rt::assert::layer::<#ty>), quote_spanned!(mixin_span=> #rt::assert::layer_mut::<#ty>));
         (
             quote_spanned! {span=>
-                for layer in ::std::iter::IntoIterator::into_iter(&self.#path) {
+                ::std::iter::Iterator::for_each(::std::iter::IntoIterator::into_iter(&self.#path), |layer| {
                     f(index, #as_layer(layer));
                     index += 1;
-                }
+                });
             },
             quote_spanned! {span=>
-                for layer in ::std::iter::IntoIterator::into_iter(&mut self.#path) {
+                ::std::iter::Iterator::for_each(::std::iter::IntoIterator::into_iter(&mut self.#path), |layer| {
                     f(index, #as_layer_mut(layer));
                     index += 1;
-                }
+                });
             },
         )
     };

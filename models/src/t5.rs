@@ -182,16 +182,8 @@ impl T5Attention {
     /// computed here when absent or when this layer's key count differs (then, as in Python,
     /// without relative positions unless this attention has the table), and kept for the next
     /// layers.
-    fn forward(
-        &self,
-        x: &Tensor,
-        source: &Tensor,
-        mask: &Tensor,
-        bias: &mut Option<Tensor>,
-        past: usize,
-        cache: Option<(&KvCache, usize)>,
-        ctx: &ForwardContext,
-    ) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, source: &Tensor, mask: &Tensor, bias: &mut Option<Tensor>, step: Step<'_>, ctx: &ForwardContext) -> Result<Tensor> {
+        let Step { past, cache } = step;
         let q = self.split(&self.q.forward(x, ctx)?)?;
         let k = self.split(&self.k.forward(source, ctx)?)?;
         let v = self.split(&self.v.forward(source, ctx)?)?;
@@ -211,13 +203,26 @@ impl T5Attention {
         }
         let bias = bias.as_ref().ok_or_else(|| candle_core::Error::Msg("position bias".into()))?;
         let scores = adapters_runtime::nn::matmul_nt(&q, &k)?;
-        let bias = if bias.dim(0)? == scores.dim(0)? { bias.clone() } else { bias.broadcast_as(scores.shape())?.contiguous()? };
-        let probs = adapters_runtime::nn::scaled_masked_softmax(&scores, &bias.broadcast_as(scores.shape())?.contiguous()?, 1.0)?;
+        // Per head and row: the position bias (per head) plus the mask (per row).
+        let bias = bias.broadcast_as(scores.shape())?.contiguous()?;
+        let probs = adapters_runtime::nn::scaled_masked_softmax(&scores, &bias, 1.0)?;
         let probs = dropout(&probs, self.dropout, ctx)?;
         let context = adapters_runtime::nn::matmul(&probs, &v)?;
         let (batch, heads, seq, head_dim) = context.dims4()?;
         self.o.forward(&context.transpose(1, 2)?.reshape((batch, seq, heads * head_dim))?, ctx)
     }
+}
+
+/// Where a pass stands in generation: the positions already cached, and the cache with this
+/// layer's index (decoder self-attention); `Step::NONE` elsewhere.
+#[derive(Clone, Copy)]
+struct Step<'a> {
+    past: usize,
+    cache: Option<(&'a KvCache, usize)>,
+}
+
+impl Step<'_> {
+    const NONE: Step<'static> = Step { past: 0, cache: None };
 }
 
 /// A sublayer: its RMS norm first, its output added to the input through a bottleneck slot.
@@ -314,7 +319,7 @@ impl T5EncoderBlock {
 
     fn forward(&self, x: &Tensor, mask: &Tensor, biases: &mut Biases, ctx: &ForwardContext) -> Result<Tensor> {
         let normed = self.attention_sublayer.layer_norm.forward(x)?;
-        let attended = self.attention.forward(&normed, &normed, mask, &mut biases.self_attention, 0, None, ctx)?;
+        let attended = self.attention.forward(&normed, &normed, mask, &mut biases.self_attention, Step::NONE, ctx)?;
         let hidden = self.attention_sublayer.adapters.forward_parts(&dropout(&attended, self.dropout, ctx)?, x, ctx)?;
         let projected = self.ffn.forward(&self.ffn_sublayer.layer_norm.forward(&hidden)?, ctx)?;
         self.reft.forward(&self.ffn_sublayer.adapters.forward_parts(&dropout(&projected, self.dropout, ctx)?, &hidden, ctx)?, ctx)
@@ -385,10 +390,10 @@ impl T5DecoderBlock {
         ctx: &ForwardContext,
     ) -> Result<Tensor> {
         let normed = self.attention_sublayer.layer_norm.forward(x)?;
-        let attended = self.attention.forward(&normed, &normed, mask, &mut biases.self_attention, source.past, cache, ctx)?;
+        let attended = self.attention.forward(&normed, &normed, mask, &mut biases.self_attention, Step { past: source.past, cache }, ctx)?;
         let hidden = self.attention_sublayer.adapters.forward_parts(&dropout(&attended, self.dropout, ctx)?, x, ctx)?;
         let normed = self.cross_sublayer.layer_norm.forward(&hidden)?;
-        let crossed = self.cross_attention.forward(&normed, source.encoded, source.cross_mask, &mut biases.cross_attention, 0, None, ctx)?;
+        let crossed = self.cross_attention.forward(&normed, source.encoded, source.cross_mask, &mut biases.cross_attention, Step::NONE, ctx)?;
         let hidden = self.cross_sublayer.adapters.forward_parts(&dropout(&crossed, self.dropout, ctx)?, &hidden, ctx)?;
         let projected = self.ffn.forward(&self.ffn_sublayer.layer_norm.forward(&hidden)?, ctx)?;
         self.reft.forward(&self.ffn_sublayer.adapters.forward_parts(&dropout(&projected, self.dropout, ctx)?, &hidden, ctx)?, ctx)
