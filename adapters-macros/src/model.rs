@@ -8,7 +8,8 @@ use crate::ast::{self, FieldPath, Value};
 use crate::expand::{AttributeMacro, Errors, Options};
 use crate::suggest::hint;
 
-const KEYS: &[&str] = &["model_type", "layers", "layer_mixin", "config", "layer_type", "embeddings", "prompt_tuning", "decoder_layers", "decoder_mixin"];
+const KEYS: &[&str] =
+    &["model_type", "layers", "layer_mixin", "config", "layer_type", "embeddings", "prompt_tuning", "invertible", "decoder_layers", "decoder_mixin"];
 
 pub(crate) struct WithAdaptersMacro;
 
@@ -24,6 +25,9 @@ pub(crate) struct ModelArgs {
     /// `prompt_tuning = false`: the embedding slot takes invertible adapters only (Python's
     /// `support_prompt_tuning = False`, e.g. on Llama).
     prompt_tuning: bool,
+    /// `invertible = false`: the embedding slot takes prompts but no invertible adapters
+    /// (Python's ViT, which has no `InvertibleAdaptersMixin`).
+    invertible: bool,
     /// An encoder-decoder's decoder stack and its layer type (`decoder_layers = decoder.layers,
     /// decoder_mixin = BartDecoderLayer`), walked after `layers`.
     decoder: Option<(FieldPath, FieldPath)>,
@@ -54,6 +58,7 @@ fn validate(entries: syn::punctuated::Punctuated<ast::KeyValue, syn::Token![,]>,
     let mut errors = Errors::default();
     let (mut model_type, mut layers, mut layer_mixin, mut config, mut layer_type, mut embeddings) = (None, None, None, None, None, None);
     let mut prompt_tuning = None;
+    let mut invertible = None;
     let (mut decoder_layers, mut decoder_mixin) = (None, None);
     for entry in &entries {
         let key = entry.key.to_string();
@@ -69,6 +74,7 @@ fn validate(entries: syn::punctuated::Punctuated<ast::KeyValue, syn::Token![,]>,
             "layer_type" => &mut layer_type,
             "embeddings" => &mut embeddings,
             "prompt_tuning" => &mut prompt_tuning,
+            "invertible" => &mut invertible,
             "decoder_layers" => &mut decoder_layers,
             "decoder_mixin" => &mut decoder_mixin,
             other => {
@@ -123,19 +129,8 @@ fn validate(entries: syn::punctuated::Punctuated<ast::KeyValue, syn::Token![,]>,
         None => None,
         some => path_arg(&mut errors, strukt, some, "embeddings", || syn::Error::new(ident.span(), "`embeddings` needs a field path")),
     };
-    let prompt_tuning = match prompt_tuning {
-        None => true,
-        Some(Value::Lit(syn::Lit::Bool(b))) if embeddings.is_some() || b.value => b.value,
-        Some(Value::Lit(syn::Lit::Bool(b))) => {
-            errors.push(syn::Error::new(b.span(), "`prompt_tuning` refines the embedding slot; add `embeddings = <field path of the EmbeddingSlot>` first"));
-            false
-        }
-        Some(other) => {
-            errors
-                .push(syn::Error::new(other.span(), "`prompt_tuning` is `true` or `false`, e.g. `prompt_tuning = false` where the model cannot take a prompt"));
-            false
-        }
-    };
+    let prompt_tuning = slot_switch(&mut errors, prompt_tuning, embeddings.is_some(), "prompt_tuning", "where the model cannot take a prompt");
+    let invertible = slot_switch(&mut errors, invertible, embeddings.is_some(), "invertible", "where the model takes no invertible adapters");
     // Optional, together: the decoder stack of an encoder-decoder.
     let decoder = match (decoder_layers, decoder_mixin) {
         (None, None) => None,
@@ -179,11 +174,11 @@ fn validate(entries: syn::punctuated::Punctuated<ast::KeyValue, syn::Token![,]>,
         .find(|f| f.ident.as_ref() == Some(config_field))
         .map(|f| f.ty.clone())
         .ok_or_else(|| syn::Error::new(config_field.span(), "no such field"))?;
-    Ok(ModelArgs { model_type, layers, layer_mixin, config_field: config_field.clone(), config_ty, layer_type, embeddings, prompt_tuning, decoder })
+    Ok(ModelArgs { model_type, layers, layer_mixin, config_field: config_field.clone(), config_ty, layer_type, embeddings, prompt_tuning, invertible, decoder })
 }
 
 fn expand(args: ModelArgs, options: &Options, strukt: &syn::ItemStruct) -> TokenStream {
-    let ModelArgs { model_type, layers, layer_mixin, config_field, config_ty, layer_type, embeddings, prompt_tuning, decoder } = args;
+    let ModelArgs { model_type, layers, layer_mixin, config_field, config_ty, layer_type, embeddings, prompt_tuning, invertible, decoder } = args;
     let ident = &strukt.ident;
     let mixin_segments = &layer_mixin.segments;
     let mixin_ty = quote!(#(#mixin_segments)::*);
@@ -233,6 +228,7 @@ fn expand(args: ModelArgs, options: &Options, strukt: &syn::ItemStruct) -> Token
     };
     let has_embedding_slot = embeddings.is_some();
     let supports_prompt_tuning = has_embedding_slot && prompt_tuning;
+    let supports_invertible = has_embedding_slot && invertible;
     let embedding_fns = match &embeddings {
         Some(path) => {
             let span = path.span();
@@ -259,6 +255,7 @@ fn expand(args: ModelArgs, options: &Options, strukt: &syn::ItemStruct) -> Token
                 config_keys: <#config_ty as #rt::AdapterModelConfig>::KEY_MAPPING,
                 has_embedding_slot: #has_embedding_slot,
                 supports_prompt_tuning: #supports_prompt_tuning,
+                supports_invertible: #supports_invertible,
             };
             fn dims(&self) -> #rt::ModelDims {
                 #rt::AdapterModelConfig::dims(&self.#config_field)
@@ -276,6 +273,23 @@ fn expand(args: ModelArgs, options: &Options, strukt: &syn::ItemStruct) -> Token
             #embedding_fns
         }
         #alias_item
+    }
+}
+
+/// A `true`/`false` refinement of the embedding slot (`prompt_tuning`, `invertible`): `true`
+/// when absent; `false` only with `embeddings = ...`.
+fn slot_switch(errors: &mut Errors, value: Option<&Value>, has_embeddings: bool, key: &str, when: &str) -> bool {
+    match value {
+        None => true,
+        Some(Value::Lit(syn::Lit::Bool(b))) if has_embeddings || b.value => b.value,
+        Some(Value::Lit(syn::Lit::Bool(b))) => {
+            errors.push(syn::Error::new(b.span(), format!("`{key}` refines the embedding slot; add `embeddings = <field path of the EmbeddingSlot>` first")));
+            false
+        }
+        Some(other) => {
+            errors.push(syn::Error::new(other.span(), format!("`{key}` is `true` or `false`, e.g. `{key} = false` {when}")));
+            false
+        }
     }
 }
 
@@ -346,6 +360,7 @@ fn fallback(options: &Options, strukt: &syn::ItemStruct) -> TokenStream {
                 config_keys: &[],
                 has_embedding_slot: false,
                 supports_prompt_tuning: false,
+                supports_invertible: false,
             };
             fn dims(&self) -> #rt::ModelDims {
                 #rt::ModelDims { hidden_size: 0, num_attention_heads: 0, num_hidden_layers: 0, hidden_dropout_prob: 0.0, attention_probs_dropout_prob: 0.0 }

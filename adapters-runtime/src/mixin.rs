@@ -178,6 +178,9 @@ pub struct ModelMapping {
     /// Whether that slot takes prompt tuning (`#[with_adapters(..., prompt_tuning = false)]`
     /// says it does not, as Python's `support_prompt_tuning = False`).
     pub supports_prompt_tuning: bool,
+    /// Whether that slot takes invertible adapters (`invertible = false` says it does not, as
+    /// Python's ViT has no `InvertibleAdaptersMixin`).
+    pub supports_invertible: bool,
 }
 
 impl ModelMapping {
@@ -208,7 +211,7 @@ impl ModelMapping {
         let mut methods = Vec::new();
         if self.has(SlotFamily::Bottleneck) {
             methods.extend(["seq_bn", "double_seq_bn", "par_bn", "scaled_par_bn", "compacter", "compacter++", "adapterplus"]);
-            if self.has_embedding_slot {
+            if self.supports_invertible {
                 methods.extend(["seq_bn_inv", "double_seq_bn_inv"]);
             }
         }

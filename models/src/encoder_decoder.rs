@@ -68,6 +68,7 @@ impl<E: AdaptableModel, D: AdaptableModel> AdaptableModel for EncoderDecoderMode
         // wired here (see the model overview).
         has_embedding_slot: false,
         supports_prompt_tuning: false,
+        supports_invertible: false,
     };
 
     fn dims(&self) -> ModelDims {

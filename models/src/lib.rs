@@ -93,7 +93,11 @@ pub fn overview_markdown() -> String {
     out.push_str(&" :---: |".repeat(methods.len()));
     out.push('\n');
     for m in &mappings {
-        out.push_str(&format!("| {} | {} | `{}` | {} | {} |", m.model_class, m.adapter_model_class, m.model_type, m.layer_type, m.layer_mixin.name));
+        let mixins = match m.decoder_mixin {
+            Some(decoder) => format!("{} + {}", m.layer_mixin.name, decoder.name),
+            None => m.layer_mixin.name.to_string(),
+        };
+        out.push_str(&format!("| {} | {} | `{}` | {} | {mixins} |", m.model_class, m.adapter_model_class, m.model_type, m.layer_type));
         let supported = m.supported_methods();
         for method in &methods {
             out.push_str(if supported.contains(method) { " ✅ |" } else { " |" });
@@ -102,21 +106,25 @@ pub fn overview_markdown() -> String {
     }
     out.push_str(
         "\nEvery model takes every head type (classification, multilabel classification, tagging, \
-         question answering, multiple choice, masked LM and causal LM, whose decoders are tied to the input \
-         embeddings when the config ties word embeddings); heads with `use_pooler` need a pooler, which BERT \
-         and RoBERTa checkpoints carry and the others have not. Sequence-level heads read the first token of \
-         an encoder and the last non-padding token of a decoder (Llama, Mistral), as in Python. Decoders keep \
-         a KV cache for generation (`AdaptedModel::generate`).\n",
+         question answering, multiple choice, masked LM, causal LM and seq2seq LM, whose decoders are tied to the input \
+         embeddings when the config ties word embeddings, and image classification); heads with `use_pooler` need a pooler, which BERT, \
+         RoBERTa and ViT checkpoints carry and the others have not. Sequence-level heads read the first token of \
+         an encoder (ViT: the CLS position, or the first prompt position under prompt tuning) and the last non-padding \
+         token of a decoder (Llama, Mistral), as in Python. Decoders keep a KV cache for generation \
+         (`AdaptedModel::generate`); encoder-decoders run the encoder once and keep the decoder's. Encoder-decoders \
+         list two mixins (encoder + decoder layer); their decoder layers also mark cross-attention (`cross_*` \
+         locations). `EncoderDecoderModel` combines two annotated submodels (here BERT to BERT) and numbers each \
+         half's layers from 0, as Python does; it takes no invertible adapters here.\n",
     );
     out.push_str("\n## Insertion points per mixin\n\n| mixin | family | location | field |\n| --- | --- | --- | --- |\n");
     let mut seen = Vec::new();
-    for m in &mappings {
-        if seen.contains(&m.layer_mixin.name) {
+    for mixin in mappings.iter().flat_map(|m| std::iter::once(m.layer_mixin).chain(m.decoder_mixin)) {
+        if seen.contains(&mixin.name) {
             continue;
         }
-        seen.push(m.layer_mixin.name);
-        for slot in m.layer_mixin.slots {
-            out.push_str(&format!("| {} | {:?} | `{}` | `{}` |\n", m.layer_mixin.name, slot.family, slot.location, slot.field));
+        seen.push(mixin.name);
+        for slot in mixin.slots {
+            out.push_str(&format!("| {} | {:?} | `{}` | `{}` |\n", mixin.name, slot.family, slot.location, slot.field));
         }
     }
     out.push_str("\n## Config key mapping\n\n| model | key adapters read | config field |\n| --- | --- | --- |\n");

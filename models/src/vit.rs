@@ -239,7 +239,8 @@ struct ViTPooler {
 
 /// The ViT encoder: `last_hidden_state` after the final LayerNorm (CLS position first), and the
 /// pooler output when the checkpoint has a pooler.
-#[with_adapters(model_type = "vit", layers = layers, layer_mixin = ViTLayer, config = config, embeddings = embeddings.adapters)]
+/// Python's ViT takes prompt tuning but no invertible adapters.
+#[with_adapters(model_type = "vit", layers = layers, layer_mixin = ViTLayer, config = config, embeddings = embeddings.adapters, invertible = false)]
 pub struct ViTModel {
     embeddings: ViTEmbeddings,
     layers: Vec<ViTLayer>,

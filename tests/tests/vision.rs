@@ -127,3 +127,29 @@ fn vit_inputs_are_checked() {
     let err = model.forward(&ids, &ids.ones_like().unwrap()).unwrap_err().to_string();
     assert!(err.contains("InputIds") && err.contains("PixelValues"), "{err}");
 }
+
+/// What Python refuses on ViT is refused here: invertible adapters (ViT has no
+/// `InvertibleAdaptersMixin`) and Compacter whose bottleneck is narrower than its PHM dimension.
+#[test]
+fn vit_refuses_what_python_refuses() {
+    let info = vit();
+    let unsupported = info["unsupported"].as_object().unwrap();
+    assert_eq!(unsupported.len(), 2, "the manifest's ViT refusals changed");
+    for (case, entry) in unsupported {
+        let mut model = load(info["model_dir"].as_str().unwrap());
+        let (name, config) = entry["adapters"].as_object().unwrap().iter().next().unwrap();
+        let err = model.add_adapter(name, adapters_runtime::AdapterConfig::parse(config.as_str().unwrap()).unwrap()).unwrap_err().to_string();
+        let expected = match case.as_str() {
+            "seq_bn_inv" => "takes no invertible adapters",
+            "compacter" => "phm",
+            other => panic!("{other}: a ViT refusal this test does not know"),
+        };
+        assert!(err.contains(expected), "{case}: {err}");
+        assert!(model.adapter_names().next().is_none(), "{case}: a refused adapter leaves nothing behind");
+    }
+    assert!(!model_methods().contains(&"seq_bn_inv") && model_methods().contains(&"prompt_tuning"));
+}
+
+fn model_methods() -> Vec<&'static str> {
+    <adapters_models::ViTModel as adapters_runtime::AdaptableModel>::MAPPING.supported_methods()
+}

@@ -99,6 +99,13 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
                 reason: format!("{} marks no embedding slot (`#[with_adapters(..., embeddings = ...)]`)", self.model.mapping().model_class),
             });
         };
+        if !self.model.mapping().supports_invertible {
+            return Err(AdapterError::NothingToAdd {
+                adapter: name.into(),
+                method: "invertible adapter".into(),
+                reason: format!("{} takes no invertible adapters (as in the Python library)", self.model.mapping().model_class),
+            });
+        }
         let reduction = c.inv_adapter_reduction_factor.as_ref().and_then(serde_json::Number::as_f64).unwrap_or(2.0);
         let activation = crate::nn::activation::Activation::parse(&c.non_linearity)?;
         Ok(Some(InvertibleAdapter::nice(slot.hidden_size(), reduction, activation, init)?))
