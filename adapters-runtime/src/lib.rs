@@ -12,6 +12,8 @@
 //! assert_eq!(setup.flatten(), vec!["lang", "task"]);
 //! ```
 
+#[cfg(feature = "mimalloc")]
+pub mod allocator;
 pub mod body;
 pub mod compare;
 pub mod composition;

@@ -56,6 +56,7 @@ fn model_arg(text: &str) -> Result<std::path::PathBuf, String> {
 }
 
 fn main() -> ExitCode {
+    adapters_runtime::allocator::keep_freed_memory();
     adapters_runtime::nn::cache_thread_count();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

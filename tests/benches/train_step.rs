@@ -16,6 +16,7 @@ use adapters_runtime::{AdapterConfig, AdapterSetup, HeadConfig};
 use candle_core::{DType, Device, Tensor};
 
 fn main() {
+    adapters_runtime::allocator::keep_freed_memory();
     adapters_runtime::nn::cache_thread_count();
     let dir = adapters_tests::minilm_dir();
     let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
