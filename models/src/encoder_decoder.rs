@@ -11,9 +11,9 @@ use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
-use crate::bart::{decoder_inputs, encoder_decoder_mask, encoder_mask, encoder_states, ENCODER_DECODER_INPUTS};
 use crate::bert::BertConfig;
 use crate::bert_decoder::BertDecoderModel;
+use crate::seq2seq::{decoder_inputs, encoder_decoder_mask, encoder_mask, encoder_states, ENCODER_DECODER_INPUTS};
 use crate::BertModel;
 
 /// The top level of an `EncoderDecoderModel`'s `config.json` (each half's config sits under

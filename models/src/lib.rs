@@ -22,6 +22,7 @@ pub mod llama;
 mod load;
 pub mod qwen;
 pub mod roberta;
+mod seq2seq;
 pub mod static_heads;
 pub mod t5;
 pub mod vit;

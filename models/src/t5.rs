@@ -14,7 +14,7 @@ use candle_nn::{Embedding, VarBuilder};
 use serde::Deserialize;
 
 use crate::attention::additive_mask;
-use crate::bart::{decoder_inputs, encoder_decoder_mask, encoder_mask, encoder_states, ENCODER_DECODER_INPUTS};
+use crate::seq2seq::{decoder_inputs, encoder_decoder_mask, encoder_mask, encoder_states, ENCODER_DECODER_INPUTS};
 
 fn default_eps() -> f64 {
     1e-6

@@ -119,14 +119,8 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
                 ModelInputs::text(sequence.clone(), mask.clone()).with_position_ids(positions.clone()).causal()
             };
             inputs.parallelized = channels > 1;
-            let last = self.last_lm_logits(&inputs)?.squeeze(1)?.to_dtype(DType::F32)?;
-            let mut tokens = Vec::with_capacity(batch);
-            for (row, done) in finished.iter_mut().enumerate() {
-                let token = processor.sample(&last.i(row)?)?;
-                let token = if *done { options.pad_token_id } else { token };
-                *done |= options.eos_token_ids.contains(&token);
-                tokens.push(token);
-            }
+            let last = self.last_lm_logits(&inputs)?;
+            let tokens = next_tokens(&last, &mut processor, &mut finished, options)?;
             on_step(&tokens)?;
             step_ids = Tensor::new(tokens.iter().map(|&t| i64::from(t)).collect::<Vec<_>>(), &device)?.reshape((batch, 1))?;
             sequence = Tensor::cat(&[&sequence, &step_ids], 1)?;
@@ -189,14 +183,8 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
                 inputs = inputs.with_cache(&cache);
             }
             inputs.parallelized = channels > 1;
-            let last = self.last_lm_logits(&inputs)?.squeeze(1)?.to_dtype(DType::F32)?;
-            let mut tokens = Vec::with_capacity(batch);
-            for (row, done) in finished.iter_mut().enumerate() {
-                let token = processor.sample(&last.i(row)?)?;
-                let token = if *done { options.pad_token_id } else { token };
-                *done |= options.eos_token_ids.contains(&token);
-                tokens.push(token);
-            }
+            let last = self.last_lm_logits(&inputs)?;
+            let tokens = next_tokens(&last, &mut processor, &mut finished, options)?;
             on_step(&tokens)?;
             step_ids = Tensor::new(tokens.iter().map(|&t| i64::from(t)).collect::<Vec<_>>(), &device)?.reshape((batch, 1))?;
             sequence = Tensor::cat(&[&sequence, &step_ids], 1)?;
@@ -212,6 +200,20 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
         let Some(setup) = self.active.as_deref() else { return false };
         setup.flatten().iter().any(|name| self.configs.get(*name).is_some_and(|c| c.reft().is_some()))
     }
+}
+
+/// One token per row from each row's last logits (`[batch, 1, vocab]`); rows that ended get
+/// the pad token, and a row ends at an end-of-sequence token.
+fn next_tokens(last: &Tensor, processor: &mut LogitsProcessor, finished: &mut [bool], options: &GenerateOptions) -> Result<Vec<u32>> {
+    let last = last.squeeze(1)?.to_dtype(DType::F32)?;
+    let mut tokens = Vec::with_capacity(finished.len());
+    for (row, done) in finished.iter_mut().enumerate() {
+        let token = processor.sample(&last.i(row)?)?;
+        let token = if *done { options.pad_token_id } else { token };
+        *done |= options.eos_token_ids.contains(&token);
+        tokens.push(token);
+    }
+    Ok(tokens)
 }
 
 /// `transformers`' generation positions: `cumsum(mask) - 1`, with padded positions at 1.
