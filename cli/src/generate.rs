@@ -60,6 +60,13 @@ pub fn run(args: GenerateArgs) -> Result<(), String> {
     let options = args.placement.load_options()?;
     let (mut model, loaded) = load_with_adapters(&args.model, &args.adapters, options)?;
     activate(model.as_mut(), &loaded, args.setup.as_deref(), args.merge.as_deref())?;
+    // A task checkpoint decodes with its own lm_head, as its `generate` does (BART's adds
+    // final_logits_bias, which the converted `default` head, like Python's, leaves out); an
+    // adapter folder's LM head stays active.
+    let converted = adapters_models::static_heads::STATIC_HEAD_NAME;
+    if model.active_head() == Some(converted) && !loaded.iter().any(|n| n == converted) && model.base().lm_head().is_some() {
+        model.set_active_head(None).map_err(|e| e.to_string())?;
+    }
     let prompt: Vec<i64> = encoder.ids(&args.prompt, true).map_err(|e| e.to_string())?.into_iter().map(i64::from).collect();
     if prompt.is_empty() {
         return Err("--prompt: tokenizes to no tokens".into());

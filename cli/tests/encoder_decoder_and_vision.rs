@@ -95,3 +95,31 @@ fn predict_classifies_images_as_python_does() {
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success() && stderr.contains("no_such_image.png") && stderr.lines().count() == 1, "{stderr}");
 }
+
+/// `adapters generate` on an encoder-decoder: the encoder reads the prompt once and the decoder
+/// streams Python's greedy continuation (tiny BART; its word-level tokenizer spells id `i` as
+/// `w<i>`, and the prompt is row 0 of the fixture inputs), with and without an adapter.
+#[test]
+fn generate_streams_an_encoder_decoders_greedy_continuation() {
+    let manifest = adapters_tests::read_json(&fixtures().join("seq2seq_manifest.json"));
+    let model = fixtures().join("seq2seq/bart/model");
+    for case in ["base", "seq_bn_cross"] {
+        let entry = &manifest["archs"]["bart"]["generate"][case];
+        let data = read(&fixtures().join(entry["file"].as_str().unwrap()));
+        let prompt: Vec<i64> = data["input_ids"].to_vec2::<i64>().unwrap().remove(0);
+        let prompt: Vec<String> = prompt[1..].iter().map(|id| format!("w{id}")).collect();
+        // The decoder's tokens after its start token.
+        let row: Vec<i64> = data["sequences"].to_dtype(candle_core::DType::I64).unwrap().to_vec2::<i64>().unwrap().remove(0);
+        let words: Vec<String> = row[1..].iter().map(|id| format!("w{id}")).collect();
+        let prompt = prompt.join(" ");
+        let mut args = vec!["generate", "--model", s(&model), "--prompt", prompt.as_str(), "--max-new-tokens", "6"];
+        let adapter = entry["adapter"].as_str().map(|dir| fixtures().join(dir));
+        if let Some(dir) = &adapter {
+            args.extend(["--adapter", s(dir)]);
+        }
+        let run = adapters(&args);
+        assert!(run.status.success(), "{case}: {}", String::from_utf8_lossy(&run.stderr));
+        let text = String::from_utf8_lossy(&run.stdout);
+        assert_eq!(text.split_whitespace().collect::<Vec<_>>(), words, "{case}: {text}");
+    }
+}
