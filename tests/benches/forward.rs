@@ -20,7 +20,7 @@ fn main() {
     let mut model = load_model(&dir).unwrap_or_else(|e| panic!("{e} (run scripts/fetch_minilm.sh)"));
     let ids = Tensor::rand(0f32, 30000.0, (8, 128), &Device::Cpu).unwrap().to_dtype(DType::I64).unwrap();
     let mask = Tensor::ones((8, 128), DType::I64, &Device::Cpu).unwrap();
-    let methods = ["seq_bn", "double_seq_bn", "par_bn", "lora", "ia3", "dora"];
+    let methods = ["seq_bn", "double_seq_bn", "par_bn", "lora", "ia3", "dora", "prefix_tuning"];
     for m in methods {
         model.add_adapter(m, AdapterConfig::parse(m).unwrap()).unwrap();
     }
