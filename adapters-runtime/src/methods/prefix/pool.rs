@@ -73,22 +73,28 @@ impl PrefixModule {
     }
 
     /// The key/value entries of every layer for one batch row, `[prefix_length, n_layers * 2 *
-    /// heads * head_dim]` (before dropout).
-    fn entries(&self) -> CResult<Tensor> {
+    /// heads * head_dim]` (before dropout), from detached variables when nothing is trained.
+    fn entries(&self, ctx: &ForwardContext) -> CResult<Tensor> {
         match &self.kind {
             PrefixKind::Mlp { wte, w1, b1, activation, w2, b2 } => {
-                let hidden = activation.forward(&linear(wte.as_tensor(), w1.as_tensor(), Some(b1.as_tensor()))?)?;
-                linear(&hidden, w2.as_tensor(), Some(b2.as_tensor()))
+                let hidden = activation.forward(&linear(&ctx.param(wte), &ctx.param(w1), Some(&ctx.param(b1)))?)?;
+                linear(&hidden, &ctx.param(w2), Some(&ctx.param(b2)))
             }
-            PrefixKind::Flat { control_trans } => control_trans.as_tensor().reshape((self.prefix_length, ())),
+            PrefixKind::Flat { control_trans } => ctx.param(control_trans).reshape((self.prefix_length, ())),
         }
     }
 
     /// `[n_layers * 2, batch, heads, prefix_length, head_dim]`: entry `2 i` holds the keys and
     /// `2 i + 1` the values of the `i`-th layer with this prefix (Python's permute and split).
+    /// Every row is the same unless dropout draws per row (training), so otherwise the batch
+    /// dimension is a broadcast of one row, not a copy.
     pub fn forward(&self, batch: usize, ctx: &ForwardContext) -> CResult<Tensor> {
         let s = self.shape;
-        let entries = self.entries()?.reshape((1, self.prefix_length, s.n_layers * 2, s.n_heads, s.head_dim))?;
+        let entries = self.entries(ctx)?.reshape((1, self.prefix_length, s.n_layers * 2, s.n_heads, s.head_dim))?;
+        if !(ctx.train() && self.dropout > 0.0) {
+            let one = entries.permute((2, 0, 3, 1, 4))?.contiguous()?;
+            return one.broadcast_as((s.n_layers * 2, batch, s.n_heads, self.prefix_length, s.head_dim));
+        }
         let entries = entries.broadcast_as((batch, self.prefix_length, s.n_layers * 2, s.n_heads, s.head_dim))?;
         let entries = dropout(&entries.contiguous()?, self.dropout, ctx)?;
         entries.permute((2, 0, 3, 1, 4))?.contiguous()
@@ -99,7 +105,7 @@ impl PrefixModule {
         if matches!(self.kind, PrefixKind::Flat { .. }) {
             return Ok(None);
         }
-        let flat = self.entries()?.flatten_all()?.detach();
+        let flat = self.entries(&ForwardContext::default())?.flatten_all()?.detach();
         let mut params = Vec::new();
         let control_trans = param(&mut params, "control_trans", flat)?;
         Ok(Some(PrefixModule { shape: self.shape, prefix_length: self.prefix_length, dropout: self.dropout, kind: PrefixKind::Flat { control_trans }, params }))

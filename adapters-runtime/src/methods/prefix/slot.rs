@@ -169,6 +169,9 @@ impl PrefixSlot {
             prefix_keys = prefix_keys.broadcast_mul(&key_gate)?;
             prefix_values = prefix_values.broadcast_mul(&value_gate)?;
         }
+        // The pool's rows may be one broadcast row: copy this slot's rows so that the
+        // concatenation below takes candle's contiguous path.
+        let (prefix_keys, prefix_values) = (prefix_keys.contiguous()?, prefix_values.contiguous()?);
         let length = prefix_keys.dim(2)?;
         let (b, c, q, _) = state.mask.dims4()?;
         let zeros = Tensor::zeros((b, c, q, length), state.mask.dtype(), state.mask.device())?;
