@@ -42,6 +42,8 @@ pub struct GgufCheckpoint {
 #[derive(Clone)]
 pub struct GgufBackend {
     file: Arc<GgufFile>,
+    /// Elements of the weights handed out quantized (the summary counts them with the base).
+    quantized_elements: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 struct GgufFile {
@@ -112,7 +114,7 @@ pub fn read_gguf(path: &Path) -> Result<GgufCheckpoint> {
         model_type: Some("llama".into()),
     };
     let file = GgufFile { origin, content, reader: Mutex::new(reader), heads, kv_heads };
-    Ok(GgufCheckpoint { config, backend: GgufBackend { file: Arc::new(file) } })
+    Ok(GgufCheckpoint { config, backend: GgufBackend { file: Arc::new(file), quantized_elements: Arc::default() } })
 }
 
 /// The tokenizer a GGUF file carries: `tokenizer.ggml.*` (a byte-level BPE, `model = "gpt2"`).
@@ -310,10 +312,21 @@ impl QuantizedSource for GgufBackend {
         if !is_projection || matches!(info.ggml_dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
             return None;
         }
-        Some(self.file.read(name, &Device::Cpu).and_then(|(q, permuted)| match permuted {
+        let q = self.file.read(name, &Device::Cpu).and_then(|(q, permuted)| match permuted {
             Some(heads) => unpermute_rows(&q, heads),
             None => Ok(q),
-        }))
+        });
+        if let Ok(q) = &q {
+            self.quantized_elements.fetch_add(q.shape().elem_count(), std::sync::atomic::Ordering::Relaxed);
+        }
+        Some(q)
+    }
+}
+
+impl GgufBackend {
+    /// The elements of the weights this backend has handed out quantized so far.
+    pub fn quantized_elements(&self) -> usize {
+        self.quantized_elements.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

@@ -166,17 +166,19 @@ where
     // SAFETY: the file is mapped read-only; a checkpoint is not modified while it is loaded.
     let inner = unsafe { MmapedSafetensors::new(&weights) }
         .map_err(|e| AdapterError::File { file: origin.clone(), reason: format!("not a readable safetensors file: {e}") })?;
-    load_from_backend(origin, Box::new(inner), &config, layout, options, build)
+    load_from_backend(origin, Box::new(inner), &config, layout, options, None, build)
 }
 
 /// Builds a model over any weight backend (a safetensors file, a GGUF file), counting what it
-/// takes and holding the base as options say.
+/// takes (and, from `quantized`, the weights a GGUF file hands out quantized) and holding the
+/// base as options say.
 fn load_from_backend<M, C>(
     origin: String,
     inner: Box<dyn SimpleBackend>,
     config: &C,
     layout: Layout,
     options: &LoadOptions,
+    quantized: Option<&crate::gguf::GgufBackend>,
     build: impl FnOnce(VarBuilder, &VarBuilder, &C) -> candle_core::Result<M>,
 ) -> Result<AdaptedModel<M>>
 where
@@ -190,7 +192,8 @@ where
     let root = if vb.contains_tensor(&format!("{}.{}", layout.prefix, layout.probe)) { layout.prefix } else { "" };
     let base_vb = if root.is_empty() { vb.clone() } else { vb.pp(root) };
     let model = build(base_vb, &vb, config).map_err(|e| AdapterError::File { file: origin, reason: format!("does not fit config.json: {e}") })?;
-    let model = AdaptedModel::new(model, count.load(Ordering::Relaxed), root, options.placement.clone());
+    let parameters = count.load(Ordering::Relaxed) + quantized.map_or(0, crate::gguf::GgufBackend::quantized_elements);
+    let model = AdaptedModel::new(model, parameters, root, options.placement.clone());
     Ok(match vars {
         Some(vars) => model.with_base_vars(std::mem::take(&mut *vars.lock().map_err(|_| AdapterError::InvalidConfig("variable list poisoned".into()))?)),
         None => model,
@@ -278,7 +281,7 @@ pub fn load_model_with(dir: &Path, options: LoadOptions) -> Result<Box<DynAdapte
             GgufWeights::Dequantized => None,
         };
         let source = quantized.as_ref().map(|q| q as &dyn crate::QuantizedSource);
-        let model = load_from_backend(origin, Box::new(checkpoint.backend), &checkpoint.config, LLAMA_LAYOUT, base, |vb, root, c| {
+        let model = load_from_backend(origin, Box::new(checkpoint.backend), &checkpoint.config, LLAMA_LAYOUT, base, quantized.as_ref(), |vb, root, c| {
             LlamaModel::load_quantized(vb, root, c, source)
         })?;
         return Ok(boxed(model));

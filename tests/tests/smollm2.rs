@@ -117,6 +117,9 @@ fn smollm2_quantized_base_trains_lora() {
     let (ids, mask) = inputs(&fixtures().join("smollm2"));
     let mut model = load_model(&fixture_path(&smollm2_gguf())).unwrap();
     let exact = load();
+    // The summary's "% of base" counts the weights kept quantized too: 134.5 M either way.
+    assert_eq!(model.base_parameter_count(), exact.base_parameter_count());
+    assert!((134_000_000..135_000_000).contains(&exact.base_parameter_count()), "{}", exact.base_parameter_count());
     let diff = max_abs_diff(&model.forward(&ids, &mask).unwrap(), &exact.forward(&ids, &mask).unwrap());
     assert!(diff <= 1e-4, "batch through the quantized base vs the dequantized model: {diff:e}");
     let one = ids.narrow(0, 0, 1).unwrap().narrow(1, 0, 1).unwrap();
