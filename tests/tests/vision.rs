@@ -84,6 +84,10 @@ fn every_method_and_block_matches_python() {
             check(&format!("{label} logits"), logits, &expected["logits"]);
             let head = model.head_config("a").unwrap();
             assert_eq!(head.head_type(), adapters_runtime::HeadType::ImageClassification, "{label}");
+            // A head added here has the config Python's `add_image_classification_head` wrote.
+            let labels: Vec<String> = (0..3).map(|i| head.label_name(i)).collect();
+            model.add_image_classification_head("added", 3, Some(&labels)).unwrap();
+            assert_eq!(model.head_config("added").unwrap().to_value(), entry["head_config"]["config"], "{label}");
         }
         if entry["merged"].as_bool() == Some(true) {
             model.merge_adapter(case).unwrap();

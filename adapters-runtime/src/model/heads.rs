@@ -164,10 +164,10 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
         self.add_head(name, HeadConfig::classification(num_labels, 2, "tanh", id2label, false, true), false)
     }
 
-    /// `add_image_classification_head(name, num_labels, layers=2, activation_function="tanh")`
+    /// `add_image_classification_head(name, num_labels, layers=1, activation_function="tanh")`
     /// on a vision model, with optional label names (index = class id).
     pub fn add_image_classification_head(&mut self, name: &str, num_labels: usize, id2label: Option<&[String]>) -> Result<()> {
-        self.add_head(name, HeadConfig::image_classification(num_labels, 2, "tanh", id2label, false, false), false)
+        self.add_head(name, HeadConfig::image_classification(num_labels, 1, "tanh", id2label, false, false), false)
     }
 
     /// `add_seq2seq_lm_head(name)` on an encoder-decoder: the decoder output to vocabulary logits,
