@@ -77,14 +77,6 @@ impl BartConfig {
     fn pre_norm(&self) -> bool {
         self.model_type.as_deref() == Some("mbart")
     }
-
-    fn embed_scale(&self) -> f64 {
-        if self.scale_embedding {
-            (self.d_model as f64).sqrt()
-        } else {
-            1.0
-        }
-    }
 }
 
 /// Multi-head attention over its own input (self-attention) or over the encoder output
@@ -311,17 +303,10 @@ impl StackEmbeddings {
     /// `LayerNorm(tokens * scale + positions[past..past + seq])`.
     fn forward(&self, tokens: &Tensor, ids: &Tensor, past: usize, cfg: &BartConfig) -> Result<Tensor> {
         let seq = ids.dim(1)?;
-        if past + seq > cfg.max_position_embeddings {
-            return Err(AdapterError::InvalidInput(format!(
-                "{} positions ({past} cached + {seq} new) exceed max_position_embeddings {}",
-                past + seq,
-                cfg.max_position_embeddings
-            ))
-            .into_candle());
-        }
+        crate::llama::check_positions(past, seq, cfg.max_position_embeddings)?;
         let rows = Tensor::arange((past + POSITION_OFFSET) as u32, (past + seq + POSITION_OFFSET) as u32, ids.device())?;
         let positions = self.positions.forward(&rows)?.unsqueeze(0)?;
-        let tokens = if cfg.scale_embedding { (tokens * cfg.embed_scale())? } else { tokens.clone() };
+        let tokens = if cfg.scale_embedding { (tokens * (cfg.d_model as f64).sqrt())? } else { tokens.clone() };
         self.layernorm_embedding.forward(&tokens.broadcast_add(&positions)?)
     }
 

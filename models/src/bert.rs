@@ -248,17 +248,17 @@ impl BertLayer {
 }
 
 /// `tanh(dense(first token))`, loaded only when the checkpoint has it (heads with
-/// `use_pooler` need it; the bare encoder output does not).
+/// `use_pooler` need it; the bare encoder output does not). ViT's pooler is the same.
 pub(crate) struct BertPooler {
     dense: Linear,
 }
 
 impl BertPooler {
-    pub(crate) fn load_if_present(vb: VarBuilder, cfg: &BertConfig) -> Result<Option<Self>> {
+    pub(crate) fn load_if_present(vb: VarBuilder, hidden_size: usize) -> Result<Option<Self>> {
         if !vb.contains_tensor("dense.weight") {
             return Ok(None);
         }
-        Ok(Some(BertPooler { dense: candle_nn::linear(cfg.hidden_size, cfg.hidden_size, vb.pp("dense"))? }))
+        Ok(Some(BertPooler { dense: candle_nn::linear(hidden_size, hidden_size, vb.pp("dense"))? }))
     }
 
     pub(crate) fn forward(&self, last_hidden_state: &Tensor) -> Result<Tensor> {
@@ -355,7 +355,7 @@ impl BertModel {
         Ok(BertModel {
             embeddings: BertEmbeddings::load(vb.pp("embeddings"), config)?,
             encoder: BertEncoder::load(vb.pp("encoder"), config)?,
-            pooler: BertPooler::load_if_present(vb.pp("pooler"), config)?,
+            pooler: BertPooler::load_if_present(vb.pp("pooler"), config.hidden_size)?,
             config: config.clone(),
         })
     }

@@ -102,10 +102,7 @@ impl ModelForward for BertDecoderModel {
     fn forward_with(&self, inputs: &ModelInputs<'_>, ctx: &ForwardContext) -> Result<ModelOutputs> {
         let ids = inputs.ids()?;
         let past = inputs.cache.map_or(0, KvCache::len);
-        let positions = match &inputs.position_ids {
-            Some(p) => p.clone(),
-            None => Tensor::arange(past as u32, (past + ids.dim(1)?) as u32, ids.device())?.unsqueeze(0)?,
-        };
+        let positions = crate::llama::decoder_positions(inputs, ids.dim(1)?, past)?;
         let mut hidden = self.embeddings.forward(ids, &positions, ctx)?;
         let encoded = inputs
             .encoder_hidden_states

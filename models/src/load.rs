@@ -189,7 +189,9 @@ where
     let backend: Box<dyn SimpleBackend> = Box::new(CountingBackend { inner, count: count.clone(), vars: vars.clone() });
     let Placement { device, dtype } = options.placement.clone();
     let vb = VarBuilder::from_backend(backend, dtype, device);
-    let root = if vb.contains_tensor(&format!("{}.{}", layout.prefix, layout.probe)) { layout.prefix } else { "" };
+    // A layout without a prefix (T5, EncoderDecoderModel) keeps its base at the root.
+    let prefixed = !layout.prefix.is_empty() && vb.contains_tensor(&format!("{}.{}", layout.prefix, layout.probe));
+    let root = if prefixed { layout.prefix } else { "" };
     let base_vb = if root.is_empty() { vb.clone() } else { vb.pp(root) };
     let model = build(base_vb, &vb, config).map_err(|e| AdapterError::File { file: origin, reason: format!("does not fit config.json: {e}") })?;
     let parameters = count.load(Ordering::Relaxed) + quantized.map_or(0, crate::gguf::GgufBackend::quantized_elements);

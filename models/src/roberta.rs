@@ -24,7 +24,7 @@ impl RobertaModel {
         Ok(RobertaModel {
             embeddings: BertEmbeddings::load(vb.pp("embeddings"), config)?,
             encoder: BertEncoder::load(vb.pp("encoder"), config)?,
-            pooler: BertPooler::load_if_present(vb.pp("pooler"), config)?,
+            pooler: BertPooler::load_if_present(vb.pp("pooler"), config.hidden_size)?,
             config: config.clone(),
         })
     }

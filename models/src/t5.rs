@@ -148,10 +148,8 @@ pub(crate) struct T5Attention {
 impl T5Attention {
     fn load(vb: VarBuilder, cfg: &T5Config, relative: Option<bool>) -> Result<Self> {
         let (h, inner) = (cfg.d_model, cfg.num_heads * cfg.d_kv);
-        let linear = |name: &str, inp: usize, out: usize| -> Result<LoRALinear> {
-            let vb = vb.pp(name);
-            Ok(LoRALinear::new(vb.get((out, inp), "weight")?, None, vb.prefix()))
-        };
+        // T5's linears have no biases.
+        let linear = |name: &str, inp: usize, out: usize| LoRALinear::load_with_bias(inp, out, false, vb.pp(name));
         let relative = match relative {
             Some(bidirectional) => Some(RelativeBias {
                 table: candle_nn::embedding(cfg.relative_attention_num_buckets, cfg.num_heads, vb.pp("relative_attention_bias"))?,
@@ -254,10 +252,7 @@ impl T5FeedForward {
     fn load(vb: VarBuilder, cfg: &T5Config) -> Result<Self> {
         let (h, ff) = (cfg.d_model, cfg.d_ff);
         let (gated, activation) = cfg.feed_forward()?;
-        let linear = |name: &str, inp: usize, out: usize| -> Result<LoRALinear> {
-            let vb = vb.pp(name);
-            Ok(LoRALinear::new(vb.get((out, inp), "weight")?, None, vb.prefix()))
-        };
+        let linear = |name: &str, inp: usize, out: usize| LoRALinear::load_with_bias(inp, out, false, vb.pp(name));
         let (intermediate, gate) = if gated { (linear("wi_1", h, ff)?, Some(linear("wi_0", h, ff)?)) } else { (linear("wi", h, ff)?, None) };
         Ok(T5FeedForward { intermediate, gate, wo: linear("wo", ff, h)?, activation, dropout: cfg.dropout_rate })
     }
@@ -400,22 +395,11 @@ impl T5DecoderBlock {
     }
 }
 
-/// T5 (and MT5): `last_hidden_state` of the decoder (after its final norm) and
-/// `encoder_last_hidden_state`. Invertible adapters run on the encoder's embeddings; T5 takes
-/// no prompt tuning.
-#[with_adapters(
-    model_type = "t5",
-    layers = encoder,
-    layer_mixin = T5EncoderBlock,
-    layer_type = "T5Block",
-    decoder_layers = decoder,
-    decoder_mixin = T5DecoderBlock,
-    config = config,
-    embeddings = embedding_adapters,
-    prompt_tuning = false
-)]
-pub struct T5Model {
+/// Everything of T5 and MT5 but their names: the shared embeddings, both stacks with their final
+/// norms, and an untied `lm_head`.
+pub struct T5Stack {
     shared: Embedding,
+    /// Invertible adapters run on the encoder's embeddings; T5 takes no prompt tuning.
     embedding_adapters: EmbeddingSlot,
     encoder: Vec<T5EncoderBlock>,
     encoder_final_norm: RmsNorm,
@@ -423,27 +407,43 @@ pub struct T5Model {
     decoder_final_norm: RmsNorm,
     /// An untied `lm_head` (T5 v1.1); tied checkpoints decode with `shared`.
     lm_head: Option<Tensor>,
+}
+
+/// T5: `last_hidden_state` of the decoder (after its final norm) and `encoder_last_hidden_state`.
+#[with_adapters(
+    model_type = "t5",
+    layers = stack.encoder,
+    layer_mixin = T5EncoderBlock,
+    layer_type = "T5Block",
+    decoder_layers = stack.decoder,
+    decoder_mixin = T5DecoderBlock,
+    config = config,
+    embeddings = stack.embedding_adapters,
+    prompt_tuning = false
+)]
+pub struct T5Model {
+    stack: T5Stack,
     config: T5Config,
 }
 
-/// MT5: T5 v1.1's architecture under its own `model_type`.
+/// MT5: T5 v1.1's architecture (and T5's mixins) under its own `model_type`.
 #[with_adapters(
     model_type = "mt5",
-    layers = inner.encoder,
+    layers = stack.encoder,
     layer_mixin = T5EncoderBlock,
     layer_type = "MT5Block",
-    decoder_layers = inner.decoder,
+    decoder_layers = stack.decoder,
     decoder_mixin = T5DecoderBlock,
     config = config,
-    embeddings = inner.embedding_adapters,
+    embeddings = stack.embedding_adapters,
     prompt_tuning = false
 )]
 pub struct MT5Model {
-    inner: T5Model,
+    stack: T5Stack,
     config: T5Config,
 }
 
-impl T5Model {
+impl T5Stack {
     /// Loads from `vb` at the checkpoint root (T5 keeps `shared`, `encoder`, `decoder` and an
     /// untied `lm_head` side by side).
     pub fn load(vb: VarBuilder, root: &VarBuilder, config: &T5Config) -> Result<Self> {
@@ -455,7 +455,7 @@ impl T5Model {
         } else {
             None
         };
-        Ok(T5Model {
+        Ok(T5Stack {
             embedding_adapters: EmbeddingSlot::new(shared.embeddings(), usize::MAX).with_invertible_path(encoder.prefix()),
             shared,
             encoder: (0..config.num_layers).map(|i| T5EncoderBlock::load(encoder.pp("block").pp(i), config, i == 0)).collect::<Result<_>>()?,
@@ -463,57 +463,56 @@ impl T5Model {
             decoder: (0..decoder_layers).map(|i| T5DecoderBlock::load(decoder.pp("block").pp(i), config, i == 0)).collect::<Result<_>>()?,
             decoder_final_norm: RmsNorm::load(config.d_model, config.layer_norm_epsilon, decoder.pp("final_layer_norm"))?,
             lm_head,
-            config: config.clone(),
         })
     }
 
-    pub fn config(&self) -> &T5Config {
-        &self.config
-    }
-
-    fn encode(&self, input_ids: &Tensor, attention_mask: &Tensor, ctx: &ForwardContext) -> Result<Tensor> {
-        let embedded = dropout(&self.shared.forward(input_ids)?, self.config.dropout_rate, ctx)?;
+    fn encode(&self, config: &T5Config, input_ids: &Tensor, attention_mask: &Tensor, ctx: &ForwardContext) -> Result<Tensor> {
+        let embedded = dropout(&self.shared.forward(input_ids)?, config.dropout_rate, ctx)?;
         let (mut hidden, _) = self.embedding_adapters.forward(&embedded, attention_mask, ctx)?;
         let mask = additive_mask(attention_mask, hidden.dtype())?;
         let mut biases = Biases::default();
         for block in &self.encoder {
             hidden = block.forward(&hidden, &mask, &mut biases, ctx)?;
         }
-        dropout(&self.encoder_final_norm.forward(&hidden)?, self.config.dropout_rate, ctx)
+        dropout(&self.encoder_final_norm.forward(&hidden)?, config.dropout_rate, ctx)
     }
 
-    fn run(&self, inputs: &ModelInputs<'_>, ctx: &ForwardContext) -> Result<ModelOutputs> {
+    fn forward(&self, config: &T5Config, inputs: &ModelInputs<'_>, ctx: &ForwardContext) -> Result<ModelOutputs> {
         let (decoder_ids, past, decoder_mask) = decoder_inputs(inputs)?;
-        let encoded = encoder_states(inputs, |ids, mask| self.encode(ids, mask, ctx))?;
+        let encoded = encoder_states(inputs, |ids, mask| self.encode(config, ids, mask, ctx))?;
         let cross_mask = additive_mask(&encoder_mask(inputs, &encoded)?, encoded.dtype())?;
-        let mut hidden = dropout(&self.shared.forward(decoder_ids)?, self.config.dropout_rate, ctx)?;
+        let mut hidden = dropout(&self.shared.forward(decoder_ids)?, config.dropout_rate, ctx)?;
         let mask = causal_additive_mask_for(&decoder_mask, decoder_ids.dim(1)?, hidden.dtype())?;
         let source = DecoderContext { encoded: &encoded, cross_mask: &cross_mask, past };
         let mut biases = Biases::default();
         for (i, block) in self.decoder.iter().enumerate() {
             hidden = block.forward(&hidden, &mask, &source, &mut biases, inputs.cache.map(|c| (c, i)), ctx)?;
         }
-        let hidden = dropout(&self.decoder_final_norm.forward(&hidden)?, self.config.dropout_rate, ctx)?;
+        let hidden = dropout(&self.decoder_final_norm.forward(&hidden)?, config.dropout_rate, ctx)?;
         Ok(ModelOutputs { last_hidden_state: hidden, encoder_last_hidden_state: Some(encoded) })
     }
 }
 
-impl MT5Model {
-    pub fn load(vb: VarBuilder, root: &VarBuilder, config: &T5Config) -> Result<Self> {
-        Ok(MT5Model { inner: T5Model::load(vb, root, config)?, config: config.clone() })
-    }
-}
+/// `load`, `config` and `ModelForward` of a model over a [`T5Stack`].
+macro_rules! t5_family {
+    ($model:ident) => {
+        impl $model {
+            /// Loads from `vb` at the checkpoint root; `root` is the same root (for `lm_head`).
+            pub fn load(vb: VarBuilder, root: &VarBuilder, config: &T5Config) -> Result<Self> {
+                Ok($model { stack: T5Stack::load(vb, root, config)?, config: config.clone() })
+            }
 
-/// `ModelForward` of T5 and MT5 (MT5 delegates to the T5 it wraps).
-macro_rules! t5_forward {
-    ($model:ident, $t5:ident) => {
+            pub fn config(&self) -> &T5Config {
+                &self.config
+            }
+        }
+
         impl ModelForward for $model {
             const ACCEPTS: &'static [InputKind] = ENCODER_DECODER_INPUTS;
             const REQUIRES: &'static [InputKind] = &[InputKind::DecoderInputIds];
 
             fn forward_with(&self, inputs: &ModelInputs<'_>, ctx: &ForwardContext) -> Result<ModelOutputs> {
-                let t5: &T5Model = $t5(self);
-                t5.run(inputs, ctx)
+                self.stack.forward(&self.config, inputs, ctx)
             }
 
             fn attention_mask(&self, inputs: &ModelInputs<'_>) -> Result<Tensor> {
@@ -521,7 +520,7 @@ macro_rules! t5_forward {
             }
 
             fn input_embeddings(&self) -> Option<&Tensor> {
-                Some($t5(self).shared.embeddings())
+                Some(self.stack.shared.embeddings())
             }
 
             fn layer_norm_eps(&self) -> f64 {
@@ -538,8 +537,7 @@ macro_rules! t5_forward {
             }
 
             fn lm_head(&self) -> Option<&Tensor> {
-                let t5: &T5Model = $t5(self);
-                Some(t5.lm_head.as_ref().unwrap_or(t5.shared.embeddings()))
+                Some(self.stack.lm_head.as_ref().unwrap_or(self.stack.shared.embeddings()))
             }
 
             /// Tied checkpoints scale the decoder output by `d_model^-0.5` before the vocabulary
@@ -555,12 +553,5 @@ macro_rules! t5_forward {
     };
 }
 
-fn t5_itself(m: &T5Model) -> &T5Model {
-    m
-}
-fn t5_of_mt5(m: &MT5Model) -> &T5Model {
-    &m.inner
-}
-
-t5_forward!(T5Model, t5_itself);
-t5_forward!(MT5Model, t5_of_mt5);
+t5_family!(T5Model);
+t5_family!(MT5Model);

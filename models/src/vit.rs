@@ -15,6 +15,7 @@ use candle_nn::{Linear, VarBuilder};
 use serde::Deserialize;
 
 use crate::attention::{additive_mask, attend, split_heads};
+use crate::bert::BertPooler;
 
 fn default_eps() -> f64 {
     1e-12
@@ -130,11 +131,7 @@ struct ViTSelfAttention {
 impl ViTSelfAttention {
     fn load(vb: VarBuilder, cfg: &ViTConfig) -> Result<Self> {
         let h = cfg.hidden_size;
-        let linear = |name: &str| -> Result<LoRALinear> {
-            let vb = vb.pp(name);
-            let bias = if cfg.qkv_bias { Some(vb.get(h, "bias")?) } else { None };
-            Ok(LoRALinear::new(vb.get((h, h), "weight")?, bias, vb.prefix()))
-        };
+        let linear = |name: &str| LoRALinear::load_with_bias(h, h, cfg.qkv_bias, vb.pp(name));
         Ok(ViTSelfAttention {
             query: linear("query")?,
             key: linear("key")?,
@@ -232,11 +229,6 @@ impl ViTLayer {
     }
 }
 
-/// `tanh(dense(CLS))`, loaded only when the checkpoint has it.
-struct ViTPooler {
-    dense: Linear,
-}
-
 /// The ViT encoder: `last_hidden_state` after the final LayerNorm (CLS position first), and the
 /// pooler output when the checkpoint has a pooler.
 /// Python's ViT takes prompt tuning but no invertible adapters.
@@ -245,7 +237,7 @@ pub struct ViTModel {
     embeddings: ViTEmbeddings,
     layers: Vec<ViTLayer>,
     layernorm: LayerNorm,
-    pooler: Option<ViTPooler>,
+    pooler: Option<BertPooler>,
     config: ViTConfig,
 }
 
@@ -253,16 +245,11 @@ impl ViTModel {
     /// Loads from a `VarBuilder` rooted at the base model (no `vit.` prefix).
     pub fn load(vb: VarBuilder, config: &ViTConfig) -> Result<Self> {
         let encoder = vb.pp("encoder").pp("layer");
-        let pooler = if vb.contains_tensor("pooler.dense.weight") {
-            Some(ViTPooler { dense: candle_nn::linear(config.hidden_size, config.hidden_size, vb.pp("pooler").pp("dense"))? })
-        } else {
-            None
-        };
         Ok(ViTModel {
             embeddings: ViTEmbeddings::load(vb.pp("embeddings"), config)?,
             layers: (0..config.num_hidden_layers).map(|i| ViTLayer::load(encoder.pp(i), config)).collect::<Result<_>>()?,
             layernorm: LayerNorm::load(config.hidden_size, config.layer_norm_eps, vb.pp("layernorm"))?,
-            pooler,
+            pooler: BertPooler::load_if_present(vb.pp("pooler"), config.hidden_size)?,
             config: config.clone(),
         })
     }
@@ -270,6 +257,11 @@ impl ViTModel {
     pub fn config(&self) -> &ViTConfig {
         &self.config
     }
+}
+
+/// The images of a pass (required: the runtime checks `REQUIRES` first).
+fn pixels<'a>(inputs: &'a ModelInputs<'_>) -> Result<&'a Tensor> {
+    inputs.pixel_values.as_ref().ok_or_else(|| AdapterError::InvalidInput("ViT needs pixel_values".into()).into_candle())
 }
 
 /// What ViT takes: images only.
@@ -280,12 +272,9 @@ impl ModelForward for ViTModel {
     const REQUIRES: &'static [InputKind] = VISION_INPUTS;
 
     fn forward_with(&self, inputs: &ModelInputs<'_>, ctx: &ForwardContext) -> Result<ModelOutputs> {
-        let pixels = inputs.pixel_values.as_ref().ok_or_else(|| AdapterError::InvalidInput("ViT needs pixel_values".into()).into_candle())?;
-        let embedded = self.embeddings.forward(pixels, &self.config, ctx)?;
-        let (batch, seq, _) = embedded.dims3()?;
-        // Every position is attended (images have no padding); prompts extend the mask.
-        let attended = Tensor::ones((batch, seq), DType::I64, embedded.device())?;
-        let (mut hidden, attended) = self.embeddings.adapters.forward(&embedded, &attended, ctx)?;
+        let embedded = self.embeddings.forward(pixels(inputs)?, &self.config, ctx)?;
+        // Prompts extend the all-ones mask over the patch positions.
+        let (mut hidden, attended) = self.embeddings.adapters.forward(&embedded, &self.attention_mask(inputs)?, ctx)?;
         let mask = additive_mask(&attended, hidden.dtype())?;
         for layer in &self.layers {
             hidden = layer.forward(&hidden, &mask, ctx)?;
@@ -295,7 +284,7 @@ impl ModelForward for ViTModel {
 
     /// Every patch position and the CLS position are attended.
     fn attention_mask(&self, inputs: &ModelInputs<'_>) -> Result<Tensor> {
-        let pixels = inputs.pixel_values.as_ref().ok_or_else(|| AdapterError::InvalidInput("ViT needs pixel_values".into()).into_candle())?;
+        let pixels = pixels(inputs)?;
         Tensor::ones((pixels.dim(0)?, self.config.patches() + 1), DType::I64, pixels.device())
     }
 
@@ -304,7 +293,7 @@ impl ModelForward for ViTModel {
     }
 
     fn pooled_output(&self, last_hidden_state: &Tensor) -> Option<Result<Tensor>> {
-        self.pooler.as_ref().map(|p| linear_module(&last_hidden_state.narrow(1, 0, 1)?.squeeze(1)?, &p.dense)?.tanh())
+        self.pooler.as_ref().map(|p| p.forward(last_hidden_state))
     }
 
     fn layer_norm_eps(&self) -> f64 {

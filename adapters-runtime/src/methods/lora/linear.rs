@@ -58,9 +58,15 @@ impl LoRALinear {
     /// Loads `weight` (out, in) and `bias` from `vb`, as `candle_nn::linear` does, and records
     /// the module path so adapter weights get the Python library's names.
     pub fn load(in_features: usize, out_features: usize, vb: candle_nn::VarBuilder) -> Result<Self> {
+        Self::load_with_bias(in_features, out_features, true, vb)
+    }
+
+    /// [`LoRALinear::load`] of a linear that has a bias only when `bias` says so (T5's have none,
+    /// ViT's q/k/v follow `qkv_bias`).
+    pub fn load_with_bias(in_features: usize, out_features: usize, bias: bool, vb: candle_nn::VarBuilder) -> Result<Self> {
         let weight = vb.get((out_features, in_features), "weight")?;
-        let bias = vb.get(out_features, "bias")?;
-        Ok(Self::new(weight, Some(bias), vb.prefix()))
+        let bias = if bias { Some(vb.get(out_features, "bias")?) } else { None };
+        Ok(Self::new(weight, bias, vb.prefix()))
     }
 
     pub fn path(&self) -> &str {
@@ -286,10 +292,8 @@ mod tests {
     use crate::methods::init::{Init, Placement, Rng};
 
     fn config(text: &str) -> LoRAConfig {
-        match AdapterConfig::parse(text).unwrap() {
-            AdapterConfig::LoRA(c) => c,
-            other => panic!("{text}: {other:?}"),
-        }
+        let parsed = AdapterConfig::parse(text).unwrap();
+        parsed.lora().cloned().expect("a LoRA config string")
     }
 
     fn init() -> Init {
