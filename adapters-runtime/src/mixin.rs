@@ -196,14 +196,19 @@ impl ModelMapping {
         self.layer_mixin.has(family) || self.decoder_mixin.is_some_and(|m| m.has(family))
     }
 
+    /// Every insertion point the model's layer mixins mark.
+    fn slots(&self) -> impl Iterator<Item = &SlotSpec> {
+        self.layer_mixin.slots.iter().chain(self.decoder_mixin.iter().flat_map(|m| m.slots))
+    }
+
     /// Whether any layer marks a cross-attention location (`cross_q`, `cross_prefix`, ...).
     pub fn has_cross_attention(&self) -> bool {
-        self.layer_mixin.slots.iter().chain(self.decoder_mixin.iter().flat_map(|m| m.slots)).any(|s| s.location.starts_with("cross"))
+        self.slots().any(|s| s.location.starts_with("cross"))
     }
 
     /// Whether any layer marks the location `location` (`cross_adapter`, `cross_prefix`).
     pub fn has_location(&self, location: &str) -> bool {
-        self.layer_mixin.slots.iter().chain(self.decoder_mixin.iter().flat_map(|m| m.slots)).any(|s| s.location == location)
+        self.slots().any(|s| s.location == location)
     }
 
     /// The methods this model supports, derived from the slots its mixins mark.

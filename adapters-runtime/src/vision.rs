@@ -526,24 +526,15 @@ mod tests {
     fn errors_are_typed_and_name_the_file() {
         let p = processor();
         let missing = fixtures().join("vision/images/no_such.png");
-        match p.preprocess_file(&missing) {
-            Err(AdapterError::File { file, .. }) => assert!(file.ends_with("no_such.png")),
-            other => panic!("expected a File error, got {other:?}"),
-        }
+        let names_file = |r: Result<Tensor>, name: &str| matches!(&r, Err(AdapterError::File { file, .. }) if file.ends_with(name));
+        assert!(names_file(p.preprocess_file(&missing), "no_such.png"));
         let not_an_image = fixtures().join("vision/vit/model_cls/preprocessor_config.json");
-        match p.preprocess_file(&not_an_image) {
-            Err(AdapterError::File { file, .. }) => assert!(file.ends_with("preprocessor_config.json")),
-            other => panic!("expected a File error, got {other:?}"),
-        }
-        match ImageProcessor::from_file(&missing.with_extension("json")) {
-            Err(AdapterError::File { file, .. }) => assert!(file.ends_with("no_such.json")),
-            other => panic!("expected a File error, got {other:?}"),
-        }
+        assert!(names_file(p.preprocess_file(&not_an_image), "preprocessor_config.json"));
+        let config = ImageProcessor::from_file(&missing.with_extension("json"));
+        assert!(matches!(&config, Err(AdapterError::File { file, .. }) if file.ends_with("no_such.json")), "{config:?}");
         for bad in [serde_json::json!({"resample": 3}), serde_json::json!({"resample": 0, "do_resize": true})] {
-            match ImageProcessor::from_value(&bad, "pp.json") {
-                Err(AdapterError::ConfigKey { file, key, .. }) => assert_eq!((file.as_str(), key.as_str()), ("pp.json", "resample")),
-                other => panic!("expected a ConfigKey error on resample, got {other:?}"),
-            }
+            let r = ImageProcessor::from_value(&bad, "pp.json");
+            assert!(matches!(&r, Err(AdapterError::ConfigKey { file, key, .. }) if file == "pp.json" && key == "resample"), "{r:?}");
         }
         assert!(ImageProcessor::from_value(&serde_json::json!({"resample": 3, "do_resize": false}), "pp.json").is_ok());
         let bad_mean = ImageProcessor::from_value(&serde_json::json!({"image_mean": [0.5, 0.5]}), "pp.json");

@@ -34,10 +34,7 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
         if let Some(group) = self.prefixes.get(name) {
             for (key, module) in &group.modules {
                 let (pool, location) = crate::methods::prefix::split_pool_key(key);
-                let holder = match self.strip_root(pool) {
-                    "" => String::new(),
-                    pool => format!("{pool}."),
-                };
+                let holder = self.module_prefix(pool);
                 for p in module.params() {
                     out.push((format!("{holder}prefix_tuning.prefix_tunings.{file_name}.{location}.{}", p.name), p.var.clone()));
                 }
@@ -53,10 +50,7 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
         }
         if let Some(slot) = self.model.embedding_slot() {
             if let Some(invertible) = slot.invertibles.get(name) {
-                let holder = match self.strip_root(slot.invertible_path()) {
-                    "" => String::new(),
-                    path => format!("{path}."),
-                };
+                let holder = self.module_prefix(slot.invertible_path());
                 for p in invertible.params() {
                     out.push((format!("{holder}invertible_adapters.{file_name}.{}", p.name), p.var.clone()));
                 }
@@ -79,6 +73,15 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
         out
     }
 
+    /// `path.` of a module below the root (`encoder.`), or nothing for the root itself: what
+    /// names of the modules a submodel holds (prefix pools, invertible adapters) start with.
+    fn module_prefix(&self, path: &str) -> String {
+        match self.strip_root(path) {
+            "" => String::new(),
+            path => format!("{path}."),
+        }
+    }
+
     /// (alias, parameter) full names of the parameters the Python module registers twice.
     pub(super) fn aliases(&self, name: &str, file_name: &str) -> Vec<(String, String)> {
         let mut out = Vec::new();
@@ -98,10 +101,7 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
                     if holder != s.pool() {
                         continue;
                     }
-                    let holder = match self.strip_root(holder) {
-                        "" => String::new(),
-                        holder => format!("{holder}."),
-                    };
+                    let holder = self.module_prefix(holder);
                     for p in module.params() {
                         let module = format!("prefix_tunings.{file_name}.{location}.{}", p.name);
                         out.push((format!("{}.prefix_tuning.pool.{module}", self.strip_root(s.path())), format!("{holder}prefix_tuning.{module}")));

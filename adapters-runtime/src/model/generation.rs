@@ -89,22 +89,8 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
         }
         let use_cache = options.use_cache && !self.active_has_reft();
         let device = self.placement.device.clone();
-        // Under Parallel each channel continues its own copy of the batch (rows grouped by
-        // channel, as the forward returns them): the copies are made here, once.
-        let channels = self.active.as_deref().map_or(1, AdapterSetup::parallel_channels);
-        let replicate = |t: Tensor| -> candle_core::Result<Tensor> {
-            if channels > 1 {
-                t.repeat((channels, 1))
-            } else {
-                Ok(t)
-            }
-        };
-        let prompt_ids = replicate(prompt_ids.to_dtype(DType::I64)?.to_device(&device)?)?;
+        let (channels, prompt_ids, mut mask) = self.generation_prompt(prompt_ids, prompt_mask)?;
         let (batch, _) = prompt_ids.dims2()?;
-        let mut mask = match prompt_mask {
-            Some(m) => replicate(m.to_dtype(DType::I64)?.to_device(&device)?)?,
-            None => prompt_ids.ones_like()?,
-        };
         let mut positions = generation_positions(&mask)?;
         let mut sequence = prompt_ids.clone();
         let mut processor = LogitsProcessor::from_sampling(options.seed, options.sampling());
@@ -150,20 +136,8 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
     ) -> Result<Tensor> {
         let use_cache = options.use_cache && !self.active_has_reft();
         let device = self.placement.device.clone();
-        let channels = self.active.as_deref().map_or(1, AdapterSetup::parallel_channels);
-        let replicate = |t: Tensor| -> candle_core::Result<Tensor> {
-            if channels > 1 {
-                t.repeat((channels, 1))
-            } else {
-                Ok(t)
-            }
-        };
-        let input_ids = replicate(input_ids.to_dtype(DType::I64)?.to_device(&device)?)?;
+        let (channels, input_ids, mask) = self.generation_prompt(input_ids, attention_mask)?;
         let (batch, _) = input_ids.dims2()?;
-        let mask = match attention_mask {
-            Some(m) => replicate(m.to_dtype(DType::I64)?.to_device(&device)?)?,
-            None => input_ids.ones_like()?,
-        };
         let mut sequence = Tensor::full(i64::from(start), (batch, 1), &device)?;
         // The encoder once (the one-token decoder pass beside it is discarded).
         let mut first = ModelInputs::text(input_ids, mask.clone()).with_decoder_input_ids(sequence.clone(), None);
@@ -193,6 +167,28 @@ impl<M: BaseModel + ?Sized> AdaptedModel<M> {
             }
         }
         Ok(sequence)
+    }
+
+    /// The prompt and its mask (all ones when absent) as I64 on the model's device, and the
+    /// number of Parallel channels: under Parallel each channel continues its own copy of the
+    /// batch (rows grouped by channel, as the forward returns them), copied here once.
+    fn generation_prompt(&self, ids: &Tensor, mask: Option<&Tensor>) -> Result<(usize, Tensor, Tensor)> {
+        let device = &self.placement.device;
+        let channels = self.active.as_deref().map_or(1, AdapterSetup::parallel_channels);
+        let replicate = |t: &Tensor| -> candle_core::Result<Tensor> {
+            let t = t.to_dtype(DType::I64)?.to_device(device)?;
+            if channels > 1 {
+                t.repeat((channels, 1))
+            } else {
+                Ok(t)
+            }
+        };
+        let ids = replicate(ids)?;
+        let mask = match mask {
+            Some(m) => replicate(m)?,
+            None => ids.ones_like()?,
+        };
+        Ok((channels, ids, mask))
     }
 
     /// Whether an adapter of the active setup intervenes with ReFT.
