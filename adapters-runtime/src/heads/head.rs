@@ -182,7 +182,7 @@ impl PredictionHead {
             x = match layer {
                 HeadLayer::Dropout(p) => dropout(&x, *p, ctx)?,
                 HeadLayer::Activation(a) => a.forward(&x)?,
-                HeadLayer::LayerNorm { weight, bias, eps } => crate::nn::fused::layer_norm(&x, weight.as_tensor(), bias.as_tensor(), *eps as f32)?,
+                HeadLayer::LayerNorm { weight, bias, eps } => crate::nn::layer_norm(&x, weight.as_tensor(), bias.as_tensor(), *eps as f32)?,
                 HeadLayer::Linear { weight, bias } => {
                     let w = match weight {
                         Some(w) => w.as_tensor(),

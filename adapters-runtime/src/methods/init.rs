@@ -9,7 +9,7 @@ pub struct Rng(u64);
 
 impl Rng {
     pub fn new(seed: u64) -> Self {
-        Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
+        Rng(seed ^ GOLDEN_GAMMA)
     }
 
     /// A seed derived from a name (FNV-1a), for adapters without `init_weights_seed`.
@@ -22,16 +22,23 @@ impl Rng {
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0 = self.0.wrapping_add(GOLDEN_GAMMA);
+        mix(self.0)
     }
 
     /// Uniform in [0, 1).
     pub fn uniform(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+        to_uniform(self.next_u64())
+    }
+
+    /// The next `n` draws as a stream any thread can index: `stream.uniform(i)` is what the
+    /// `i`-th of `n` calls to [`Rng::uniform`] would have returned (SplitMix64 is a counter
+    /// hashed), and the generator moves on past them. Large dropout masks fill in parallel with
+    /// the numbers a serial loop would draw.
+    pub fn take_stream(&mut self, n: usize) -> UniformStream {
+        let start = self.0;
+        self.0 = self.0.wrapping_add(GOLDEN_GAMMA.wrapping_mul(n as u64));
+        UniformStream { start }
     }
 
     /// `n` draws of normal(0, std).
@@ -43,6 +50,34 @@ impl Rng {
         let u1 = self.uniform().max(f32::MIN_POSITIVE);
         let u2 = self.uniform();
         (-2.0 * u1.ln()).sqrt() * (2.0 * std::f32::consts::PI * u2).cos()
+    }
+}
+
+const GOLDEN_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
+#[inline(always)]
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+#[inline(always)]
+fn to_uniform(bits: u64) -> f32 {
+    (bits >> 40) as f32 / (1u64 << 24) as f32
+}
+
+/// A block of draws taken from an [`Rng`] by [`Rng::take_stream`].
+#[derive(Clone, Copy, Debug)]
+pub struct UniformStream {
+    start: u64,
+}
+
+impl UniformStream {
+    /// The `i`-th draw of the block, uniform in [0, 1).
+    #[inline(always)]
+    pub fn uniform(&self, i: usize) -> f32 {
+        to_uniform(mix(self.start.wrapping_add(GOLDEN_GAMMA.wrapping_mul(i as u64 + 1))))
     }
 }
 
@@ -142,5 +177,20 @@ impl Init {
             })
             .collect();
         self.tensor(data, shape)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stream's draws are the serial draws, and the generator continues after them.
+    #[test]
+    fn a_stream_holds_the_draws_a_loop_would_take() {
+        let (mut serial, mut streamed) = (Rng::new(5), Rng::new(5));
+        let drawn: Vec<f32> = (0..1000).map(|_| serial.uniform()).collect();
+        let stream = streamed.take_stream(1000);
+        assert!((0..1000).all(|i| stream.uniform(i) == drawn[i]));
+        assert_eq!(serial.next_u64(), streamed.next_u64());
     }
 }

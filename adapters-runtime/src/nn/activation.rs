@@ -45,7 +45,7 @@ impl Activation {
             Activation::Silu => x.silu(),
             // Ours: on the CPU a vectorised erf across threads; in training one graph node with
             // its own backward instead of candle's chain of erf/exp nodes.
-            Activation::Gelu => super::fused::gelu_erf(x),
+            Activation::Gelu => super::gelu::gelu_erf(x),
             Activation::GeluTanh => x.gelu(),
             Activation::Tanh => x.tanh(),
             Activation::Sigmoid => candle_nn::ops::sigmoid(x),

@@ -10,12 +10,16 @@ use rayon::prelude::*;
 use super::bf16_bits;
 
 /// `softmax(scores * scale + mask)` over the last dimension. `scores`: `[batch, heads, q, k]`;
-/// `mask`: additive, `[batch or 1, 1, q or 1, k]`. Training graphs (tracked tensors) take the
-/// composed ops with their gradients.
+/// `mask`: additive, `[batch or 1, 1, q or 1, k]`. In f32 training graphs the pass is one node
+/// whose backward gives the scores their gradient (the mask is a constant); a trained mask or
+/// another dtype in training takes the composed ops with their gradients.
 pub fn scaled_masked_softmax(scores: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
     let tracked = scores.track_op() || mask.track_op();
     if !tracked && scores.device().is_cpu() && fits(scores, mask)? {
         return scores.contiguous()?.apply_op2_no_bwd(&mask.contiguous()?, &ScaledMaskedSoftmax { scale });
+    }
+    if !mask.track_op() && scores.dtype() == candle_core::DType::F32 && scores.device().is_cpu() && fits(scores, mask)? {
+        return scores.contiguous()?.apply_op2(&mask.contiguous()?, ScaledMaskedSoftmax { scale });
     }
     let scores = (scores * scale)?.broadcast_add(mask)?;
     if tracked {
@@ -119,6 +123,11 @@ impl CustomOp2 for ScaledMaskedSoftmax {
         };
         Ok((storage, l1.shape().clone()))
     }
+
+    /// The scores' gradient, `scale * y * (g - sum(g * y))`; the mask is not trained.
+    fn bwd(&self, _scores: &Tensor, _mask: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(super::fused::softmax_backward(res, grad_res, self.scale as f32)?), None))
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -199,6 +208,16 @@ mod tests {
             assert_eq!(half.dtype(), DType::BF16);
             let diff = crate::compare::compare(&half, &composed).unwrap().max_abs;
             assert!(diff <= 1e-2, "{mask_shape:?} bf16: {diff}");
+            // In a training graph: the scores' gradient equals the composed ops'.
+            let var = candle_core::Var::from_tensor(&scores).unwrap();
+            let probe = init.normal(&[2, 3, 4, 5], 1.0).unwrap();
+            let fused = scaled_masked_softmax(var.as_tensor(), &mask, 0.3).unwrap();
+            let composed = candle_nn::ops::softmax(&(var.as_tensor() * 0.3).unwrap().broadcast_add(&mask).unwrap(), candle_core::D::Minus1).unwrap();
+            assert!(crate::compare::compare(&fused, &composed).unwrap().max_abs <= 2.5e-7);
+            let g1 = (fused * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            let g2 = (composed * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            let diff = crate::compare::compare(g1.get(var.as_tensor()).unwrap(), g2.get(var.as_tensor()).unwrap()).unwrap().max_abs;
+            assert!(diff <= 1e-6, "{mask_shape:?} gradient: {diff}");
         }
     }
 }

@@ -1,12 +1,20 @@
 //! Dropout with masks from the forward context's seeded generator.
 
-use candle_core::Tensor;
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
 
 use crate::context::ForwardContext;
 
+/// Elements per parallel task when drawing a mask.
+const CHUNK: usize = 8192;
+
 /// Inverted dropout, active only in training. Masks come from the context's seeded generator
-/// (candle's own dropout draws from an unseedable thread RNG); without one, from candle's.
-pub fn dropout(x: &Tensor, p: f64, ctx: &ForwardContext) -> candle_core::Result<Tensor> {
+/// (candle's own dropout draws from an unseedable thread RNG); without one, from candle's. The
+/// mask is drawn in parallel with the numbers a serial loop would take
+/// ([`crate::methods::init::Rng::take_stream`]), and applying it is one training-graph node
+/// whose backward multiplies by the same mask (a plain product would also compute a gradient
+/// for the mask).
+pub fn dropout(x: &Tensor, p: f64, ctx: &ForwardContext) -> Result<Tensor> {
     if !ctx.train() || p <= 0.0 {
         return Ok(x.clone());
     }
@@ -15,10 +23,75 @@ pub fn dropout(x: &Tensor, p: f64, ctx: &ForwardContext) -> candle_core::Result<
     };
     let keep = 1.0 - p as f32;
     let scale = 1.0 / keep;
-    let mask: Vec<f32> = {
-        let mut rng = rng.lock().map_err(|_| crate::error::internal("dropout generator poisoned"))?;
-        (0..x.elem_count()).map(|_| if rng.uniform() < keep { scale } else { 0.0 }).collect()
-    };
-    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
-    x.mul(&mask)
+    let stream = rng.lock().map_err(|_| crate::error::internal("dropout generator poisoned"))?.take_stream(x.elem_count());
+    let mut mask = vec![0f32; x.elem_count()];
+    mask.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
+        for (i, m) in chunk.iter_mut().enumerate() {
+            *m = if stream.uniform(c * CHUNK + i) < keep { scale } else { 0.0 };
+        }
+    });
+    let mask = Tensor::from_vec(mask, x.shape(), x.device())?;
+    if x.dtype() == candle_core::DType::F32 && x.device().is_cpu() {
+        return x.contiguous()?.apply_op1(ApplyMask { mask });
+    }
+    x.mul(&mask.to_dtype(x.dtype())?)
+}
+
+/// `x * mask` elementwise (f32), with `g * mask` as its only gradient.
+struct ApplyMask {
+    mask: Tensor,
+}
+
+impl CustomOp1 for ApplyMask {
+    fn name(&self) -> &'static str {
+        "adapters-dropout"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(x), Some((start, end))) = (storage, layout.contiguous_offsets()) else {
+            candle_core::bail!("dropout: a contiguous f32 input expected")
+        };
+        let (mask, _) = self.mask.storage_and_layout();
+        let candle_core::Storage::Cpu(CpuStorage::F32(mask)) = &*mask else { candle_core::bail!("dropout: an f32 CPU mask expected") };
+        let mut out = x[start..end].to_vec();
+        out.par_chunks_mut(CHUNK).zip(mask.par_chunks(CHUNK)).for_each(|(out, mask)| {
+            for (o, m) in out.iter_mut().zip(mask) {
+                *o *= m;
+            }
+        });
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad_res.mul(&self.mask)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::methods::init::Rng;
+    use candle_core::{Device, Var};
+    use std::sync::{Arc, Mutex};
+
+    /// The mask is the serial draws' (a kept element is scaled by 1 / keep, a dropped one is 0),
+    /// and the gradient is the upstream gradient through the same mask.
+    #[test]
+    fn masks_with_the_serial_draws_and_passes_the_gradient_through_them() {
+        let n = 3 * CHUNK + 17;
+        let x = Var::from_tensor(&Tensor::arange(1f32, n as f32 + 1.0, &Device::Cpu).unwrap()).unwrap();
+        let ctx = ForwardContext::with_setup(None, true).with_dropout_rng(Arc::new(Mutex::new(Rng::new(3))));
+        let out = dropout(&x, 0.25, &ctx).unwrap().to_vec1::<f32>().unwrap();
+        let mut serial = Rng::new(3);
+        for (i, got) in out.iter().enumerate() {
+            let want = if serial.uniform() < 0.75 { (i + 1) as f32 / 0.75 } else { 0.0 };
+            assert!((got - want).abs() <= want.abs() * 1e-6, "element {i}: {got} vs {want}");
+        }
+        let again = dropout(&x, 0.25, &ctx).unwrap();
+        let grads = again.sum_all().unwrap().backward().unwrap();
+        let grad = grads.get(x.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
+        let values = again.to_vec1::<f32>().unwrap();
+        assert!(grad.iter().zip(&values).enumerate().all(|(i, (g, v))| (*g - v / (i + 1) as f32).abs() < 1e-5));
+        assert!(grad.contains(&0.0) && grad.iter().any(|g| *g > 1.0));
+    }
 }

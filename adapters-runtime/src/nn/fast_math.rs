@@ -116,6 +116,38 @@ pub(crate) fn sum(x: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// `sum(a * b)`, in `LANES` partial sums (the shorter length counts).
+#[inline(always)]
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for ((s, x), y) in acc.iter_mut().zip(x).zip(y) {
+            *s += x * y;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `sum(a * b * c)`, in `LANES` partial sums (the shortest length counts).
+#[inline(always)]
+pub(crate) fn dot3(a: &[f32], b: &[f32], c: &[f32]) -> f32 {
+    let n = a.len().min(b.len()).min(c.len());
+    let (a, b, c) = (&a[..n], &b[..n], &c[..n]);
+    let mut acc = [0f32; LANES];
+    let (ca, cb, cc) = (a.chunks_exact(LANES), b.chunks_exact(LANES), c.chunks_exact(LANES));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).zip(cc.remainder()).map(|((x, y), z)| x * y * z).sum();
+    for ((x, y), z) in ca.zip(cb).zip(cc) {
+        for (((s, x), y), z) in acc.iter_mut().zip(x).zip(y).zip(z) {
+            *s += x * y * z;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 /// The maximum of `x` (`-inf` when empty), in `LANES` partial maxima.
 #[inline(always)]
 pub(crate) fn max(x: &[f32]) -> f32 {
@@ -187,6 +219,11 @@ mod tests {
         assert!((sum(&x) - x.iter().sum::<f32>()).abs() < 1e-4);
         assert_eq!(max(&x), x.iter().copied().fold(f32::NEG_INFINITY, f32::max));
         assert_eq!(max(&[]), f32::NEG_INFINITY);
+        let y: Vec<f32> = x.iter().map(|v| v * 0.5 - 1.0).collect();
+        let plain: f32 = x.iter().zip(&y).map(|(a, b)| a * b).sum();
+        assert!((dot(&x, &y) - plain).abs() < 1e-3);
+        let plain3: f32 = x.iter().zip(&y).map(|(a, b)| a * b * b).sum();
+        assert!((dot3(&x, &y, &y) - plain3).abs() < 1e-2 * plain3.abs().max(1.0));
         let mut row = x.clone();
         softmax_in_place::<f32>(&mut row);
         let m = max(&x);

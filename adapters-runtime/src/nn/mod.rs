@@ -1,6 +1,7 @@
 //! Generic neural-network pieces that models and adapter methods share: activations, dropout
 //! from the forward context's seeded generator, LayerNorm, and the fused kernels (linear on frozen
-//! weights, softmax, GELU, LayerNorm) with their own backward passes.
+//! weights, softmax, GELU, LayerNorm, dropout) with their own backward passes: in training each
+//! is one graph node whose backward is one parallel pass.
 
 pub mod activation;
 mod attention;
@@ -9,7 +10,10 @@ pub mod bf16_matmul;
 mod dropout;
 pub mod elementwise;
 mod fast_math;
+mod frozen_linear;
 pub mod fused;
+mod gelu;
+mod layer_norm_op;
 mod mask;
 mod norm;
 pub mod quantized;
@@ -19,6 +23,7 @@ mod threads;
 pub use attention::{matmul, matmul_nt, scaled_masked_softmax};
 pub use dropout::dropout;
 pub(crate) use fused::linear;
+pub(crate) use layer_norm_op::layer_norm;
 pub use mask::{additive_mask, causal_additive_mask_for, causal_additive_mask_windowed, mask_min};
 pub use norm::{LayerNorm, Norm, RmsNorm};
 pub use quantized::BaseWeight;

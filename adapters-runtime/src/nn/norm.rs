@@ -36,7 +36,7 @@ impl LayerNorm {
             // it accumulates in f32 for every dtype, as PyTorch does for f16 and bf16.
             return candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps as f32);
         }
-        super::fused::layer_norm(x, &self.weight, &self.bias, self.eps as f32)
+        super::layer_norm_op::layer_norm(x, &self.weight, &self.bias, self.eps as f32)
     }
 }
 
