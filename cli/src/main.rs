@@ -57,7 +57,7 @@ fn model_arg(text: &str) -> Result<std::path::PathBuf, String> {
 
 fn main() -> ExitCode {
     adapters_runtime::allocator::keep_freed_memory();
-    adapters_runtime::nn::cache_thread_count();
+    adapters_runtime::nn::configure_threads();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         // --help and --version print as clap lays them out.

@@ -170,8 +170,7 @@ impl Gpt2Attention {
     }
 
     fn split(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, s, _) = x.dims3()?;
-        x.reshape((b, s, self.heads, self.head_dim))?.transpose(1, 2)?.contiguous()
+        adapters_runtime::nn::split_heads(x, self.heads)
     }
 
     /// As `GPT2AttentionWithAdapters`: q/k/v from `c_attn`, the KV cache, then the prefixes,

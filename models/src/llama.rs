@@ -151,7 +151,6 @@ pub(crate) struct LlamaAttention {
     prefix: PrefixSlot,
     heads: usize,
     kv_heads: usize,
-    head_dim: usize,
     scale: f64,
     softcap: Option<f64>,
     dropout: f64,
@@ -179,7 +178,6 @@ impl LlamaAttention {
             prefix: PrefixSlot::grouped(&vb, h, kv_heads, d, cfg.pad_token_id.unwrap_or(0), PrefixPadding::InvertedMask),
             heads,
             kv_heads,
-            head_dim: d,
             scale: 1.0 / cfg.query_pre_attn_scalar.unwrap_or(d as f64).sqrt(),
             softcap: cfg.attn_logit_softcapping,
             dropout: cfg.attention_dropout,
@@ -187,8 +185,7 @@ impl LlamaAttention {
     }
 
     fn split(&self, x: &Tensor, heads: usize) -> Result<Tensor> {
-        let (b, s, _) = x.dims3()?;
-        x.reshape((b, s, heads, self.head_dim))?.transpose(1, 2)?.contiguous()
+        adapters_runtime::nn::split_heads(x, heads)
     }
 
     /// As the Python library's `LlamaAttentionWithAdapters`: rotary positions, then the KV cache,
@@ -237,9 +234,7 @@ fn attend_softcapped(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f
     let scores = ((q.matmul(&k.t()?)? * scale)? / cap)?.tanh()?;
     let probs = adapters_runtime::nn::scaled_masked_softmax(&scores, mask, cap)?;
     let probs = adapters_runtime::nn::dropout(&probs, dropout, ctx)?;
-    let context = probs.matmul(v)?;
-    let (batch, heads, seq, head_dim) = context.dims4()?;
-    context.transpose(1, 2)?.reshape((batch, seq, heads * head_dim))
+    adapters_runtime::nn::merge_heads(&probs.matmul(v)?)
 }
 
 pub(crate) struct LlamaMlp {

@@ -172,8 +172,7 @@ impl T5Attention {
     }
 
     fn split(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, s, inner) = x.dims3()?;
-        x.reshape((b, s, self.heads, inner / self.heads))?.transpose(1, 2)?.contiguous()
+        adapters_runtime::nn::split_heads(x, self.heads)
     }
 
     /// `x` attends to `source`. `bias` is the stack's position bias with the mask folded in:
@@ -206,8 +205,7 @@ impl T5Attention {
         let probs = adapters_runtime::nn::scaled_masked_softmax(&scores, &bias, 1.0)?;
         let probs = dropout(&probs, self.dropout, ctx)?;
         let context = adapters_runtime::nn::matmul(&probs, &v)?;
-        let (batch, heads, seq, head_dim) = context.dims4()?;
-        self.o.forward(&context.transpose(1, 2)?.reshape((batch, seq, heads * head_dim))?, ctx)
+        self.o.forward(&adapters_runtime::nn::merge_heads(&context)?, ctx)
     }
 }
 

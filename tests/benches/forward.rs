@@ -14,7 +14,7 @@ use candle_core::{DType, Device, Tensor};
 
 fn main() {
     adapters_runtime::allocator::keep_freed_memory();
-    adapters_runtime::nn::cache_thread_count();
+    adapters_runtime::nn::configure_threads();
     let dir = adapters_tests::minilm_dir();
     let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(7);
     let mut model = load_model(&dir).unwrap_or_else(|e| panic!("{e} (run scripts/fetch_minilm.sh)"));

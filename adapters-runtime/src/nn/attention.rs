@@ -15,10 +15,15 @@ use super::bf16_bits;
 /// another dtype in training takes the composed ops with their gradients.
 pub fn scaled_masked_softmax(scores: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
     let tracked = scores.track_op() || mask.track_op();
-    if !tracked && scores.device().is_cpu() && fits(scores, mask)? {
+    if !tracked && scores.device().is_cpu() && scores.dtype() == mask.dtype() && fits(scores.shape(), mask)? {
         return scores.contiguous()?.apply_op2_no_bwd(&mask.contiguous()?, &ScaledMaskedSoftmax { scale });
     }
-    if !mask.track_op() && scores.dtype() == candle_core::DType::F32 && scores.device().is_cpu() && fits(scores, mask)? {
+    if !mask.track_op()
+        && scores.dtype() == candle_core::DType::F32
+        && mask.dtype() == candle_core::DType::F32
+        && scores.device().is_cpu()
+        && fits(scores.shape(), mask)?
+    {
         return scores.contiguous()?.apply_op2(&mask.contiguous()?, ScaledMaskedSoftmax { scale });
     }
     let scores = (scores * scale)?.broadcast_add(mask)?;
@@ -69,14 +74,36 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     a.matmul(b)
 }
 
-/// Whether the mask broadcasts the way the fused pass reads it.
-fn fits(scores: &Tensor, mask: &Tensor) -> Result<bool> {
-    if scores.rank() != 4 || mask.rank() != 4 || scores.dtype() != mask.dtype() {
+/// Whether the mask broadcasts over scores of this shape the way the fused passes read it.
+pub(super) fn fits(scores: &Shape, mask: &Tensor) -> Result<bool> {
+    if scores.rank() != 4 || mask.rank() != 4 {
         return Ok(false);
     }
     let (b, _, q, k) = scores.dims4()?;
     let (mb, mh, mq, mk) = mask.dims4()?;
     Ok((mb == b || mb == 1) && mh == 1 && (mq == q || mq == 1) && mk == k)
+}
+
+/// `softmax(scores * scale + mask)` over the heads of one layer, then the values weighted by the
+/// probabilities (dropout `p` on them in training): `[batch, heads, q, d]`. In f32 training
+/// graphs this is one node with its own backward ([`super::attention_core`]); otherwise the
+/// kernels above.
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// let q = Tensor::ones((1, 2, 3, 4), DType::F32, &Device::Cpu)?;
+/// let mask = Tensor::zeros((1, 1, 1, 3), DType::F32, &Device::Cpu)?;
+/// let ctx = adapters_runtime::ForwardContext::base();
+/// let out = adapters_runtime::nn::attend_heads(&q, &q, &q, &mask, 0.5, 0.1, &ctx)?;
+/// assert_eq!(out.dims(), [1, 2, 3, 4]);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+pub fn attend_heads(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64, p: f64, ctx: &crate::ForwardContext) -> Result<Tensor> {
+    if let Some(out) = super::attention_core::attention_core(q, k, v, mask, scale, p, ctx)? {
+        return Ok(out);
+    }
+    let probs = scaled_masked_softmax(&matmul_nt(q, k)?, mask, scale)?;
+    matmul(&super::dropout::dropout(&probs, p, ctx)?, v)
 }
 
 struct ScaledMaskedSoftmax {
@@ -131,12 +158,21 @@ impl CustomOp2 for ScaledMaskedSoftmax {
 }
 
 #[derive(Clone, Copy)]
-struct Shape4 {
-    heads: usize,
-    q: usize,
-    k: usize,
-    mask_batch: usize,
-    mask_q: usize,
+pub(super) struct Shape4 {
+    pub(super) heads: usize,
+    pub(super) q: usize,
+    pub(super) k: usize,
+    pub(super) mask_batch: usize,
+    pub(super) mask_q: usize,
+}
+
+impl Shape4 {
+    /// Where the mask row of score row `row` (of `batch * heads * q`) starts.
+    #[inline(always)]
+    pub(super) fn mask_offset(&self, row: usize) -> usize {
+        let (b, qi) = (row / (self.heads * self.q), row % self.q);
+        (if self.mask_batch == 1 { 0 } else { b }) * self.mask_q * self.k + (if self.mask_q == 1 { 0 } else { qi }) * self.k
+    }
 }
 
 /// The rows in parallel on candle's thread pool; `load`/`store` convert the storage type to and
@@ -148,12 +184,11 @@ where
     L: Fn(T) -> f32 + Sync,
     S: Fn(f32) -> T + Sync,
 {
-    let Shape4 { heads, q, k, mask_batch, mask_q } = shape;
+    let k = shape.k;
     out.par_chunks_mut(k).enumerate().for_each_init(
         || vec![0f32; k],
         |row_f32, (row, dst)| {
-            let (b, qi) = (row / (heads * q), row % q);
-            let mask_row = (if mask_batch == 1 { 0 } else { b }) * mask_q * k + (if mask_q == 1 { 0 } else { qi }) * k;
+            let mask_row = shape.mask_offset(row);
             let (src, m) = (&scores[row * k..(row + 1) * k], &mask[mask_row..mask_row + k]);
             super::fast_math::simd(SoftmaxRow { src, mask: m, row: row_f32, dst, scale, load: &load, store: &store });
         },

@@ -18,23 +18,70 @@ pub fn dropout(x: &Tensor, p: f64, ctx: &ForwardContext) -> Result<Tensor> {
     if !ctx.train() || p <= 0.0 {
         return Ok(x.clone());
     }
-    let Some(rng) = ctx.dropout_rng() else {
+    let Some(mask) = draw_mask(x.elem_count(), p, ctx)? else {
         return candle_nn::ops::dropout(x, p as f32);
     };
-    let keep = 1.0 - p as f32;
-    let scale = 1.0 / keep;
-    let stream = rng.lock().map_err(|_| crate::error::internal("dropout generator poisoned"))?.take_stream(x.elem_count());
-    let mut mask = vec![0f32; x.elem_count()];
-    mask.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
-        for (i, m) in chunk.iter_mut().enumerate() {
-            *m = if stream.uniform(c * CHUNK + i) < keep { scale } else { 0.0 };
-        }
-    });
     let mask = Tensor::from_vec(mask, x.shape(), x.device())?;
     if x.dtype() == candle_core::DType::F32 && x.device().is_cpu() {
         return x.contiguous()?.apply_op1(ApplyMask { mask });
     }
     x.mul(&mask.to_dtype(x.dtype())?)
+}
+
+/// `n` mask values for dropout `p`: `1 / (1 - p)` where kept, `0` where dropped, from the
+/// context's seeded generator; `None` when the context has none.
+pub(crate) fn draw_mask(n: usize, p: f64, ctx: &ForwardContext) -> Result<Option<Vec<f32>>> {
+    let Some(draws) = take_draws(n, p, ctx)? else { return Ok(None) };
+    let mut mask = vec![0f32; n];
+    mask.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| super::fast_math::simd(FillMask { draws, offset: c * CHUNK, chunk }));
+    Ok(Some(mask))
+}
+
+/// The next `n` dropout decisions of the context's seeded generator, to be read where they are
+/// applied (attention reads them inside its softmax pass and again in its backward, instead of
+/// keeping a mask); `None` when the context has none.
+pub(crate) fn take_draws(n: usize, p: f64, ctx: &ForwardContext) -> Result<Option<DropoutDraws>> {
+    let Some(rng) = ctx.dropout_rng() else { return Ok(None) };
+    let stream = rng.lock().map_err(|_| crate::error::internal("dropout generator poisoned"))?.take_stream(n);
+    let keep = 1.0 - p as f32;
+    Ok(Some(DropoutDraws { stream, keep, scale: 1.0 / keep }))
+}
+
+/// Dropout decisions as a counter-based stream: element `i` is kept when its draw is below
+/// `keep`, and then scaled by `1 / keep`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DropoutDraws {
+    stream: crate::methods::init::UniformStream,
+    keep: f32,
+    scale: f32,
+}
+
+impl DropoutDraws {
+    /// The factor of element `i`: `1 / keep` or `0`.
+    #[inline(always)]
+    pub(crate) fn factor(&self, i: usize) -> f32 {
+        if self.stream.uniform(i) < self.keep {
+            self.scale
+        } else {
+            0.0
+        }
+    }
+}
+
+struct FillMask<'a> {
+    draws: DropoutDraws,
+    offset: usize,
+    chunk: &'a mut [f32],
+}
+
+impl super::fast_math::SimdKernel for FillMask<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        for (i, m) in self.chunk.iter_mut().enumerate() {
+            *m = self.draws.factor(self.offset + i);
+        }
+    }
 }
 
 /// `x * mask` elementwise (f32), with `g * mask` as its only gradient.

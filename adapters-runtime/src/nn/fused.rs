@@ -95,14 +95,17 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 
 /// `x W^T + b` for inputs of any rank (the last dimension is the feature dimension). When `x`
 /// is part of a training graph and the weight is frozen, the weight and bias get no gradient
-/// work ([`super::frozen_linear`]).
+/// work ([`super::linear_nodes`]).
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let untracked = !x.track_op() && !weight.track_op() && !bias.is_some_and(Tensor::track_op);
     if let Some(out) = untracked.then(|| super::bf16_matmul::matmul_nt(x, weight, bias)).transpose()?.flatten() {
         return Ok(out);
     }
-    if super::frozen_linear::FrozenLinear::applies(x, weight, bias) {
-        return x.contiguous()?.apply_op1(super::frozen_linear::FrozenLinear::new(weight, bias)?);
+    if super::linear_nodes::FrozenLinear::applies(x, weight, bias) {
+        return x.contiguous()?.apply_op1(super::linear_nodes::FrozenLinear::new(weight, bias)?);
+    }
+    if super::linear_nodes::TrainedLinear::applies(x, weight, bias) {
+        return super::linear_nodes::TrainedLinear::apply(x, weight, bias);
     }
     let out = x.broadcast_matmul(&weight.t()?)?;
     match bias {
@@ -189,6 +192,40 @@ mod tests {
             assert!(max_diff(g1.get(x.as_tensor()).unwrap(), g2.get(x.as_tensor()).unwrap()) < 1e-5);
             // The frozen weight and bias get no gradient.
             assert!(g1.get(&w).is_none() && g1.get(&b).is_none());
+        }
+    }
+
+    /// A trained weight and bias: every gradient equals the composed ops', with the input
+    /// tracked or not.
+    #[test]
+    fn trained_linear_matches_matmul_and_every_gradient() {
+        let mut rng = crate::methods::init::Rng::new(9);
+        let w = Var::from_tensor(&randn(&mut rng, 0.0, 1.0, &[5, 8])).unwrap();
+        let b = Var::from_tensor(&randn(&mut rng, 0.0, 1.0, &[5])).unwrap();
+        let probe = randn(&mut rng, 0.0, 1.0, &[2, 3, 5]);
+        for tracked_input in [true, false] {
+            let x = randn(&mut rng, 0.0, 1.0, &[2, 3, 8]);
+            let x = if tracked_input { Var::from_tensor(&x).unwrap().as_tensor().clone() } else { x };
+            for bias in [Some(b.as_tensor()), None] {
+                let ours = linear(&x, w.as_tensor(), bias).unwrap();
+                let product = x.broadcast_matmul(&w.as_tensor().t().unwrap()).unwrap();
+                let theirs = match bias {
+                    Some(b) => product.broadcast_add(b).unwrap(),
+                    None => product,
+                };
+                assert!(max_diff(&ours, &theirs) < 1e-6);
+                let g1 = (ours * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+                let g2 = (theirs * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+                let mut trained = vec![w.as_tensor()];
+                trained.extend(bias);
+                if tracked_input {
+                    trained.push(&x);
+                }
+                for t in trained {
+                    assert!(max_diff(g1.get(t).unwrap(), g2.get(t).unwrap()) < 1e-5);
+                }
+                assert_eq!(g1.get(&x).is_some(), tracked_input);
+            }
         }
     }
 

@@ -135,10 +135,12 @@ impl super::fast_math::SimdKernel for GeluGradChunk<'_> {
     type Output = ();
     #[inline(always)]
     fn run(self) {
+        // A gradient needs no correctly rounded exponential: the f32 one within 2 ulp (what
+        // `erf::<u16>` takes) is twice as fast.
         let inv_sqrt_2pi = 0.5 * std::f32::consts::FRAC_2_SQRT_PI * std::f32::consts::FRAC_1_SQRT_2;
         for ((d, &x), &g) in self.dst.iter_mut().zip(self.x).zip(self.g) {
-            let cdf = 0.5 * (1.0 + erf::<f32>(x * std::f32::consts::FRAC_1_SQRT_2));
-            *d = g * (cdf + x * inv_sqrt_2pi * super::fast_math::exp(-0.5 * x * x));
+            let cdf = 0.5 * (1.0 + erf::<u16>(x * std::f32::consts::FRAC_1_SQRT_2));
+            *d = g * (cdf + x * inv_sqrt_2pi * super::fast_math::exp_half_precision(-0.5 * x * x));
         }
     }
 }

@@ -5,26 +5,29 @@
 
 pub mod activation;
 mod attention;
+mod attention_core;
 mod bf16_bits;
 pub mod bf16_matmul;
 mod dropout;
 pub mod elementwise;
 mod fast_math;
-mod frozen_linear;
 pub mod fused;
 mod gelu;
+mod heads;
 mod layer_norm_op;
+mod linear_nodes;
 mod mask;
 mod norm;
 pub mod quantized;
 pub mod rope;
 mod threads;
 
-pub use attention::{matmul, matmul_nt, scaled_masked_softmax};
+pub use attention::{attend_heads, matmul, matmul_nt, scaled_masked_softmax};
 pub use dropout::dropout;
 pub(crate) use fused::linear;
+pub use heads::{merge_heads, split_heads};
 pub(crate) use layer_norm_op::layer_norm;
 pub use mask::{additive_mask, causal_additive_mask_for, causal_additive_mask_windowed, mask_min};
 pub use norm::{LayerNorm, Norm, RmsNorm};
 pub use quantized::BaseWeight;
-pub use threads::cache_thread_count;
+pub use threads::configure_threads;
