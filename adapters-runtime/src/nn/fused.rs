@@ -101,6 +101,9 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
     if let Some(out) = untracked.then(|| super::bf16_matmul::matmul_nt(x, weight, bias)).transpose()?.flatten() {
         return Ok(out);
     }
+    if let Some(out) = untracked.then(|| super::f32_matmul::matmul_nt(x, weight, bias)).transpose()?.flatten() {
+        return Ok(out);
+    }
     if super::linear_nodes::FrozenLinear::applies(x, weight, bias) {
         return x.contiguous()?.apply_op1(super::linear_nodes::FrozenLinear::new(weight, bias)?);
     }

@@ -61,6 +61,21 @@ fn forward(x: &CpuStorage, x_layout: &Layout, w: &CpuStorage, w_layout: &Layout,
         candle_core::bail!("linear: input has {} features, the weight takes {in_features}", dims[dims.len() - 1])
     }
     let rows = x_layout.shape().elem_count() / in_features;
+    let mut out_dims = dims.to_vec();
+    *out_dims.last_mut().expect("rank >= 2") = out_features;
+    // The AVX-512 kernel, bias included, when the CPU has it.
+    if let (CpuStorage::F32(xs), CpuStorage::F32(ws), Some((w0, w1))) = (x, w, w_layout.contiguous_offsets()) {
+        let bias_values = match bias {
+            None => Some(None),
+            Some((CpuStorage::F32(b), l)) => l.contiguous_offsets().map(|(b0, b1)| Some(&b[b0..b1])),
+            Some(_) => None,
+        };
+        if let Some(bias_values) = bias_values {
+            if let Some(out) = super::f32_matmul::nt_slices(&xs[start..start + rows * in_features], &ws[w0..w1], bias_values, out_features, in_features) {
+                return Ok((CpuStorage::F32(out), Shape::from(out_dims)));
+            }
+        }
+    }
     let rows_layout = Layout::contiguous_with_offset((rows, in_features), start);
     let mut out = x.matmul(w, (1, rows, out_features, in_features), &rows_layout, &w_layout.transpose(0, 1)?)?;
     if let Some((b, b_layout)) = bias {
@@ -74,8 +89,6 @@ fn forward(x: &CpuStorage, x_layout: &Layout, w: &CpuStorage, w_layout: &Layout,
             }
         }
     }
-    let mut out_dims = dims.to_vec();
-    *out_dims.last_mut().expect("rank >= 2") = out_features;
     Ok((out, Shape::from(out_dims)))
 }
 
@@ -98,7 +111,15 @@ impl CustomOp1 for FrozenLinear {
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(grad_res.broadcast_matmul(&self.weight)?))
+        input_gradient(grad_res, &self.weight).map(Some)
+    }
+}
+
+/// `dx = g W`: the AVX-512 kernel when the CPU has it, candle's product otherwise.
+fn input_gradient(g: &Tensor, w: &Tensor) -> Result<Tensor> {
+    match super::f32_matmul::matmul_nn(g, w)? {
+        Some(dx) => Ok(dx),
+        None => g.broadcast_matmul(w),
     }
 }
 
@@ -133,7 +154,7 @@ impl TrainedLinear {
         let g_rows = g.reshape((rows, out_features))?;
         let dw = g_rows.t()?.matmul(&x.reshape((rows, in_features))?)?;
         let db = if with_bias { Some(g_rows.sum(0)?) } else { None };
-        let dx = if x.track_op() { Some(g.broadcast_matmul(w)?) } else { None };
+        let dx = if x.track_op() { Some(input_gradient(&g, w)?) } else { None };
         Ok((dx, dw, db))
     }
 }

@@ -10,6 +10,7 @@ mod bf16_bits;
 pub mod bf16_matmul;
 mod dropout;
 pub mod elementwise;
+pub mod f32_matmul;
 mod fast_math;
 pub mod fused;
 mod gelu;
