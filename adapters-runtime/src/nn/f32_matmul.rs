@@ -47,6 +47,17 @@ fn f32_cpu(t: &Tensor) -> bool {
 /// matrix-vector product, which candle does faster), `weight` (`[N, K]`) and `bias` (`[N]`) on
 /// the CPU. Computes without a gradient: `None` when the kernel does not apply (the caller's
 /// general path), including when any operand is part of a training graph.
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// let x = Tensor::ones((4, 32), DType::F32, &Device::Cpu)?;
+/// let w = Tensor::ones((16, 32), DType::F32, &Device::Cpu)?;
+/// // `None` on a CPU without AVX-512: then the caller multiplies with candle.
+/// if let Some(y) = adapters_runtime::nn::f32_matmul::matmul_nt(&x, &w, None)? {
+///     assert_eq!(y.to_vec2::<f32>()?, vec![vec![32.0; 16]; 4]);
+/// }
+/// # Ok::<(), candle_core::Error>(())
+/// ```
 pub fn matmul_nt(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Option<Tensor>> {
     let untracked = !x.track_op() && !weight.track_op() && !bias.is_some_and(Tensor::track_op);
     if !untracked || !f32_cpu(x) || !f32_cpu(weight) || !bias.is_none_or(f32_cpu) || weight.rank() != 2 || x.rank() < 1 || !available() {
@@ -65,6 +76,16 @@ pub fn matmul_nt(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<O
 
 /// `g W` for f32 `g` (`[..., N]`) and `weight` (`[N, K]`) on the CPU, without a gradient:
 /// `[..., K]`. `None` when the kernel does not apply.
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// let g = Tensor::ones((4, 16), DType::F32, &Device::Cpu)?;
+/// let w = Tensor::ones((16, 32), DType::F32, &Device::Cpu)?;
+/// if let Some(dx) = adapters_runtime::nn::f32_matmul::matmul_nn(&g, &w)? {
+///     assert_eq!(dx.to_vec2::<f32>()?, vec![vec![16.0; 32]; 4]);
+/// }
+/// # Ok::<(), candle_core::Error>(())
+/// ```
 pub fn matmul_nn(g: &Tensor, weight: &Tensor) -> Result<Option<Tensor>> {
     if !f32_cpu(g) || !f32_cpu(weight) || weight.rank() != 2 || g.rank() < 1 || !available() {
         return Ok(None);
