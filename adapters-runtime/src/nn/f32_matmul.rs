@@ -10,8 +10,10 @@
 //! order changes the roundings, and twenty training steps amplify them past PyTorch's loss).
 //!
 //! - [`matmul_nn`]: `g W`, a linear's input gradient: `W` `[N, K]` is read in place.
-//! - [`matmul_nt`]: `x W^T (+ b)`, a linear's forward: each task copies its 32 or 64 columns of
-//!   `W` into a transposed panel (`K x 64`, cache-sized), then runs all rows over it.
+//! - [`matmul_nt`]: `x W^T (+ b)`, a linear's forward: each task copies its 64 columns of `W`
+//!   into a transposed panel (`K x 64`, cache-sized), then runs all rows over it. In inference
+//!   at up to 64 rows, where copying the panel would cost more than the product, each output is
+//!   instead a dot product of two contiguous rows (4 x 4 outputs as 16-lane partial sums).
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -23,6 +25,8 @@ const TASK_COLUMNS: usize = 64;
 const PANEL_COLUMNS: usize = 64;
 /// The register block: rows of output, each 32 columns wide.
 const BLOCK_ROWS: usize = 12;
+/// Rows of input up to which inference's `x W^T` takes the dot-product kernel.
+const DOT_MAX_ROWS: usize = 64;
 /// Outputs per row below which candle's product runs (LoRA's `A`, small heads): it takes
 /// another summation order there, which these products keep, and they cost little.
 const MIN_OUTPUTS: usize = 16;
@@ -145,7 +149,8 @@ impl Nt {
         let (x, w) = (slice(xs, xl)?, slice(ws, wl)?);
         let bias = bias.map(|(s, l)| slice(s, l)).transpose()?;
         let (n, k) = wl.shape().dims2()?;
-        let Some(out) = nt_slices(x, w, bias, n, k) else { return Err(candle_core::Error::Msg("x".into())) };
+        let out = if x.len() / k <= DOT_MAX_ROWS { dot_slices(x, w, bias, n, k) } else { nt_slices(x, w, bias, n, k) };
+        let Some(out) = out else { candle_core::bail!("f32 matmul: AVX-512 needed") };
         Ok((CpuStorage::F32(out), with_last(xl, n)))
     }
 }
@@ -174,6 +179,26 @@ pub(super) fn nt_slices(x: &[f32], w: &[f32], bias: Option<&[f32]>, n: usize, k:
         #[cfg(target_arch = "x86_64")]
         unsafe {
             block(Operands { left: x.as_ptr(), left_stride: k, right: panel.as_ptr(), right_stride: cols, inner: k, bias }, dst.at(c0), n, m, cols)
+        }
+    });
+    Some(out)
+}
+
+/// `x W^T (+ bias)` for a few rows, as dot products of the contiguous rows of `x` and `W` (no
+/// panel to copy: at a few dozen rows copying the weight costs more than the product). Its
+/// lanes sum in another order than a BLAS kernel, so training graphs keep [`nt_slices`].
+fn dot_slices(x: &[f32], w: &[f32], bias: Option<&[f32]>, n: usize, k: usize) -> Option<Vec<f32>> {
+    if !available() || k == 0 {
+        return None;
+    }
+    let m = x.len() / k;
+    let mut out = vec![0f32; m * n];
+    let dst = Out(out.as_mut_ptr());
+    (0..n).into_par_iter().step_by(TASK_COLUMNS).for_each(|c0| {
+        // SAFETY: as in `nt_slices`.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            dot_block(x, w, bias, dst, n, k, m, (c0, TASK_COLUMNS.min(n - c0)))
         }
     });
     Some(out)
@@ -229,6 +254,46 @@ fn nn_slices(g: &[f32], w: &[f32], n: usize, k: usize) -> Option<Vec<f32>> {
         }
     });
     Some(out)
+}
+
+/// `out[r, c] = x[r, :] · w[c, :] (+ bias[c])` for all `m` rows and the task's columns, in
+/// 4 x 4 blocks of 16-lane partial sums, each block's lanes summed once at the end; rows and
+/// columns past the end of a block repeat the last valid one and are not stored.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn dot_block(x: &[f32], w: &[f32], bias: Option<&[f32]>, out: Out, n: usize, k: usize, m: usize, (c0, cols): (usize, usize)) {
+    use std::arch::x86_64::*;
+    const B: usize = 4;
+    let full = k / 16 * 16;
+    let tail: __mmask16 = ((1u32 << (k - full)) - 1) as __mmask16;
+    for cb in (c0..c0 + cols).step_by(B) {
+        let cn = B.min(c0 + cols - cb);
+        let wr: [*const f32; B] = std::array::from_fn(|c| w.as_ptr().add((cb + c.min(cn - 1)) * k));
+        for rb in (0..m).step_by(B) {
+            let rn = B.min(m - rb);
+            let xr: [*const f32; B] = std::array::from_fn(|r| x.as_ptr().add((rb + r.min(rn - 1)) * k));
+            let mut acc = [[_mm512_setzero_ps(); B]; B];
+            let mut kk = 0;
+            while kk < k {
+                let mask = if kk < full { 0xffff } else { tail };
+                let xv: [__m512; B] = std::array::from_fn(|r| _mm512_maskz_loadu_ps(mask, xr[r].add(kk)));
+                for c in 0..B {
+                    let wv = _mm512_maskz_loadu_ps(mask, wr[c].add(kk));
+                    for r in 0..B {
+                        acc[r][c] = _mm512_fmadd_ps(xv[r], wv, acc[r][c]);
+                    }
+                }
+                kk += 16;
+            }
+            for (r, sums) in acc.iter().enumerate().take(rn) {
+                for (c, sum) in sums.iter().enumerate().take(cn) {
+                    let b = bias.map_or(0.0, |b| b[cb + c]);
+                    *out.0.add((rb + r) * n + cb + c) = _mm512_reduce_add_ps(*sum) + b;
+                }
+            }
+        }
+    }
 }
 
 /// The operands of one task: `left` `[rows, inner]` and `right` `[inner, cols]`, row-major with
