@@ -313,9 +313,7 @@ mod tests {
     use candle_core::Var;
     use std::sync::Arc;
 
-    fn randn(rng: &mut Rng, std: f32, shape: &[usize]) -> Tensor {
-        Tensor::from_vec(rng.normal_vec(shape.iter().product(), std), shape, &Device::Cpu).unwrap()
-    }
+    use crate::nn::test_support::randn;
 
     /// Output and the gradients of q, k and v equal the composed ops', with and without
     /// dropout (the same seeded masks), for the mask shapes attention uses, over heads that split
@@ -324,10 +322,10 @@ mod tests {
     fn equals_the_composed_ops_and_their_gradients() {
         let mut rng = Rng::new(11);
         for (b, h) in [(2, 3), (1, 5)] {
-            let (q, k, v) = (randn(&mut rng, 1.0, &[b, h, 4, 8]), randn(&mut rng, 1.0, &[b, h, 6, 8]), randn(&mut rng, 1.0, &[b, h, 6, 8]));
-            let probe = randn(&mut rng, 1.0, &[b, h, 4, 8]);
+            let (q, k, v) = (randn(&mut rng, 0.0, 1.0, &[b, h, 4, 8]), randn(&mut rng, 0.0, 1.0, &[b, h, 6, 8]), randn(&mut rng, 0.0, 1.0, &[b, h, 6, 8]));
+            let probe = randn(&mut rng, 0.0, 1.0, &[b, h, 4, 8]);
             for mask_shape in [[b, 1, 1, 6], [1, 1, 4, 6]] {
-                let mask = (randn(&mut rng, 1.0, &mask_shape).ge(0.5).unwrap().to_dtype(DType::F32).unwrap() * -1e9).unwrap();
+                let mask = (randn(&mut rng, 0.0, 1.0, &mask_shape).ge(0.5).unwrap().to_dtype(DType::F32).unwrap() * -1e9).unwrap();
                 for p in [0.0, 0.3] {
                     let vars = [&q, &k, &v].map(|t| Var::from_tensor(t).unwrap());
                     let [qv, kv, vv] = [0, 1, 2].map(|i| vars[i].as_tensor().clone());
@@ -358,10 +356,10 @@ mod tests {
     #[test]
     fn leaves_mismatched_heads_and_other_dtypes_to_the_composed_ops() {
         let mut rng = Rng::new(12);
-        let q = randn(&mut rng, 1.0, &[1, 2, 3, 4]);
+        let q = randn(&mut rng, 0.0, 1.0, &[1, 2, 3, 4]);
         let mask = Tensor::zeros((1, 1, 1, 3), DType::F32, &Device::Cpu).unwrap();
         let ctx = ForwardContext::with_setup(None, true);
-        let fewer_heads = randn(&mut rng, 1.0, &[1, 1, 3, 4]);
+        let fewer_heads = randn(&mut rng, 0.0, 1.0, &[1, 1, 3, 4]);
         assert!(attention_core(&q, &fewer_heads, &fewer_heads, &mask, 1.0, 0.0, &ctx).unwrap().is_none());
         let half = q.to_dtype(DType::BF16).unwrap();
         assert!(attention_core(&half, &half, &half, &mask.to_dtype(DType::BF16).unwrap(), 1.0, 0.0, &ctx).unwrap().is_none());

@@ -162,15 +162,7 @@ mod tests {
     use super::*;
     use candle_core::Var;
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        crate::compare::compare(a, b).unwrap().max_abs
-    }
-
-    /// Seeded normal draws (the same numbers on every run), shifted to `mean`.
-    fn randn(rng: &mut crate::methods::init::Rng, mean: f32, std: f32, shape: &[usize]) -> Tensor {
-        let n = rng.normal_vec(shape.iter().product(), std);
-        (Tensor::from_vec(n, shape, &candle_core::Device::Cpu).unwrap() + mean as f64).unwrap()
-    }
+    use crate::nn::test_support::{max_diff, randn};
 
     #[test]
     fn frozen_weight_linear_matches_matmul_and_its_input_gradient() {

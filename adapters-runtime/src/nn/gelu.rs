@@ -163,22 +163,16 @@ mod tests {
     use super::*;
     use candle_core::Var;
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        crate::compare::compare(a, b).unwrap().max_abs
-    }
-
-    fn randn(rng: &mut crate::methods::init::Rng, std: f32, shape: &[usize]) -> Tensor {
-        Tensor::from_vec(rng.normal_vec(shape.iter().product(), std), shape, &candle_core::Device::Cpu).unwrap()
-    }
+    use crate::nn::test_support::{max_diff, randn};
 
     #[test]
     fn gelu_matches_candle_and_its_gradient() {
         let mut rng = crate::methods::init::Rng::new(7);
-        let x = Var::from_tensor(&randn(&mut rng, 3.0, &[3, 4099])).unwrap();
+        let x = Var::from_tensor(&randn(&mut rng, 0.0, 3.0, &[3, 4099])).unwrap();
         let ours = gelu_erf(&x).unwrap();
         let theirs = x.as_tensor().gelu_erf().unwrap();
         assert!(max_diff(&ours, &theirs) < 1e-6, "{}", max_diff(&ours, &theirs));
-        let probe = randn(&mut rng, 1.0, &[3, 4099]);
+        let probe = randn(&mut rng, 0.0, 1.0, &[3, 4099]);
         let g1 = (ours * &probe).unwrap().sum_all().unwrap().backward().unwrap();
         let g2 = (theirs * &probe).unwrap().sum_all().unwrap().backward().unwrap();
         let d = max_diff(g1.get(x.as_tensor()).unwrap(), g2.get(x.as_tensor()).unwrap());
@@ -190,7 +184,7 @@ mod tests {
     #[test]
     fn half_precision_gelu_rounds_the_f32_value() {
         let mut rng = crate::methods::init::Rng::new(8);
-        let x = randn(&mut rng, 3.0, &[4099]);
+        let x = randn(&mut rng, 0.0, 3.0, &[4099]);
         for dtype in [DType::BF16, DType::F16] {
             let half = x.to_dtype(dtype).unwrap();
             let ours = gelu_erf(&half).unwrap();

@@ -175,14 +175,7 @@ mod tests {
     use super::*;
     use candle_core::{Var, D};
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        crate::compare::compare(a, b).unwrap().max_abs
-    }
-
-    fn randn(rng: &mut crate::methods::init::Rng, mean: f32, std: f32, shape: &[usize]) -> Tensor {
-        let n = rng.normal_vec(shape.iter().product(), std);
-        (Tensor::from_vec(n, shape, &candle_core::Device::Cpu).unwrap() + mean as f64).unwrap()
-    }
+    use crate::nn::test_support::{max_diff, randn};
 
     /// Output and every gradient equal candle's composed LayerNorm, with the affine parameters
     /// trained or frozen, over a row count that is not a multiple of the parallel block.

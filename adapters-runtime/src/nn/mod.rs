@@ -21,6 +21,8 @@ mod mask;
 mod norm;
 pub mod quantized;
 pub mod rope;
+#[cfg(test)]
+mod test_support;
 mod threads;
 
 pub use attention::{attend_heads, matmul, matmul_nt, scaled_masked_softmax};
