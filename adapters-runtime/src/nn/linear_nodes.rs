@@ -70,7 +70,7 @@ fn forward(x: &CpuStorage, x_layout: &Layout, w: &CpuStorage, w_layout: &Layout,
             Some((CpuStorage::F32(b), l)) => l.contiguous_offsets().map(|(b0, b1)| Some(&b[b0..b1])),
             Some(_) => None,
         };
-        if let Some(bias_values) = bias_values {
+        if let Some(bias_values) = bias_values.filter(|_| out_features >= super::f32_matmul::TRAINING_MIN_OUTPUTS) {
             if let Some(out) = super::f32_matmul::nt_slices(&xs[start..start + rows * in_features], &ws[w0..w1], bias_values, out_features, in_features) {
                 return Ok((CpuStorage::F32(out), Shape::from(out_dims)));
             }
