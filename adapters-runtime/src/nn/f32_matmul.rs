@@ -191,8 +191,14 @@ pub(super) fn nt_slices(x: &[f32], w: &[f32], bias: Option<&[f32]>, n: usize, k:
     let m = x.len() / k;
     let mut out = Buffer::new(m * n);
     let dst = out.out();
-    (0..n).into_par_iter().step_by(PANEL_COLUMNS).for_each(|c0| {
-        let cols = PANEL_COLUMNS.min(n - c0);
+    // Narrow outputs (a bottleneck's down projection, LoRA's A) have fewer panels than threads:
+    // their rows are split too, each part copying the (small) panel for itself.
+    let panels = n.div_ceil(PANEL_COLUMNS);
+    let parts = (2 * rayon::current_num_threads()).div_ceil(panels).max(1);
+    let rows_per_part = m.div_ceil(parts).div_ceil(BLOCK_ROWS).max(1) * BLOCK_ROWS;
+    let tasks: Vec<(usize, usize)> = (0..n).step_by(PANEL_COLUMNS).flat_map(|c0| (0..m).step_by(rows_per_part).map(move |r0| (c0, r0))).collect();
+    tasks.into_par_iter().for_each(|(c0, r0)| {
+        let (cols, rows) = (PANEL_COLUMNS.min(n - c0), rows_per_part.min(m - r0));
         // The panel: `k` rows of this task's columns of W, side by side.
         let mut panel = vec![0f32; k * cols];
         for (c, row) in w[c0 * k..(c0 + cols) * k].chunks_exact(k).enumerate() {
@@ -201,14 +207,15 @@ pub(super) fn nt_slices(x: &[f32], w: &[f32], bias: Option<&[f32]>, n: usize, k:
             }
         }
         let bias = bias.map(|b| &b[c0..c0 + cols]);
-        // SAFETY: the CPU has AVX-512 F (checked above); the columns are inside `out` and no
-        // other task writes them.
+        // SAFETY: the CPU has AVX-512 F (checked above); the block is inside `out` and no other
+        // task writes it.
         #[cfg(target_arch = "x86_64")]
         unsafe {
-            block(Operands { left: x.as_ptr(), left_stride: k, right: panel.as_ptr(), right_stride: cols, inner: k, bias }, dst.at(c0), n, m, cols)
+            let left = x.as_ptr().add(r0 * k);
+            block(Operands { left, left_stride: k, right: panel.as_ptr(), right_stride: cols, inner: k, bias }, dst.at(r0 * n + c0), n, rows, cols)
         }
     });
-    // SAFETY: the panels cover every column and each writes all rows of its columns.
+    // SAFETY: the tasks cover every row and column of the output.
     Some(unsafe { out.assume_written() })
 }
 

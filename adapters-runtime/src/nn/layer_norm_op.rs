@@ -161,13 +161,17 @@ impl CustomOp3 for LayerNormOp {
     }
 }
 
-/// LayerNorm over the last dimension with a gradient for input, weight and bias (f32 on the
-/// CPU; other types and devices take candle's composed op).
+/// LayerNorm over the last dimension (f32 on the CPU; other types and devices take candle's
+/// composed op), with a gradient for input, weight and bias when any of them is tracked.
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<Tensor> {
     if x.dtype() != DType::F32 || !x.device().is_cpu() {
         return candle_nn::ops::layer_norm_slow(x, weight, bias, eps);
     }
-    x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, LayerNormOp { eps })
+    let (x, weight, bias) = (x.contiguous()?, weight.contiguous()?, bias.contiguous()?);
+    if !x.track_op() && !weight.track_op() && !bias.track_op() {
+        return x.apply_op3_no_bwd(&weight, &bias, &LayerNormOp { eps });
+    }
+    x.apply_op3(&weight, &bias, LayerNormOp { eps })
 }
 
 #[cfg(test)]
