@@ -2,8 +2,9 @@
 //! batch is five nodes (the input folded to rows, the transposed weight, the product, the bias
 //! broadcast, the sum), each with a zero-filled gradient buffer in the backward; the product's
 //! backward always computes the gradient of both operands, so a frozen weight costs a full extra
-//! product. Both nodes here run the product straight on the storages (no copy in or out) and add
-//! the bias in place:
+//! product. Both nodes here run the product straight on the storages (no copy in or out; the
+//! AVX-512 kernels of [`super::f32_matmul`] where the CPU has them, candle's product otherwise)
+//! and add the bias in place:
 //!
 //! - [`FrozenLinear`]: only `x` needs a gradient (a frozen base weight under adapters); the
 //!   weight and bias are part of the node, and its backward returns `dx = g W` alone.
