@@ -86,7 +86,7 @@ pub(super) fn fits(scores: &Shape, mask: &Tensor) -> Result<bool> {
 
 /// `softmax(scores * scale + mask)` over the heads of one layer, then the values weighted by the
 /// probabilities (dropout `p` on them in training): `[batch, heads, q, d]`. In f32 training
-/// graphs this is one node with its own backward ([`super::attention_core`]); otherwise the
+/// graphs this is one node with its own backward (`nn/attention_core.rs`); otherwise the
 /// kernels above.
 ///
 /// ```

@@ -95,7 +95,7 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 
 /// `x W^T + b` for inputs of any rank (the last dimension is the feature dimension). When `x`
 /// is part of a training graph and the weight is frozen, the weight and bias get no gradient
-/// work ([`super::linear_nodes`]).
+/// work (`nn/linear_nodes.rs`).
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let untracked = !x.track_op() && !weight.track_op() && !bias.is_some_and(Tensor::track_op);
     if let Some(out) = untracked.then(|| super::bf16_matmul::matmul_nt(x, weight, bias)).transpose()?.flatten() {
