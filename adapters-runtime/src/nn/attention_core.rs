@@ -15,11 +15,12 @@
 use std::sync::Mutex;
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Device, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
 use super::attention::{fits, Shape4};
 use super::dropout::DropoutDraws;
+use super::fused::SoftmaxGradRow;
 use crate::context::ForwardContext;
 
 /// The attention of `q` (`[batch, heads, q, d]`) over `k` and `v` (`[batch, heads, k, d]`)
@@ -28,7 +29,7 @@ use crate::context::ForwardContext;
 /// device, a trained mask, mismatched heads, a context without a seeded generator while dropout
 /// trains): the caller composes the ops.
 pub(crate) fn attention_core(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64, p: f64, ctx: &ForwardContext) -> Result<Option<Tensor>> {
-    let f32_cpu = |t: &Tensor| t.dtype() == DType::F32 && t.device().is_cpu() && t.rank() == 4;
+    let f32_cpu = |t: &Tensor| super::is_cpu_f32(t) && t.rank() == 4;
     if mask.track_op() || ![q, k, v, mask].into_iter().all(f32_cpu) {
         return Ok(None);
     }
@@ -188,9 +189,9 @@ impl AttentionCore {
         // dS = scale P (dP - sum(dP P)), dP = dW * dropout factor, in place over dW.
         let mut d_scores = into_vec(d_weights)?;
         let CpuStorage::F32(probs) = &saved.probs else { candle_core::bail!("attention: f32 probabilities expected") };
-        for (r, (out, p)) in d_scores.chunks_exact_mut(tk).zip(probs.chunks_exact(tk)).enumerate() {
+        for (r, (grad, probs)) in d_scores.chunks_exact_mut(tk).zip(probs.chunks_exact(tk)).enumerate() {
             let dropout = self.dropout.map(|draws| (draws, (g0 * tq + r) * tk));
-            super::fast_math::simd(ScoresGradRow { out, p, scale: self.scale, dropout });
+            super::fast_math::simd(SoftmaxGradRow { grad, probs, scale: self.scale, dropout });
         }
         let d_scores = CpuStorage::F32(d_scores);
         // dq = dS k, dk = dS^T q
@@ -280,37 +281,11 @@ impl super::fast_math::SimdKernel for SoftmaxRow<'_> {
     }
 }
 
-/// One row of the scores' gradient, in place over the weights' gradient `dW`:
-/// `scale * P * (dP - sum(dP * P))` with `dP = dW * dropout factor`.
-struct ScoresGradRow<'a> {
-    out: &'a mut [f32],
-    p: &'a [f32],
-    scale: f32,
-    dropout: Option<(DropoutDraws, usize)>,
-}
-
-impl super::fast_math::SimdKernel for ScoresGradRow<'_> {
-    type Output = ();
-    #[inline(always)]
-    fn run(self) {
-        // out holds dW, then dP.
-        if let Some((draws, start)) = self.dropout {
-            for (j, o) in self.out.iter_mut().enumerate() {
-                *o *= draws.factor(start + j);
-            }
-        }
-        let dot = super::fast_math::dot(self.out, self.p);
-        for (o, p) in self.out.iter_mut().zip(self.p) {
-            *o = self.scale * p * (*o - dot);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::methods::init::Rng;
-    use candle_core::Var;
+    use candle_core::{DType, Var};
     use std::sync::Arc;
 
     use crate::nn::test_support::randn;

@@ -22,7 +22,7 @@ pub fn dropout(x: &Tensor, p: f64, ctx: &ForwardContext) -> Result<Tensor> {
         return candle_nn::ops::dropout(x, p as f32);
     };
     let mask = Tensor::from_vec(mask, x.shape(), x.device())?;
-    if x.dtype() == candle_core::DType::F32 && x.device().is_cpu() {
+    if super::is_cpu_f32(x) {
         return x.contiguous()?.apply_op1(ApplyMask { mask });
     }
     x.mul(&mask.to_dtype(x.dtype())?)

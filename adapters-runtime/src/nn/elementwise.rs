@@ -35,7 +35,8 @@ pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     a.broadcast_add(b)
 }
 
-/// `x * s` (f32 or bf16, nothing trained through it; otherwise candle's).
+/// `x * s` (f32 or bf16, nothing trained through it; otherwise candle's); `x` itself when `s`
+/// is one.
 ///
 /// ```
 /// use candle_core::{DType, Device, Tensor};
@@ -45,6 +46,11 @@ pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// # Ok::<(), candle_core::Error>(())
 /// ```
 pub fn scale(x: &Tensor, s: f64) -> Result<Tensor> {
+    // A scaling of one (a bottleneck's and LoRA's default) is no pass over the tensor, in
+    // inference or training (its gradient is the upstream one).
+    if s == 1.0 {
+        return Ok(x.clone());
+    }
     if fast_path(x) {
         return x.contiguous()?.apply_op1_no_bwd(&Scale(s as f32));
     }

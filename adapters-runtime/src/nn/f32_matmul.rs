@@ -15,7 +15,9 @@
 //!   at up to 64 rows, where copying the panel would cost more than the product, each output is
 //!   instead a dot product of two contiguous rows (4 x 4 outputs as 16-lane partial sums).
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+
+use super::is_cpu_f32 as f32_cpu;
 use rayon::prelude::*;
 
 /// Rows and columns of output per parallel task of the NN form.
@@ -42,10 +44,6 @@ fn available() -> bool {
     {
         false
     }
-}
-
-fn f32_cpu(t: &Tensor) -> bool {
-    t.dtype() == DType::F32 && t.device().is_cpu()
 }
 
 /// `x W^T (+ bias)` for f32 `x` (`[..., K]`, at least two rows: a single row is a
@@ -387,7 +385,7 @@ unsafe fn block(op: Operands<'_>, out: Out, out_stride: usize, rows: usize, cols
 mod tests {
     use super::*;
     use crate::methods::init::{Init, Placement, Rng};
-    use candle_core::Device;
+    use candle_core::{DType, Device};
 
     /// As exact as candle's products: against the products in f64, the kernels' largest error
     /// is within four times candle's plus a few f32 roundings of the largest output (both sum in

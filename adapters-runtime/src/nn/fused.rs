@@ -59,28 +59,38 @@ impl candle_core::CustomOp2 for SoftmaxBackward {
         use rayon::prelude::*;
         let (y, g) = (contiguous_f32(s1, l1, "softmax backward")?, contiguous_f32(s2, l2, "softmax backward")?);
         let n = l1.shape().dims().last().copied().unwrap_or(1).max(1);
-        let mut dx = vec![0f32; y.len()];
-        dx.par_chunks_mut(n).zip(y.par_chunks(n).zip(g.par_chunks(n))).for_each(|(dx, (y, g))| {
-            super::fast_math::simd(SoftmaxBackwardRow { y, g, dx, scale: self.scale });
+        // dx starts as the output's gradient; each row turns it into the input's in place.
+        let mut dx = g.to_vec();
+        dx.par_chunks_mut(n).zip(y.par_chunks(n)).for_each(|(grad, probs)| {
+            super::fast_math::simd(SoftmaxGradRow { grad, probs, scale: self.scale, dropout: None });
         });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
 
-struct SoftmaxBackwardRow<'a> {
-    y: &'a [f32],
-    g: &'a [f32],
-    dx: &'a mut [f32],
-    scale: f32,
+/// One row of softmax's input gradient, in place over the gradient that arrives: `grad` holds
+/// the gradient of the (dropped) probabilities and becomes `scale * P * (dP - sum(dP * P))`,
+/// with `dP = grad * dropout factor` when dropout follows the softmax (attention: the factors of
+/// elements `start..` of the draws).
+pub(super) struct SoftmaxGradRow<'a> {
+    pub(super) grad: &'a mut [f32],
+    pub(super) probs: &'a [f32],
+    pub(super) scale: f32,
+    pub(super) dropout: Option<(super::dropout::DropoutDraws, usize)>,
 }
 
-impl super::fast_math::SimdKernel for SoftmaxBackwardRow<'_> {
+impl super::fast_math::SimdKernel for SoftmaxGradRow<'_> {
     type Output = ();
     #[inline(always)]
     fn run(self) {
-        let dot = super::fast_math::dot(self.y, self.g);
-        for ((d, y), g) in self.dx.iter_mut().zip(self.y).zip(self.g) {
-            *d = self.scale * y * (g - dot);
+        if let Some((draws, start)) = self.dropout {
+            for (j, g) in self.grad.iter_mut().enumerate() {
+                *g *= draws.factor(start + j);
+            }
+        }
+        let dot = super::fast_math::dot(self.grad, self.probs);
+        for (g, p) in self.grad.iter_mut().zip(self.probs) {
+            *g = self.scale * p * (*g - dot);
         }
     }
 }

@@ -4,7 +4,7 @@
 //! through a slow strided add; here each direction is one node whose backward is the opposite
 //! permutation, one parallel pass.
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// `[batch, seq, heads * d]` -> `[batch, heads, seq, d]`, contiguous.
@@ -40,7 +40,7 @@ pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
 /// The single-node version serves f32 training graphs on the CPU; inference keeps candle's
 /// copies (no gradient bookkeeping to save there).
 fn fused(x: &Tensor) -> bool {
-    x.track_op() && x.dtype() == DType::F32 && x.device().is_cpu()
+    x.track_op() && super::is_cpu_f32(x)
 }
 
 struct HeadLayout {

@@ -21,34 +21,22 @@ pub(super) struct FrozenLinear {
     pub(super) bias: Option<Tensor>,
 }
 
-fn cpu_f32(t: &Tensor, what: &str) -> Result<()> {
-    if t.dtype() != candle_core::DType::F32 || !t.device().is_cpu() || !t.is_contiguous() {
-        candle_core::bail!("frozen linear: {what} must be a contiguous f32 CPU tensor")
-    }
-    Ok(())
+/// Whether the operands suit both nodes: f32 on the CPU, a `[out, in]` weight, an input of rank
+/// two or more, a bias of `out` values.
+fn operands_fit(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> bool {
+    let f32_cpu = super::is_cpu_f32;
+    f32_cpu(x) && f32_cpu(weight) && weight.rank() == 2 && x.rank() >= 2 && bias.is_none_or(|b| f32_cpu(b) && b.dims() == [weight.dim(0).unwrap_or(0)])
 }
 
 impl FrozenLinear {
     /// Whether [`FrozenLinear`] computes `x W^T + b` for these operands.
     pub(super) fn applies(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> bool {
-        let f32_cpu = |t: &Tensor| t.dtype() == candle_core::DType::F32 && t.device().is_cpu();
-        x.track_op()
-            && !weight.track_op()
-            && !bias.is_some_and(Tensor::track_op)
-            && f32_cpu(x)
-            && f32_cpu(weight)
-            && weight.rank() == 2
-            && x.rank() >= 2
-            && bias.is_none_or(|b| f32_cpu(b) && b.dims() == [weight.dim(0).unwrap_or(0)])
+        x.track_op() && !weight.track_op() && !bias.is_some_and(Tensor::track_op) && operands_fit(x, weight, bias)
     }
 
+    /// The node for operands [`FrozenLinear::applies`] to.
     pub(super) fn new(weight: &Tensor, bias: Option<&Tensor>) -> Result<Self> {
-        let (weight, bias) = (weight.contiguous()?, bias.map(Tensor::contiguous).transpose()?);
-        cpu_f32(&weight, "weight")?;
-        if let Some(b) = &bias {
-            cpu_f32(b, "bias")?;
-        }
-        Ok(FrozenLinear { weight, bias })
+        Ok(FrozenLinear { weight: weight.contiguous()?, bias: bias.map(Tensor::contiguous).transpose()? })
     }
 }
 
@@ -130,13 +118,7 @@ pub(super) struct TrainedLinear;
 impl TrainedLinear {
     /// Whether [`TrainedLinear`] computes `x W^T + b` for these operands.
     pub(super) fn applies(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> bool {
-        let f32_cpu = |t: &Tensor| t.dtype() == candle_core::DType::F32 && t.device().is_cpu();
-        weight.track_op()
-            && f32_cpu(x)
-            && f32_cpu(weight)
-            && weight.rank() == 2
-            && x.rank() >= 2
-            && bias.is_none_or(|b| f32_cpu(b) && b.dims() == [weight.dim(0).unwrap_or(0)])
+        weight.track_op() && operands_fit(x, weight, bias)
     }
 
     pub(super) fn apply(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {

@@ -34,3 +34,9 @@ pub use mask::{additive_mask, causal_additive_mask_for, causal_additive_mask_win
 pub use norm::{LayerNorm, Norm, RmsNorm};
 pub use quantized::BaseWeight;
 pub use threads::configure_threads;
+
+/// Whether `t` is f32 on the CPU: what this module's own kernels compute on (other dtypes and
+/// devices take candle's ops).
+pub(crate) fn is_cpu_f32(t: &candle_core::Tensor) -> bool {
+    t.dtype() == candle_core::DType::F32 && t.device().is_cpu()
+}

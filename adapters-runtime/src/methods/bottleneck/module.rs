@@ -209,8 +209,6 @@ impl BottleneckAdapter {
         let up = drop_rows(&self.up.forward(&down, ctx)?, depth, ctx)?;
         let up = match &self.learned_scaling {
             Some(scaling) => up.broadcast_mul(&ctx.param(scaling))?,
-            // A scaling of one (the default) is not a pass over the output.
-            None if self.fixed_scaling == 1.0 => up,
             None => crate::nn::elementwise::scale(&up, self.fixed_scaling)?,
         };
         let mut output = dropout(&up, self.dropout, ctx)?;

@@ -328,8 +328,6 @@ impl LoraModule {
     /// `x * scaling`, or `x * mean_seq(sigmoid(gate(layer_input)))` with a gate.
     fn scale(&self, x: &Tensor, layer_input: &Tensor) -> Result<Tensor> {
         match &self.gate {
-            // A scaling of one (LoRA's default alpha = r) is not a pass over the output.
-            None if self.scaling == 1.0 => Ok(x.clone()),
             None => crate::nn::elementwise::scale(x, self.scaling),
             Some((w, b)) => {
                 let gate = candle_nn::ops::sigmoid(&linear(layer_input, w.as_tensor(), Some(b.as_tensor()))?)?.mean_keepdim(1)?;
